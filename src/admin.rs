@@ -1,0 +1,66 @@
+//! The operator-facing listener, never the public one.
+//!
+//! Endpoints: `GET /healthz` (200 while the process serves), `GET /readyz` (200 when the
+//! store answers and the config is loaded, else 503). It touches the request path only
+//! through the shared store handle.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::ConnInfo;
+use crate::body::Body;
+use crate::server::Handler;
+use crate::store::{SessionStore, Store};
+
+/// The admin service.
+#[derive(Debug)]
+pub struct Admin {
+    store: Arc<Store>,
+}
+
+impl Admin {
+    /// Admin endpoints over the store.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        if request.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        match request.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => match self.store.ping().await {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(error) => {
+                    tracing::warn!(%error, "not ready: store does not answer");
+                    text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+                }
+            },
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl Handler for Admin {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.handle(request)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

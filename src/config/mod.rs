@@ -1,0 +1,251 @@
+//! Configuration: `proxy.toml` plus `TOKENGATE_*` overrides, validated into a typed
+//! [`Config`] before anything starts.
+//!
+//! Stages: TOML syntax → [`keys::check_table`] (unknown keys and wrong types, all at
+//! once) → [`keys::apply_env_overrides`] → serde into [`raw`] → [`validate`] (values,
+//! secrets resolved from `*_env`/`*_file`). Every stage collects [`ConfigError`]s with the
+//! key path, so `check-config` prints every problem in one run. The request path only
+//! ever sees an immutable `Arc<Config>`; nothing here is read after startup.
+
+pub mod keys;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+use crate::secret::ClientSecret;
+
+pub use validate::validate;
+
+/// One problem in the configuration, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key path, e.g. `session.idle_timeout` or `route[1].prefix`.
+    pub key: String,
+    /// What is wrong, in words (never the value of a secret).
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub oauth: OAuthConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    /// Routes sorted longest prefix first, so the first match is the longest.
+    pub routes: Vec<Route>,
+    /// Where the file came from (for reload and messages); `None` for an inline config.
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`: the storefront-facing listener.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    /// The storefront's own origin (`scheme://host[:port]`), if configured.
+    pub public_origin: Option<String>,
+    /// Origins whose unsafe requests are accepted; defaults to `[public_origin]`.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted, for `/session/*` and forwarded calls.
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Serve the built-in demo storefront page at `/`.
+    pub demo_page: bool,
+}
+
+/// `[upstream]`: the Commerce API.
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub base: BaseUrl,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// An absolute `http(s)://authority[/path]` base URL, split for cheap URI building.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The base path without a trailing slash ("" for none).
+    pub path: String,
+}
+
+/// Which token protocol the upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    DigitalRiver,
+}
+
+/// How the password grant sends the shopper's password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordEncoding {
+    /// base64 of the UTF-8 password, as Digital River's own clients send it.
+    Base64,
+    /// The password as typed.
+    Plain,
+}
+
+/// `[oauth]`: the token endpoint and how to talk to it.
+#[derive(Debug)]
+pub struct OAuthConfig {
+    pub flavor: Flavor,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub token_path: String,
+    pub access_token_path: String,
+    pub password_encoding: PasswordEncoding,
+    pub authorize_carry_guest: bool,
+    pub authorize_path: String,
+    pub refresh_ahead: Duration,
+    /// How long a request waits for another request's refresh of the same session.
+    pub refresh_wait_timeout: Duration,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// Whether a request without a cookie gets a guest session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    Lazy,
+    Off,
+}
+
+/// `[session]`: the cookie and the session lifetimes.
+#[derive(Debug)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub cookie_secure: bool,
+    pub same_site: SameSite,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub max_sessions: usize,
+    pub guest: GuestMode,
+    pub sweep_interval: Duration,
+}
+
+/// Which session store backs the sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+}
+
+/// `[store]`.
+#[derive(Debug)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`: tracing output. `RUST_LOG`, when set, wins over `level`.
+#[derive(Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// How a route treats the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionPolicy {
+    /// A session is needed; without a cookie a guest is minted (when `guest = "lazy"`).
+    Required,
+    /// A cookie's session is used when present; without one the call goes anonymously.
+    Optional,
+    /// The cookie is ignored and no token is sent.
+    None,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream_prefix: String,
+    pub session: SessionPolicy,
+    /// A short stable label for logs and metrics (the prefix).
+    pub label: String,
+}
+
+impl Config {
+    /// Loads and validates `path`, reading overrides and secrets from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            vec![ConfigError::new(path.display().to_string(), format!("cannot read: {error}"))]
+        })?;
+        let mut config = Config::from_toml(&text, &process_env)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates a configuration text with overrides and secrets read through
+    /// `env` (tests and the demo pass a map instead of the real environment).
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|error| vec![ConfigError::new("(file)", syntax_message(&error))])?;
+        let mut errors = Vec::new();
+        keys::check_table(&table, &mut errors);
+        keys::apply_env_overrides(&mut table, env, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let raw: raw::RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|error: toml::de::Error| vec![ConfigError::new("(file)", error.message())])?;
+        validate(raw, env)
+    }
+}
+
+fn syntax_message(error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => format!("TOML syntax error at byte {}: {}", span.start, error.message()),
+        None => format!("TOML syntax error: {}", error.message()),
+    }
+}
+
+/// The real environment. Reading (never writing) it is safe under threads.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Parses a duration string such as `"90s"`, `"30m"`, `"24h"` or `"30d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. \"90s\", \"30m\", \"24h\", \"30d\")"))
+}

@@ -1,0 +1,437 @@
+//! Turns the raw file into a typed [`Config`], applying defaults and collecting every
+//! problem with its key. Secrets are resolved here, so an unset `client_secret_env` is
+//! reported like any other bad key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::raw::{RawConfig, RawLog, RawOAuth, RawRoute, RawServer, RawSession, RawStore, RawUpstream};
+use super::*;
+
+/// Collects problems while building the typed config.
+struct Checker<'e> {
+    errors: Vec<ConfigError>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(key, message));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
+        match parse_duration(value.unwrap_or(default)) {
+            Ok(duration) => duration,
+            Err(message) => {
+                self.error(key, message);
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn address(&mut self, key: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.error(key, format!("{value:?} is not an address like \"127.0.0.1:8080\""));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn path(&mut self, key: &str, value: Option<String>, default: &str) -> String {
+        let value = value.unwrap_or_else(|| default.to_string());
+        if !value.starts_with('/') || value.contains(['?', '#', ' ']) {
+            self.error(key, "must be an absolute path starting with '/'");
+        }
+        value
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, value: Option<&str>, default: T, options: &[(&str, T)]) -> T {
+        let Some(value) = value else { return default };
+        if let Some((_, choice)) = options.iter().find(|(name, _)| *name == value) {
+            return *choice;
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        self.error(key, format!("{value:?} is not one of {names:?}"));
+        default
+    }
+}
+
+/// Validates `raw` into a [`Config`], or returns every problem found.
+pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+    let mut checker = Checker { errors: Vec::new(), env };
+    let server = server(&mut checker, raw.server);
+    let upstream = upstream(&mut checker, raw.upstream);
+    let oauth = oauth(&mut checker, raw.oauth, upstream.request_timeout);
+    let session = session(&mut checker, raw.session);
+    let store = store(&mut checker, raw.store);
+    let log = log(&mut checker, raw.log);
+    let routes = routes(&mut checker, raw.route);
+    if !checker.errors.is_empty() {
+        return Err(checker.errors);
+    }
+    Ok(Config { server, upstream, oauth, session, store, log, routes, source: None })
+}
+
+fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
+    let listen = checker.address("server.listen", raw.listen.as_deref().unwrap_or("0.0.0.0:8080"));
+    let admin_listen = match raw.admin_listen.as_deref() {
+        Some("") | Some("off") => None,
+        other => Some(checker.address("server.admin_listen", other.unwrap_or("127.0.0.1:9090"))),
+    };
+    let public_origin = raw.public_origin.map(|origin| origin.trim_end_matches('/').to_string());
+    if let Some(origin) = &public_origin {
+        if !is_origin(origin) {
+            checker.error("server.public_origin", "must be an origin like \"https://shop.example.com\"");
+        }
+    }
+    let allowed_origins: Vec<String> = match raw.allowed_origins {
+        Some(list) => list.into_iter().map(|o| o.trim_end_matches('/').to_string()).collect(),
+        None => public_origin.iter().cloned().collect(),
+    };
+    for origin in &allowed_origins {
+        if !is_origin(origin) {
+            checker.error("server.allowed_origins", format!("{origin:?} is not an origin"));
+        }
+    }
+    ServerConfig {
+        listen,
+        admin_listen,
+        public_origin,
+        allowed_origins,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
+        shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
+        demo_page: raw.demo_page.unwrap_or(false),
+    }
+}
+
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some()
+        && uri.path() == "/"
+        && !text.ends_with('/')
+}
+
+fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
+    let base_text = raw.base_url.unwrap_or_else(|| "https://api.digitalriver.com".to_string());
+    let base = parse_base_url(&base_text).unwrap_or_else(|message| {
+        checker.error("upstream.base_url", message);
+        BaseUrl { scheme: Scheme::HTTP, authority: Authority::from_static("invalid"), path: String::new() }
+    });
+    let ca_file = raw.ca_file.map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            checker.error("upstream.ca_file", format!("{} is not a readable file", path.display()));
+        }
+    }
+    let pool_max_idle_per_host = usize::try_from(raw.pool_max_idle_per_host.unwrap_or(64)).unwrap_or(64);
+    UpstreamConfig {
+        base,
+        connect_timeout: checker.duration("upstream.connect_timeout", raw.connect_timeout.as_deref(), "2s"),
+        request_timeout: checker.duration("upstream.request_timeout", raw.request_timeout.as_deref(), "30s"),
+        ca_file,
+        pool_idle_timeout: checker.duration(
+            "upstream.pool_idle_timeout",
+            raw.pool_idle_timeout.as_deref(),
+            "90s",
+        ),
+        pool_max_idle_per_host,
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::HTTPS,
+        Some("http") => Scheme::HTTP,
+        _ => return Err("must start with http:// or https://".to_string()),
+    };
+    let authority = uri.authority().cloned().ok_or("must name a host")?;
+    if uri.query().is_some() {
+        return Err("must not have a query".to_string());
+    }
+    let path = uri.path().trim_end_matches('/').to_string();
+    Ok(BaseUrl { scheme, authority, path })
+}
+
+fn oauth(checker: &mut Checker, raw: RawOAuth, request_timeout: Duration) -> OAuthConfig {
+    let flavor = match raw.flavor.as_deref().unwrap_or("digitalriver") {
+        "digitalriver" => Flavor::DigitalRiver,
+        "oauth2" => {
+            checker
+                .error("oauth.flavor", "\"oauth2\" is not supported by this build yet; use \"digitalriver\"");
+            Flavor::DigitalRiver
+        }
+        other => {
+            checker.error("oauth.flavor", format!("{other:?} is not one of [\"digitalriver\"]"));
+            Flavor::DigitalRiver
+        }
+    };
+    let client_id = raw.client_id.unwrap_or_default();
+    if client_id.is_empty() {
+        checker.error("oauth.client_id", "is required (your Commerce API key)");
+    }
+    let client_secret = client_secret(checker, raw.client_secret_env, raw.client_secret_file);
+    let password_encoding = checker.choice(
+        "oauth.password_encoding",
+        raw.password_encoding.as_deref(),
+        PasswordEncoding::Base64,
+        &[("base64", PasswordEncoding::Base64), ("plain", PasswordEncoding::Plain)],
+    );
+    let wait_default = humantime::format_duration(request_timeout).to_string();
+    OAuthConfig {
+        flavor,
+        client_id,
+        client_secret,
+        token_path: checker.path("oauth.token_path", raw.token_path, "/oauth20/token"),
+        access_token_path: checker.path(
+            "oauth.access_token_path",
+            raw.access_token_path,
+            "/oauth20/access-tokens",
+        ),
+        password_encoding,
+        authorize_carry_guest: raw.authorize_carry_guest.unwrap_or(true),
+        authorize_path: checker.path("oauth.authorize_path", raw.authorize_path, "/oauth20/authorize"),
+        refresh_ahead: checker.duration("oauth.refresh_ahead", raw.refresh_ahead.as_deref(), "60s"),
+        refresh_wait_timeout: checker.duration(
+            "oauth.refresh_wait_timeout",
+            raw.refresh_wait_timeout.as_deref(),
+            &wait_default,
+        ),
+    }
+}
+
+/// Resolves the client secret from exactly one of `client_secret_env` and
+/// `client_secret_file` (default: the variable `TOKENGATE_CLIENT_SECRET`).
+fn client_secret(checker: &mut Checker, env_key: Option<String>, file_key: Option<String>) -> ClientSecret {
+    let value = match (env_key, file_key) {
+        (Some(_), Some(_)) => {
+            checker.error("oauth.client_secret_env", "set client_secret_env or client_secret_file, not both");
+            None
+        }
+        (None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+            Err(error) => {
+                checker.error("oauth.client_secret_file", format!("cannot read {file}: {error}"));
+                None
+            }
+        },
+        (env_key, None) => {
+            let name = env_key.unwrap_or_else(|| "TOKENGATE_CLIENT_SECRET".to_string());
+            let value = (checker.env)(&name).filter(|v| !v.is_empty());
+            if value.is_none() {
+                checker
+                    .error("oauth.client_secret_env", format!("the environment variable {name} is not set"));
+            }
+            value
+        }
+    };
+    ClientSecret::new(value.unwrap_or_default())
+}
+
+fn session(checker: &mut Checker, raw: RawSession) -> SessionConfig {
+    let cookie_name = raw.cookie_name.unwrap_or_else(|| "__Host-tokengate".to_string());
+    if cookie_name.is_empty()
+        || !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        checker.error("session.cookie_name", "must be a non-empty token of letters, digits, '-', '_' or '.'");
+    }
+    let cookie_secure = raw.cookie_secure.unwrap_or(true);
+    if (cookie_name.starts_with("__Host-") || cookie_name.starts_with("__Secure-")) && !cookie_secure {
+        checker.error("session.cookie_secure", "a __Host- or __Secure- cookie needs cookie_secure = true");
+    }
+    let same_site = checker.choice(
+        "session.same_site",
+        raw.same_site.as_deref(),
+        SameSite::Lax,
+        &[("strict", SameSite::Strict), ("lax", SameSite::Lax), ("none", SameSite::None)],
+    );
+    if same_site == SameSite::None && !cookie_secure {
+        checker
+            .error("session.same_site", "\"none\" needs cookie_secure = true (browsers refuse it otherwise)");
+    }
+    let idle_timeout = checker.duration("session.idle_timeout", raw.idle_timeout.as_deref(), "24h");
+    let absolute_timeout =
+        checker.duration("session.absolute_timeout", raw.absolute_timeout.as_deref(), "30d");
+    if idle_timeout.is_zero() || absolute_timeout.is_zero() {
+        checker.error("session.idle_timeout", "timeouts must be longer than zero");
+    }
+    let max_sessions = usize::try_from(raw.max_sessions.unwrap_or(1_000_000)).unwrap_or(usize::MAX);
+    if max_sessions == 0 {
+        checker.error("session.max_sessions", "must be at least 1");
+    }
+    SessionConfig {
+        cookie_name,
+        cookie_secure,
+        same_site,
+        idle_timeout,
+        absolute_timeout,
+        max_sessions,
+        guest: checker.choice(
+            "session.guest",
+            raw.guest.as_deref(),
+            GuestMode::Lazy,
+            &[("lazy", GuestMode::Lazy), ("off", GuestMode::Off)],
+        ),
+        sweep_interval: checker.duration("session.sweep_interval", raw.sweep_interval.as_deref(), "60s"),
+    }
+}
+
+fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
+    let kind = match raw.kind.as_deref().unwrap_or("memory") {
+        "memory" => StoreKind::Memory,
+        "redis" => {
+            checker.error("store.kind", "\"redis\" is not supported by this build yet; use \"memory\"");
+            StoreKind::Memory
+        }
+        other => {
+            checker.error("store.kind", format!("{other:?} is not one of [\"memory\"]"));
+            StoreKind::Memory
+        }
+    };
+    if raw.snapshot_file.is_some() {
+        checker.error("store.snapshot_file", "snapshots are not supported by this build yet");
+    }
+    StoreConfig { kind }
+}
+
+fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
+    let format = checker.choice(
+        "log.format",
+        raw.format.as_deref(),
+        LogFormat::Text,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    );
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        checker.error(
+            "log.level",
+            format!("{level:?} is not a level or filter like \"info\" or \"tokengate=debug\""),
+        );
+    }
+    LogConfig { format, level }
+}
+
+fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for (index, route) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("route[{index}].{field}");
+        let prefix = route.prefix.unwrap_or_default();
+        if !prefix.starts_with('/') {
+            checker.error(&key("prefix"), "is required and must start with '/'");
+        }
+        if prefix.starts_with("/session") || prefix.starts_with("/oauth20") || prefix.starts_with("/__") {
+            checker.error(&key("prefix"), "must not shadow /session, /oauth20 or internal paths");
+        }
+        let upstream_prefix = route.upstream_prefix.unwrap_or_else(|| prefix.clone());
+        if !upstream_prefix.starts_with('/') {
+            checker.error(&key("upstream_prefix"), "must start with '/'");
+        }
+        if upstream_prefix.starts_with("/oauth20") {
+            checker.error(
+                &key("upstream_prefix"),
+                "must not point at /oauth20 (the token endpoints are never exposed)",
+            );
+        }
+        if routes.iter().any(|r| r.prefix == prefix) {
+            checker.error(&key("prefix"), format!("{prefix:?} is already a route"));
+        }
+        let session = checker.choice(
+            &key("session"),
+            route.session.as_deref(),
+            SessionPolicy::Required,
+            &[
+                ("required", SessionPolicy::Required),
+                ("optional", SessionPolicy::Optional),
+                ("none", SessionPolicy::None),
+            ],
+        );
+        routes.push(Route { label: prefix.clone(), prefix, upstream_prefix, session });
+    }
+    routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TOKENGATE_CLIENT_SECRET").then(|| "s3cret".to_string())
+    }
+
+    const MINIMAL: &str = r#"
+        [oauth]
+        client_id = "key"
+        [[route]]
+        prefix = "/api/"
+        upstream_prefix = "/v1/"
+    "#;
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let config = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(config.session.cookie_name, "__Host-tokengate");
+        assert!(config.session.cookie_secure);
+        assert_eq!(config.session.idle_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(config.session.absolute_timeout, Duration::from_secs(30 * 86400));
+        assert_eq!(config.oauth.refresh_ahead, Duration::from_secs(60));
+        assert_eq!(config.oauth.access_token_path, "/oauth20/access-tokens");
+        assert_eq!(config.oauth.client_secret.expose(), "s3cret");
+        assert_eq!(config.routes[0].session, SessionPolicy::Required);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            [oauth]
+            client_secret_env = "UNSET_VARIABLE_FOR_TEST"
+            refresh_ahead = "soon"
+            [session]
+            cookie_secure = false
+            same_site = "sideways"
+            [[route]]
+            prefix = "/oauth20/"
+        "#;
+        let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "server.listen",
+            "oauth.client_id",
+            "oauth.client_secret_env",
+            "oauth.refresh_ahead",
+            "session.cookie_secure",
+            "session.same_site",
+            "route[0].prefix",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn routes_are_sorted_longest_prefix_first() {
+        let text = r#"
+            [oauth]
+            client_id = "key"
+            [[route]]
+            prefix = "/api/"
+            [[route]]
+            prefix = "/api/public/"
+            session = "none"
+        "#;
+        let config = Config::from_toml(text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(config.routes[0].prefix, "/api/public/");
+    }
+
+    #[test]
+    fn a_secret_value_never_appears_in_an_error() {
+        let text = "[oauth]\nclient_secret_env = \"TOKENGATE_CLIENT_SECRET\"\nclient_secret_file = \"/nonexistent\"\n";
+        let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+        assert!(!errors.iter().any(|e| e.to_string().contains("s3cret")));
+    }
+}

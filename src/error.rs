@@ -1,0 +1,216 @@
+//! The one error type of the request path and its one mapping to the contract.
+//!
+//! Every failure a browser can see is a variant here. [`Error::status`] and
+//! [`Error::code`] are the only copy of the contract's table of status codes and error
+//! codes, and [`Error::to_response`] is the only place an error becomes a response.
+//! Messages are fixed text: never a token, a cookie, a password or an upstream body.
+//! Upstream and internal variants keep their cause for the log line only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+
+/// Where a failure came from, for logging at the right level (after pingora's
+/// `ErrorSource`): the browser's mistakes are `info`, upstream faults `warn`, bugs `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The browser sent something we refuse.
+    Downstream,
+    /// The Commerce API (token endpoint or resources) failed.
+    Upstream,
+    /// The session store failed.
+    Store,
+    /// A bug or an exhausted resource inside tokengate.
+    Internal,
+}
+
+/// A failure that ends a request with an error response.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no session")]
+    NoSession,
+    #[error("session expired or unknown")]
+    SessionExpired,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("invalid state")]
+    InvalidState,
+    #[error("missing X-CSRF header")]
+    CsrfRequired,
+    #[error("origin not allowed")]
+    OriginRejected,
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("session store full")]
+    SessionsFull,
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("token service unavailable: {0}")]
+    TokenServiceUnavailable(String),
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl Error {
+    /// The HTTP status the contract gives this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NoSession | Error::SessionExpired | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Error::InvalidState | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::CsrfRequired | Error::OriginRejected => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::SessionsFull | Error::StoreUnavailable(_) | Error::TokenServiceUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's machine-readable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NoSession => "no_session",
+            Error::SessionExpired => "session_expired",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::InvalidState => "invalid_state",
+            Error::CsrfRequired => "csrf_required",
+            Error::OriginRejected => "origin_rejected",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::BadRequest(_) => "bad_request",
+            Error::NotFound => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::PayloadTooLarge => "payload_too_large",
+            Error::SessionsFull => "sessions_full",
+            Error::StoreUnavailable(_) => "store_unavailable",
+            Error::TokenServiceUnavailable(_) => "token_service_unavailable",
+            Error::UpstreamUnavailable(_) => "upstream_unavailable",
+            Error::UpstreamTimeout => "upstream_timeout",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// Human text for the browser. Fixed strings only: nothing from the request or upstream.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Error::NoSession => "There is no session. Start one with POST /session/guest or /session/login.",
+            Error::SessionExpired => "The session has expired or is unknown. Start a new one.",
+            Error::InvalidCredentials => "The username or password is not correct.",
+            Error::InvalidState => "The login callback's state is missing, unknown or already used.",
+            Error::CsrfRequired => "Unsafe requests must carry the header X-CSRF: 1.",
+            Error::OriginRejected => "The request's Origin is not allowed.",
+            Error::RateLimited { .. } => "Too many new sessions from this client. Retry later.",
+            Error::BadRequest(why) => why,
+            Error::NotFound => "Nothing is served at this path.",
+            Error::MethodNotAllowed => "This method is not allowed here.",
+            Error::PayloadTooLarge => "The request body is too large.",
+            Error::SessionsFull => "The session store is full. Retry later.",
+            Error::StoreUnavailable(_) => {
+                "The session store is unavailable. Retry shortly; the session is kept."
+            }
+            Error::TokenServiceUnavailable(_) => {
+                "The token service is unavailable. Retry shortly; the session is kept."
+            }
+            Error::UpstreamUnavailable(_) => "The API could not be reached.",
+            Error::UpstreamTimeout => "The API did not answer in time.",
+            Error::Internal(_) => "Internal error.",
+        }
+    }
+
+    /// Where the failure came from.
+    pub fn source_kind(&self) -> Source {
+        match self {
+            Error::StoreUnavailable(_) => Source::Store,
+            Error::TokenServiceUnavailable(_) | Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => {
+                Source::Upstream
+            }
+            Error::Internal(_) | Error::SessionsFull => Source::Internal,
+            _ => Source::Downstream,
+        }
+    }
+
+    /// Whether the response must also clear the session cookie: the browser holds a cookie
+    /// that will never work again.
+    pub fn clears_cookie(&self) -> bool {
+        matches!(self, Error::SessionExpired)
+    }
+
+    /// The JSON error response `{"error":{"code","message"}}` with the contract's status.
+    pub fn to_response(&self) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.message() }
+        });
+        let mut response = Response::new(Body::full(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Error::RateLimited { retry_after } = self {
+            let seconds = retry_after.as_secs().max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract's table, written out once more so a change to either side fails here.
+    #[test]
+    fn every_variant_maps_to_the_contract_table() {
+        let table: Vec<(Error, u16, &str)> = vec![
+            (Error::NoSession, 401, "no_session"),
+            (Error::SessionExpired, 401, "session_expired"),
+            (Error::InvalidCredentials, 401, "invalid_credentials"),
+            (Error::InvalidState, 400, "invalid_state"),
+            (Error::CsrfRequired, 403, "csrf_required"),
+            (Error::OriginRejected, 403, "origin_rejected"),
+            (Error::RateLimited { retry_after: Duration::from_secs(3) }, 429, "rate_limited"),
+            (Error::BadRequest("x"), 400, "bad_request"),
+            (Error::NotFound, 404, "not_found"),
+            (Error::PayloadTooLarge, 413, "payload_too_large"),
+            (Error::SessionsFull, 503, "sessions_full"),
+            (Error::StoreUnavailable("x".into()), 503, "store_unavailable"),
+            (Error::TokenServiceUnavailable("x".into()), 503, "token_service_unavailable"),
+            (Error::UpstreamUnavailable("x".into()), 502, "upstream_unavailable"),
+            (Error::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        for (error, status, code) in table {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after() {
+        let response = Error::RateLimited { retry_after: Duration::from_secs(7) }.to_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_message() {
+        let error = Error::UpstreamUnavailable("connect to 10.0.0.1 refused".into());
+        assert!(!error.message().contains("10.0.0.1"));
+    }
+}

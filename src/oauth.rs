@@ -1,0 +1,350 @@
+//! The token client: everything tokengate says to the Commerce API's `/oauth20/*`.
+//!
+//! Digital River flavor (wire formats in `shared/reference/commerce-api-oauth.md`):
+//! guest tokens by `grant_type=password` with HTTP Basic `api key:secret`; shopper login by
+//! the password grant with the password encoded as `password_encoding` says and the guest
+//! token as `dr_limited_token`; refresh by `grant_type=refresh_token`; revocation by
+//! `DELETE` and session details by `GET` on `access_token_path`.
+//!
+//! Token bodies are read tolerantly (flat or wrapped in `token`, `expires_in` as number or
+//! string), and errors in both the OAuth shape and DR's `{"errors":{"error":[…]}}` shape.
+//! It never sees the browser's request and stores nothing; it returns a [`TokenSet`] or an
+//! [`OAuthError`] and leaves policy to the session layer.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+
+use crate::body::Body;
+use crate::config::{BaseUrl, OAuthConfig, PasswordEncoding};
+use crate::secret::{AccessToken, Password, RefreshToken};
+use crate::upstream::HttpClient;
+
+/// Largest token-endpoint answer read; anything bigger is not a token response.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A fresh pair from the token endpoint.
+#[derive(Debug)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    /// `None` when the API sent no refresh token (then the old one, if any, is kept).
+    pub refresh_token: Option<RefreshToken>,
+    /// Seconds the access token lives.
+    pub expires_in: u64,
+}
+
+/// Why a call to the token service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The API answered with an error about the request (4xx). `code` is the OAuth or
+    /// DR error code, cut to a safe length; never the description.
+    #[error("rejected with status {status} and code {code:?}")]
+    Rejected { status: u16, code: String },
+    /// The API could not be reached, answered 5xx or 429, or sent garbage.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within `upstream.request_timeout`.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl OAuthError {
+    /// Whether the grant itself is dead (bad password, expired or revoked refresh token),
+    /// as opposed to a fault of ours or the API's. Only a dead grant may end a session:
+    /// a misconfigured client secret (`invalid_client`) must never log everyone out.
+    pub fn is_grant_rejected(&self) -> bool {
+        match self {
+            OAuthError::Rejected { status, code } => match code.as_str() {
+                "invalid_grant" | "invalid_token" | "expired_token" => true,
+                "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_request" => {
+                    false
+                }
+                _ => *status == 401 || *status == 400,
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether the API refused the `dr_limited_token` (expired guest token).
+    pub fn is_limited_token_invalid(&self) -> bool {
+        matches!(self, OAuthError::Rejected { code, .. } if code == "dr_limited_token_invalid")
+    }
+}
+
+/// The client for `/oauth20/*`.
+pub struct TokenClient {
+    http: HttpClient,
+    token_uri: Uri,
+    access_token_uri: Uri,
+    basic_auth: HeaderValue,
+    password_encoding: PasswordEncoding,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClient").field("token_uri", &self.token_uri).finish_non_exhaustive()
+    }
+}
+
+impl TokenClient {
+    /// A client for the API at `base`, authenticating as `config.client_id`.
+    pub fn new(
+        http: HttpClient,
+        base: &BaseUrl,
+        config: &OAuthConfig,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
+        let credentials = format!("{}:{}", config.client_id, config.client_secret.expose());
+        let mut basic_auth = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials)))
+            .map_err(|_| "oauth.client_id: not valid in an HTTP header".to_string())?;
+        basic_auth.set_sensitive(true);
+        Ok(Self {
+            http,
+            token_uri: absolute_uri(base, &config.token_path)?,
+            access_token_uri: absolute_uri(base, &config.access_token_path)?,
+            basic_auth,
+            password_encoding: config.password_encoding,
+            request_timeout,
+        })
+    }
+
+    /// An anonymous shopper (guest, "limited") token.
+    pub async fn mint_guest(&self) -> Result<TokenSet, OAuthError> {
+        self.token_request(form(&[("grant_type", "password")])).await
+    }
+
+    /// A shopper token for `username`; `limited` carries the guest's session and cart over.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &Password,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, OAuthError> {
+        let encoded;
+        let password = match self.password_encoding {
+            PasswordEncoding::Base64 => {
+                encoded = STANDARD.encode(password.expose());
+                encoded.as_str()
+            }
+            PasswordEncoding::Plain => password.expose(),
+        };
+        let mut pairs = vec![("grant_type", "password"), ("username", username), ("password", password)];
+        if let Some(token) = limited {
+            pairs.push(("dr_limited_token", token.expose()));
+        }
+        self.token_request(form(&pairs)).await
+    }
+
+    /// New tokens for a refresh token. The API may rotate the refresh token.
+    pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, OAuthError> {
+        let body = form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())]);
+        self.token_request(body).await
+    }
+
+    /// Revokes an access token (and, at Digital River, its session's refresh token).
+    pub async fn revoke(&self, access_token: &AccessToken) -> Result<(), OAuthError> {
+        let (status, _) = self.bearer_request(Method::DELETE, access_token).await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            // Already dead upstream: the goal of a revocation is reached.
+            StatusCode::UNAUTHORIZED => Ok(()),
+            s => Err(classify(s, &Bytes::new())),
+        }
+    }
+
+    /// The API's session details for a token (`authenticated`, `cartId`, `locale`, …),
+    /// with nothing secret in them.
+    pub async fn session_details(&self, access_token: &AccessToken) -> Result<Value, OAuthError> {
+        let (status, body) = self.bearer_request(Method::GET, access_token).await?;
+        if !status.is_success() {
+            return Err(classify(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|_| OAuthError::Unavailable("session details are not JSON".into()))
+    }
+
+    async fn token_request(&self, body: String) -> Result<TokenSet, OAuthError> {
+        let request = Request::post(self.token_uri.clone())
+            .header(AUTHORIZATION, self.basic_auth.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(Body::full(body))
+            .map_err(|_| OAuthError::Unavailable("could not build the token request".into()))?;
+        let (status, body) = self.send(request).await?;
+        if status != StatusCode::OK {
+            return Err(classify(status, &body));
+        }
+        parse_token_set(&body)
+    }
+
+    async fn bearer_request(
+        &self,
+        method: Method,
+        token: &AccessToken,
+    ) -> Result<(StatusCode, Bytes), OAuthError> {
+        let mut authorization = HeaderValue::from_str(&format!("bearer {}", token.expose()))
+            .map_err(|_| OAuthError::Unavailable("token is not a valid header value".into()))?;
+        authorization.set_sensitive(true);
+        let request = Request::builder()
+            .method(method)
+            .uri(self.access_token_uri.clone())
+            .header(AUTHORIZATION, authorization)
+            .header(ACCEPT, "application/json")
+            .body(Body::Empty)
+            .map_err(|_| OAuthError::Unavailable("could not build the request".into()))?;
+        self.send(request).await
+    }
+
+    /// Sends and reads the whole (small) answer, all within `request_timeout`.
+    async fn send(&self, request: Request<Body>) -> Result<(StatusCode, Bytes), OAuthError> {
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|error| {
+                OAuthError::Unavailable(format!(
+                    "token endpoint: {}",
+                    crate::forward::describe_client_error(&error)
+                ))
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|_| OAuthError::Unavailable("token endpoint answer unreadable or too large".into()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| OAuthError::Timeout)?
+    }
+}
+
+fn absolute_uri(base: &BaseUrl, path: &str) -> Result<Uri, String> {
+    Uri::builder()
+        .scheme(base.scheme.clone())
+        .authority(base.authority.clone())
+        .path_and_query(format!("{}{}", base.path, path))
+        .build()
+        .map_err(|_| format!("{path:?} does not make a valid URL with upstream.base_url"))
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::with_capacity(256));
+    for (name, value) in pairs {
+        serializer.append_pair(name, value);
+    }
+    serializer.finish()
+}
+
+/// Reads `{"access_token",…}` or `{"token":{"access_token",…}}`, `expires_in` as a
+/// number or a string.
+fn parse_token_set(body: &[u8]) -> Result<TokenSet, OAuthError> {
+    let garbage = || OAuthError::Unavailable("token endpoint answered 200 without a usable token".into());
+    let value: Value = serde_json::from_slice(body).map_err(|_| garbage())?;
+    let object = value.get("token").filter(|v| v.is_object()).unwrap_or(&value);
+    let access_token =
+        object.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(garbage)?;
+    let refresh_token = object.get("refresh_token").and_then(Value::as_str).filter(|t| !t.is_empty());
+    let expires_in = match object.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    // Digital River documents 60 minutes as the default lifetime when none is said.
+    .unwrap_or(3600);
+    Ok(TokenSet {
+        access_token: AccessToken::new(access_token),
+        refresh_token: refresh_token.map(RefreshToken::new),
+        expires_in,
+    })
+}
+
+/// Turns a non-200 answer into an error: 5xx and 429 are the service's trouble, anything
+/// else a rejection with the code found in either error shape.
+fn classify(status: StatusCode, body: &[u8]) -> OAuthError {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return OAuthError::Unavailable(format!("token endpoint answered {}", status.as_u16()));
+    }
+    OAuthError::Rejected { status: status.as_u16(), code: error_code(body).unwrap_or_default() }
+}
+
+/// The error code from `{"error":"x"}`, `{"errors":{"error":[{"code":"x"}]}}` or
+/// `{"errors":{"error":{"code":"x"}}}`, kept only if it looks like a code.
+fn error_code(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let code = match value.get("error") {
+        Some(Value::String(code)) => code.as_str(),
+        _ => {
+            let nested = value.get("errors")?.get("error")?;
+            let first = match nested {
+                Value::Array(items) => items.first()?,
+                other => other,
+            };
+            first.get("code")?.as_str()?
+        }
+    };
+    let looks_like_a_code =
+        code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    looks_like_a_code.then(|| code.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_flat_and_wrapped_token_bodies() {
+        let flat = br#"{"access_token":"a1","token_type":"bearer","expires_in":86397,"refresh_token":"r1"}"#;
+        let set = parse_token_set(flat).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.access_token.expose(), "a1");
+        assert_eq!(set.refresh_token.as_ref().map(RefreshToken::expose), Some("r1"));
+        assert_eq!(set.expires_in, 86397);
+
+        let wrapped = br#"{"token":{"access_token":"a2","expires_in":"3599"}}"#;
+        let set = parse_token_set(wrapped).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.access_token.expose(), "a2");
+        assert!(set.refresh_token.is_none());
+        assert_eq!(set.expires_in, 3599);
+    }
+
+    #[test]
+    fn a_body_without_a_token_is_unavailable_not_a_panic() {
+        for body in [&b""[..], b"{}", b"[1]", br#"{"access_token":""}"#, b"\xff\xfe"] {
+            assert!(matches!(parse_token_set(body), Err(OAuthError::Unavailable(_))));
+        }
+    }
+
+    #[test]
+    fn reads_error_codes_in_every_shape() {
+        assert_eq!(
+            error_code(br#"{"error":"invalid_grant","error_description":"x"}"#).as_deref(),
+            Some("invalid_grant")
+        );
+        assert_eq!(
+            error_code(br#"{"errors":{"error":[{"code":"invalid_token"}]}}"#).as_deref(),
+            Some("invalid_token")
+        );
+        assert_eq!(
+            error_code(br#"{"errors":{"error":{"code":"invalid_client"}}}"#).as_deref(),
+            Some("invalid_client")
+        );
+        assert_eq!(error_code(br#"{"error":"has spaces and <html>"}"#), None);
+    }
+
+    #[test]
+    fn only_dead_grants_count_as_rejected() {
+        let rejected =
+            |status, code: &str| OAuthError::Rejected { status, code: code.into() }.is_grant_rejected();
+        assert!(rejected(400, "invalid_grant"));
+        assert!(rejected(401, ""));
+        assert!(!rejected(401, "invalid_client"));
+        assert!(!rejected(400, "invalid_request"));
+        assert!(!OAuthError::Timeout.is_grant_rejected());
+        assert!(matches!(classify(StatusCode::BAD_GATEWAY, b""), OAuthError::Unavailable(_)));
+        assert!(matches!(classify(StatusCode::TOO_MANY_REQUESTS, b""), OAuthError::Unavailable(_)));
+    }
+}

@@ -1,0 +1,146 @@
+//! Which handler a request path belongs to. Pure: no I/O, no allocation.
+//!
+//! `/session*` goes to the session endpoints, a `[[route]]` prefix (longest wins) to
+//! forwarding, `/oauth20/*` is never served. Paths that could climb out of a route once
+//! the API normalizes them (`..`, `.`, encoded dots or slashes, backslashes) are refused
+//! here, so `/api/../oauth20/token` can never reach the token endpoint.
+
+use crate::config::Route;
+
+/// The session endpoints of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /session`
+    Session,
+    /// `POST /session/guest`
+    Guest,
+    /// `POST /session/login`
+    Login,
+    /// `POST /session/logout`
+    Logout,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Endpoint(Endpoint),
+    Route(&'a Route),
+    /// The built-in demo storefront page (only with `server.demo_page`).
+    DemoPage,
+    /// A path that tries to escape its route.
+    UnsafePath,
+    NotFound,
+}
+
+impl Target<'_> {
+    /// A short label for logs and metrics; never the raw path.
+    pub fn label(&self) -> &str {
+        match self {
+            Target::Endpoint(Endpoint::Session) => "/session",
+            Target::Endpoint(Endpoint::Guest) => "/session/guest",
+            Target::Endpoint(Endpoint::Login) => "/session/login",
+            Target::Endpoint(Endpoint::Logout) => "/session/logout",
+            Target::Route(route) => &route.label,
+            Target::DemoPage => "/",
+            Target::UnsafePath => "(unsafe path)",
+            Target::NotFound => "(not found)",
+        }
+    }
+
+    /// Whether CSRF and Origin checks apply (state-changing surfaces of the contract).
+    pub fn is_protected(&self) -> bool {
+        matches!(self, Target::Endpoint(_) | Target::Route(_))
+    }
+}
+
+/// Classifies `path` (without the query string). `routes` are sorted longest first.
+pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<'a> {
+    match path {
+        "/session" => return Target::Endpoint(Endpoint::Session),
+        "/session/guest" => return Target::Endpoint(Endpoint::Guest),
+        "/session/login" => return Target::Endpoint(Endpoint::Login),
+        "/session/logout" => return Target::Endpoint(Endpoint::Logout),
+        "/" | "/index.html" if demo_page => return Target::DemoPage,
+        _ => {}
+    }
+    if path.starts_with("/session/") || path == "/oauth20" || path.starts_with("/oauth20/") {
+        return Target::NotFound;
+    }
+    if !is_safe_path(path) {
+        return Target::UnsafePath;
+    }
+    routes
+        .iter()
+        .find(|route| path.starts_with(route.prefix.as_str()))
+        .map_or(Target::NotFound, Target::Route)
+}
+
+/// No dot segments, no encoded dots, slashes or backslashes, no backslashes.
+fn is_safe_path(path: &str) -> bool {
+    if path.contains('\\') {
+        return false;
+    }
+    let lower_has = |needle: &str| {
+        path.as_bytes().windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if lower_has("%2e") || lower_has("%2f") || lower_has("%5c") {
+        return false;
+    }
+    !path.split('/').any(|segment| segment == "." || segment == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionPolicy;
+
+    fn routes() -> Vec<Route> {
+        let route = |prefix: &str, session| Route {
+            prefix: prefix.into(),
+            upstream_prefix: "/v1/".into(),
+            session,
+            label: prefix.into(),
+        };
+        // Sorted longest first, as the config loader leaves them.
+        vec![route("/api/public/", SessionPolicy::None), route("/api/", SessionPolicy::Required)]
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let routes = routes();
+        assert!(
+            matches!(classify("/api/public/x", &routes, false), Target::Route(r) if r.prefix == "/api/public/")
+        );
+        assert!(
+            matches!(classify("/api/shoppers/me", &routes, false), Target::Route(r) if r.prefix == "/api/")
+        );
+        assert!(matches!(classify("/other", &routes, false), Target::NotFound));
+    }
+
+    #[test]
+    fn session_endpoints_and_oauth_paths() {
+        let routes = routes();
+        assert!(matches!(classify("/session", &routes, false), Target::Endpoint(Endpoint::Session)));
+        assert!(matches!(classify("/session/login", &routes, false), Target::Endpoint(Endpoint::Login)));
+        assert!(matches!(classify("/session/nope", &routes, false), Target::NotFound));
+        assert!(matches!(classify("/oauth20/token", &routes, false), Target::NotFound));
+        assert!(matches!(classify("/", &routes, false), Target::NotFound));
+        assert!(matches!(classify("/", &routes, true), Target::DemoPage));
+    }
+
+    #[test]
+    fn paths_that_climb_out_are_refused() {
+        let routes = routes();
+        for path in [
+            "/api/../oauth20/token",
+            "/api/./x",
+            "/api/%2e%2e/oauth20/token",
+            "/api/%2E./x",
+            "/api/a%2Fb",
+            "/api/a\\b",
+        ] {
+            assert!(matches!(classify(path, &routes, false), Target::UnsafePath), "{path}");
+        }
+        assert!(matches!(classify("/api/a.b/..c", &routes, false), Target::Route(_)));
+    }
+}

@@ -1,0 +1,129 @@
+//! Assembling and running the proxy: build every part from the config, bind the
+//! listeners, run until told to stop, drain.
+//!
+//! The steps, in order: (1) the pooled upstream client, (2) the token client, (3) the
+//! store, (4) the session manager, (5) the app and the admin service, (6) bind both
+//! listeners — failing before anything serves if either cannot be bound, (7) announce
+//! the bound addresses, (8) serve with a background sweeper until `shutdown` fires,
+//! (9) drain within `server.shutdown_timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::app::App;
+use crate::config::{Config, StoreKind};
+use crate::forward::Forwarder;
+use crate::oauth::TokenClient;
+use crate::server::{self, ServeOptions};
+use crate::session::{now_secs, Sessions};
+use crate::store::{MemoryStore, Store};
+use crate::upstream;
+
+/// The addresses the proxy actually listens on (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+/// How long a client may take to send request headers before the connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the proxy until `shutdown` is cancelled. `on_bound` is called once both
+/// listeners are bound, before the first request is served.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), String> {
+    let config = Arc::new(config);
+    let http = upstream::build_client(&config.upstream)?;
+    let tokens = Arc::new(TokenClient::new(
+        http.clone(),
+        &config.upstream.base,
+        &config.oauth,
+        config.upstream.request_timeout,
+    )?);
+    let store = Arc::new(match config.store.kind {
+        StoreKind::Memory => Store::Memory(MemoryStore::new(config.session.max_sessions)),
+    });
+    let sessions = Arc::new(Sessions::new(&config, Arc::clone(&store), tokens));
+    let forwarder = Forwarder::new(http, config.upstream.base.clone(), config.upstream.request_timeout);
+    let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder));
+
+    let public = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
+    let admin = match config.server.admin_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address} (admin): {error}"))?,
+        ),
+        None => None,
+    };
+    let bound = Bound {
+        public: public.local_addr().map_err(|error| error.to_string())?,
+        admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
+    };
+    tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
+    on_bound(bound);
+
+    let options =
+        ServeOptions { header_read_timeout: HEADER_READ_TIMEOUT, grace: config.server.shutdown_timeout };
+    let sweeper =
+        tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
+    let admin_task = admin.map(|listener| {
+        let admin = Arc::new(Admin::new(Arc::clone(&store)));
+        tokio::spawn(server::serve(listener, admin, options, shutdown.clone()))
+    });
+    let drained = server::serve(public, app, options, shutdown.clone()).await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    let _ = sweeper.await;
+    tracing::info!(drained, "stopped");
+    Ok(())
+}
+
+/// Deletes expired sessions every `interval` until shutdown.
+async fn sweep_forever(sessions: Arc<Sessions>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match sessions.sweep(now_secs()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "expired sessions swept"),
+            Err(error) => tracing::warn!(%error, "session sweep failed"),
+        }
+    }
+}
+
+/// Cancels `shutdown` at the first SIGTERM or SIGINT.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

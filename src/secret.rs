@@ -1,0 +1,120 @@
+//! Secrets that redact themselves.
+//!
+//! Tokens, cookie values, passwords and the client secret live only in the types of this
+//! module. Their `Debug` prints `<redacted>`, they have no `Display` and no `Serialize`,
+//! and their bytes are wiped when dropped. Reading the value takes `expose()`, which is
+//! easy to find with grep: the Authorization header, the token-endpoint form, the cookie
+//! writer and the store's codec are its only callers.
+//!
+//! This module depends on nothing else in the crate.
+
+use std::fmt;
+
+use zeroize::Zeroize;
+
+/// A string that must never be logged or shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself. Every caller is a place where a secret leaves its box.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is the empty string (an empty secret is a configuration error).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+macro_rules! secret_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(SecretString);
+
+        impl $name {
+            /// Wraps a value.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(SecretString::new(value.into()))
+            }
+
+            /// The secret itself. Every caller is a place where a secret leaves its box.
+            pub fn expose(&self) -> &str {
+                self.0.expose()
+            }
+
+            /// Whether the value is empty.
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
+}
+
+secret_newtype!(
+    /// An access token issued by the Commerce API. Sent only upstream, in `Authorization`.
+    AccessToken
+);
+secret_newtype!(
+    /// A refresh token. Sent only to the token endpoint.
+    RefreshToken
+);
+secret_newtype!(
+    /// The API client secret (the password half of HTTP Basic at the token endpoint).
+    ClientSecret
+);
+secret_newtype!(
+    /// A shopper's password, held only for the duration of one login call.
+    Password
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let values = [
+            format!("{:?}", AccessToken::new("abc123secret")),
+            format!("{:?}", RefreshToken::new("abc123secret")),
+            format!("{:?}", ClientSecret::new("abc123secret")),
+            format!("{:?}", Password::new("abc123secret")),
+            format!("{:?}", SecretString::new("abc123secret".into())),
+            format!("{:#?}", Some(AccessToken::new("abc123secret"))),
+        ];
+        for shown in values {
+            assert!(!shown.contains("abc123secret"), "{shown}");
+            assert!(shown.contains("redacted"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn expose_returns_the_value() {
+        assert_eq!(AccessToken::new("t0k").expose(), "t0k");
+    }
+}
