@@ -1,0 +1,615 @@
+//! The test harness: real `tokengate` and real `commerce-mock` processes on 127.0.0.1
+//! ports, a cookie-keeping "browser", and a leak check that runs when every test ends.
+//!
+//! * Each [`Env`] starts its own mock and proxy, each binding port 0 and announcing the
+//!   bound address on one stdout line, so parallel tests never race for ports.
+//! * The mock appends every token it issues to a file; the proxy's stderr goes to a file.
+//! * Every response the browser receives is recorded. When the `Env` drops (and the test
+//!   has not already failed), it asserts that no issued token appears in any recorded
+//!   response header or body, and that no token, cookie value, password or client
+//!   secret appears in the proxy's log. So the "no token reaches the browser" rule is
+//!   checked across the whole suite, not in one test.
+//! * Children are stopped by PID when the `Env` drops. Nothing sleeps to synchronise:
+//!   [`eventually`] polls against a deadline.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const CLIENT_ID: &str = "test-api-key";
+pub const CLIENT_SECRET: &str = "test-client-secret-5f2a";
+pub const USERNAME: &str = "jdoe@example.com";
+pub const PASSWORD: &str = "p4ssw0rd!";
+pub const COOKIE: &str = "tg";
+
+/// A response as the browser saw it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (`Value::Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The contract's error code, if the body is an error.
+    pub fn error_code(&self) -> Option<String> {
+        self.json()["error"]["code"].as_str().map(str::to_string)
+    }
+
+    /// Every `Set-Cookie` value.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether the response clears our cookie.
+    pub fn clears_cookie(&self) -> bool {
+        self.set_cookies().iter().any(|c| c.starts_with(&format!("{COOKIE}=;")) && c.contains("Max-Age=0"))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Options for one environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mock_args: Vec<String>,
+    pub refresh_ahead: String,
+    pub idle_timeout: String,
+    pub absolute_timeout: String,
+    pub max_sessions: u64,
+    pub guest: String,
+    pub request_timeout: String,
+    pub max_body_bytes: u64,
+    pub extra_toml: String,
+    pub upstream_url: Option<String>,
+    pub shutdown_timeout: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mock_args: Vec::new(),
+            refresh_ahead: "5s".into(),
+            idle_timeout: "1h".into(),
+            absolute_timeout: "1d".into(),
+            max_sessions: 10_000,
+            guest: "lazy".into(),
+            request_timeout: "5s".into(),
+            max_body_bytes: 8 * 1024 * 1024,
+            extra_toml: String::new(),
+            upstream_url: None,
+            shutdown_timeout: "10s".into(),
+        }
+    }
+}
+
+/// Everything a test's browser can see, shared with the leak check.
+#[derive(Default)]
+struct Transcript {
+    responses: Vec<String>,
+    cookie_values: Vec<String>,
+}
+
+/// A running commerce-mock.
+pub struct Mock {
+    child: Child,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub issued_tokens_file: PathBuf,
+}
+
+/// A running tokengate.
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub log_file: PathBuf,
+}
+
+/// One test's world: a mock, a proxy, and what the browser saw.
+pub struct Env {
+    pub mock: Mock,
+    pub proxy: Proxy,
+    pub dir: tempfile::TempDir,
+    pub options: Options,
+    client: Client<HttpConnector, Full<Bytes>>,
+    transcript: Arc<Mutex<Transcript>>,
+    leak_check: bool,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Env::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Env {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mock = start_mock(dir.path(), &options.mock_args);
+        let upstream = options.upstream_url.clone().unwrap_or_else(|| mock.url.clone());
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, proxy_toml(&upstream, &options))
+            .unwrap_or_else(|e| panic!("write config: {e}"));
+        let proxy = start_proxy(&config_path, dir.path(), &[]);
+        Env {
+            mock,
+            proxy,
+            dir,
+            options,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            transcript: Arc::default(),
+            leak_check: true,
+        }
+    }
+
+    /// A browser with an empty cookie jar.
+    pub fn browser(&self) -> Browser {
+        Browser {
+            client: self.client.clone(),
+            base: format!("http://{}", self.proxy.addr),
+            cookie: Arc::new(Mutex::new(None)),
+            transcript: Arc::clone(&self.transcript),
+        }
+    }
+
+    /// A plain GET/PUT/POST to the mock's control API (not recorded: it is not the browser).
+    pub async fn mock_call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.mock.url))
+            .header("content-type", "application/json")
+            .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("mock control: {e}"));
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.mock_call(Method::GET, "/__mock/stats", None).await
+    }
+
+    /// How many refresh grants the token endpoint has served.
+    pub async fn refresh_calls(&self) -> u64 {
+        self.stats().await["token_calls"]["refresh"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        self.mock_call(Method::PUT, "/__mock/faults", Some(faults)).await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.mock_call(Method::DELETE, "/__mock/faults", None).await;
+    }
+
+    /// Makes every live access token expired at the mock (refresh tokens stay valid).
+    pub async fn expire_access_tokens(&self) {
+        self.mock_call(Method::POST, "/__mock/expire", Some(serde_json::json!({"all": true}))).await;
+    }
+
+    /// Disables the end-of-test leak check, for a test that leaks on purpose.
+    pub fn expect_leaks(&mut self) {
+        self.leak_check = false;
+    }
+
+    /// Every token the mock issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        read_lines(&self.mock.issued_tokens_file)
+    }
+
+    /// The leaks found so far: descriptions of each secret found where it must not be.
+    pub fn find_leaks(&self) -> Vec<String> {
+        let transcript = self.transcript.lock().unwrap_or_else(|e| e.into_inner());
+        let log = std::fs::read_to_string(&self.proxy.log_file).unwrap_or_default();
+        let tokens = self.issued_tokens();
+        let mut leaks = Vec::new();
+        for token in tokens.iter().filter(|t| t.len() >= 16) {
+            if transcript.responses.iter().any(|r| r.contains(token.as_str())) {
+                leaks.push(format!("token {}… reached the browser", &token[..8]));
+            }
+            if log.contains(token.as_str()) {
+                leaks.push(format!("token {}… is in the proxy log", &token[..8]));
+            }
+        }
+        for cookie in &transcript.cookie_values {
+            if log.contains(cookie.as_str()) {
+                leaks.push("a session cookie value is in the proxy log".into());
+            }
+        }
+        for secret in [CLIENT_SECRET, PASSWORD] {
+            if log.contains(secret) {
+                leaks.push(format!("secret {secret:?} is in the proxy log"));
+            }
+        }
+        leaks
+    }
+
+    /// The proxy's log so far.
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(&self.proxy.log_file).unwrap_or_default()
+    }
+
+    /// Stops the proxy (SIGKILL) and starts a new one on the same config.
+    pub fn restart_proxy(&mut self) {
+        self.proxy.stop();
+        let config = self.dir.path().join("proxy.toml");
+        self.proxy = start_proxy(&config, self.dir.path(), &[]);
+    }
+
+    /// Stops the mock, to make the whole upstream unreachable.
+    pub fn stop_mock(&mut self) {
+        let _ = self.mock.child.kill();
+        let _ = self.mock.child.wait();
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.proxy.stop();
+        let _ = self.mock.child.kill();
+        let _ = self.mock.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- proxy log (last 40 lines) ---");
+            let log = self.proxy_log();
+            for line in log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev() {
+                eprintln!("{line}");
+            }
+            return;
+        }
+        if self.leak_check {
+            let leaks = self.find_leaks();
+            assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
+        }
+    }
+}
+
+impl Proxy {
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal to the proxy process (by its PID) and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: &str, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-s", signal, &pid]).status();
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A browser: keeps our cookie, sends `X-CSRF: 1` on unsafe methods by default, and
+/// records every response for the leak check.
+#[derive(Clone)]
+pub struct Browser {
+    client: Client<HttpConnector, Full<Bytes>>,
+    pub base: String,
+    cookie: Arc<Mutex<Option<String>>>,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+impl Browser {
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_cookie(&self, value: Option<String>) {
+        *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+
+    /// A second browser that shares nothing with this one but the proxy.
+    pub fn fresh(&self) -> Browser {
+        Browser { cookie: Arc::new(Mutex::new(None)), ..self.clone() }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], None).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Reply {
+        self.send(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            Some(Bytes::from(body.to_string())),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str) -> Reply {
+        self.send(Method::POST, path, &[], None).await
+    }
+
+    pub async fn login(&self) -> Reply {
+        self.post_json("/session/login", serde_json::json!({"username": USERNAME, "password": PASSWORD}))
+            .await
+    }
+
+    /// Sends a request with our cookie and `X-CSRF: 1` on unsafe methods, plus `headers`
+    /// (a header given here replaces the default).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
+        let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if method != Method::GET && method != Method::HEAD && !has("x-csrf") {
+            builder = builder.header("x-csrf", "1");
+        }
+        if let (Some(cookie), false) = (self.cookie(), has("cookie")) {
+            builder = builder.header("cookie", format!("{COOKIE}={cookie}"));
+        }
+        for (name, value) in headers {
+            if !value.is_empty() {
+                builder = builder.header(*name, *value);
+            }
+        }
+        let request = builder.body(Full::new(body.unwrap_or_default())).unwrap_or_else(|e| panic!("{e}"));
+        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("request to proxy: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let reply = Reply { status, headers, body };
+        self.record(&reply);
+        reply
+    }
+
+    fn record(&self, reply: &Reply) {
+        let mut text = String::new();
+        for (name, value) in &reply.headers {
+            text.push_str(name.as_str());
+            text.push_str(": ");
+            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            text.push('\n');
+        }
+        text.push_str(&String::from_utf8_lossy(&reply.body));
+        let mut transcript = self.transcript.lock().unwrap_or_else(|e| e.into_inner());
+        transcript.responses.push(text);
+        for cookie in reply.set_cookies() {
+            if let Some(value) = cookie_value(&cookie) {
+                if !value.is_empty() {
+                    transcript.cookie_values.push(value.clone());
+                    *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                } else {
+                    *self.cookie.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+        }
+    }
+}
+
+fn cookie_value(set_cookie: &str) -> Option<String> {
+    let first = set_cookie.split(';').next()?;
+    let (name, value) = first.split_once('=')?;
+    (name.trim() == COOKIE).then(|| value.trim().to_string())
+}
+
+/// The proxy config every test starts from.
+pub fn proxy_toml(upstream: &str, options: &Options) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+public_origin = "http://shop.test"
+max_body_bytes = {max_body}
+shutdown_timeout = "{shutdown}"
+
+[upstream]
+base_url = "{upstream}"
+connect_timeout = "1s"
+request_timeout = "{request_timeout}"
+
+[oauth]
+client_id = "{CLIENT_ID}"
+client_secret_env = "TEST_CLIENT_SECRET"
+refresh_ahead = "{refresh_ahead}"
+
+[session]
+cookie_name = "{COOKIE}"
+cookie_secure = false
+idle_timeout = "{idle}"
+absolute_timeout = "{absolute}"
+max_sessions = {max_sessions}
+guest = "{guest}"
+
+[log]
+level = "debug,tokengate=trace"
+
+[[route]]
+prefix = "/api/"
+upstream_prefix = "/v1/"
+session = "required"
+
+[[route]]
+prefix = "/api/public/"
+upstream_prefix = "/v1/debug/"
+session = "none"
+
+[[route]]
+prefix = "/api/maybe/"
+upstream_prefix = "/v1/debug/"
+session = "optional"
+{extra}
+"#,
+        max_body = options.max_body_bytes,
+        shutdown = options.shutdown_timeout,
+        request_timeout = options.request_timeout,
+        refresh_ahead = options.refresh_ahead,
+        idle = options.idle_timeout,
+        absolute = options.absolute_timeout,
+        max_sessions = options.max_sessions,
+        guest = options.guest,
+        extra = options.extra_toml,
+    )
+}
+
+fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
+    let issued_tokens_file = dir.join("issued-tokens.txt");
+    let log = std::fs::File::create(dir.join("mock.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mock"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
+        .args(["--user", &format!("{USERNAME}:{PASSWORD}"), "--user", "other@example.com:0ther-pass"])
+        .arg("--issued-tokens-file")
+        .arg(&issued_tokens_file)
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    let (child, line) = spawn_and_read_line(command, "commerce-mock");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("commerce-mock said {line:?}"))
+        .to_string();
+    let addr = url.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+    Mock { child, url, addr, issued_tokens_file }
+}
+
+/// Starts tokengate on `config`, with the test client secret in its environment.
+pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Proxy {
+    let log_file = dir.join(format!("proxy-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
+    let log = std::fs::File::create(&log_file).unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+        .env_remove("RUST_LOG")
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    let (child, line) = spawn_and_read_line(command, "tokengate");
+    // "tokengate listening on http://A admin http://B"
+    let mut urls =
+        line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_start_matches("http://"));
+    let addr = urls.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("tokengate said {line:?}"));
+    let admin = urls.next().and_then(|a| a.parse().ok());
+    Proxy { child: Some(child), addr, admin, log_file }
+}
+
+fn rand_suffix() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    u128::from(N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Spawns `command` and waits (at most 30 s) for its first stdout line.
+fn spawn_and_read_line(mut command: Command, name: &str) -> (Child, String) {
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("{name} has no stdout"));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = sender.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    match receiver.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if !line.is_empty() => (child, line),
+        _ => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("{name} did not announce its address (exit: {status:?})");
+        }
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if start.elapsed() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Headers the mock's echo endpoint saw, by lowercase name.
+pub fn echoed_headers(reply: &Reply) -> HashMap<String, Value> {
+    reply.json()["headers"].as_object().map(|o| o.clone().into_iter().collect()).unwrap_or_default()
+}
+
+pub fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the futures as concurrent tasks and returns their outputs in order.
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap_or_else(|e| panic!("task: {e}")));
+    }
+    outputs
+}
