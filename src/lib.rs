@@ -27,5 +27,7 @@ pub mod store;
 pub mod upstream;
 
 pub mod admin;
+pub mod callback;
 pub mod demo;
+pub mod metrics;
 pub mod telemetry;

@@ -21,7 +21,7 @@ use crate::forward::Forwarder;
 use crate::oauth::TokenClient;
 use crate::server::{self, ServeOptions};
 use crate::session::{now_secs, Sessions};
-use crate::store::{MemoryStore, Store};
+use crate::store::{snapshot, MemoryStore, Store};
 use crate::upstream;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
@@ -30,9 +30,6 @@ pub struct Bound {
     pub public: SocketAddr,
     pub admin: Option<SocketAddr>,
 }
-
-/// How long a client may take to send request headers before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the proxy until `shutdown` is cancelled. `on_bound` is called once both
 /// listeners are bound, before the first request is served.
@@ -52,6 +49,7 @@ pub async fn run(
     let store = Arc::new(match config.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new(config.session.max_sessions)),
     });
+    snapshot::load_into(&store, &config.store)?;
     let sessions = Arc::new(Sessions::new(&config, Arc::clone(&store), tokens));
     let forwarder = Forwarder::new(http, config.upstream.base.clone(), config.upstream.request_timeout);
     let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder));
@@ -74,10 +72,10 @@ pub async fn run(
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
 
-    let options =
-        ServeOptions { header_read_timeout: HEADER_READ_TIMEOUT, grace: config.server.shutdown_timeout };
+    let options = ServeOptions::from_config(&config.server);
     let sweeper =
         tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
+    let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store)));
         tokio::spawn(server::serve(listener, admin, options, shutdown.clone()))
@@ -87,6 +85,10 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = sweeper.await;
+    if let Some(writer) = snapshot_writer {
+        let _ = writer.await;
+    }
+    snapshot::write_final(&store, &config.store).await?;
     tracing::info!(drained, "stopped");
     Ok(())
 }

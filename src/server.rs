@@ -1,12 +1,27 @@
-//! Listeners: the accept loop, HTTP/1.1 and HTTP/2 on one port, and the graceful drain.
+//! Listeners: the accept loop, HTTP/1.1 and HTTP/2 on one port, connection limits, and
+//! the graceful drain.
 //!
 //! It knows nothing of routes, sessions or tokens: it hands each request to a
-//! [`Handler`] with the connection's facts. On shutdown the listener is dropped at once
-//! (new connections are refused), in-flight requests get up to the grace period to
-//! finish, and idle keep-alive connections are closed.
+//! [`Handler`] with the connection's facts. Limits, all from `[server]`:
+//! 1. At most `max_connections` connections are served at once; further clients wait in
+//!    the kernel's accept queue instead of exhausting memory or file descriptors.
+//! 2. A request head larger than `max_header_bytes` gets 431 (hyper answers it).
+//! 3. A client that does not finish sending a request head within `header_read_timeout`
+//!    is disconnected (slowloris). hyper runs this timer whenever an HTTP/1.1 connection
+//!    waits for a head, so an idle HTTP/1.1 keep-alive connection also closes then.
+//! 4. A connection with no bytes moving for `keep_alive_timeout` is asked to close
+//!    gracefully (HTTP/2 included): in-flight requests still finish.
+//!
+//! On shutdown the listener is dropped at once (new connections are refused), every
+//! connection is asked to close gracefully, and in-flight requests get up to the grace
+//! period to finish.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,12 +29,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{App, ConnInfo};
 use crate::body::Body;
+use crate::config::ServerConfig;
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
@@ -41,10 +59,25 @@ impl Handler for App {
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// How long a client may take to send a request's headers (slowloris).
     pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub grace: Duration,
+}
+
+impl ServeOptions {
+    /// The limits `[server]` configures.
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: config.header_read_timeout,
+            keep_alive_timeout: config.keep_alive_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+            grace: config.shutdown_timeout,
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` fires, then drains. Returns whether every
@@ -55,16 +88,17 @@ pub async fn serve<H: Handler>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-
+    let builder = Arc::new(http_builder(&options));
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections));
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -80,24 +114,143 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         let conn = ConnInfo { peer, tls: false };
         let handler = Arc::clone(&handler);
-        let service = service_fn(move |request| {
-            let handler = Arc::clone(&handler);
-            async move { Ok::<_, std::convert::Infallible>(handler.call(request, conn).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
+        let builder = Arc::clone(&builder);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(&builder, stream, conn, handler, options.keep_alive_timeout, shutdown).await;
+            drop(permit);
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => true,
+        () = connections.wait() => true,
         () = tokio::time::sleep(options.grace) => {
-            tracing::warn!(grace = ?options.grace, "connections still open after the shutdown grace period");
+            tracing::warn!(grace = ?options.grace, open = connections.len(), "connections still open after the shutdown grace period");
             false
         }
+    }
+}
+
+fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Serves one connection until it ends, closing it gracefully when it has been idle for
+/// `idle_timeout` or when shutdown begins.
+async fn serve_connection<H: Handler>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
+    let service = service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, std::convert::Infallible>(handler.call(request, conn).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    // Idle means no byte moved during two whole ticks of half the timeout.
+    let mut ticker = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(10)));
+    ticker.tick().await;
+    let (mut last_seen, mut quiet_ticks, mut closing) = (0, 0, false);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = ticker.tick(), if !closing => {
+                let moved = activity.load(Ordering::Relaxed);
+                quiet_ticks = if moved == last_seen { quiet_ticks + 1 } else { 0 };
+                last_seen = moved;
+                if quiet_ticks >= 2 {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// A socket that counts read and write calls that moved bytes, for the idle watchdog.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+}
+
+impl ActivityIo {
+    fn moved(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.moved();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.moved();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.moved();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

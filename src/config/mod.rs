@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, EncryptionKey};
 
 pub use validate::validate;
 
@@ -53,6 +53,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub rate_limit: RateLimitConfig,
+    pub leak_guard: LeakGuardConfig,
     /// Routes sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Route>,
     /// Where the file came from (for reload and messages); `None` for an inline config.
@@ -74,6 +76,49 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Serve the built-in demo storefront page at `/`.
     pub demo_page: bool,
+    /// How unsafe requests prove they come from the storefront.
+    pub csrf: CsrfMode,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive_timeout: Duration,
+    /// Most connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How many `X-Forwarded-For` entries, counted from the right, were added by proxies
+    /// we trust (0: the socket's peer is the client).
+    pub trusted_proxy_depth: usize,
+}
+
+/// How unsafe requests (POST, PUT, PATCH, DELETE) prove they come from the storefront.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrfMode {
+    /// `X-CSRF: 1` is required (single-page storefronts).
+    Header,
+    /// `Origin`, or else `Referer`, must be an allowed origin; a request with neither is
+    /// refused (server-rendered storefronts whose forms cannot set headers).
+    Origin,
+}
+
+/// `[rate_limit]`: protection of the token endpoint from floods of new sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// New sessions one client may start per minute, sustained.
+    pub new_sessions_per_minute: u32,
+    /// New sessions one client may start in a burst.
+    pub new_sessions_burst: u32,
+    /// Most calls to the token endpoint in flight at once, across all clients.
+    pub token_concurrency: usize,
+}
+
+/// `[leak_guard]`: the last line of defence against an upstream that echoes a token.
+#[derive(Debug, Clone, Copy)]
+pub struct LeakGuardConfig {
+    pub enabled: bool,
+    /// JSON and text response bodies up to this size are scanned; larger ones stream
+    /// unscanned (headers are always scanned).
+    pub max_body_bytes: usize,
 }
 
 /// `[upstream]`: the Commerce API.
@@ -165,6 +210,27 @@ pub enum StoreKind {
 #[derive(Debug)]
 pub struct StoreConfig {
     pub kind: StoreKind,
+    /// Where the memory store keeps its sealed snapshot, if anywhere.
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// What to do at start when the snapshot cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOnError {
+    /// Refuse to start (the safe default: a silent loss would log everyone out).
+    Fail,
+    /// Log the problem and start with no sessions.
+    Empty,
+}
+
+/// The memory store's snapshot: sealed with AES-256-GCM, written atomically.
+#[derive(Debug)]
+pub struct SnapshotConfig {
+    pub file: PathBuf,
+    /// The first key seals; every key opens (rotation).
+    pub keys: Vec<EncryptionKey>,
+    pub interval: Duration,
+    pub on_error: SnapshotOnError,
 }
 
 /// Log output format.

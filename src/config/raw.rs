@@ -21,6 +21,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub leak_guard: RawLeakGuard,
+    #[serde(default)]
     pub route: Vec<RawRoute>,
 }
 
@@ -34,6 +38,12 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub demo_page: Option<bool>,
+    pub csrf: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub keep_alive_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub trusted_proxy_depth: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +93,23 @@ pub struct RawStore {
     pub url_env: Option<String>,
     pub encryption_key_env: Option<String>,
     pub snapshot_file: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub snapshot_on_error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub new_sessions_per_minute: Option<u64>,
+    pub new_sessions_burst: Option<u64>,
+    pub token_concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeakGuard {
+    pub enabled: Option<bool>,
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

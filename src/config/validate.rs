@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::raw::{RawConfig, RawLog, RawOAuth, RawRoute, RawServer, RawSession, RawStore, RawUpstream};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::raw::{
+    RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer, RawSession, RawStore,
+    RawUpstream,
+};
 use super::*;
 
 /// Collects problems while building the typed config.
@@ -67,11 +73,13 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let session = session(&mut checker, raw.session);
     let store = store(&mut checker, raw.store);
     let log = log(&mut checker, raw.log);
+    let rate_limit = rate_limit(&mut checker, raw.rate_limit);
+    let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
-    Ok(Config { server, upstream, oauth, session, store, log, routes, source: None })
+    Ok(Config { server, upstream, oauth, session, store, log, rate_limit, leak_guard, routes, source: None })
 }
 
 fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
@@ -103,6 +111,74 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
         max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
         shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
         demo_page: raw.demo_page.unwrap_or(false),
+        csrf: checker.choice(
+            "server.csrf",
+            raw.csrf.as_deref(),
+            CsrfMode::Header,
+            &[("header", CsrfMode::Header), ("origin", CsrfMode::Origin)],
+        ),
+        max_header_bytes: bounded(
+            checker,
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            16 * 1024,
+            8192,
+            1 << 20,
+        ),
+        header_read_timeout: checker.duration(
+            "server.header_read_timeout",
+            raw.header_read_timeout.as_deref(),
+            "15s",
+        ),
+        keep_alive_timeout: checker.duration(
+            "server.keep_alive_timeout",
+            raw.keep_alive_timeout.as_deref(),
+            "60s",
+        ),
+        max_connections: bounded(checker, "server.max_connections", raw.max_connections, 10_000, 1, 1 << 24),
+        trusted_proxy_depth: bounded(
+            checker,
+            "server.trusted_proxy_depth",
+            raw.trusted_proxy_depth,
+            0,
+            0,
+            16,
+        ),
+    }
+}
+
+/// A number within `[min, max]`, or an error naming the range.
+fn bounded(checker: &mut Checker, key: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> usize {
+    let value = value.unwrap_or(default);
+    if value < min || value > max {
+        checker.error(key, format!("must be between {min} and {max}"));
+        return usize::try_from(default).unwrap_or(usize::MAX);
+    }
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+fn rate_limit(checker: &mut Checker, raw: RawRateLimit) -> RateLimitConfig {
+    let per_minute =
+        bounded(checker, "rate_limit.new_sessions_per_minute", raw.new_sessions_per_minute, 120, 1, 1 << 30);
+    let burst = bounded(checker, "rate_limit.new_sessions_burst", raw.new_sessions_burst, 60, 1, 1 << 30);
+    RateLimitConfig {
+        new_sessions_per_minute: u32::try_from(per_minute).unwrap_or(u32::MAX),
+        new_sessions_burst: u32::try_from(burst).unwrap_or(u32::MAX),
+        token_concurrency: bounded(
+            checker,
+            "rate_limit.token_concurrency",
+            raw.token_concurrency,
+            32,
+            1,
+            1 << 16,
+        ),
+    }
+}
+
+fn leak_guard(raw: RawLeakGuard) -> LeakGuardConfig {
+    LeakGuardConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        max_body_bytes: usize::try_from(raw.max_body_bytes.unwrap_or(256 * 1024)).unwrap_or(usize::MAX),
     }
 }
 
@@ -291,10 +367,41 @@ fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
             StoreKind::Memory
         }
     };
-    if raw.snapshot_file.is_some() {
-        checker.error("store.snapshot_file", "snapshots are not supported by this build yet");
+    let snapshot = raw.snapshot_file.map(|file| SnapshotConfig {
+        file: PathBuf::from(file),
+        keys: encryption_keys(checker, raw.encryption_key_env.as_deref()),
+        interval: checker.duration("store.snapshot_interval", raw.snapshot_interval.as_deref(), "5m"),
+        on_error: checker.choice(
+            "store.snapshot_on_error",
+            raw.snapshot_on_error.as_deref(),
+            SnapshotOnError::Fail,
+            &[("fail", SnapshotOnError::Fail), ("empty", SnapshotOnError::Empty)],
+        ),
+    });
+    StoreConfig { kind, snapshot }
+}
+
+/// Reads the comma-separated, standard-base64, 32-byte keys from the named variable.
+fn encryption_keys(checker: &mut Checker, variable: Option<&str>) -> Vec<EncryptionKey> {
+    let Some(variable) = variable else {
+        checker.error("store.encryption_key_env", "is required with snapshot_file (the snapshot is sealed)");
+        return Vec::new();
+    };
+    let Some(value) = (checker.env)(variable).filter(|v| !v.trim().is_empty()) else {
+        checker.error("store.encryption_key_env", format!("the environment variable {variable} is not set"));
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (index, part) in value.split(',').map(str::trim).enumerate() {
+        match STANDARD.decode(part).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok()) {
+            Some(bytes) => keys.push(EncryptionKey::new(bytes)),
+            None => checker.error(
+                "store.encryption_key_env",
+                format!("key {} in {variable} is not 32 bytes of standard base64", index + 1),
+            ),
+        }
     }
-    StoreConfig { kind }
+    keys
 }
 
 fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {

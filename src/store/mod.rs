@@ -7,6 +7,7 @@
 //! the record (`touch`), so a request does not rewrite the tokens to say it was here.
 
 pub mod memory;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;

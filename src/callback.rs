@@ -1,0 +1,133 @@
+//! Parsing the hosted login's callback parameters (`/session/callback`).
+//!
+//! Digital River returns the shopper's token in the redirect's fragment
+//! (`#access_token=…&token_type=bearer&expires_in=…&state=…`) or an error
+//! (`#error=…&error_description=…`). The same parameters may arrive in a query string
+//! or a form posted by the callback page. Parsing is strict: repeated parameters, an
+//! oversized input, a token with characters no token has, or a missing `state` are
+//! refused, because this input comes straight from the browser.
+
+use crate::secret::AccessToken;
+
+/// Longest callback input accepted.
+pub const MAX_CALLBACK_BYTES: usize = 8 * 1024;
+
+/// What the callback says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CallbackParams {
+    pub outcome: CallbackOutcome,
+    /// The single-use value tokengate put into the authorize request.
+    pub state: String,
+}
+
+/// A token, or the API's error code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Token { access_token: AccessToken, expires_in: Option<u64> },
+    Error { code: String },
+}
+
+/// Why a callback input was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    #[error("callback input too large")]
+    TooLarge,
+    #[error("a callback parameter is repeated")]
+    Repeated,
+    #[error("the callback has no state")]
+    MissingState,
+    #[error("the callback has neither a token nor an error")]
+    MissingToken,
+    #[error("a callback parameter is malformed")]
+    Malformed,
+}
+
+/// Parses `a=b&c=d` callback parameters (a query string, a fragment or a form body,
+/// without the leading `?` or `#`).
+pub fn parse_callback_query(input: &str) -> Result<CallbackParams, CallbackError> {
+    if input.len() > MAX_CALLBACK_BYTES {
+        return Err(CallbackError::TooLarge);
+    }
+    let mut access_token = None;
+    let mut expires_in = None;
+    let mut state = None;
+    let mut error = None;
+    for (name, value) in form_urlencoded::parse(input.as_bytes()) {
+        let slot = match name.as_ref() {
+            "access_token" => &mut access_token,
+            "expires_in" => &mut expires_in,
+            "state" => &mut state,
+            "error" => &mut error,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(CallbackError::Repeated);
+        }
+    }
+    let state = state.filter(|s| is_token_like(s, 256)).ok_or(CallbackError::MissingState)?;
+    let outcome = match (access_token, error) {
+        (Some(token), None) => {
+            if !is_token_like(&token, 4096) {
+                return Err(CallbackError::Malformed);
+            }
+            let expires_in = match expires_in {
+                Some(text) => Some(text.trim().parse::<u64>().map_err(|_| CallbackError::Malformed)?),
+                None => None,
+            };
+            CallbackOutcome::Token { access_token: AccessToken::new(token), expires_in }
+        }
+        (None, Some(code)) if is_token_like(&code, 64) => CallbackOutcome::Error { code },
+        (None, Some(_)) | (Some(_), Some(_)) => return Err(CallbackError::Malformed),
+        (None, None) => return Err(CallbackError::MissingToken),
+    };
+    Ok(CallbackParams { outcome, state })
+}
+
+/// Non-empty, at most `max` characters of the kinds tokens, states and codes use.
+fn is_token_like(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=:".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_token_callback() {
+        let parsed = parse_callback_query("access_token=ab12&token_type=bearer&expires_in=86397&state=s1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.state, "s1");
+        assert_eq!(
+            parsed.outcome,
+            CallbackOutcome::Token { access_token: AccessToken::new("ab12"), expires_in: Some(86397) }
+        );
+    }
+
+    #[test]
+    fn reads_an_error_callback() {
+        let parsed = parse_callback_query("error=access_denied&error_description=no&state=s1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.outcome, CallbackOutcome::Error { code: "access_denied".into() });
+    }
+
+    #[test]
+    fn refuses_what_a_browser_should_never_send() {
+        let cases = [
+            ("access_token=a&access_token=b&state=s", CallbackError::Repeated),
+            ("access_token=a", CallbackError::MissingState),
+            ("state=s", CallbackError::MissingToken),
+            ("access_token=a%0Ab&state=s", CallbackError::Malformed),
+            ("access_token=a&expires_in=soon&state=s", CallbackError::Malformed),
+            ("access_token=a&error=x&state=s", CallbackError::Malformed),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_callback_query(input).err(), Some(expected), "{input}");
+        }
+        assert_eq!(
+            parse_callback_query(&"a".repeat(MAX_CALLBACK_BYTES + 1)).err(),
+            Some(CallbackError::TooLarge)
+        );
+    }
+}
