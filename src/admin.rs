@@ -1,7 +1,7 @@
 //! The operator-facing listener, never the public one.
 //!
 //! Endpoints: `GET /healthz` (200 while the process serves), `GET /readyz` (200 when the
-//! store answers and the config is loaded, else 503). It touches the request path only
+//! store answers and the config is loaded, else 503), `GET /metrics` (Prometheus). It touches the request path only
 //! through the shared store handle.
 
 use std::future::Future;
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::app::ConnInfo;
 use crate::body::Body;
+use crate::metrics::Metrics;
 use crate::server::Handler;
 use crate::store::{SessionStore, Store};
 
@@ -21,12 +22,13 @@ use crate::store::{SessionStore, Store};
 #[derive(Debug)]
 pub struct Admin {
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// Admin endpoints over the store.
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
@@ -42,6 +44,15 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
                 }
             },
+            "/metrics" => {
+                let body = self.metrics.render(self.store.counts());
+                let mut response = Response::new(Body::full(Bytes::from(body)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -2,11 +2,12 @@
 //!
 //! `App::handle` assigns the request id, classifies the path (`router`), runs the guards
 //! (`guard`), reads the cookie (`cookie`) and hands over to the session endpoints
-//! (`endpoints`) or to forwarding (`handle_route` here, with `session` and `forward`).
-//! Every `Err` becomes a response in exactly one place, `respond_error`, which also logs
-//! it once at the level its source deserves. Then the request's one log line is written.
+//! (`endpoints`) or to forwarding (`handle_route` here, with `session`, `forward` and
+//! `leak_guard`). Every `Err` becomes a response in exactly one place, `respond_error`,
+//! which also logs it once at the level its source deserves. Then the request's one log
+//! line is written and its metrics recorded.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,12 +19,16 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::config::{Config, Route};
 use crate::cookie;
-use crate::endpoints::{self, Outcome};
+use crate::endpoints::{self, Context, Outcome};
 use crate::error::{Error, Source};
 use crate::forward::{self, Forwarder, Origin};
 use crate::guard;
-use crate::router::{self, Target};
-use crate::session::{now_secs, Resolution, Sessions};
+use crate::hosted_login::HostedLogin;
+use crate::leak_guard::LeakGuard;
+use crate::metrics::Metrics;
+use crate::ratelimit;
+use crate::router::{self, Endpoint, Target};
+use crate::session::{now_secs, Active, Resolution, Sessions};
 use crate::store::SessionKind;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,21 +46,37 @@ pub struct App {
     config: Arc<Config>,
     sessions: Arc<Sessions>,
     forwarder: Forwarder,
+    hosted_login: Option<HostedLogin>,
+    leak_guard: LeakGuard,
+    metrics: Arc<Metrics>,
     request_ids: RequestIds,
     forwarded_proto: &'static str,
 }
 
 impl App {
     /// The service over its parts.
-    pub fn new(config: Arc<Config>, sessions: Arc<Sessions>, forwarder: Forwarder) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        sessions: Arc<Sessions>,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let behind_https = config.server.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
         Self {
             forwarded_proto: if behind_https { "https" } else { "http" },
+            hosted_login: HostedLogin::new(&config),
+            leak_guard: LeakGuard::new(config.leak_guard),
             config,
             sessions,
             forwarder,
+            metrics,
             request_ids: RequestIds::new(),
         }
+    }
+
+    /// The hosted-login flow, for the sweeper.
+    pub fn hosted_login(&self) -> Option<&HostedLogin> {
+        self.hosted_login.as_ref()
     }
 
     /// Handles one request. Never fails: every error is a response.
@@ -65,19 +86,21 @@ impl App {
         let method = request.method().clone();
         let target =
             router::classify(request.uri().path(), &self.config.routes, self.config.server.demo_page);
-        let label = target.label().to_string();
+        let label = target.label();
 
         let (mut response, session_kind) = match self.dispatch(target, request, conn, &request_id).await {
             Ok(outcome) => (outcome.response, outcome.session_kind),
-            Err(error) => (self.respond_error(&error, &request_id, &label), None),
+            Err(error) => (self.respond_error(&error, &request_id, label), None),
         };
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        let latency = started.elapsed();
+        self.metrics.record_request(label, response.status(), latency);
         tracing::info!(
             request_id = request_id.to_str().unwrap_or("-"),
             method = %method,
-            route = %label,
+            route = label,
             status = response.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = latency.as_secs_f64() * 1000.0,
             session = session_kind.map_or("none", SessionKind::as_str),
             "request"
         );
@@ -92,13 +115,22 @@ impl App {
         request_id: &HeaderValue,
     ) -> Result<Outcome, Error> {
         if target.is_protected() {
-            guard::check(request.method(), request.headers(), &self.config.server.allowed_origins)?;
+            // The hosted login's callback page posts a plain form; its state proves it.
+            let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
+            let server = &self.config.server;
+            guard::check(request.method(), request.headers(), &server.allowed_origins, server.csrf, exempt)?;
         }
         match target {
             Target::Endpoint(endpoint) => {
-                let cookie = cookie::read_session_cookie(request.headers(), &self.config.session.cookie_name);
-                match endpoints::handle(endpoint, request, cookie, &self.sessions, &self.config).await {
-                    // The 405 carries an Allow header naming the one method the endpoint takes.
+                let context = Context {
+                    cookie: cookie::read_session_cookie(request.headers(), &self.config.session.cookie_name),
+                    client: self.client_ip(conn, &request),
+                    sessions: &self.sessions,
+                    config: &self.config,
+                    hosted_login: self.hosted_login.as_ref(),
+                };
+                match endpoints::handle(endpoint, request, context).await {
+                    // The 405 carries an Allow header naming the methods the endpoint takes.
                     Err(Error::MethodNotAllowed) => {
                         Ok(method_not_allowed(endpoints::allowed_methods(endpoint)))
                     }
@@ -110,6 +142,10 @@ impl App {
             Target::UnsafePath => Err(Error::BadRequest("The request path is not allowed.")),
             Target::NotFound => Err(Error::NotFound),
         }
+    }
+
+    fn client_ip(&self, conn: ConnInfo, request: &Request<Incoming>) -> IpAddr {
+        ratelimit::client_ip(conn.peer, request.headers(), self.config.server.trusted_proxy_depth)
     }
 
     /// Forwards a call on a `[[route]]`. Once a guest session is minted for the call, its
@@ -127,7 +163,8 @@ impl App {
         }
         let now = now_secs();
         let cookie = cookie::read_session_cookie(request.headers(), &self.config.session.cookie_name);
-        let resolution = match self.sessions.resolve(&cookie, route.session, now).await {
+        let client = self.client_ip(conn, &request);
+        let resolution = match self.sessions.resolve(&cookie, route.session, now, client).await {
             Ok(resolution) => resolution,
             Err(error) => {
                 return Outcome {
@@ -168,14 +205,15 @@ impl App {
     }
 
     /// Refresh ahead, send, and on an upstream 401 to a token that looked valid, refresh
-    /// once and replay once (when the body was small enough to keep).
+    /// once and replay once (when the body was small enough to keep). The answer passes
+    /// the leak guard before it may go to the browser.
     async fn forward(
         &self,
         route: &Route,
         request: Request<Incoming>,
         conn: ConnInfo,
         request_id: &HeaderValue,
-        active: Option<&crate::session::Active>,
+        active: Option<&Active>,
         now: u64,
     ) -> Result<Response<Body>, Error> {
         let record = match active {
@@ -185,17 +223,22 @@ impl App {
         let host = request.headers().get(HOST).cloned().or_else(|| {
             request.uri().authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         });
-        let origin = Origin { client_ip: conn.peer.ip(), proto: self.proto(conn), host: host.as_ref() };
+        let trust_chain = self.config.server.trusted_proxy_depth > 0;
+        let origin = Origin {
+            forwarded_for: forward::forwarded_for(conn.peer.ip(), request.headers(), trust_chain),
+            proto: self.proto(conn),
+            host: host.as_ref(),
+        };
         let prepared = self.forwarder.prepare(request, route, origin, request_id).await?;
         let token = record.as_ref().map(|record| &record.access_token);
 
         let (Some(active), Some(record), true) = (active, record.as_ref(), prepared.is_replayable()) else {
-            let response = self.forwarder.send(prepared.into_request(token)?).await?;
-            return Ok(forward::clean_response(response));
+            let response = self.send(route, prepared.into_request(token)?).await?;
+            return self.guard_leaks(forward::clean_response(response), record.as_deref()).await;
         };
-        let first = self.forwarder.send(prepared.to_request(token)?).await?;
+        let first = self.send(route, prepared.to_request(token)?).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return Ok(forward::clean_response(first));
+            return self.guard_leaks(forward::clean_response(first), Some(record)).await;
         }
         drop(first);
         tracing::debug!(
@@ -203,8 +246,28 @@ impl App {
             "upstream 401; refreshing once and replaying"
         );
         let fresh = self.sessions.refresh(active.key, record.generation).await?;
-        let replay = self.forwarder.send(prepared.into_request(Some(&fresh.access_token))?).await?;
-        Ok(forward::clean_response(replay))
+        let replay = self.send(route, prepared.into_request(Some(&fresh.access_token))?).await?;
+        self.guard_leaks(forward::clean_response(replay), Some(&fresh)).await
+    }
+
+    async fn send(&self, route: &Route, request: Request<Body>) -> Result<Response<Incoming>, Error> {
+        let started = Instant::now();
+        let result = self.forwarder.send(request).await;
+        self.metrics.record_upstream(&route.label, started.elapsed());
+        result
+    }
+
+    async fn guard_leaks(
+        &self,
+        response: Response<Body>,
+        record: Option<&crate::store::SessionRecord>,
+    ) -> Result<Response<Body>, Error> {
+        let Some(record) = record else { return Ok(response) };
+        let guarded = self.leak_guard.inspect(response, record).await;
+        if matches!(guarded, Err(Error::TokenLeakBlocked)) {
+            self.metrics.record_leak_blocked();
+        }
+        guarded
     }
 
     fn proto(&self, conn: ConnInfo) -> &'static str {
@@ -225,6 +288,7 @@ impl App {
             }
             Source::Internal => tracing::error!(request_id, route, code = error.code(), %error, "failed"),
         }
+        self.metrics.record_rejection(error.code());
         let mut response = error.to_response();
         if error.clears_cookie() {
             response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&self.config.session));

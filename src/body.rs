@@ -22,6 +22,9 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A stream received from hyper, forwarded as it arrives.
     Stream(Incoming),
+    /// Bytes already read from a stream, then the rest of that stream (the leak guard
+    /// reads a prefix before deciding a body is too long to scan).
+    Prefixed(Option<Bytes>, Incoming),
 }
 
 impl Body {
@@ -43,6 +46,10 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Body::Prefixed(prefix, incoming) => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(incoming).poll_frame(cx),
+            },
         }
     }
 
@@ -51,6 +58,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(incoming) => incoming.is_end_stream(),
+            Body::Prefixed(prefix, incoming) => prefix.is_none() && incoming.is_end_stream(),
         }
     }
 
@@ -59,6 +67,16 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Stream(incoming) => incoming.size_hint(),
+            Body::Prefixed(prefix, incoming) => {
+                let already = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let rest = incoming.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + already);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + already);
+                }
+                hint
+            }
         }
     }
 }

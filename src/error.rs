@@ -62,6 +62,8 @@ pub enum Error {
     UpstreamUnavailable(String),
     #[error("upstream timeout")]
     UpstreamTimeout,
+    #[error("an upstream response carried the session's token")]
+    TokenLeakBlocked,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -80,7 +82,7 @@ impl Error {
             Error::SessionsFull | Error::StoreUnavailable(_) | Error::TokenServiceUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamUnavailable(_) | Error::TokenLeakBlocked => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +107,7 @@ impl Error {
             Error::TokenServiceUnavailable(_) => "token_service_unavailable",
             Error::UpstreamUnavailable(_) => "upstream_unavailable",
             Error::UpstreamTimeout => "upstream_timeout",
+            Error::TokenLeakBlocked => "token_leak_blocked",
             Error::Internal(_) => "internal",
         }
     }
@@ -132,6 +135,7 @@ impl Error {
             }
             Error::UpstreamUnavailable(_) => "The API could not be reached.",
             Error::UpstreamTimeout => "The API did not answer in time.",
+            Error::TokenLeakBlocked => "The API's answer was withheld because it contained a credential.",
             Error::Internal(_) => "Internal error.",
         }
     }
@@ -140,9 +144,10 @@ impl Error {
     pub fn source_kind(&self) -> Source {
         match self {
             Error::StoreUnavailable(_) => Source::Store,
-            Error::TokenServiceUnavailable(_) | Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => {
-                Source::Upstream
-            }
+            Error::TokenServiceUnavailable(_)
+            | Error::UpstreamUnavailable(_)
+            | Error::UpstreamTimeout
+            | Error::TokenLeakBlocked => Source::Upstream,
             Error::Internal(_) | Error::SessionsFull => Source::Internal,
             _ => Source::Downstream,
         }
@@ -195,6 +200,7 @@ mod tests {
             (Error::TokenServiceUnavailable("x".into()), 503, "token_service_unavailable"),
             (Error::UpstreamUnavailable("x".into()), 502, "upstream_unavailable"),
             (Error::UpstreamTimeout, 504, "upstream_timeout"),
+            (Error::TokenLeakBlocked, 502, "token_leak_blocked"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

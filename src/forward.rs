@@ -3,9 +3,11 @@
 //! Request side: the browser's `Authorization`, `Cookie`, hop-by-hop headers (RFC 9110
 //! §7.6.1, plus any named in `Connection`) and `X-CSRF` are dropped; `X-Forwarded-For`,
 //! `-Proto` and `-Host` are set by us (never passed through); the access token is
-//! injected as `Authorization: Bearer`, marked sensitive. Bodies stream through; a body
-//! of at most [`REPLAY_LIMIT_BYTES`] with a known length is buffered so the call can be
-//! replayed once after a refresh.
+//! injected as `Authorization: Bearer`, marked sensitive. A body with a declared length
+//! above [`REPLAY_LIMIT_BYTES`] streams through (its length was checked against
+//! `max_body_bytes` already); a smaller one is buffered so the call can be replayed once
+//! after a refresh; a body of unknown length (chunked) is buffered up to `max_body_bytes`,
+//! which both enforces the limit and makes it replayable.
 //!
 //! Response side: hop-by-hop headers and every upstream `Set-Cookie` are dropped (the
 //! browser's only cookie is ours); the body streams back as it arrives.
@@ -63,6 +65,10 @@ pub struct Forwarder {
     client: HttpClient,
     base: BaseUrl,
     request_timeout: Duration,
+    /// Ask the API for uncompressed bodies, so the leak guard can read them.
+    identity_encoding: bool,
+    /// Largest body of unknown length accepted (read whole, 413 above).
+    max_body_bytes: u64,
 }
 
 /// What the browser's request becomes upstream, before the token is added.
@@ -82,17 +88,41 @@ enum PreparedBody {
 }
 
 /// Facts about the browser's connection that forwarding reports upstream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Origin<'a> {
-    pub client_ip: IpAddr,
+    /// The `X-Forwarded-For` value to send.
+    pub forwarded_for: HeaderValue,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
 }
 
+/// `X-Forwarded-For` for the API: the peer alone, or, behind trusted proxies, their
+/// chain with the peer appended (what the browser itself wrote is never passed on).
+pub fn forwarded_for(peer: IpAddr, incoming: &HeaderMap, trust_chain: bool) -> HeaderValue {
+    let peer = peer.to_string();
+    let chain: Vec<&str> = if trust_chain {
+        incoming.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut value = chain.join(", ");
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push_str(&peer);
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 impl Forwarder {
     /// A forwarder to the API at `base`.
-    pub fn new(client: HttpClient, base: BaseUrl, request_timeout: Duration) -> Self {
-        Self { client, base, request_timeout }
+    pub fn new(
+        client: HttpClient,
+        base: BaseUrl,
+        request_timeout: Duration,
+        identity_encoding: bool,
+        max_body_bytes: u64,
+    ) -> Self {
+        Self { client, base, request_timeout, identity_encoding, max_body_bytes }
     }
 
     /// Rewrites the browser's request for the route. Reads the body only when it is
@@ -106,8 +136,11 @@ impl Forwarder {
     ) -> Result<Prepared, Error> {
         let (parts, incoming) = request.into_parts();
         let uri = self.upstream_uri(&parts.uri, route)?;
-        let headers = upstream_headers(&parts.headers, origin, request_id);
-        let body = prepare_body(&parts.headers, incoming).await?;
+        let mut headers = upstream_headers(&parts.headers, origin, request_id);
+        if self.identity_encoding {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        let body = prepare_body(&parts.headers, incoming, self.max_body_bytes).await?;
         Ok(Prepared { method: parts.method, uri, headers, body })
     }
 
@@ -203,9 +236,7 @@ fn upstream_headers(incoming: &HeaderMap, origin: Origin<'_>, request_id: &Heade
             headers.append(name.clone(), value.clone());
         }
     }
-    if let Ok(ip) = HeaderValue::from_str(&origin.client_ip.to_string()) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
-    }
+    headers.insert(HeaderName::from_static("x-forwarded-for"), origin.forwarded_for);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(origin.proto));
     if let Some(host) = origin.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
@@ -233,7 +264,11 @@ fn named_in_connection(name: &HeaderName, all: &HeaderMap) -> bool {
     })
 }
 
-async fn prepare_body(headers: &HeaderMap, incoming: Incoming) -> Result<PreparedBody, Error> {
+async fn prepare_body(
+    headers: &HeaderMap,
+    incoming: Incoming,
+    max_body_bytes: u64,
+) -> Result<PreparedBody, Error> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -242,14 +277,22 @@ async fn prepare_body(headers: &HeaderMap, incoming: Incoming) -> Result<Prepare
     match (length, chunked) {
         (Some(0), false) | (None, false) => Ok(PreparedBody::Empty),
         (Some(length), false) if length <= REPLAY_LIMIT_BYTES => {
-            let limit = usize::try_from(length).unwrap_or(usize::MAX);
-            let collected = Limited::new(incoming, limit)
-                .collect()
-                .await
-                .map_err(|_| Error::BadRequest("The request body could not be read."))?;
-            Ok(PreparedBody::Buffered(collected.to_bytes()))
+            Ok(PreparedBody::Buffered(read_at_most(incoming, length).await?))
         }
-        _ => Ok(PreparedBody::Streaming(incoming)),
+        (Some(_), false) => Ok(PreparedBody::Streaming(incoming)),
+        (_, true) => Ok(PreparedBody::Buffered(read_at_most(incoming, max_body_bytes).await?)),
+    }
+}
+
+/// Reads a whole body, refusing it (413) past `limit` bytes.
+async fn read_at_most(incoming: Incoming, limit: u64) -> Result<Bytes, Error> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(incoming, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(Error::PayloadTooLarge)
+        }
+        Err(_) => Err(Error::BadRequest("The request body could not be read.")),
     }
 }
 
@@ -295,7 +338,21 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn origin(host: &HeaderValue) -> Origin<'_> {
-        Origin { client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), proto: "https", host: Some(host) }
+        let peer = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        Origin {
+            forwarded_for: forwarded_for(peer, &HeaderMap::new(), false),
+            proto: "https",
+            host: Some(host),
+        }
+    }
+
+    #[test]
+    fn forwarded_for_trusts_the_chain_only_when_told() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(forwarded_for(peer, &incoming, false), "10.0.0.2");
+        assert_eq!(forwarded_for(peer, &incoming, true), "198.51.100.1, 10.0.0.2");
     }
 
     #[test]

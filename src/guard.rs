@@ -1,35 +1,78 @@
-//! Request guards that run before any session is read: the Origin allowlist and the
-//! `X-CSRF` header on unsafe methods.
+//! Request guards that run before any session is read: the Origin allowlist and proof
+//! that an unsafe request comes from the storefront.
 //!
-//! Rules, in order:
+//! Rules, in order, for `/session/*` and routes:
 //! 1. A request that carries `Origin` must name an origin in `allowed_origins`
 //!    (default: `public_origin`), else 403 `origin_rejected`. `Origin: null` is refused.
-//! 2. `POST`, `PUT`, `PATCH` and `DELETE` to `/session/*` or a route must carry
-//!    `X-CSRF: 1`, else 403 `csrf_required`. A cross-site form cannot set a custom
-//!    header, and a cross-site `fetch` that sets one needs a CORS preflight tokengate
-//!    never grants.
+//! 2. `POST`, `PUT`, `PATCH` and `DELETE` must prove where they come from:
+//!    - `csrf = "header"` (default): the header `X-CSRF: 1`, else 403 `csrf_required`. A
+//!      cross-site form cannot set a custom header, and a cross-site `fetch` that sets one
+//!      needs a CORS preflight tokengate never grants.
+//!    - `csrf = "origin"`: `Origin`, or when absent `Referer`, must be an allowed origin;
+//!      a request with neither is refused with 403 `csrf_required`. For server-rendered
+//!      storefronts whose forms cannot set headers.
+//! 3. `POST /session/callback` is exempt from rule 2's header: the hosted login's
+//!    callback page posts a plain form. Its single-use `state`, bound to the session,
+//!    is what proves it (rule 1 still applies).
 //!
 //! Deployment caveat: these rules assume the storefront and tokengate share an origin
 //! (tokengate serves the API under the shop's own host). They never read sessions.
 
 use http::{HeaderMap, Method};
 
+use crate::config::CsrfMode;
 use crate::error::Error;
 
-/// Checks rules 1 and 2 for a request to a protected target.
-pub fn check(method: &Method, headers: &HeaderMap, allowed_origins: &[String]) -> Result<(), Error> {
-    if let Some(origin) = headers.get(http::header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)));
-        if !allowed {
+/// Checks rules 1 and 2 (`exempt_from_csrf` skips rule 2).
+pub fn check(
+    method: &Method,
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+    mode: CsrfMode,
+    exempt_from_csrf: bool,
+) -> Result<(), Error> {
+    let origin = headers.get(http::header::ORIGIN);
+    if let Some(origin) = origin {
+        if !origin.to_str().is_ok_and(|origin| is_allowed(origin, allowed_origins)) {
             return Err(Error::OriginRejected);
         }
     }
-    if is_unsafe(method) && headers.get("x-csrf").is_none_or(|value| value.as_bytes() != b"1") {
-        return Err(Error::CsrfRequired);
+    if !is_unsafe(method) || exempt_from_csrf {
+        return Ok(());
     }
-    Ok(())
+    let proven = match mode {
+        CsrfMode::Header => headers.get("x-csrf").is_some_and(|value| value.as_bytes() == b"1"),
+        CsrfMode::Origin => origin.is_some() || referer_is_allowed(headers, allowed_origins)?,
+    };
+    if proven {
+        Ok(())
+    } else {
+        Err(Error::CsrfRequired)
+    }
+}
+
+fn is_allowed(origin: &str, allowed_origins: &[String]) -> bool {
+    allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+}
+
+/// Whether `Referer` names an allowed origin. A present but foreign `Referer` is an
+/// `origin_rejected`, like a foreign `Origin`.
+fn referer_is_allowed(headers: &HeaderMap, allowed_origins: &[String]) -> Result<bool, Error> {
+    let Some(referer) = headers.get(http::header::REFERER) else { return Ok(false) };
+    let referer = referer.to_str().map_err(|_| Error::OriginRejected)?;
+    let origin = origin_of(referer).ok_or(Error::OriginRejected)?;
+    if is_allowed(origin, allowed_origins) {
+        Ok(true)
+    } else {
+        Err(Error::OriginRejected)
+    }
+}
+
+/// `scheme://host[:port]` of an absolute URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..].find(['/', '?', '#']).map_or(url.len(), |i| after_scheme + i);
+    Some(&url[..end])
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -49,31 +92,48 @@ mod tests {
         map
     }
 
-    const ALLOWED: &[&str] = &["https://shop.example.com"];
-
     fn allowed() -> Vec<String> {
-        ALLOWED.iter().map(|s| s.to_string()).collect()
+        vec!["https://shop.example.com".to_string()]
+    }
+
+    fn header_mode(method: Method, pairs: &[(&'static str, &'static str)]) -> Result<(), Error> {
+        check(&method, &headers(pairs), &allowed(), CsrfMode::Header, false)
+    }
+
+    fn origin_mode(method: Method, pairs: &[(&'static str, &'static str)]) -> Result<(), Error> {
+        check(&method, &headers(pairs), &allowed(), CsrfMode::Origin, false)
     }
 
     #[test]
-    fn unsafe_methods_need_the_csrf_header() {
-        assert!(matches!(check(&Method::POST, &headers(&[]), &allowed()), Err(Error::CsrfRequired)));
+    fn header_mode_needs_x_csrf_on_unsafe_methods() {
+        assert!(matches!(header_mode(Method::POST, &[]), Err(Error::CsrfRequired)));
+        assert!(matches!(header_mode(Method::DELETE, &[("x-csrf", "yes")]), Err(Error::CsrfRequired)));
+        assert!(header_mode(Method::POST, &[("x-csrf", "1")]).is_ok());
+        assert!(header_mode(Method::GET, &[]).is_ok());
+        assert!(check(&Method::POST, &HeaderMap::new(), &allowed(), CsrfMode::Header, true).is_ok());
+    }
+
+    #[test]
+    fn a_foreign_origin_is_rejected_whatever_the_method_or_mode() {
+        for mode in [CsrfMode::Header, CsrfMode::Origin] {
+            for (origin, method) in [("https://evil.example", Method::GET), ("null", Method::POST)] {
+                let map = headers(&[("origin", origin), ("x-csrf", "1")]);
+                assert!(matches!(check(&method, &map, &allowed(), mode, false), Err(Error::OriginRejected)));
+            }
+        }
+        assert!(header_mode(Method::POST, &[("origin", "https://shop.example.com"), ("x-csrf", "1")]).is_ok());
+    }
+
+    #[test]
+    fn origin_mode_accepts_origin_or_referer_and_refuses_neither() {
+        assert!(origin_mode(Method::POST, &[("origin", "https://shop.example.com")]).is_ok());
+        assert!(origin_mode(Method::POST, &[("referer", "https://shop.example.com/cart?x=1")]).is_ok());
+        assert!(matches!(origin_mode(Method::POST, &[]), Err(Error::CsrfRequired)));
+        assert!(matches!(origin_mode(Method::POST, &[("x-csrf", "1")]), Err(Error::CsrfRequired)));
         assert!(matches!(
-            check(&Method::DELETE, &headers(&[("x-csrf", "yes")]), &allowed()),
-            Err(Error::CsrfRequired)
+            origin_mode(Method::POST, &[("referer", "https://shop.example.com.evil.test/")]),
+            Err(Error::OriginRejected)
         ));
-        assert!(check(&Method::POST, &headers(&[("x-csrf", "1")]), &allowed()).is_ok());
-        assert!(check(&Method::GET, &headers(&[]), &allowed()).is_ok());
-    }
-
-    #[test]
-    fn a_foreign_origin_is_rejected_whatever_the_method() {
-        let foreign = headers(&[("origin", "https://evil.example"), ("x-csrf", "1")]);
-        assert!(matches!(check(&Method::POST, &foreign, &allowed()), Err(Error::OriginRejected)));
-        assert!(matches!(check(&Method::GET, &foreign, &allowed()), Err(Error::OriginRejected)));
-        let null = headers(&[("origin", "null"), ("x-csrf", "1")]);
-        assert!(matches!(check(&Method::POST, &null, &allowed()), Err(Error::OriginRejected)));
-        let own = headers(&[("origin", "https://shop.example.com"), ("x-csrf", "1")]);
-        assert!(check(&Method::POST, &own, &allowed()).is_ok());
+        assert!(origin_mode(Method::GET, &[]).is_ok());
     }
 }

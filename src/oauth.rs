@@ -11,7 +11,8 @@
 //! It never sees the browser's request and stores nothing; it returns a [`TokenSet`] or an
 //! [`OAuthError`] and leaves policy to the session layer.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -20,11 +21,16 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 use crate::config::{BaseUrl, OAuthConfig, PasswordEncoding};
+use crate::metrics::{Metrics, TokenOp, TokenOutcome};
 use crate::secret::{AccessToken, Password, RefreshToken};
 use crate::upstream::HttpClient;
+
+/// How long a new guest waits for a token-endpoint slot before it is refused.
+pub const MINT_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// Largest token-endpoint answer read; anything bigger is not a token response.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -52,6 +58,9 @@ pub enum OAuthError {
     /// No answer within `upstream.request_timeout`.
     #[error("timed out")]
     Timeout,
+    /// Every token-endpoint slot (`rate_limit.token_concurrency`) is taken.
+    #[error("too many token calls in flight")]
+    Busy,
 }
 
 impl OAuthError {
@@ -85,6 +94,9 @@ pub struct TokenClient {
     basic_auth: HeaderValue,
     password_encoding: PasswordEncoding,
     request_timeout: Duration,
+    /// Caps concurrent token-endpoint calls so no flood here becomes a flood there.
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for TokenClient {
@@ -94,12 +106,15 @@ impl std::fmt::Debug for TokenClient {
 }
 
 impl TokenClient {
-    /// A client for the API at `base`, authenticating as `config.client_id`.
+    /// A client for the API at `base`, authenticating as `config.client_id`, with at most
+    /// `concurrency` token-endpoint calls in flight.
     pub fn new(
         http: HttpClient,
         base: &BaseUrl,
         config: &OAuthConfig,
         request_timeout: Duration,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let credentials = format!("{}:{}", config.client_id, config.client_secret.expose());
         let mut basic_auth = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials)))
@@ -112,12 +127,24 @@ impl TokenClient {
             basic_auth,
             password_encoding: config.password_encoding,
             request_timeout,
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            metrics,
         })
     }
 
     /// An anonymous shopper (guest, "limited") token.
+    ///
+    /// Waits at most [`MINT_SLOT_WAIT`] for a token-endpoint slot: a burst of new shoppers
+    /// queues briefly, a flood of cookieless requests is shed (`Busy`) instead of piling up.
     pub async fn mint_guest(&self) -> Result<TokenSet, OAuthError> {
-        self.token_request(form(&[("grant_type", "password")])).await
+        let started = Instant::now();
+        let slot = tokio::time::timeout(MINT_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
+        let result = match slot {
+            Ok(Ok(slot)) => self.token_request(form(&[("grant_type", "password")]), slot).await,
+            _ => Err(OAuthError::Busy),
+        };
+        self.record(TokenOp::Mint, &result, started);
+        result
     }
 
     /// A shopper token for `username`; `limited` carries the guest's session and cart over.
@@ -139,24 +166,33 @@ impl TokenClient {
         if let Some(token) = limited {
             pairs.push(("dr_limited_token", token.expose()));
         }
-        self.token_request(form(&pairs)).await
+        let started = Instant::now();
+        let result = self.token_request_waiting(form(&pairs)).await;
+        self.record(TokenOp::Login, &result, started);
+        result
     }
 
     /// New tokens for a refresh token. The API may rotate the refresh token.
     pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, OAuthError> {
+        let started = Instant::now();
         let body = form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())]);
-        self.token_request(body).await
+        let result = self.token_request_waiting(body).await;
+        self.record(TokenOp::Refresh, &result, started);
+        result
     }
 
     /// Revokes an access token (and, at Digital River, its session's refresh token).
     pub async fn revoke(&self, access_token: &AccessToken) -> Result<(), OAuthError> {
-        let (status, _) = self.bearer_request(Method::DELETE, access_token).await?;
-        match status {
-            s if s.is_success() => Ok(()),
+        let started = Instant::now();
+        let result = match self.bearer_request(Method::DELETE, access_token).await {
+            Ok((status, _)) if status.is_success() => Ok(()),
             // Already dead upstream: the goal of a revocation is reached.
-            StatusCode::UNAUTHORIZED => Ok(()),
-            s => Err(classify(s, &Bytes::new())),
-        }
+            Ok((StatusCode::UNAUTHORIZED, _)) => Ok(()),
+            Ok((status, body)) => Err(classify(status, &body)),
+            Err(error) => Err(error),
+        };
+        self.record(TokenOp::Revoke, &result, started);
+        result
     }
 
     /// The API's session details for a token (`authenticated`, `cartId`, `locale`, …),
@@ -170,7 +206,30 @@ impl TokenClient {
             .map_err(|_| OAuthError::Unavailable("session details are not JSON".into()))
     }
 
-    async fn token_request(&self, body: String) -> Result<TokenSet, OAuthError> {
+    fn record<T>(&self, op: TokenOp, result: &Result<T, OAuthError>, started: Instant) {
+        let outcome = match result {
+            Ok(_) => TokenOutcome::Ok,
+            Err(error) if error.is_grant_rejected() => TokenOutcome::Rejected,
+            Err(_) => TokenOutcome::Unavailable,
+        };
+        self.metrics.record_token_call(op, outcome, started.elapsed());
+    }
+
+    /// Waits for a token-endpoint slot, at most the request timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, OAuthError> {
+        match tokio::time::timeout(self.request_timeout, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(OAuthError::Busy),
+        }
+    }
+
+    async fn token_request_waiting(&self, body: String) -> Result<TokenSet, OAuthError> {
+        let slot = self.slot().await?;
+        self.token_request(body, slot).await
+    }
+
+    /// One token-endpoint call; `_slot` is held until the answer is read.
+    async fn token_request(&self, body: String, _slot: OwnedSemaphorePermit) -> Result<TokenSet, OAuthError> {
         let request = Request::post(self.token_uri.clone())
             .header(AUTHORIZATION, self.basic_auth.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -189,6 +248,7 @@ impl TokenClient {
         method: Method,
         token: &AccessToken,
     ) -> Result<(StatusCode, Bytes), OAuthError> {
+        let _slot = self.slot().await?;
         let mut authorization = HeaderValue::from_str(&format!("bearer {}", token.expose()))
             .map_err(|_| OAuthError::Unavailable("token is not a valid header value".into()))?;
         authorization.set_sensitive(true);

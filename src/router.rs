@@ -18,6 +18,10 @@ pub enum Endpoint {
     Login,
     /// `POST /session/logout`
     Logout,
+    /// `GET /session/authorize`
+    Authorize,
+    /// `GET` or `POST /session/callback`
+    Callback,
 }
 
 /// Where a request goes.
@@ -40,6 +44,8 @@ impl Target<'_> {
             Target::Endpoint(Endpoint::Guest) => "/session/guest",
             Target::Endpoint(Endpoint::Login) => "/session/login",
             Target::Endpoint(Endpoint::Logout) => "/session/logout",
+            Target::Endpoint(Endpoint::Authorize) => "/session/authorize",
+            Target::Endpoint(Endpoint::Callback) => "/session/callback",
             Target::Route(route) => &route.label,
             Target::DemoPage => "/",
             Target::UnsafePath => "(unsafe path)",
@@ -60,6 +66,8 @@ pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<
         "/session/guest" => return Target::Endpoint(Endpoint::Guest),
         "/session/login" => return Target::Endpoint(Endpoint::Login),
         "/session/logout" => return Target::Endpoint(Endpoint::Logout),
+        "/session/authorize" => return Target::Endpoint(Endpoint::Authorize),
+        "/session/callback" => return Target::Endpoint(Endpoint::Callback),
         "/" | "/index.html" if demo_page => return Target::DemoPage,
         _ => {}
     }

@@ -18,6 +18,7 @@ use crate::admin::Admin;
 use crate::app::App;
 use crate::config::{Config, StoreKind};
 use crate::forward::Forwarder;
+use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use crate::server::{self, ServeOptions};
 use crate::session::{now_secs, Sessions};
@@ -39,20 +40,29 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), String> {
     let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
     let http = upstream::build_client(&config.upstream)?;
     let tokens = Arc::new(TokenClient::new(
         http.clone(),
         &config.upstream.base,
         &config.oauth,
         config.upstream.request_timeout,
+        config.rate_limit.token_concurrency,
+        Arc::clone(&metrics),
     )?);
     let store = Arc::new(match config.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new(config.session.max_sessions)),
     });
     snapshot::load_into(&store, &config.store)?;
-    let sessions = Arc::new(Sessions::new(&config, Arc::clone(&store), tokens));
-    let forwarder = Forwarder::new(http, config.upstream.base.clone(), config.upstream.request_timeout);
-    let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder));
+    let sessions = Arc::new(Sessions::new(&config, Arc::clone(&store), tokens, Arc::clone(&metrics)));
+    let forwarder = Forwarder::new(
+        http,
+        config.upstream.base.clone(),
+        config.upstream.request_timeout,
+        config.leak_guard.enabled,
+        config.server.max_body_bytes,
+    );
+    let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
 
     let public = TcpListener::bind(config.server.listen)
         .await
@@ -73,14 +83,18 @@ pub async fn run(
     on_bound(bound);
 
     let options = ServeOptions::from_config(&config.server);
-    let sweeper =
-        tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
+    let sweeper = tokio::spawn(sweep_forever(
+        Arc::clone(&sessions),
+        Arc::clone(&app),
+        config.session.sweep_interval,
+        shutdown.clone(),
+    ));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
-        let admin = Arc::new(Admin::new(Arc::clone(&store)));
-        tokio::spawn(server::serve(listener, admin, options, shutdown.clone()))
+        let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
+        tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None))
     });
-    let drained = server::serve(public, app, options, shutdown.clone()).await;
+    let drained = server::serve(public, app, options, shutdown.clone(), Some(metrics)).await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }
@@ -93,14 +107,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Deletes expired sessions every `interval` until shutdown.
-async fn sweep_forever(sessions: Arc<Sessions>, interval: Duration, shutdown: CancellationToken) {
+/// Deletes expired sessions and pending logins every `interval` until shutdown.
+async fn sweep_forever(
+    sessions: Arc<Sessions>,
+    app: Arc<App>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
-        match sessions.sweep(now_secs()).await {
+        let now = now_secs();
+        if let Some(hosted) = app.hosted_login() {
+            hosted.sweep(now);
+        }
+        match sessions.sweep(now).await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "expired sessions swept"),
             Err(error) => tracing::warn!(%error, "session sweep failed"),

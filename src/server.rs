@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, ConnInfo};
 use crate::body::Body;
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
@@ -87,6 +88,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     options: ServeOptions,
     shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 ) -> bool {
     let builder = Arc::new(http_builder(&options));
     let connections = TaskTracker::new();
@@ -116,8 +118,15 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
+            if let Some(metrics) = &metrics {
+                metrics.connection_opened();
+            }
             serve_connection(&builder, stream, conn, handler, options.keep_alive_timeout, shutdown).await;
+            if let Some(metrics) = &metrics {
+                metrics.connection_closed();
+            }
             drop(permit);
         });
     }

@@ -9,6 +9,7 @@
 //! runs in a spawned task that owns the lock, so a browser that disconnects mid-refresh
 //! cannot abandon a refresh token the API has already rotated.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,8 +19,10 @@ use tokio::sync::Mutex;
 use crate::config::{Config, GuestMode, SessionPolicy};
 use crate::cookie::CookieLookup;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::oauth::{OAuthError, TokenClient, TokenSet};
-use crate::secret::Password;
+use crate::ratelimit::SessionRateLimit;
+use crate::secret::{AccessToken, Password};
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{SessionKind, SessionRecord, SessionStore, Store, StoreError, StoredSession};
 
@@ -69,11 +72,13 @@ pub struct Sessions {
     tokens: Arc<TokenClient>,
     policy: Policy,
     refresh_locks: DashMap<SessionKey, Arc<Mutex<()>>>,
+    rate_limit: SessionRateLimit,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
     /// A manager over `store`, getting tokens from `tokens`.
-    pub fn new(config: &Config, store: Arc<Store>, tokens: Arc<TokenClient>) -> Self {
+    pub fn new(config: &Config, store: Arc<Store>, tokens: Arc<TokenClient>, metrics: Arc<Metrics>) -> Self {
         let idle_secs = config.session.idle_timeout.as_secs().max(1);
         Self {
             store,
@@ -88,7 +93,14 @@ impl Sessions {
                 touch_every_secs: (idle_secs / 100).clamp(1, 60),
             },
             refresh_locks: DashMap::new(),
+            rate_limit: SessionRateLimit::new(&config.rate_limit),
+            metrics,
         }
+    }
+
+    /// The token client, for the hosted-login flow.
+    pub fn tokens(&self) -> &TokenClient {
+        &self.tokens
     }
 
     /// The store, for the sweeper and the admin endpoints.
@@ -105,13 +117,14 @@ impl Sessions {
             CookieLookup::Present(id) => id,
         };
         let key = id.key();
-        let stored = self.store.get(&key).await.map_err(store_error)?.ok_or(Error::SessionExpired)?;
+        let stored =
+            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
         if self.is_expired(&stored, now) {
-            self.store.remove(&key).await.map_err(store_error)?;
+            self.store.remove(&key).await.map_err(|e| self.store_error(e))?;
             return Err(Error::SessionExpired);
         }
         if now >= stored.last_seen + self.policy.touch_every_secs {
-            self.store.touch(&key, now).await.map_err(store_error)?;
+            self.store.touch(&key, now).await.map_err(|e| self.store_error(e))?;
         }
         Ok(Some(Active { key, record: stored.record, last_seen: stored.last_seen.max(now) }))
     }
@@ -126,6 +139,7 @@ impl Sessions {
         cookie: &CookieLookup,
         policy: SessionPolicy,
         now: u64,
+        client: IpAddr,
     ) -> Result<Resolution, Error> {
         if policy == SessionPolicy::None {
             return Ok(Resolution::Anonymous);
@@ -135,7 +149,7 @@ impl Sessions {
         }
         match (policy, self.policy.guest) {
             (SessionPolicy::Required, GuestMode::Lazy) => {
-                let (id, active) = self.mint_guest(now).await?;
+                let (id, active) = self.mint_guest(now, client).await?;
                 Ok(Resolution::NewGuest(active, id))
             }
             (SessionPolicy::Required, GuestMode::Off) => Err(Error::NoSession),
@@ -143,19 +157,24 @@ impl Sessions {
         }
     }
 
-    /// A new guest session with its own anonymous token.
-    pub async fn mint_guest(&self, now: u64) -> Result<(SessionId, Active), Error> {
+    /// A new guest session with its own anonymous token, if `client` may start one.
+    pub async fn mint_guest(&self, now: u64, client: IpAddr) -> Result<(SessionId, Active), Error> {
         // Refuse before asking the API for a token we would have to throw away.
         if self.is_full() {
             return Err(Error::SessionsFull);
         }
-        let tokens = self.tokens.mint_guest().await.map_err(token_service_error)?;
+        self.rate_limit.check(client)?;
+        let tokens = self.tokens.mint_guest().await.map_err(|error| match error {
+            // Every token-endpoint slot is busy: shed the new session, keep the API calm.
+            OAuthError::Busy => Error::RateLimited { retry_after: Duration::from_secs(1) },
+            other => token_service_error(other),
+        })?;
         let record = Arc::new(self.new_record(SessionKind::Guest, tokens, now));
         let id = SessionId::generate().map_err(|_| Error::Internal("no randomness for a session id"))?;
         let key = id.key();
         if let Err(error) = self.store.insert(key, Arc::clone(&record), now).await {
             self.revoke_in_background(record);
-            return Err(store_error(error));
+            return Err(self.store_error(error));
         }
         Ok((id, Active { key, record, last_seen: now }))
     }
@@ -214,8 +233,10 @@ impl Sessions {
         seen_generation: u64,
     ) -> Result<Arc<SessionRecord>, Error> {
         let guard = Arc::clone(lock).lock_owned().await;
-        let current = self.store.get(&key).await.map_err(store_error)?.ok_or(Error::SessionExpired)?;
+        let current =
+            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
         if current.record.generation != seen_generation {
+            self.metrics.record_refresh_coalesced();
             return Ok(current.record);
         }
         let store = Arc::clone(&self.store);
@@ -236,7 +257,10 @@ impl Sessions {
         username: &str,
         password: &Password,
         now: u64,
+        client: IpAddr,
     ) -> Result<(SessionId, Arc<SessionRecord>), Error> {
+        // Each attempt counts as a new session: this also slows password guessing.
+        self.rate_limit.check(client)?;
         let guest_token = current
             .as_ref()
             .filter(|active| active.record.kind == SessionKind::Guest)
@@ -255,25 +279,45 @@ impl Sessions {
                 token_service_error(error)
             }
         })?;
+        self.become_shopper(current, tokens, now).await
+    }
 
+    /// Gives the browser a shopper session holding `tokens` under a new id, replacing
+    /// `current` (whose id stops working at once). A previous shopper's tokens are
+    /// revoked; a guest's were carried over into the new session by the API.
+    pub async fn become_shopper(
+        &self,
+        current: Option<Active>,
+        tokens: TokenSet,
+        now: u64,
+    ) -> Result<(SessionId, Arc<SessionRecord>), Error> {
         let record = Arc::new(self.new_record(SessionKind::Shopper, tokens, now));
         let id = SessionId::generate().map_err(|_| Error::Internal("no randomness for a session id"))?;
         let old_key = current.as_ref().map(|active| active.key);
         if let Err(error) = self.store.rotate(old_key.as_ref(), id.key(), Arc::clone(&record), now).await {
             self.revoke_in_background(record);
-            return Err(store_error(error));
+            return Err(self.store_error(error));
         }
-        // A previous shopper's tokens are of no further use; a guest's were carried over.
         if let Some(previous) = current.filter(|active| active.record.kind == SessionKind::Shopper) {
             self.revoke_in_background(previous.record);
         }
         Ok((id, record))
     }
 
+    /// Revokes a token that is no longer needed, without making anyone wait for it.
+    pub fn revoke_token_in_background(&self, token: AccessToken) {
+        let tokens = Arc::clone(&self.tokens);
+        tokio::spawn(async move {
+            if let Err(error) = tokens.revoke(&token).await {
+                tracing::debug!(%error, "revoking an unused token failed");
+            }
+        });
+    }
+
     /// Deletes the cookie's session and revokes its tokens upstream. No session is fine.
     pub async fn logout(&self, cookie: &CookieLookup) -> Result<(), Error> {
         let CookieLookup::Present(id) = cookie else { return Ok(()) };
-        let removed = self.store.remove(&id.key()).await.map_err(store_error)?;
+        let removed = self.store.remove(&id.key()).await.map_err(|e| self.store_error(e))?;
         if let Some(record) = removed {
             // The session is gone locally whatever the API says; a failed revocation only
             // means the token lives out its natural life at the API.
@@ -300,19 +344,22 @@ impl Sessions {
         Duration::from_secs(record.absolute_expires_at.saturating_sub(now))
     }
 
-    /// Deletes idle and expired sessions and unused refresh locks.
+    /// Deletes idle and expired sessions, unused refresh locks and idle rate-limit buckets.
     pub async fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         self.refresh_locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        self.rate_limit.forget_idle_clients();
         self.store.sweep(now, now.saturating_sub(self.policy.idle_secs)).await
     }
 
     fn revoke_in_background(&self, record: Arc<SessionRecord>) {
-        let tokens = Arc::clone(&self.tokens);
-        tokio::spawn(async move {
-            if let Err(error) = tokens.revoke(&record.access_token).await {
-                tracing::debug!(%error, "revoking an unused token failed");
-            }
-        });
+        self.revoke_token_in_background(record.access_token.clone());
+    }
+
+    fn store_error(&self, error: StoreError) -> Error {
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.metrics.record_store_error();
+        }
+        store_error(error)
     }
 }
 
