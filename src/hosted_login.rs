@@ -97,9 +97,9 @@ impl HostedLogin {
         let carried_guest = (self.carry_guest && active.record.kind == SessionKind::Guest)
             .then(|| active.record.access_token.clone());
 
-        let mut redirect_uri = form_urlencoded::Serializer::new(format!("{}?", self.callback_url));
+        let mut redirect_uri = query_builder(&self.callback_url);
         redirect_uri.append_pair("state", &state);
-        let mut url = form_urlencoded::Serializer::new(format!("{}?", self.authorize_url));
+        let mut url = query_builder(&self.authorize_url);
         url.append_pair("client_id", &self.client_id)
             .append_pair("redirect_uri", &redirect_uri.finish())
             .append_pair("response_type", "token")
@@ -159,6 +159,12 @@ pub fn token_of(params: CallbackParams) -> Result<(AccessToken, Option<u64>), St
         CallbackOutcome::Token { access_token, expires_in } => Ok((access_token, expires_in)),
         CallbackOutcome::Error { code } => Err(code),
     }
+}
+
+/// A serializer that appends a query to `base` (`base?a=b&c=d`).
+fn query_builder(base: &str) -> form_urlencoded::Serializer<'static, String> {
+    let start = base.len() + 1;
+    form_urlencoded::Serializer::for_suffix(format!("{base}?"), start)
 }
 
 fn state_key(state: &str) -> [u8; 32] {

@@ -198,6 +198,28 @@ impl Env {
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
 
+    /// A request to any URL that is not recorded as something the browser saw (for
+    /// talking to the mock's own pages, as a browser would on the API's hosted login).
+    pub async fn raw(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request =
+            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap_or_else(|e| panic!("{e}"));
+        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
     pub async fn stats(&self) -> Value {
         self.mock_call(Method::GET, "/__mock/stats", None).await
     }
