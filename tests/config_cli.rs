@@ -132,3 +132,31 @@ async fn healthcheck_reports_a_running_proxy_and_fails_without_one() {
         tokengate().arg("healthcheck").arg("--config").arg(&path).status().unwrap_or_else(|e| panic!("{e}"));
     assert!(!dead.success());
 }
+
+#[test]
+fn check_config_warns_about_insecure_settings_and_a_readable_secret_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-from-file\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "[server]\npublic_origin = \"https://shop.example.com\"\n[oauth]\nclient_id = \"k\"\nclient_secret_file = \"{}\"\n\
+         [session]\ncookie_name = \"tg\"\ncookie_secure = false\n",
+        secret.display()
+    );
+    let path = write_config(&dir, &text);
+    let output =
+        tokengate().arg("check-config").arg("--config").arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("warning: session.cookie_secure"), "{stderr}");
+    assert!(stderr.contains("warning: oauth.client_secret_file"), "{stderr}");
+    assert!(!stderr.contains("s3cret-from-file"));
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let output =
+        tokengate().arg("check-config").arg("--config").arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("client_secret_file"));
+}

@@ -70,7 +70,15 @@ fn print_errors(path: &std::path::Path, errors: &[ConfigError]) {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            println!("{}: ok ({} route(s))", path.display(), config.routes.len());
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} route(s), {} warning(s))",
+                path.display(),
+                config.routes.len(),
+                config.warnings.len()
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -90,6 +98,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!(key = %warning.key, "insecure setting: {}", warning.message);
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -59,6 +59,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Where the file came from (for reload and messages); `None` for an inline config.
     pub source: Option<PathBuf>,
+    /// Settings that work but weaken security (printed by `check-config`, logged by `run`).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[server]`: the storefront-facing listener.

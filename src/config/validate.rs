@@ -21,6 +21,8 @@ use super::*;
 struct Checker<'e> {
     errors: Vec<ConfigError>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    /// The client secret's file, when it comes from one (for the permission warning).
+    secret_file: Option<PathBuf>,
 }
 
 impl Checker<'_> {
@@ -66,7 +68,7 @@ impl Checker<'_> {
 
 /// Validates `raw` into a [`Config`], or returns every problem found.
 pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
-    let mut checker = Checker { errors: Vec::new(), env };
+    let mut checker = Checker { errors: Vec::new(), env, secret_file: None };
     let server = server(&mut checker, raw.server);
     let upstream = upstream(&mut checker, raw.upstream);
     let oauth = oauth(&mut checker, raw.oauth, upstream.request_timeout);
@@ -79,7 +81,21 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
-    Ok(Config { server, upstream, oauth, session, store, log, rate_limit, leak_guard, routes, source: None })
+    let mut config = Config {
+        server,
+        upstream,
+        oauth,
+        session,
+        store,
+        log,
+        rate_limit,
+        leak_guard,
+        routes,
+        source: None,
+        warnings: Vec::new(),
+    };
+    config.warnings = insecure_settings(&config, checker.secret_file.as_deref());
+    Ok(config)
 }
 
 fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
@@ -288,7 +304,10 @@ fn client_secret(checker: &mut Checker, env_key: Option<String>, file_key: Optio
             None
         }
         (None, Some(file)) => match std::fs::read_to_string(&file) {
-            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+            Ok(text) => {
+                checker.secret_file = Some(PathBuf::from(&file));
+                Some(text.trim_end_matches(['\r', '\n']).to_string())
+            }
             Err(error) => {
                 checker.error("oauth.client_secret_file", format!("cannot read {file}: {error}"));
                 None
@@ -461,6 +480,60 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
     routes
 }
 
+/// Settings that work but weaken security; `check-config` prints them, `run` logs them.
+fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    let local = config.server.public_origin.as_deref().is_none_or(is_local_origin);
+    if !config.session.cookie_secure && !local {
+        warnings.push(ConfigError::new(
+            "session.cookie_secure",
+            "is false while public_origin is not localhost: the session cookie would travel over plain HTTP",
+        ));
+    }
+    if let Some(origin) =
+        config.server.public_origin.as_deref().filter(|o| o.starts_with("http://") && !is_local_origin(o))
+    {
+        warnings.push(ConfigError::new("server.public_origin", format!("{origin} is plain HTTP")));
+    }
+    if !config.leak_guard.enabled {
+        warnings.push(ConfigError::new(
+            "leak_guard.enabled",
+            "is false: an API that echoes a token would reach the browser",
+        ));
+    }
+    if config.session.same_site == SameSite::None {
+        warnings.push(ConfigError::new(
+            "session.same_site",
+            "is \"none\": cross-site requests carry the cookie, only the CSRF check stands in the way",
+        ));
+    }
+    if let Some(path) = secret_file.filter(|path| is_readable_by_others(path)) {
+        warnings.push(ConfigError::new(
+            "oauth.client_secret_file",
+            format!("{} can be read by other users (chmod 600 it)", path.display()),
+        ));
+    }
+    warnings
+}
+
+fn is_local_origin(origin: &str) -> bool {
+    let Ok(uri) = origin.parse::<Uri>() else { return false };
+    uri.host().is_some_and(|host| {
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.ends_with(".localhost")
+    })
+}
+
+#[cfg(unix)]
+fn is_readable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o004 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_readable_by_others(_path: &std::path::Path) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
@@ -533,6 +606,23 @@ mod tests {
         "#;
         let config = Config::from_toml(text, &env).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(config.routes[0].prefix, "/api/public/");
+    }
+
+    #[test]
+    fn insecure_settings_are_warned_about() {
+        let text = format!(
+            "{MINIMAL}\n[server]\npublic_origin = \"http://shop.example.com\"\n[session]\ncookie_name = \"tg\"\ncookie_secure = false\n[leak_guard]\nenabled = false\n"
+        );
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let keys: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+        for expected in ["session.cookie_secure", "server.public_origin", "leak_guard.enabled"] {
+            assert!(keys.contains(&expected), "{expected} not warned: {keys:?}");
+        }
+        let local = format!(
+            "{MINIMAL}\n[server]\npublic_origin = \"http://127.0.0.1:8080\"\n[session]\ncookie_name = \"tg\"\ncookie_secure = false\n"
+        );
+        let config = Config::from_toml(&local, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 
     #[test]
