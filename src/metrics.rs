@@ -1,9 +1,35 @@
-//! Every metric tokengate exports, in one place. (Stub: the Prometheus registry lands with
-//! issue 4; the call sites are already in place and cost nothing until then.)
+//! Every metric tokengate exports, in one place, in the Prometheus/OpenMetrics text
+//! format (`prometheus-client`, the Prometheus project's own Rust client).
+//!
+//! The hot path never allocates for a metric: handles for every route label and status
+//! class are created at startup and found by a hash lookup on the route label; label
+//! values outside the known set fall into `route="(other)"`. Everything is atomics.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `tokengate_requests_total` | counter | `route`, `status_class` (`2xx`…`5xx`) |
+//! | `tokengate_request_duration_seconds` | histogram | `route` |
+//! | `tokengate_upstream_request_duration_seconds` | histogram | `route` (to the response head) |
+//! | `tokengate_token_calls_total` | counter | `op` (`mint`, `login`, `refresh`, `revoke`), `result` (`ok`, `rejected`, `unavailable`) |
+//! | `tokengate_token_call_duration_seconds` | histogram | `op` |
+//! | `tokengate_refresh_coalesced_total` | counter | — (requests that waited for another request's refresh) |
+//! | `tokengate_sessions` | gauge | `kind` (`guest`, `shopper`) |
+//! | `tokengate_rejected_requests_total` | counter | `code` (the contract's error code) |
+//! | `tokengate_store_errors_total` | counter | — |
+//! | `tokengate_token_leaks_blocked_total` | counter | — |
+//! | `tokengate_open_connections` | gauge | — (storefront listener) |
+//! | `tokengate_build_info` | gauge | `version` |
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use crate::store::SessionCounts;
 
@@ -24,57 +50,282 @@ pub enum TokenOutcome {
     Ok,
     /// The API refused the grant (bad password, dead refresh token).
     Rejected,
-    /// The API failed (unreachable, 5xx, timeout, garbage).
+    /// The API failed (unreachable, 5xx, timeout, garbage, or every slot busy).
     Unavailable,
 }
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const OTHER_ROUTE: &str = "(other)";
+const OPS: [(TokenOp, &str); 4] = [
+    (TokenOp::Mint, "mint"),
+    (TokenOp::Login, "login"),
+    (TokenOp::Refresh, "refresh"),
+    (TokenOp::Revoke, "revoke"),
+];
+const OUTCOMES: [(TokenOutcome, &str); 3] = [
+    (TokenOutcome::Ok, "ok"),
+    (TokenOutcome::Rejected, "rejected"),
+    (TokenOutcome::Unavailable, "unavailable"),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// Pre-made handles for one route label.
+#[derive(Debug)]
+struct RouteHandles {
+    by_status_class: [Counter; 5],
+    duration: Histogram,
+    upstream: Histogram,
+}
+
 /// The process's metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {}
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    routes: HashMap<String, RouteHandles>,
+    other_route: RouteHandles,
+    token_calls: HashMap<(TokenOp, TokenOutcome), Counter>,
+    token_durations: HashMap<TokenOp, Histogram>,
+    refresh_coalesced: Counter,
+    sessions_guest: Gauge,
+    sessions_shopper: Gauge,
+    rejected: Family<CodeLabel, Counter>,
+    store_errors: Counter,
+    leaks_blocked: Counter,
+    open_connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 1 ms to about 33 s.
+    exponential_buckets(0.001, 2.0, 16)
+}
 
 impl Metrics {
-    /// Empty metrics.
-    pub fn new() -> Self {
-        Self::default()
+    /// Metrics with handles for `route_labels` (the route and endpoint labels requests can
+    /// carry); other labels are counted as `(other)`.
+    pub fn new(route_labels: &[&str]) -> Self {
+        let mut registry = Registry::with_prefix("tokengate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations =
+            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(seconds_buckets()));
+        let upstream =
+            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(seconds_buckets()));
+        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        registry.register("request_duration_seconds", "Time to answer a request's head", durations.clone());
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending an API call to its response head",
+            upstream.clone(),
+        );
+        let handles = |route: &str| RouteHandles {
+            by_status_class: STATUS_CLASSES.map(|status_class| {
+                requests.get_or_create(&RequestLabels { route: route.to_string(), status_class }).clone()
+            }),
+            duration: durations.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
+            upstream: upstream.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
+        };
+        let routes = route_labels.iter().map(|label| (label.to_string(), handles(label))).collect();
+        let other_route = handles(OTHER_ROUTE);
+
+        let token_family = Family::<TokenLabels, Counter>::default();
+        let token_duration_family =
+            Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(seconds_buckets()));
+        registry.register(
+            "token_calls",
+            "Calls to the token service, by purpose and result",
+            token_family.clone(),
+        );
+        registry.register(
+            "token_call_duration_seconds",
+            "Time of a token-service call, by purpose",
+            token_duration_family.clone(),
+        );
+        let mut token_calls = HashMap::new();
+        let mut token_durations = HashMap::new();
+        for (op, op_name) in OPS {
+            token_durations.insert(op, token_duration_family.get_or_create(&OpLabel { op: op_name }).clone());
+            for (outcome, result) in OUTCOMES {
+                let counter = token_family.get_or_create(&TokenLabels { op: op_name, result }).clone();
+                token_calls.insert((op, outcome), counter);
+            }
+        }
+
+        let refresh_coalesced = Counter::default();
+        registry.register(
+            "refresh_coalesced",
+            "Requests that used another request's refresh of their session",
+            refresh_coalesced.clone(),
+        );
+        let sessions = Family::<KindLabel, Gauge>::default();
+        registry.register("sessions", "Live sessions, by kind", sessions.clone());
+        let sessions_guest = sessions.get_or_create(&KindLabel { kind: "guest" }).clone();
+        let sessions_shopper = sessions.get_or_create(&KindLabel { kind: "shopper" }).clone();
+        let rejected = Family::<CodeLabel, Counter>::default();
+        registry.register("rejected_requests", "Requests answered with an error code", rejected.clone());
+        let store_errors = Counter::default();
+        registry.register("store_errors", "Failed session-store operations", store_errors.clone());
+        let leaks_blocked = Counter::default();
+        registry.register(
+            "token_leaks_blocked",
+            "Responses withheld by the leak guard",
+            leaks_blocked.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Open storefront connections", open_connections.clone());
+        let build = Family::<VersionLabel, Gauge>::default();
+        registry.register("build_info", "The running version", build.clone());
+        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+
+        Self {
+            registry,
+            routes,
+            other_route,
+            token_calls,
+            token_durations,
+            refresh_coalesced,
+            sessions_guest,
+            sessions_shopper,
+            rejected,
+            store_errors,
+            leaks_blocked,
+            open_connections,
+        }
+    }
+
+    fn route(&self, route: &str) -> &RouteHandles {
+        self.routes.get(route).unwrap_or(&self.other_route)
     }
 
     /// One finished request: by route label and status class.
     pub fn record_request(&self, route: &str, status: StatusCode, latency: Duration) {
-        let _ = (route, status, latency);
+        let handles = self.route(route);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        handles.by_status_class[class].inc();
+        handles.duration.observe(latency.as_secs_f64());
     }
 
     /// Time from sending an upstream API call to its response head, by route label.
     pub fn record_upstream(&self, route: &str, latency: Duration) {
-        let _ = (route, latency);
+        self.route(route).upstream.observe(latency.as_secs_f64());
     }
 
     /// One call to the token service.
     pub fn record_token_call(&self, op: TokenOp, outcome: TokenOutcome, latency: Duration) {
-        let _ = (op, outcome, latency);
+        if let Some(counter) = self.token_calls.get(&(op, outcome)) {
+            counter.inc();
+        }
+        if let Some(histogram) = self.token_durations.get(&op) {
+            histogram.observe(latency.as_secs_f64());
+        }
     }
 
     /// A request that waited for another request's refresh of its session instead of
     /// calling the token endpoint itself.
-    pub fn record_refresh_coalesced(&self) {}
+    pub fn record_refresh_coalesced(&self) {
+        self.refresh_coalesced.inc();
+    }
 
     /// A request refused with a contract error code.
     pub fn record_rejection(&self, code: &'static str) {
-        let _ = code;
+        self.rejected.get_or_create(&CodeLabel { code }).inc();
     }
 
     /// A failed store operation.
-    pub fn record_store_error(&self) {}
+    pub fn record_store_error(&self) {
+        self.store_errors.inc();
+    }
 
     /// A leak-guard hit (a token about to reach the browser was blocked).
-    pub fn record_leak_blocked(&self) {}
+    pub fn record_leak_blocked(&self) {
+        self.leaks_blocked.inc();
+    }
 
-    pub fn connection_opened(&self) {}
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
 
-    pub fn connection_closed(&self) {}
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric.
     pub fn render(&self, sessions: SessionCounts) -> String {
-        let _ = sessions;
-        String::new()
+        self.sessions_guest.set(i64::try_from(sessions.guests).unwrap_or(i64::MAX));
+        self.sessions_shopper.set(i64::try_from(sessions.shoppers).unwrap_or(i64::MAX));
+        let mut text = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_their_labels() {
+        let metrics = Metrics::new(&["/api/"]);
+        metrics.record_request("/api/", StatusCode::OK, Duration::from_millis(3));
+        metrics.record_request("/api/", StatusCode::BAD_GATEWAY, Duration::from_millis(3));
+        metrics.record_request("/nowhere-known", StatusCode::NOT_FOUND, Duration::from_millis(1));
+        metrics.record_token_call(TokenOp::Refresh, TokenOutcome::Ok, Duration::from_millis(20));
+        metrics.record_rejection("session_expired");
+        let text = metrics.render(SessionCounts { guests: 2, shoppers: 1 });
+        for line in [
+            r#"tokengate_requests_total{route="/api/",status_class="2xx"} 1"#,
+            r#"tokengate_requests_total{route="/api/",status_class="5xx"} 1"#,
+            r#"tokengate_requests_total{route="(other)",status_class="4xx"} 1"#,
+            r#"tokengate_token_calls_total{op="refresh",result="ok"} 1"#,
+            r#"tokengate_rejected_requests_total{code="session_expired"} 1"#,
+            r#"tokengate_sessions{kind="guest"} 2"#,
+            r#"tokengate_sessions{kind="shopper"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(text.contains("tokengate_token_call_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }

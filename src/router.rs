@@ -59,6 +59,23 @@ impl Target<'_> {
     }
 }
 
+/// Every label [`Target::label`] can return for `routes`, for pre-made metric handles.
+pub fn all_labels(routes: &[Route]) -> Vec<&str> {
+    let mut labels = vec![
+        "/session",
+        "/session/guest",
+        "/session/login",
+        "/session/logout",
+        "/session/authorize",
+        "/session/callback",
+        "/",
+        "(unsafe path)",
+        "(not found)",
+    ];
+    labels.extend(routes.iter().map(|route| route.label.as_str()));
+    labels
+}
+
 /// Classifies `path` (without the query string). `routes` are sorted longest first.
 pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<'a> {
     match path {

@@ -40,7 +40,7 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), String> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&config.routes)));
     let http = upstream::build_client(&config.upstream)?;
     let tokens = Arc::new(TokenClient::new(
         http.clone(),

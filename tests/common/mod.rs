@@ -299,6 +299,12 @@ impl Env {
         self.proxy = start_proxy(&config, self.dir.path(), &env);
     }
 
+    /// Writes `config` and restarts the proxy on it.
+    pub fn restart_proxy_with_config(&mut self, config: &str) {
+        std::fs::write(self.dir.path().join("proxy.toml"), config).unwrap_or_else(|e| panic!("{e}"));
+        self.restart_proxy();
+    }
+
     /// Stops the mock, to make the whole upstream unreachable.
     pub fn stop_mock(&mut self) {
         let _ = self.mock.child.kill();
