@@ -109,6 +109,30 @@ impl MemoryStore {
         self.release(entry.record.kind);
         Some(entry.record)
     }
+
+    /// Every session with the time it was last used, for the snapshot. The records are
+    /// shared `Arc`s (no token is copied); the map is walked shard by shard and no guard
+    /// outlives the call.
+    pub fn export(&self) -> Vec<(SessionKey, Arc<SessionRecord>, u64)> {
+        self.map
+            .iter()
+            .map(|entry| (*entry.key(), Arc::clone(&entry.record), entry.last_seen.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Inserts sessions read back from a snapshot, keeping each one's `last_seen`, until
+    /// `max_sessions` is reached (the rest are left out: put the ones to keep first).
+    /// Returns how many went in.
+    pub fn import(&self, entries: impl IntoIterator<Item = (SessionKey, Arc<SessionRecord>, u64)>) -> usize {
+        let mut imported = 0;
+        for (key, record, last_seen) in entries {
+            if self.insert_now(key, record, last_seen).is_err() {
+                break;
+            }
+            imported += 1;
+        }
+        imported
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -249,6 +273,34 @@ mod tests {
         assert_eq!(removed, 2);
         assert!(store.get(&key(3)).await.ok().flatten().is_some());
         assert_eq!(store.counts().guests, 1);
+    }
+
+    #[tokio::test]
+    async fn export_then_import_keeps_records_last_seen_and_counts() {
+        let store = MemoryStore::new(10);
+        store.insert(key(1), record(SessionKind::Guest, 1000), 10).await.unwrap_or_else(|e| panic!("{e}"));
+        store.insert(key(2), record(SessionKind::Shopper, 1000), 20).await.unwrap_or_else(|e| panic!("{e}"));
+        store.touch(&key(2), 30).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut exported = store.export();
+        exported.sort_by_key(|(key, _, _)| key.0);
+        assert_eq!(exported.len(), 2);
+        assert_eq!(exported[1].2, 30);
+
+        let copy = MemoryStore::new(10);
+        assert_eq!(copy.import(exported), 2);
+        assert_eq!(copy.counts(), SessionCounts { guests: 1, shoppers: 1 });
+        let shopper = copy.get(&key(2)).await.ok().flatten().unwrap_or_else(|| panic!("missing"));
+        assert_eq!(shopper.last_seen, 30);
+        assert_eq!(shopper.record.kind, SessionKind::Shopper);
+    }
+
+    #[tokio::test]
+    async fn import_stops_at_max_sessions() {
+        let store = MemoryStore::new(2);
+        let entries = (1..=3).map(|n| (key(n), record(SessionKind::Guest, 1000), u64::from(n)));
+        assert_eq!(store.import(entries), 2);
+        assert_eq!(store.counts().guests, 2);
+        assert!(store.get(&key(3)).await.ok().flatten().is_none());
     }
 
     #[tokio::test]
