@@ -22,8 +22,14 @@ const DEMO_SECRET: &str = "demo-secret";
 /// Runs commerce-mock and the proxy on `listen` until `shutdown`.
 pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), String> {
     let (mut mock, mock_url) = start_mock().await?;
+    // Bind first: with port 0 the origin the page is served from is only known now.
+    let public = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    let listen = public.local_addr().map_err(|error| error.to_string())?;
     let config = demo_config(listen, &mock_url)?;
-    let result = runtime::run(config, shutdown, |bound| {
+    let listeners = runtime::Listeners { public, admin: None };
+    let result = runtime::run_on(config, listeners, shutdown, |bound| {
         println!(
             "tokengate demo: open http://{}/ (commerce-mock at {mock_url}; Ctrl-C stops both)",
             bound.public

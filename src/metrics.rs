@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -106,7 +107,7 @@ struct VersionLabel {
 }
 
 /// Pre-made handles for one route label.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RouteHandles {
     by_status_class: [Counter; 5],
     duration: Histogram,
@@ -117,8 +118,10 @@ struct RouteHandles {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    routes: HashMap<String, RouteHandles>,
+    /// Swapped whole when a reload adds routes; read lock-free per request.
+    routes: ArcSwap<HashMap<String, RouteHandles>>,
     other_route: RouteHandles,
+    route_families: RouteFamilies,
     token_calls: HashMap<(TokenOp, TokenOutcome), Counter>,
     token_durations: HashMap<TokenOp, Histogram>,
     refresh_coalesced: Counter,
@@ -128,6 +131,30 @@ pub struct Metrics {
     store_errors: Counter,
     leaks_blocked: Counter,
     open_connections: Gauge,
+}
+
+/// The families route handles are made from (kept to make handles for new routes).
+#[derive(Debug, Clone)]
+struct RouteFamilies {
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabel, Histogram>,
+    upstream: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+impl RouteFamilies {
+    fn handles(&self, route: &str) -> RouteHandles {
+        RouteHandles {
+            by_status_class: STATUS_CLASSES.map(|status_class| {
+                self.requests.get_or_create(&RequestLabels { route: route.to_string(), status_class }).clone()
+            }),
+            duration: self.durations.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
+            upstream: self.upstream.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
+        }
+    }
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(seconds_buckets())
 }
 
 impl Default for Metrics {
@@ -148,9 +175,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tokengate");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations =
-            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(seconds_buckets()));
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
         let upstream =
-            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(seconds_buckets()));
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request's head", durations.clone());
         registry.register(
@@ -158,15 +185,10 @@ impl Metrics {
             "Time from sending an API call to its response head",
             upstream.clone(),
         );
-        let handles = |route: &str| RouteHandles {
-            by_status_class: STATUS_CLASSES.map(|status_class| {
-                requests.get_or_create(&RequestLabels { route: route.to_string(), status_class }).clone()
-            }),
-            duration: durations.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
-            upstream: upstream.get_or_create(&RouteLabel { route: route.to_string() }).clone(),
-        };
-        let routes = route_labels.iter().map(|label| (label.to_string(), handles(label))).collect();
-        let other_route = handles(OTHER_ROUTE);
+        let route_families = RouteFamilies { requests, durations, upstream };
+        let routes =
+            route_labels.iter().map(|label| (label.to_string(), route_families.handles(label))).collect();
+        let other_route = route_families.handles(OTHER_ROUTE);
 
         let token_family = Family::<TokenLabels, Counter>::default();
         let token_duration_family =
@@ -219,8 +241,9 @@ impl Metrics {
 
         Self {
             registry,
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             other_route,
+            route_families,
             token_calls,
             token_durations,
             refresh_coalesced,
@@ -233,13 +256,23 @@ impl Metrics {
         }
     }
 
-    fn route(&self, route: &str) -> &RouteHandles {
-        self.routes.get(route).unwrap_or(&self.other_route)
+    /// Makes handles for route labels a reload added (off the request path).
+    pub fn add_route_labels(&self, labels: &[&str]) {
+        let current = self.routes.load();
+        if labels.iter().all(|label| current.contains_key(*label)) {
+            return;
+        }
+        let mut next = HashMap::clone(&current);
+        for label in labels {
+            next.entry(label.to_string()).or_insert_with(|| self.route_families.handles(label));
+        }
+        self.routes.store(std::sync::Arc::new(next));
     }
 
     /// One finished request: by route label and status class.
     pub fn record_request(&self, route: &str, status: StatusCode, latency: Duration) {
-        let handles = self.route(route);
+        let routes = self.routes.load();
+        let handles = routes.get(route).unwrap_or(&self.other_route);
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         handles.by_status_class[class].inc();
         handles.duration.observe(latency.as_secs_f64());
@@ -247,7 +280,8 @@ impl Metrics {
 
     /// Time from sending an upstream API call to its response head, by route label.
     pub fn record_upstream(&self, route: &str, latency: Duration) {
-        self.route(route).upstream.observe(latency.as_secs_f64());
+        let routes = self.routes.load();
+        routes.get(route).unwrap_or(&self.other_route).upstream.observe(latency.as_secs_f64());
     }
 
     /// One call to the token service.

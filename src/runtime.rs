@@ -23,6 +23,7 @@ use crate::oauth::TokenClient;
 use crate::server::{self, ServeOptions};
 use crate::session::{now_secs, Sessions};
 use crate::store::{snapshot, MemoryStore, Store};
+use crate::telemetry;
 use crate::upstream;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
@@ -32,10 +33,43 @@ pub struct Bound {
     pub admin: Option<SocketAddr>,
 }
 
+/// The two listeners, bound before anything serves.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Binds the listeners `config` names, failing if either cannot be bound.
+pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    let public = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
+    let admin = match config.server.admin_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address} (admin): {error}"))?,
+        ),
+        None => None,
+    };
+    Ok(Listeners { public, admin })
+}
+
 /// Runs the proxy until `shutdown` is cancelled. `on_bound` is called once both
 /// listeners are bound, before the first request is served.
 pub async fn run(
     config: Config,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), String> {
+    let listeners = bind(&config).await?;
+    run_on(config, listeners, shutdown, on_bound).await
+}
+
+/// Runs the proxy on listeners bound already (the demo binds first, to learn its port).
+pub async fn run_on(
+    config: Config,
+    listeners: Listeners,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), String> {
@@ -64,17 +98,7 @@ pub async fn run(
     );
     let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
 
-    let public = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
-    let admin = match config.server.admin_listen {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .map_err(|error| format!("cannot listen on {address} (admin): {error}"))?,
-        ),
-        None => None,
-    };
+    let Listeners { public, admin } = listeners;
     let bound = Bound {
         public: public.local_addr().map_err(|error| error.to_string())?,
         admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
@@ -89,6 +113,7 @@ pub async fn run(
         config.session.sweep_interval,
         shutdown.clone(),
     ));
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), shutdown.clone()));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
@@ -99,12 +124,63 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = sweeper.await;
+    let _ = reloader.await;
     if let Some(writer) = snapshot_writer {
         let _ = writer.await;
     }
     snapshot::write_final(&store, &config.store).await?;
     tracing::info!(drained, "stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the config file and applies what can change safely (routes,
+/// limits, log level, allowed origins); an invalid file keeps the running config.
+async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; config reload is off");
+            return;
+        };
+        loop {
+            tokio::select! {
+                received = hangups.recv() => if received.is_none() { return },
+                () = shutdown.cancelled() => return,
+            }
+            reload(&app);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (app, shutdown);
+    }
+}
+
+fn reload(app: &App) {
+    let running = app.config();
+    let Some(path) = running.source.clone() else {
+        tracing::warn!("SIGHUP: this config did not come from a file; nothing to reload");
+        return;
+    };
+    let new = match Config::load(&path) {
+        Ok(new) => new,
+        Err(errors) => {
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::error!(file = %path.display(), problems = ?problems, "config reload refused; the running config stays");
+            return;
+        }
+    };
+    let (next, ignored) = running.reloaded(new);
+    if !ignored.is_empty() {
+        tracing::warn!(sections = ?ignored, "config reload: these changes need a restart and were not applied");
+    }
+    if let Err(error) = telemetry::set_level(&next.log.level) {
+        tracing::warn!(%error, "config reload: log level not changed");
+    }
+    let routes = next.routes.len();
+    app.reload(Arc::new(next));
+    tracing::info!(file = %path.display(), routes, "config reloaded");
 }
 
 /// Deletes expired sessions and pending logins every `interval` until shutdown.

@@ -1,19 +1,54 @@
 //! Logging setup: `tracing` to stderr, text or JSON, level from config unless `RUST_LOG`
 //! is set. What is logged is chosen field by field at each call site; whole requests,
 //! headers and query strings are never logged.
+//!
+//! The level filter sits behind a reload handle so SIGHUP can change it (`set_level`);
+//! the format is fixed for the life of the process.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. Safe to call once; later calls are ignored.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+static FROM_ENVIRONMENT: OnceLock<bool> = OnceLock::new();
+
+/// Installs the global subscriber. Later calls are ignored.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+    let from_environment = EnvFilter::try_from_default_env().ok();
+    let uses_environment = from_environment.is_some();
+    let filter = from_environment
+        .or_else(|| EnvFilter::try_new(&config.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match config.format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => {
+            registry.with(fmt::layer().with_target(false).with_writer(std::io::stderr)).try_init()
+        }
     };
+    if installed.is_ok() {
+        let _ = FILTER.set(handle);
+        let _ = FROM_ENVIRONMENT.set(uses_environment);
+    }
+}
+
+/// Changes the level filter (a reload). `RUST_LOG`, when it was set at start, keeps winning.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if FROM_ENVIRONMENT.get().copied().unwrap_or(false) {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|error| error.to_string())?;
+    match FILTER.get() {
+        Some(handle) => handle.reload(filter).map_err(|error| error.to_string()),
+        None => Ok(()),
+    }
 }

@@ -45,7 +45,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// The whole validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
@@ -64,7 +64,7 @@ pub struct Config {
 }
 
 /// `[server]`: the storefront-facing listener.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
@@ -124,7 +124,7 @@ pub struct LeakGuardConfig {
 }
 
 /// `[upstream]`: the Commerce API.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub base: BaseUrl,
     pub connect_timeout: Duration,
@@ -159,7 +159,7 @@ pub enum PasswordEncoding {
 }
 
 /// `[oauth]`: the token endpoint and how to talk to it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OAuthConfig {
     pub flavor: Flavor,
     pub client_id: String,
@@ -190,7 +190,7 @@ pub enum GuestMode {
 }
 
 /// `[session]`: the cookie and the session lifetimes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub cookie_name: String,
     pub cookie_secure: bool,
@@ -209,7 +209,7 @@ pub enum StoreKind {
 }
 
 /// `[store]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// Where the memory store keeps its sealed snapshot, if anywhere.
@@ -226,7 +226,7 @@ pub enum SnapshotOnError {
 }
 
 /// The memory store's snapshot: sealed with AES-256-GCM, written atomically.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotConfig {
     pub file: PathBuf,
     /// The first key seals; every key opens (rotation).
@@ -243,7 +243,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`: tracing output. `RUST_LOG`, when set, wins over `level`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
@@ -297,6 +297,43 @@ impl Config {
             .try_into()
             .map_err(|error: toml::de::Error| vec![ConfigError::new("(file)", error.message())])?;
         validate(raw, env)
+    }
+}
+
+impl Config {
+    /// The config to run after a SIGHUP reload: `new`'s reloadable settings (routes,
+    /// `allowed_origins`, `csrf`, `max_body_bytes`, `trusted_proxy_depth`, `demo_page`,
+    /// `log.level`, `[leak_guard]`) on top of `self`. Also returns the sections whose other
+    /// changes need a restart and were not applied.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        let mut next = self.clone();
+        next.routes = std::mem::take(&mut new.routes);
+        next.server.allowed_origins = new.server.allowed_origins.clone();
+        next.server.csrf = new.server.csrf;
+        next.server.max_body_bytes = new.server.max_body_bytes;
+        next.server.trusted_proxy_depth = new.server.trusted_proxy_depth;
+        next.server.demo_page = new.server.demo_page;
+        next.log.level = new.log.level.clone();
+        next.leak_guard = new.leak_guard;
+        next.warnings = std::mem::take(&mut new.warnings);
+        // What is left different needs a restart. Secrets are redacted in Debug, so a
+        // changed secret is not noticed here: secrets are read at start only.
+        let mut ignored = Vec::new();
+        let sections: [(&'static str, String, String); 7] = [
+            ("server", format!("{:?}", next.server), format!("{:?}", new.server)),
+            ("upstream", format!("{:?}", next.upstream), format!("{:?}", new.upstream)),
+            ("oauth", format!("{:?}", next.oauth), format!("{:?}", new.oauth)),
+            ("session", format!("{:?}", next.session), format!("{:?}", new.session)),
+            ("store", format!("{:?}", next.store), format!("{:?}", new.store)),
+            ("rate_limit", format!("{:?}", next.rate_limit), format!("{:?}", new.rate_limit)),
+            ("log.format", format!("{:?}", next.log.format), format!("{:?}", new.log.format)),
+        ];
+        for (name, running, wanted) in sections {
+            if running != wanted {
+                ignored.push(name);
+            }
+        }
+        (next, ignored)
     }
 }
 
