@@ -1,0 +1,443 @@
+// Real-browser end-to-end test of the tokengate demo storefront.
+//
+// Drives assets/demo.html in headless Debian Chromium exactly as a shopper would (browse as
+// a guest, add to the cart, log in, log out) and proves that no token the Commerce API mock
+// issued ever reached the browser: not in a response header or body, a request, the DOM,
+// document.cookie, web storage or the cookie jar.
+//
+// Usage: TOKENGATE_URL=http://127.0.0.1:PORT MOCK_URL=http://127.0.0.1:PORT node demo.test.mjs
+//    or: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT
+// Optional: CHROMIUM=/usr/bin/chromium, E2E_TIMEOUT_MS (whole run, default 90000),
+//   E2E_ARTIFACTS (screenshot folder, default ./artifacts next to this file),
+//   E2E_MOCK_FAULTS='{"echo_token":true}' sets mock faults first (the leak check must then fail).
+// Exit code 0 when every step passed, 1 otherwise. scripts/e2e.sh starts the demo and runs this.
+
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BASE = loopbackOrigin(process.env.TOKENGATE_URL || process.argv[2], 'TOKENGATE_URL');
+const MOCK = loopbackOrigin(process.env.MOCK_URL || process.argv[3], 'MOCK_URL');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 90_000);
+const WAIT_MS = 15_000; // any single wait for the page
+const ARTIFACTS = path.resolve(process.env.E2E_ARTIFACTS || path.join(HERE, 'artifacts'));
+const SHOPPER = 'jdoe@example.com';
+
+/** Accepts only an http URL on the loopback interface: this test talks to nothing else. */
+function loopbackOrigin(value, name) {
+  if (!value) fail(`${name} is not set (pass it in the environment or as an argument)`);
+  let url;
+  try { url = new URL(value); } catch { fail(`${name} is not a URL: ${value}`); }
+  if (url.protocol !== 'http:' || url.hostname !== '127.0.0.1') fail(`${name} must be http://127.0.0.1:PORT, got ${value}`);
+  return url.origin;
+}
+
+function fail(message) {
+  console.error(`e2e: ${message}`);
+  process.exit(1);
+}
+
+class AssertionError extends Error {}
+function check(condition, message) {
+  if (!condition) throw new AssertionError(message);
+}
+
+// A hard upper bound for the whole run, whatever hangs.
+const watchdog = setTimeout(() => {
+  console.error(`e2e: FAILED: the whole run exceeded ${TOTAL_MS} ms`);
+  process.exit(1);
+}, TOTAL_MS);
+watchdog.unref();
+
+// ---------------------------------------------------------------------------------------
+// What the browser saw and sent, recorded from outside the page (CDP), for the leak check.
+
+const responses = []; // { url, status, method, headers: [{name,value}], body: string|null }
+const requests = []; //  { url, method, headers: [{name,value}], postData }
+const snapshots = []; // { label, html, documentCookie, localStorage, sessionStorage, cookies }
+const pendingRecords = new Set();
+const pageErrors = [];
+
+function track(promise) {
+  pendingRecords.add(promise);
+  promise.finally(() => pendingRecords.delete(promise));
+}
+
+async function recordResponse(response) {
+  const request = response.request();
+  const entry = { url: response.url(), status: response.status(), method: request.method(), headers: [], body: null };
+  responses.push(entry);
+  entry.headers = await response.headersArray(); // raw lines, Set-Cookie included
+  const redirect = entry.status >= 300 && entry.status < 400 && entry.status !== 304;
+  if (redirect) {
+    entry.body = ''; // Chromium keeps no body for redirects; their headers (Location) are checked
+    return;
+  }
+  try {
+    entry.body = (await response.body()).toString('utf8');
+  } catch (error) {
+    entry.bodyError = String(error.message || error).split('\n')[0];
+  }
+}
+
+async function recordRequest(request) {
+  const entry = { url: request.url(), method: request.method(), headers: [], postData: request.postData() || '' };
+  requests.push(entry);
+  entry.headers = await request.headersArray();
+}
+
+async function settleRecords() {
+  while (pendingRecords.size > 0) await Promise.allSettled([...pendingRecords]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers that read the page as a shopper sees it.
+
+const text = (page, selector) => page.locator(selector).innerText();
+
+async function pageState(page) {
+  return page.evaluate(() => ({
+    state: document.getElementById('state').textContent,
+    cartCount: document.getElementById('cart-count').textContent,
+    cartRows: [...document.querySelectorAll('#cart tr')].map((row) => row.innerText.replace(/\s+/g, ' ').trim()),
+    log: document.getElementById('log').textContent.slice(0, 300),
+  }));
+}
+
+/** Polls the page until `predicate(arg)` holds; on time-out, says what the page showed. */
+async function waitUntil(page, description, predicate, arg) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 50 });
+  } catch (error) {
+    let shown = '(page unreadable)';
+    try { shown = JSON.stringify(await pageState(page)); } catch { /* keep the placeholder */ }
+    throw new AssertionError(`timed out after ${WAIT_MS} ms waiting for ${description}; the page shows ${shown}`);
+  }
+}
+
+/** True once the "Last answer" panel shows `prefix` (the page's last call and its status). */
+function logStartsWith(prefix) {
+  return document.getElementById('log').textContent.startsWith(prefix);
+}
+
+/** The JSON body in the "Last answer" panel. */
+async function lastAnswerJson(page) {
+  const log = await text(page, '#log');
+  return JSON.parse(log.slice(log.indexOf('\n') + 1));
+}
+
+async function sessionCookies(context) {
+  return (await context.cookies(BASE)).filter((cookie) => cookie.value !== '');
+}
+
+async function snapshot(context, page, label) {
+  const inPage = await page.evaluate(() => {
+    const dump = (storage) => Object.fromEntries(Array.from({ length: storage.length }, (_, i) => [storage.key(i), storage.getItem(storage.key(i))]));
+    return { documentCookie: document.cookie, localStorage: dump(window.localStorage), sessionStorage: dump(window.sessionStorage) };
+  });
+  const entry = { label, html: await page.content(), ...inPage, cookies: await context.cookies() };
+  snapshots.push(entry);
+  return entry;
+}
+
+/** The recorded responses for `method path` on the proxy, in order. */
+function answersTo(method, pathname) {
+  return responses.filter((r) => r.method === method && new URL(r.url).pathname === pathname);
+}
+
+/** "STATUS body" of the last recorded answer to `method path`, for failure messages. */
+function lastAnswer(method, pathname) {
+  const last = answersTo(method, pathname).at(-1);
+  return last ? `${method} ${pathname} answered ${last.status} ${(last.body ?? '').slice(0, 160)}` : `no answer to ${method} ${pathname} recorded`;
+}
+
+const header = (entry, name) => entry.headers.filter((h) => h.name.toLowerCase() === name).map((h) => h.value);
+
+// ---------------------------------------------------------------------------------------
+// The leak scanner: every needle, case-insensitively, in every haystack.
+
+function haystacks() {
+  const list = [];
+  for (const r of responses) {
+    list.push({ where: `response ${r.status} ${r.method} ${r.url}`, text: `${r.url}\n${r.headers.map((h) => `${h.name}: ${h.value}`).join('\n')}\n\n${r.body ?? ''}` });
+  }
+  for (const r of requests) {
+    list.push({ where: `request ${r.method} ${r.url}`, text: `${r.url}\n${r.headers.map((h) => `${h.name}: ${h.value}`).join('\n')}\n\n${r.postData}` });
+  }
+  for (const s of snapshots) {
+    list.push({ where: `page HTML (${s.label})`, text: s.html });
+    list.push({ where: `document.cookie (${s.label})`, text: s.documentCookie });
+    list.push({ where: `localStorage (${s.label})`, text: JSON.stringify(s.localStorage) });
+    list.push({ where: `sessionStorage (${s.label})`, text: JSON.stringify(s.sessionStorage) });
+    list.push({ where: `cookie jar (${s.label})`, text: s.cookies.map((c) => `${c.name}=${c.value}`).join('\n') });
+  }
+  return list.map((h) => ({ where: h.where, text: h.text.toLowerCase() }));
+}
+
+/**
+ * Each needle ({ label, value }) is looked for whole and by its last 48 characters (a
+ * truncated leak; the mock's tokens share leading characters, never trailing ones).
+ */
+function findLeaks(needles, stacks) {
+  const found = [];
+  for (const { label, value } of needles) {
+    const whole = value.toLowerCase();
+    const tail = whole.length > 48 ? whole.slice(-48) : whole;
+    for (const stack of stacks) {
+      if (stack.text.includes(whole) || stack.text.includes(tail)) {
+        found.push(`${label} (…${value.slice(-8)}) in ${stack.where}`);
+      }
+    }
+  }
+  return found;
+}
+
+async function mockJson(method, pathname, body) {
+  const response = await fetch(MOCK + pathname, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  check(response.ok, `${method} ${MOCK}${pathname} answered ${response.status}`);
+  return response.json();
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenario.
+
+const t0 = Date.now();
+const results = []; // { name, ms, ok, error }
+const facts = {}; // what the summary prints
+let browserContext;
+let page;
+let userDataDir;
+
+async function step(name, body) {
+  const start = Date.now();
+  try {
+    await body();
+    results.push({ name, ms: Date.now() - start, ok: true });
+    console.log(`  ok    ${name} (${Date.now() - start} ms)`);
+  } catch (error) {
+    results.push({ name, ms: Date.now() - start, ok: false, error });
+    console.log(`  FAIL  ${name} (${Date.now() - start} ms)\n        ${error instanceof AssertionError ? error.message : error.stack || error}`);
+    throw error;
+  }
+}
+
+async function main() {
+  console.log(`e2e: storefront ${BASE}, commerce-mock ${MOCK}, browser ${CHROMIUM}`);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+  if (process.env.E2E_MOCK_FAULTS) {
+    const faults = JSON.parse(process.env.E2E_MOCK_FAULTS);
+    await mockJson('PUT', '/__mock/faults', faults);
+    console.log(`e2e: mock faults set: ${JSON.stringify(faults)} (negative run: a leak must be found)`);
+  }
+
+  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tokengate-e2e-profile-'));
+  browserContext = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    viewport: { width: 1100, height: 1000 },
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      // Nothing but 127.0.0.1 resolves, so no stray connection can leave the machine.
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    ],
+  });
+  facts.browser = browserContext.browser()?.version() ?? '(unknown)';
+  browserContext.setDefaultTimeout(WAIT_MS);
+  browserContext.on('response', (response) => track(recordResponse(response)));
+  browserContext.on('request', (request) => track(recordRequest(request)));
+  page = browserContext.pages()[0] ?? (await browserContext.newPage());
+  page.on('pageerror', (error) => pageErrors.push(String(error)));
+
+  let cookieName;
+  let guestCookie;
+  let product;
+
+  await step('1. open the storefront; products load (a guest session is minted lazily)', async () => {
+    const main = await page.goto(BASE + '/', { waitUntil: 'domcontentloaded', timeout: WAIT_MS });
+    check(main && main.status() === 200, `GET / answered ${main && main.status()}`);
+    check((main.headers()['content-type'] || '').startsWith('text/html'), `GET / is not HTML: ${main.headers()['content-type']}`);
+    await page.locator('#products button').first().waitFor({ state: 'visible' });
+    const rows = await page.locator('#products tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.innerText.trim())));
+    check(rows.length >= 1 && rows.every((cells) => cells[0] && cells[2] === 'Add to cart'), `unexpected products table: ${JSON.stringify(rows)}`);
+    facts.products = rows.map((cells) => cells[0]);
+    // The page's start-up sequence is GET /session, products, cart, GET /session. Let it
+    // finish before clicking, or its cart answer could land after ours.
+    await waitUntil(page, 'the initial cart "(0 items)" and state "guest"',
+      () => document.getElementById('cart-count').textContent === '(0 items)' && document.getElementById('state').textContent === 'guest');
+    await settleRecords();
+    const sessionReads = answersTo('GET', '/session');
+    check(sessionReads.length >= 2 && sessionReads[0].status === 401, `the first GET /session should be 401 (no cookie yet), saw ${sessionReads.map((r) => r.status)}`);
+    check(/"no_session"/.test(sessionReads[0].body), `the first GET /session should say no_session: ${sessionReads[0].body}`);
+    const productCalls = answersTo('GET', '/api/shoppers/me/products');
+    check(productCalls.length === 1 && productCalls[0].status === 200, `GET products: ${productCalls.map((r) => r.status)}`);
+    check(header(productCalls[0], 'set-cookie').length === 1, 'the products answer should set the new guest session cookie');
+  });
+
+  await step('2. the session cookie is in the jar, HttpOnly, and invisible to document.cookie', async () => {
+    const cookies = await sessionCookies(browserContext);
+    check(cookies.length === 1, `expected exactly one cookie for ${BASE}, got ${JSON.stringify(cookies.map((c) => c.name))}`);
+    const [cookie] = cookies;
+    cookieName = cookie.name;
+    guestCookie = cookie.value;
+    check(cookie.httpOnly === true, `cookie ${cookie.name} is not HttpOnly`);
+    check(cookie.sameSite === 'Lax', `cookie ${cookie.name} has SameSite=${cookie.sameSite}, expected Lax`);
+    check(cookie.value.length >= 40, `cookie value is too short to hold 256 random bits: ${cookie.value.length} characters`);
+    const shot = await snapshot(browserContext, page, 'guest');
+    check(shot.documentCookie === '', `document.cookie should be empty, is ${JSON.stringify(shot.documentCookie)}`);
+    check(!shot.documentCookie.includes(cookie.value), 'the cookie value is readable by the page');
+    facts.cookie = `${cookie.name} (HttpOnly, SameSite=${cookie.sameSite}, path ${cookie.path})`;
+  });
+
+  await step('3. add a product to the cart as a guest', async () => {
+    const button = page.locator('#products tr').first().locator('button', { hasText: 'Add to cart' });
+    product = (await page.locator('#products tr').first().locator('td').first().innerText()).trim();
+    await button.click();
+    // addToCart shows the cart, then re-reads the session (the panel's last call).
+    // An error shows as "(STATUS)" in the cart count: stop waiting then too.
+    await waitUntil(page, 'the cart to answer', () => /^\((1 item|\d{3})\)$/.test(document.getElementById('cart-count').textContent));
+    check((await text(page, '#cart-count')) === '(1 item)', `adding to the cart failed: the cart shows ${await text(page, '#cart-count')} (${lastAnswer('POST', '/api/shoppers/me/carts/active')})`);
+    await waitUntil(page, 'the session re-read after adding', logStartsWith, 'GET /session → ');
+    const rows = await page.locator('#cart tr').allInnerTexts();
+    check(rows.length === 1, `the cart should have one row, has ${JSON.stringify(rows)}`);
+    check(rows[0].includes(product) && rows[0].includes('× 1'), `cart row ${JSON.stringify(rows[0])} should be "${product} × 1"`);
+    check((await text(page, '#state')) === 'guest', `state should be "guest", is "${await text(page, '#state')}"`);
+    const session = await lastAnswerJson(page);
+    check(session.kind === 'guest' && session.authenticated === false, `GET /session should say a guest: ${JSON.stringify(session)}`);
+    await snapshot(browserContext, page, 'guest with cart');
+  });
+
+  await step('4. log in through the form; the cart carries over and the session id rotates', async () => {
+    check((await page.locator('#login input[name=username]').inputValue()) === SHOPPER, 'the login form is not pre-filled with the demo shopper');
+    check((await page.locator('#login input[name=password]').inputValue()) !== '', 'the login form has no pre-filled password');
+    await page.locator('#login button[type=submit]').click();
+    // submit → POST /session/login → GET /session → GET cart (the panel shows the last one).
+    // A refused login stays on the panel as "POST /session/login → STATUS": stop waiting then too.
+    await waitUntil(page, 'state "logged-in shopper" (or a refused login)', () =>
+      document.getElementById('state').textContent === 'logged-in shopper' || /^POST \/session\/login → [^2]/.test(document.getElementById('log').textContent));
+    check((await text(page, '#state')) === 'logged-in shopper', `the login failed: ${lastAnswer('POST', '/session/login')}`);
+    await waitUntil(page, 'the cart reloaded after login', logStartsWith, 'GET /api/shoppers/me/carts/active → 200');
+    await settleRecords();
+    const logins = answersTo('POST', '/session/login');
+    check(logins.length === 1 && logins[0].status === 200, `POST /session/login answered ${logins.map((r) => r.status)}`);
+    check(/"kind"\s*:\s*"shopper"/.test(logins[0].body), `the login answer should report a shopper session: ${logins[0].body}`);
+    check((await text(page, '#cart-count')) === '(1 item)', `cart count after login: ${await text(page, '#cart-count')}`);
+    const rows = await page.locator('#cart tr').allInnerTexts();
+    check(rows.length === 1 && rows[0].includes(product) && rows[0].includes('× 1'), `the guest's cart did not carry over: ${JSON.stringify(rows)}`);
+    const cookies = await sessionCookies(browserContext);
+    check(cookies.length === 1 && cookies[0].name === cookieName, `expected the one ${cookieName} cookie, got ${JSON.stringify(cookies.map((c) => c.name))}`);
+    check(cookies[0].httpOnly === true, 'the rotated cookie is not HttpOnly');
+    check(cookies[0].value !== guestCookie, 'the session cookie value did not change at login (no id rotation)');
+    const shot = await snapshot(browserContext, page, 'logged in');
+    check(shot.documentCookie === '', `document.cookie should be empty, is ${JSON.stringify(shot.documentCookie)}`);
+    // The guest id must be dead at once (asked outside the browser, with the old cookie).
+    const stale = await fetch(BASE + '/session', { headers: { cookie: `${cookieName}=${guestCookie}` }, signal: AbortSignal.timeout(10_000) });
+    check(stale.status === 401, `the pre-login cookie still works: GET /session answered ${stale.status}`);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'logged-in.png'), fullPage: true });
+  });
+
+  await step('5. log out; the state goes back to none and the cookie is gone', async () => {
+    await page.locator('#logout').click();
+    await waitUntil(page, 'the session re-read after logout', logStartsWith, 'GET /session → ');
+    check((await text(page, '#log')).startsWith('GET /session → 401'), `the session still answers after logout (${lastAnswer('POST', '/session/logout')})`);
+    await waitUntil(page, 'state "none…" and an emptied cart', () =>
+      document.getElementById('state').textContent.startsWith('none') && document.getElementById('cart-count').textContent === '');
+    await settleRecords();
+    const logouts = answersTo('POST', '/session/logout');
+    check(logouts.length === 1 && logouts[0].status === 204, `POST /session/logout answered ${logouts.map((r) => r.status)}`);
+    check(header(logouts[0], 'set-cookie').some((v) => v.startsWith(`${cookieName}=`)), 'logout did not clear the cookie');
+    const cookies = await browserContext.cookies(BASE);
+    check(cookies.length === 0, `cookies left after logout: ${JSON.stringify(cookies.map((c) => c.name))}`);
+    check((await page.locator('#cart tr').count()) === 0 && (await text(page, '#cart-count')) === '', 'the cart is still shown after logout');
+    await snapshot(browserContext, page, 'logged out');
+  });
+
+  await step('6. leak check: no issued token reached the browser', async () => {
+    await settleRecords();
+    const issued = await mockJson('GET', '/__mock/tokens');
+    const access = issued.access_tokens ?? [];
+    const refresh = issued.refresh_tokens ?? [];
+    // A guest token, then the shopper's at login: at least two, else the check means nothing.
+    check(access.length >= 2, `the mock issued ${access.length} access tokens; expected at least 2 (guest + shopper)`);
+    check(refresh.length >= 1, `the mock issued ${refresh.length} refresh tokens; expected at least 1`);
+    check([...access, ...refresh].every((t) => typeof t === 'string' && t.length >= 64), 'the mock returned an implausible token');
+    const needles = [
+      ...access.map((value, i) => ({ label: `access token #${i + 1}`, value })),
+      ...refresh.map((value, i) => ({ label: `refresh token #${i + 1}`, value })),
+    ];
+    const stacks = haystacks();
+    // The recording itself must be complete, or a clean result means nothing.
+    check(pageErrors.length === 0, `the page threw: ${pageErrors.join('; ')}`);
+    const unread = responses.filter((r) => r.body === null);
+    check(unread.length === 0, `response bodies that could not be read: ${unread.map((r) => `${r.url} (${r.bodyError})`).join(', ')}`);
+    const offsite = requests.filter((r) => new URL(r.url).origin !== BASE);
+    check(offsite.length === 0, `the browser called something besides ${BASE}: ${offsite.map((r) => r.url).join(', ')}`);
+    // Positive controls: the scanner does find what is known to be there (the HttpOnly
+    // cookie value is in a recorded Set-Cookie header and jar; a product name in a body).
+    const control = findLeaks([{ label: 'guest cookie', value: guestCookie }], stacks);
+    check(control.some((f) => f.includes(' in response')), 'control: the guest cookie value was not found in any recorded response header');
+    check(control.some((f) => f.includes(' in cookie jar')), 'control: the guest cookie value was not found in the recorded cookie jar');
+    check(stacks.some((s) => s.where.startsWith('response') && s.text.includes(product.toLowerCase())), 'control: the product name was not found in any recorded response body');
+    const leaks = findLeaks(needles, stacks);
+    facts.tokens = `${access.length} access + ${refresh.length} refresh tokens`;
+    facts.scanned = `${responses.length} responses, ${requests.length} requests, ${snapshots.length} page snapshots (${stacks.length} haystacks)`;
+    check(leaks.length === 0, `${leaks.length} token leak(s):\n          ${leaks.slice(0, 20).join('\n          ')}`);
+  });
+
+  await step('7. screenshot', async () => {
+    const file = path.join(ARTIFACTS, 'final.png');
+    await page.screenshot({ path: file, fullPage: true });
+    check(fs.statSync(file).size > 1000, `the screenshot ${file} is empty`);
+    facts.screenshots = `${path.relative(process.cwd(), ARTIFACTS) || '.'}/{logged-in,final}.png`;
+  });
+}
+
+let exitCode = 1;
+try {
+  await main();
+  exitCode = 0;
+} catch (error) {
+  if (!results.some((r) => !r.ok)) console.error(`e2e: ${error.stack || error}`);
+  await settleRecords().catch(() => {});
+  const api = responses.filter((r) => new URL(r.url).origin === BASE && new URL(r.url).pathname !== '/');
+  if (api.length > 0) {
+    console.log('e2e: the last answers the page received:');
+    for (const r of api.slice(-8)) console.log(`        ${r.method} ${new URL(r.url).pathname}${new URL(r.url).search} → ${r.status} ${(r.body ?? '').slice(0, 120)}`);
+  }
+  if (page) {
+    try {
+      await page.screenshot({ path: path.join(ARTIFACTS, 'failure.png'), fullPage: true, timeout: 5_000 });
+      console.log(`e2e: failure screenshot: ${path.join(ARTIFACTS, 'failure.png')}`);
+    } catch { /* the browser may be gone */ }
+  }
+} finally {
+  if (browserContext) await browserContext.close().catch(() => {});
+  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+}
+
+const STEPS = 7;
+const passed = results.filter((r) => r.ok).length;
+const failed = Math.max(results.length - passed, exitCode === 0 ? 0 : 1);
+const skipped = Math.max(STEPS - passed - failed, 0);
+console.log('\ne2e summary');
+for (const [key, value] of Object.entries(facts)) console.log(`  ${key.padEnd(11)} ${Array.isArray(value) ? value.join(', ') : value}`);
+console.log(`  total       ${Date.now() - t0} ms`);
+console.log(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
+clearTimeout(watchdog);
+process.exit(exitCode);
