@@ -201,11 +201,11 @@ impl App {
             Resolution::Anonymous => (None, None),
         };
         let session_kind = active.as_ref().map(|active| active.record.kind);
-        let mut response =
-            match self.forward(config, route, request, conn, request_id, active.as_ref()).await {
-                Ok(response) => response,
-                Err(error) => self.respond_error(config, &error, request_id, label),
-            };
+        let mut response = match self.forward(config, route, request, conn, request_id, active.as_ref()).await
+        {
+            Ok(response) => response,
+            Err(error) => self.respond_error(config, &error, request_id, label),
+        };
         if let Some(set_cookie) = new_cookie {
             response.headers_mut().append(SET_COOKIE, set_cookie);
         }

@@ -34,3 +34,4 @@ pub mod callback;
 pub mod demo;
 pub mod metrics;
 pub mod telemetry;
+pub mod tls;

@@ -31,6 +31,8 @@ use crate::upstream;
 pub struct Bound {
     pub public: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// Whether the public listener serves HTTPS.
+    pub https: bool,
 }
 
 /// The two listeners, bound before anything serves.
@@ -97,11 +99,13 @@ pub async fn run_on(
         config.server.max_body_bytes,
     );
     let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
+    let tls = config.server.tls.as_ref().map(crate::tls::acceptor).transpose()?;
 
     let Listeners { public, admin } = listeners;
     let bound = Bound {
         public: public.local_addr().map_err(|error| error.to_string())?,
         admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
+        https: tls.is_some(),
     };
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
@@ -117,9 +121,9 @@ pub async fn run_on(
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
-        tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None))
+        tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None, None))
     });
-    let drained = server::serve(public, app, options, shutdown.clone(), Some(metrics)).await;
+    let drained = server::serve(public, app, options, shutdown.clone(), Some(metrics), tls).await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

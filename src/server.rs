@@ -30,8 +30,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -89,6 +90,7 @@ pub async fn serve<H: Handler>(
     options: ServeOptions,
     shutdown: CancellationToken,
     metrics: Option<Arc<Metrics>>,
+    tls: Option<TlsAcceptor>,
 ) -> bool {
     let builder = Arc::new(http_builder(&options));
     let connections = TaskTracker::new();
@@ -114,7 +116,8 @@ pub async fn serve<H: Handler>(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { peer, tls: false };
+        let conn = ConnInfo { peer, tls: tls.is_some() };
+        let tls = tls.clone();
         let handler = Arc::clone(&handler);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
@@ -123,7 +126,30 @@ pub async fn serve<H: Handler>(
             if let Some(metrics) = &metrics {
                 metrics.connection_opened();
             }
-            serve_connection(&builder, stream, conn, handler, options.keep_alive_timeout, shutdown).await;
+            match tls {
+                None => {
+                    serve_connection(&builder, stream, conn, handler, options.keep_alive_timeout, shutdown)
+                        .await
+                }
+                // The handshake is part of the request head's time budget (slowloris).
+                Some(tls) => {
+                    match tokio::time::timeout(options.header_read_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(
+                                &builder,
+                                stream,
+                                conn,
+                                handler,
+                                options.keep_alive_timeout,
+                                shutdown,
+                            )
+                            .await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             if let Some(metrics) = &metrics {
                 metrics.connection_closed();
             }
@@ -159,14 +185,16 @@ fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection until it ends, closing it gracefully when it has been idle for
 /// `idle_timeout` or when shutdown begins.
-async fn serve_connection<H: Handler>(
+async fn serve_connection<H: Handler, S>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: S,
     conn: ConnInfo,
     handler: Arc<H>,
     idle_timeout: Duration,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
     let service = service_fn(move |request| {
@@ -205,18 +233,18 @@ async fn serve_connection<H: Handler>(
 }
 
 /// A socket that counts read and write calls that moved bytes, for the idle watchdog.
-struct ActivityIo {
-    inner: TcpStream,
+struct ActivityIo<S> {
+    inner: S,
     activity: Arc<AtomicU64>,
 }
 
-impl ActivityIo {
+impl<S> ActivityIo<S> {
     fn moved(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -228,7 +256,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, data);

@@ -111,7 +111,8 @@ fn run(path: &std::path::Path) -> ExitCode {
         let announce = |bound: runtime::Bound| {
             // One stable line on stdout, for scripts and tests that bound port 0.
             let admin = bound.admin.map_or("off".to_string(), |a| format!("http://{a}"));
-            println!("tokengate listening on http://{} admin {admin}", bound.public);
+            let scheme = if bound.https { "https" } else { "http" };
+            println!("tokengate listening on {scheme}://{} admin {admin}", bound.public);
             let _ = std::io::stdout().flush();
         };
         match runtime::run(config, shutdown, announce).await {

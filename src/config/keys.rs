@@ -33,6 +33,8 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "keep_alive_timeout", Kind::Str),
     ("server", "max_connections", Kind::Int),
     ("server", "trusted_proxy_depth", Kind::Int),
+    ("server.tls", "cert_file", Kind::Str),
+    ("server.tls", "key_file", Kind::Str),
     ("upstream", "base_url", Kind::Str),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "request_timeout", Kind::Str),
@@ -111,23 +113,32 @@ pub fn check_table(table: &Table, errors: &mut Vec<ConfigError>) {
             check_routes(value, errors);
             continue;
         }
-        if !is_section(section) {
+        if !is_section(section) || section.contains('.') {
             errors.push(ConfigError::new(section, "unknown section"));
             continue;
         }
-        let Some(keys) = value.as_table() else {
-            errors.push(ConfigError::new(section, "must be a table"));
+        check_section(section, value, errors);
+    }
+}
+
+/// Checks the keys of `[section]`, descending into known sub-tables such as `[server.tls]`.
+fn check_section(section: &str, value: &Value, errors: &mut Vec<ConfigError>) {
+    let Some(keys) = value.as_table() else {
+        errors.push(ConfigError::new(section, "must be a table"));
+        return;
+    };
+    for (key, value) in keys {
+        let path = format!("{section}.{key}");
+        if is_section(&path) {
+            check_section(&path, value, errors);
             continue;
-        };
-        for (key, value) in keys {
-            let path = format!("{section}.{key}");
-            match kind_of(section, key) {
-                None => errors.push(ConfigError::new(&path, "unknown key")),
-                Some(kind) if !matches_kind(value, kind) => {
-                    errors.push(ConfigError::new(&path, format!("must be {}", describe(kind))))
-                }
-                Some(_) => {}
+        }
+        match kind_of(section, key) {
+            None => errors.push(ConfigError::new(&path, "unknown key")),
+            Some(kind) if !matches_kind(value, kind) => {
+                errors.push(ConfigError::new(&path, format!("must be {}", describe(kind))))
             }
+            Some(_) => {}
         }
     }
 }
@@ -155,9 +166,10 @@ fn check_routes(value: &Value, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// The environment variable that overrides `section.key`.
+/// The environment variable that overrides `section.key` (`server.tls` gives
+/// `TOKENGATE_SERVER_TLS_<KEY>`).
 pub fn env_name(section: &str, key: &str) -> String {
-    format!("TOKENGATE_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
+    format!("TOKENGATE_{}_{}", section.replace('.', "_").to_ascii_uppercase(), key.to_ascii_uppercase())
 }
 
 /// Applies `TOKENGATE_<SECTION>_<KEY>` overrides from `env` onto the parsed file.

@@ -91,6 +91,15 @@ pub struct ServerConfig {
     /// How many `X-Forwarded-For` entries, counted from the right, were added by proxies
     /// we trust (0: the socket's peer is the client).
     pub trusted_proxy_depth: usize,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[server.tls]`: PEM files for the storefront listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// How unsafe requests (POST, PUT, PATCH, DELETE) prove they come from the storefront.

@@ -44,6 +44,14 @@ pub struct RawServer {
     pub keep_alive_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub trusted_proxy_depth: Option<u64>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -160,7 +160,25 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
             0,
             16,
         ),
+        tls: raw.tls.and_then(|tls| tls_files(checker, tls)),
     }
+}
+
+fn tls_files(checker: &mut Checker, raw: super::raw::RawTls) -> Option<TlsFiles> {
+    let mut file = |key: &str, value: Option<String>| {
+        let Some(value) = value else {
+            checker.error(key, "is required in [server.tls]");
+            return None;
+        };
+        let path = PathBuf::from(value);
+        if !path.is_file() {
+            checker.error(key, format!("{} is not a readable file", path.display()));
+        }
+        Some(path)
+    };
+    let cert_file = file("server.tls.cert_file", raw.cert_file);
+    let key_file = file("server.tls.key_file", raw.key_file);
+    Some(TlsFiles { cert_file: cert_file?, key_file: key_file? })
 }
 
 /// A number within `[min, max]`, or an error naming the range.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -88,6 +89,12 @@ pub struct Options {
     pub extra_toml: String,
     /// Extra environment for the proxy, e.g. `TOKENGATE_SERVER_CSRF=origin` overrides.
     pub proxy_env: Vec<(String, String)>,
+    /// The mock serves HTTPS with a self-signed certificate...
+    pub mock_tls: bool,
+    /// ...which the proxy trusts through `upstream.ca_file` (when true).
+    pub trust_mock_certificate: bool,
+    /// The proxy serves HTTPS with the same self-signed certificate.
+    pub proxy_tls: bool,
     pub upstream_url: Option<String>,
     pub shutdown_timeout: String,
 }
@@ -105,6 +112,9 @@ impl Default for Options {
             max_body_bytes: 8 * 1024 * 1024,
             extra_toml: String::new(),
             proxy_env: Vec::new(),
+            mock_tls: false,
+            trust_mock_certificate: true,
+            proxy_tls: false,
             upstream_url: None,
             shutdown_timeout: "10s".into(),
         }
@@ -140,7 +150,7 @@ pub struct Env {
     pub proxy: Proxy,
     pub dir: tempfile::TempDir,
     pub options: Options,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     transcript: Arc<Mutex<Transcript>>,
     leak_check: bool,
     /// Tokens a test lets reach the browser on purpose (the hosted login's authorize URL
@@ -155,11 +165,32 @@ impl Env {
 
     pub async fn with(options: Options) -> Env {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mock = start_mock(dir.path(), &options.mock_args);
+        let certificate =
+            (options.mock_tls || options.proxy_tls).then(|| TestCertificate::create(dir.path()));
+        let mut mock_args = options.mock_args.clone();
+        if let (true, Some(cert)) = (options.mock_tls, &certificate) {
+            mock_args.extend(["--tls-cert".into(), cert.cert_file.display().to_string()]);
+            mock_args.extend(["--tls-key".into(), cert.key_file.display().to_string()]);
+        }
+        let mock = start_mock(dir.path(), &mock_args);
         let upstream = options.upstream_url.clone().unwrap_or_else(|| mock.url.clone());
         let config_path = dir.path().join("proxy.toml");
-        std::fs::write(&config_path, proxy_toml(&upstream, &options))
-            .unwrap_or_else(|e| panic!("write config: {e}"));
+        let mut config = proxy_toml(&upstream, &options);
+        if let Some(cert) = &certificate {
+            let tls = format!(
+                "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[upstream]\n",
+                cert.cert_file.display(),
+                cert.key_file.display()
+            );
+            let ca = format!("[upstream]\nca_file = \"{}\"\n", cert.cert_file.display());
+            if options.proxy_tls {
+                config = config.replacen("[upstream]\n", &tls, 1);
+            }
+            if options.mock_tls && options.trust_mock_certificate {
+                config = config.replacen("[upstream]\n", &ca, 1);
+            }
+        }
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let env: Vec<(&str, &str)> =
             options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let proxy = start_proxy(&config_path, dir.path(), &env);
@@ -168,7 +199,7 @@ impl Env {
             proxy,
             dir,
             options,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: http_client(certificate.as_ref()),
             transcript: Arc::default(),
             leak_check: true,
             allowed_in_responses: Vec::new(),
@@ -179,7 +210,7 @@ impl Env {
     pub fn browser(&self) -> Browser {
         Browser {
             client: self.client.clone(),
-            base: format!("http://{}", self.proxy.addr),
+            base: format!("{}://{}", if self.options.proxy_tls { "https" } else { "http" }, self.proxy.addr),
             cookie: Arc::new(Mutex::new(None)),
             transcript: Arc::clone(&self.transcript),
         }
@@ -218,6 +249,13 @@ impl Env {
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         Reply { status, headers, body }
+    }
+
+    /// The HTTP version a GET to `url` was answered with.
+    pub async fn raw_version(&self, url: &str) -> http::Version {
+        let request = Request::get(url).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("{e}"));
+        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        response.version()
     }
 
     pub async fn stats(&self) -> Value {
@@ -365,7 +403,7 @@ impl Proxy {
 /// records every response for the leak check.
 #[derive(Clone)]
 pub struct Browser {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     pub base: String,
     cookie: Arc<Mutex<Option<String>>>,
     transcript: Arc<Mutex<Transcript>>,
@@ -546,10 +584,10 @@ fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
     let (child, line) = spawn_and_read_line(command, "commerce-mock");
     let url = line
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("commerce-mock said {line:?}"))
         .to_string();
-    let addr = url.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+    let addr = url.split("://").nth(1).unwrap_or("").parse().unwrap_or_else(|e| panic!("{url}: {e}"));
     Mock { child, url, addr, issued_tokens_file }
 }
 
@@ -570,7 +608,7 @@ pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Pro
     let (child, line) = spawn_and_read_line(command, "tokengate");
     // "tokengate listening on http://A admin http://B"
     let mut urls =
-        line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_start_matches("http://"));
+        line.split_whitespace().filter(|w| w.starts_with("http")).filter_map(|w| w.split("://").nth(1));
     let addr = urls.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("tokengate said {line:?}"));
     let admin = urls.next().and_then(|a| a.parse().ok());
     Proxy { child: Some(child), addr, admin, log_file }
@@ -664,5 +702,52 @@ pub fn with_env(pairs: &[(&str, &str)]) -> Options {
     Options {
         proxy_env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..Options::default()
+    }
+}
+
+/// The harness's HTTP client: plain HTTP, or HTTPS trusting the test certificate.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn http_client(certificate: Option<&TestCertificate>) -> HttpClient {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(certificate) = certificate {
+        let pem = std::fs::read(&certificate.cert_file).unwrap_or_default();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let cert: rustls_pki_types::CertificateDer<'static> = cert.unwrap_or_else(|e| panic!("{e}"));
+            roots.add(cert).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|e| panic!("{e}"))
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, as PEM files in a test's folder.
+pub struct TestCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestCertificate {
+    pub fn create(dir: &Path) -> TestCertificate {
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(names).unwrap_or_else(|e| panic!("{e}"));
+        let cert_file = dir.join("test-cert.pem");
+        let key_file = dir.join("test-key.pem");
+        std::fs::write(&cert_file, cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key_file, key_pair.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+        TestCertificate { cert_file, key_file }
     }
 }

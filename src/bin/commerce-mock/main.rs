@@ -20,6 +20,7 @@ mod respond;
 mod shopper;
 mod state;
 mod stats;
+mod tls;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -100,6 +101,13 @@ struct ServeOptions {
     /// Append every issued access and refresh token to this file, one per line.
     #[arg(long, env = "MOCK_ISSUED_TOKENS_FILE")]
     issued_tokens_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key), e.g. a self-signed one
+    /// for testing a client's `ca_file`.
+    #[arg(long, env = "MOCK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, env = "MOCK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -189,8 +197,12 @@ async fn serve(options: ServeOptions) -> Result<(), String> {
     // Signal handlers go in before the ready line, so a test that reads the line and
     // sends SIGTERM at once still gets a clean exit 0.
     let shutdown = shutdown_signal().map_err(|error| format!("cannot handle signals: {error}"))?;
-    announce(local);
-    accept_loop(listener, app, shutdown).await;
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    announce(local, tls.is_some());
+    accept_loop(listener, app, shutdown, tls).await;
     info!("shutting down");
     Ok(())
 }
@@ -233,8 +245,9 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 
 /// The one stdout line tests wait for, flushed at once. A closed stdout is not fatal:
 /// whoever started us may simply not read it.
-fn announce(local: SocketAddr) {
-    let line = format!("commerce-mock listening on http://{}", reachable(local));
+fn announce(local: SocketAddr, https: bool) {
+    let scheme = if https { "https" } else { "http" };
+    let line = format!("commerce-mock listening on {scheme}://{}", reachable(local));
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
         warn!("cannot write the ready line to stdout: {error}");
@@ -264,13 +277,18 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 
 /// Accepts until the shutdown future resolves. In-flight connections are not drained:
 /// the mock holds nothing worth finishing, and tests want a prompt exit.
-async fn accept_loop(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_connection(stream, Arc::clone(&app)),
+                Ok((stream, _peer)) => spawn_connection(stream, Arc::clone(&app), tls.clone()),
                 Err(error) => {
                     // Usually fd exhaustion; back off so the loop does not spin hot.
                     warn!("accept failed: {error}");
@@ -281,12 +299,23 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, shutdown: impl Future
     }
 }
 
-/// Serves one connection, HTTP/1.1 or HTTP/2 (prior knowledge), on its own task.
-fn spawn_connection(stream: TcpStream, app: Arc<App>) {
+/// Serves one connection, HTTP/1.1 or HTTP/2 (prior knowledge, or ALPN over TLS), on its
+/// own task.
+fn spawn_connection(stream: TcpStream, app: Arc<App>, tls: Option<tokio_rustls::TlsAcceptor>) {
     tokio::spawn(async move {
         let service = service_fn(move |request| route(Arc::clone(&app), request));
         let builder = auto::Builder::new(TokioExecutor::new());
-        if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+        let result = match tls {
+            None => builder.serve_connection(TokioIo::new(stream), service).await,
+            Some(tls) => match tls.accept(stream).await {
+                Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                Err(error) => {
+                    debug!("TLS handshake failed: {error}");
+                    return;
+                }
+            },
+        };
+        if let Err(error) = result {
             debug!("connection ended with an error: {error}");
         }
     });
