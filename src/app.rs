@@ -244,9 +244,12 @@ impl App {
         let host = request.headers().get(HOST).cloned().or_else(|| {
             request.uri().authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         });
-        let trust_chain = config.server.trusted_proxy_depth > 0;
         let origin = Origin {
-            forwarded_for: forward::forwarded_for(conn.peer.ip(), request.headers(), trust_chain),
+            forwarded_for: forward::forwarded_for(
+                conn.peer.ip(),
+                request.headers(),
+                config.server.trusted_proxy_depth,
+            ),
             proto: self.proto(conn),
             host: host.as_ref(),
         };

@@ -23,17 +23,18 @@ pub enum CookieLookup {
     Malformed,
 }
 
-/// Finds our cookie among all `Cookie` headers (HTTP/2 may send several).
+/// Finds our cookie among all `Cookie` headers (HTTP/2 may send several). Works on bytes,
+/// so another cookie's non-ASCII value cannot hide ours.
 pub fn read_session_cookie(headers: &HeaderMap, cookie_name: &str) -> CookieLookup {
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((name, value)) = pair.trim().split_once('=') else { continue };
-            if name.trim() != cookie_name {
+        for pair in header.as_bytes().split(|byte| *byte == b';') {
+            let Some(equals) = pair.iter().position(|byte| *byte == b'=') else { continue };
+            let (name, value) = (pair[..equals].trim_ascii(), pair[equals + 1..].trim_ascii());
+            if name != cookie_name.as_bytes() {
                 continue;
             }
-            let value = value.trim().trim_matches('"');
-            return match SessionId::parse(value) {
+            let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+            return match std::str::from_utf8(value).ok().and_then(SessionId::parse) {
                 Some(id) => CookieLookup::Present(id),
                 None => CookieLookup::Malformed,
             };
@@ -114,6 +115,17 @@ mod tests {
         let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
         let other = format!("__Host-tokengate={}", id.expose());
         let map = headers(&["a=1; b=2", &format!("c=3; {other}")]);
+        assert!(
+            matches!(read_session_cookie(&map, "__Host-tokengate"), CookieLookup::Present(found) if found == id)
+        );
+    }
+
+    #[test]
+    fn a_non_ascii_cookie_beside_ours_does_not_hide_it() {
+        let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        let mut map = HeaderMap::new();
+        let raw = format!("pref=caf\u{e9}; __Host-tokengate={}", id.expose());
+        map.append(COOKIE, HeaderValue::from_bytes(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}")));
         assert!(
             matches!(read_session_cookie(&map, "__Host-tokengate"), CookieLookup::Present(found) if found == id)
         );

@@ -31,6 +31,8 @@ use crate::store::SessionKind;
 
 /// Largest login or callback body read.
 const MAX_FORM_BODY_BYTES: usize = 16 * 1024;
+/// How long a login or callback body may take to arrive (it is at most 16 KiB).
+const FORM_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What an endpoint produced, with the session kind for the request log.
 pub struct Outcome {
@@ -135,9 +137,10 @@ async fn read_form_body(request: Request<Incoming>) -> Result<(bool, Bytes), Err
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
-    let body = Limited::new(request.into_body(), MAX_FORM_BODY_BYTES)
-        .collect()
+    let read = Limited::new(request.into_body(), MAX_FORM_BODY_BYTES).collect();
+    let body = tokio::time::timeout(FORM_BODY_TIMEOUT, read)
         .await
+        .map_err(|_| Error::RequestTimeout)?
         .map_err(|error| {
             if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 Error::PayloadTooLarge
@@ -186,7 +189,11 @@ async fn authorize(request: &Request<Incoming>, context: &Context<'_>, now: u64)
     let return_to = form_urlencoded::parse(query).find(|(name, _)| name == "return_to").map(|(_, v)| v);
     let return_to = hosted_login::checked_return_to(return_to.as_deref().unwrap_or("/"))?.to_string();
     let (active, new_id) = match live_session(context, now).await? {
-        Some(active) => (active, None),
+        // Each pending login holds memory for ten minutes: count it like a new session.
+        Some(active) => {
+            context.sessions.check_rate(context.client)?;
+            (active, None)
+        }
         None => {
             let (id, active) = context.sessions.mint_guest(now, context.client).await?;
             (active, Some(id))
@@ -223,7 +230,16 @@ async fn callback(request: Request<Incoming>, context: &Context<'_>, now: u64) -
         Ok(token) => token,
         Err(code) => {
             // The shopper cancelled or failed at the API: back to the shop, which can read
-            // the reason from the fragment. The session is unchanged.
+            // the reason from the fragment. The guest session goes on, but its token
+            // travelled in a URL: refresh it, so the exposed one stops working (best effort).
+            if let (Some(_), Some(active)) = (&pending.carried_guest, &current) {
+                if let Err(error) = context.sessions.refresh(active.key, active.record.generation).await {
+                    tracing::warn!(
+                        code = error.code(),
+                        "could not replace the guest token after a failed login"
+                    );
+                }
+            }
             let location = format!("{}#login_error={code}", pending.return_to);
             return Ok(Outcome { response: redirect(status, &location)?, session_kind: None });
         }
@@ -267,7 +283,7 @@ async fn confirm_shopper_token(
 
 fn callback_page(hosted: &HostedLogin) -> Response<Body> {
     let page = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"same-origin\">\
          <title>Signing in…</title></head><body><p>Signing in…</p>\
          <form method=\"post\" id=\"f\"><input type=\"hidden\" name=\"fragment\" id=\"v\"></form>\
          <script>{CALLBACK_SCRIPT}</script></body></html>"
@@ -276,7 +292,10 @@ fn callback_page(hosted: &HostedLogin) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not "no-referrer": under it browsers send `Origin: null` on the page's own POST,
+    // which the Origin check rightly refuses. "same-origin" keeps the callback URL from
+    // any other site and lets the POST carry the shop's real origin.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if let Ok(csp) = HeaderValue::from_str(&hosted.callback_csp) {
         headers.insert(CONTENT_SECURITY_POLICY, csp);
     }

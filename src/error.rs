@@ -52,6 +52,8 @@ pub enum Error {
     MethodNotAllowed,
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("the request body arrived too slowly")]
+    RequestTimeout,
     #[error("session store full")]
     SessionsFull,
     #[error("session store unavailable: {0}")]
@@ -79,6 +81,7 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::SessionsFull | Error::StoreUnavailable(_) | Error::TokenServiceUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -102,6 +105,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
+            Error::RequestTimeout => "request_timeout",
             Error::SessionsFull => "sessions_full",
             Error::StoreUnavailable(_) => "store_unavailable",
             Error::TokenServiceUnavailable(_) => "token_service_unavailable",
@@ -126,6 +130,7 @@ impl Error {
             Error::NotFound => "Nothing is served at this path.",
             Error::MethodNotAllowed => "This method is not allowed here.",
             Error::PayloadTooLarge => "The request body is too large.",
+            Error::RequestTimeout => "The request body did not arrive in time.",
             Error::SessionsFull => "The session store is full. Retry later.",
             Error::StoreUnavailable(_) => {
                 "The session store is unavailable. Retry shortly; the session is kept."
@@ -195,6 +200,7 @@ mod tests {
             (Error::BadRequest("x"), 400, "bad_request"),
             (Error::NotFound, 404, "not_found"),
             (Error::PayloadTooLarge, 413, "payload_too_large"),
+            (Error::RequestTimeout, 408, "request_timeout"),
             (Error::SessionsFull, 503, "sessions_full"),
             (Error::StoreUnavailable("x".into()), 503, "store_unavailable"),
             (Error::TokenServiceUnavailable("x".into()), 503, "token_service_unavailable"),

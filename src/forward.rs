@@ -96,20 +96,24 @@ pub struct Origin<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// `X-Forwarded-For` for the API: the peer alone, or, behind trusted proxies, their
-/// chain with the peer appended (what the browser itself wrote is never passed on).
-pub fn forwarded_for(peer: IpAddr, incoming: &HeaderMap, trust_chain: bool) -> HeaderValue {
-    let peer = peer.to_string();
-    let chain: Vec<&str> = if trust_chain {
-        incoming.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect()
-    } else {
-        Vec::new()
-    };
-    let mut value = chain.join(", ");
+/// `X-Forwarded-For` for the API: the peer alone, or, behind `trusted_depth` proxies, the
+/// entries those proxies added followed by the peer. Entries to the left of them were
+/// written by the client and are never passed on.
+pub fn forwarded_for(peer: IpAddr, incoming: &HeaderMap, trusted_depth: usize) -> HeaderValue {
+    let entries: Vec<&str> = incoming
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    let trusted = &entries[entries.len().saturating_sub(trusted_depth)..];
+    let mut value = trusted.join(", ");
     if !value.is_empty() {
         value.push_str(", ");
     }
-    value.push_str(&peer);
+    value.push_str(&peer.to_string());
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
@@ -140,7 +144,13 @@ impl Forwarder {
         if self.identity_encoding {
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         }
-        let body = prepare_body(&parts.headers, incoming, self.max_body_bytes).await?;
+        // A body trickled in byte by byte would otherwise hold the connection for ever.
+        let body = tokio::time::timeout(
+            self.request_timeout,
+            prepare_body(&parts.headers, incoming, self.max_body_bytes),
+        )
+        .await
+        .map_err(|_| Error::RequestTimeout)??;
         Ok(Prepared { method: parts.method, uri, headers, body })
     }
 
@@ -339,20 +349,21 @@ mod tests {
 
     fn origin(host: &HeaderValue) -> Origin<'_> {
         let peer = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
-        Origin {
-            forwarded_for: forwarded_for(peer, &HeaderMap::new(), false),
-            proto: "https",
-            host: Some(host),
-        }
+        Origin { forwarded_for: forwarded_for(peer, &HeaderMap::new(), 0), proto: "https", host: Some(host) }
     }
 
     #[test]
     fn forwarded_for_trusts_the_chain_only_when_told() {
         let mut incoming = HeaderMap::new();
-        incoming.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 198.51.100.1"));
         let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(forwarded_for(peer, &incoming, false), "10.0.0.2");
-        assert_eq!(forwarded_for(peer, &incoming, true), "198.51.100.1, 10.0.0.2");
+        assert_eq!(forwarded_for(peer, &incoming, 0), "10.0.0.2");
+        assert_eq!(
+            forwarded_for(peer, &incoming, 1),
+            "198.51.100.1, 10.0.0.2",
+            "6.6.6.6 was written by the client"
+        );
+        assert_eq!(forwarded_for(peer, &incoming, 2), "6.6.6.6, 198.51.100.1, 10.0.0.2");
     }
 
     #[test]

@@ -61,8 +61,13 @@ impl LeakGuard {
                 }
                 Ok(Response::from_parts(parts, Body::full(bytes)))
             }
-            // Longer than declared scannable: stream it on, unscanned.
-            Prefix::Partial(body) => Ok(Response::from_parts(parts, body)),
+            // Longer than the limit: what was read is scanned, the rest streams on unscanned.
+            Prefix::Partial(prefix, rest) => {
+                if contains_any(&prefix, &secrets) {
+                    return Err(blocked("body"));
+                }
+                Ok(Response::from_parts(parts, Body::Prefixed(Some(prefix), rest)))
+            }
         }
     }
 }
@@ -117,8 +122,8 @@ fn is_scannable(headers: &HeaderMap, max_body_bytes: usize) -> bool {
 enum Prefix {
     /// The whole body, read.
     Whole(Bytes),
-    /// The body was longer than the limit: what was read, then the rest, as one body.
-    Partial(Body),
+    /// The body was longer than the limit: what was read, and the rest of the stream.
+    Partial(Bytes, hyper::body::Incoming),
 }
 
 async fn read_prefix(mut body: Body, limit: usize) -> Result<Prefix, Error> {
@@ -132,7 +137,7 @@ async fn read_prefix(mut body: Body, limit: usize) -> Result<Prefix, Error> {
                 Body::Stream(incoming) => incoming,
                 _ => return Ok(Prefix::Whole(buffer.freeze())),
             };
-            return Ok(Prefix::Partial(Body::Prefixed(Some(buffer.freeze()), rest)));
+            return Ok(Prefix::Partial(buffer.freeze(), rest));
         }
     }
     Ok(Prefix::Whole(buffer.freeze()))

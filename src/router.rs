@@ -100,7 +100,8 @@ pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<
         .map_or(Target::NotFound, Target::Route)
 }
 
-/// No dot segments, no encoded dots, slashes or backslashes, no backslashes.
+/// No dot segments (also not `..;x`, which some servers read as `..`), no encoded or
+/// double-encoded dots, slashes or backslashes, no backslashes.
 fn is_safe_path(path: &str) -> bool {
     if path.contains('\\') {
         return false;
@@ -108,10 +109,13 @@ fn is_safe_path(path: &str) -> bool {
     let lower_has = |needle: &str| {
         path.as_bytes().windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
     };
-    if lower_has("%2e") || lower_has("%2f") || lower_has("%5c") {
+    if ["%2e", "%2f", "%5c", "%252e", "%252f", "%255c"].iter().any(|needle| lower_has(needle)) {
         return false;
     }
-    !path.split('/').any(|segment| segment == "." || segment == "..")
+    !path.split('/').any(|segment| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == "." || name == ".."
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +167,9 @@ mod tests {
             "/api/%2E./x",
             "/api/a%2Fb",
             "/api/a\\b",
+            "/api/..;/oauth20/token",
+            "/api/.;x/y",
+            "/api/%252e%252e/oauth20/token",
         ] {
             assert!(matches!(classify(path, &routes, false), Target::UnsafePath), "{path}");
         }

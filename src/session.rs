@@ -98,6 +98,11 @@ impl Sessions {
         }
     }
 
+    /// Takes one new-session allowance for `client` (429 when its bucket is empty).
+    pub fn check_rate(&self, client: IpAddr) -> Result<(), Error> {
+        self.rate_limit.check(client)
+    }
+
     /// The token client, for the hosted-login flow.
     pub fn tokens(&self) -> &TokenClient {
         &self.tokens

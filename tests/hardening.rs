@@ -94,6 +94,26 @@ async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
     assert!(head.contains("payload_too_large"), "{head}");
 }
 
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    let env = Env::with(Options { request_timeout: "1s".into(), ..Options::default() }).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
+    let cookie = browser.cookie().unwrap_or_default();
+    let head = format!(
+        "POST /api/debug/echo HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n\
+         Content-Length: 100\r\n\r\nonly ten b"
+    );
+    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let answer = read_head(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session survives");
+}
+
 fn read_head(stream: &mut TcpStream) -> String {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
     let mut buffer = vec![0u8; 4096];

@@ -48,7 +48,9 @@ async fn sign_in_at_the_api(env: &mut Env, location: &str, password: &str) -> (S
     (path.unwrap_or_default(), fragment.to_string())
 }
 
-/// What the callback page's script does: post the fragment back without X-CSRF.
+/// What the callback page's script does: post the fragment back as a plain form, without
+/// X-CSRF, with the shop's own Origin (what a browser sends under the page's
+/// `Referrer-Policy: same-origin`; under `no-referrer` it would send `Origin: null`).
 async fn post_fragment(browser: &Browser, callback_path: &str, fragment: &str) -> Reply {
     let mut body = form_urlencoded::Serializer::new(String::new());
     body.append_pair("fragment", fragment);
@@ -56,7 +58,11 @@ async fn post_fragment(browser: &Browser, callback_path: &str, fragment: &str) -
         .send(
             Method::POST,
             callback_path,
-            &[("content-type", "application/x-www-form-urlencoded"), ("x-csrf", "")],
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-csrf", ""),
+                ("origin", "http://shop.test"),
+            ],
             Some(body.finish().into()),
         )
         .await
@@ -95,6 +101,10 @@ async fn hosted_login_carries_the_cart_rotates_the_id_and_revokes_the_guest_toke
         .unwrap_or_default()
         .contains("script-src 'sha256-"));
     assert!(page.text().contains("replaceState"), "the page must wipe the fragment from the address bar");
+    assert_eq!(
+        page.headers["referrer-policy"], "same-origin",
+        "no-referrer would make the POST's Origin null"
+    );
 
     let done = post_fragment(&browser, &callback, &fragment).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
@@ -173,6 +183,25 @@ async fn a_failed_login_at_the_api_returns_to_the_shop_with_the_reason() {
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.headers["location"], "/account#login_error=access_denied");
     assert_eq!(browser.get("/session").await.json()["authenticated"], false);
+    assert_eq!(env.refresh_calls().await, 1, "the guest token that travelled in the URL is replaced");
+    assert_eq!(browser.get("/api/shoppers/me").await.status, StatusCode::OK, "the guest session goes on");
+}
+
+#[tokio::test]
+async fn pending_logins_are_rate_limited_per_client() {
+    let env = Env::with(with_env(&[("TOKENGATE_RATE_LIMIT_NEW_SESSIONS_BURST", "3")])).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    for _ in 0..2 {
+        assert_eq!(browser.get("/session/authorize").await.status, StatusCode::FOUND);
+    }
+    let refused = browser.get("/session/authorize").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code().as_deref(), Some("rate_limited"));
+    let mut env = env;
+    for token in env.issued_tokens() {
+        env.allow_in_responses(&token);
+    }
 }
 
 #[tokio::test]

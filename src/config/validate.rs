@@ -513,6 +513,19 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
     {
         warnings.push(ConfigError::new("server.public_origin", format!("{origin} is plain HTTP")));
     }
+    let base = &config.upstream.base;
+    if base.scheme == http::uri::Scheme::HTTP && !is_local_origin(&format!("http://{}", base.authority)) {
+        warnings.push(ConfigError::new(
+            "upstream.base_url",
+            "is plain HTTP to a remote host: tokens, the client secret and passwords would travel unencrypted",
+        ));
+    }
+    if let Some(admin) = config.server.admin_listen.filter(|address| !address.ip().is_loopback()) {
+        warnings.push(ConfigError::new(
+            "server.admin_listen",
+            format!("{admin} is not loopback: /metrics and /readyz have no authentication; keep them off the internet"),
+        ));
+    }
     if !config.leak_guard.enabled {
         warnings.push(ConfigError::new(
             "leak_guard.enabled",
@@ -528,7 +541,7 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
     if let Some(path) = secret_file.filter(|path| is_readable_by_others(path)) {
         warnings.push(ConfigError::new(
             "oauth.client_secret_file",
-            format!("{} can be read by other users (chmod 600 it)", path.display()),
+            format!("{} is open to its group or other users (chmod 600 it)", path.display()),
         ));
     }
     warnings
@@ -544,7 +557,7 @@ fn is_local_origin(origin: &str) -> bool {
 #[cfg(unix)]
 fn is_readable_by_others(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o004 != 0)
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
 }
 
 #[cfg(not(unix))]
@@ -629,11 +642,13 @@ mod tests {
     #[test]
     fn insecure_settings_are_warned_about() {
         let text = format!(
-            "{MINIMAL}\n[server]\npublic_origin = \"http://shop.example.com\"\n[session]\ncookie_name = \"tg\"\ncookie_secure = false\n[leak_guard]\nenabled = false\n"
+            "{MINIMAL}\n[server]\npublic_origin = \"http://shop.example.com\"\n[session]\ncookie_name = \"tg\"\ncookie_secure = false\n[leak_guard]\nenabled = false\n[upstream]\nbase_url = \"http://api.example.com\"\n"
         );
         let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
         let keys: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
-        for expected in ["session.cookie_secure", "server.public_origin", "leak_guard.enabled"] {
+        for expected in
+            ["session.cookie_secure", "server.public_origin", "leak_guard.enabled", "upstream.base_url"]
+        {
             assert!(keys.contains(&expected), "{expected} not warned: {keys:?}");
         }
         let local = format!(
