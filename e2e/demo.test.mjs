@@ -406,6 +406,37 @@ async function main() {
     check(fs.statSync(file).size > 1000, `the screenshot ${file} is empty`);
     facts.screenshots = `${path.relative(process.cwd(), ARTIFACTS) || '.'}/{logged-in,final}.png`;
   });
+
+  // Last, because by Digital River's design this flow shows tokens to the browser: the guest
+  // token rides in the authorize URL and the shopper token in the callback's fragment.
+  await step("8. sign in on the API's own login page (hosted login)", async () => {
+    await page.goto(BASE + '/');
+    await waitUntil(page, 'the page to settle', () => document.getElementById('state').textContent !== '…');
+    await page.click('a[href^="/session/authorize"]');
+    await page.waitForURL((url) => url.origin === MOCK && url.pathname === '/oauth20/authorize', { timeout: WAIT_MS });
+    await page.fill('input[name=username]', SHOPPER);
+    await page.fill('input[name=password]', 'p4ssw0rd!');
+    await page.click('button[type=submit]');
+    await page.waitForURL((url) => url.origin === BASE && url.pathname === '/', { timeout: WAIT_MS });
+    await waitUntil(page, 'the shopper state', () => document.getElementById('state').textContent === 'logged-in shopper');
+    check(new URL(page.url()).hash === '', `the token fragment is still in the address bar: ${page.url()}`);
+    await settleRecords();
+    const posted = responses.find((r) => r.method === 'POST' && new URL(r.url).pathname === '/session/callback');
+    check(posted && posted.status === 303, `the callback page's POST answered ${posted ? posted.status : 'nothing'}`);
+    const authorize = responses.find((r) => new URL(r.url).pathname === '/session/authorize');
+    const location = authorize && authorize.headers.find((h) => h.name.toLowerCase() === 'location');
+    const guest = location && new URL(location.value).searchParams.get('dr_limited_token');
+    check(guest, 'the authorize redirect carried no guest token to check');
+    const info = await fetch(`${MOCK}/oauth20/access-tokens?token=${encodeURIComponent(guest)}`, { signal: AbortSignal.timeout(10_000) });
+    check(info.status === 401, `the carried guest token still works after the login (status ${info.status})`);
+    const shot = await snapshot(browserContext, page, 'after hosted login');
+    const tokens = await mockJson('GET', '/__mock/tokens');
+    const all = [...tokens.access_tokens, ...tokens.refresh_tokens];
+    const haystack = [await page.content(), shot.documentCookie, JSON.stringify(shot.localStorage), JSON.stringify(shot.sessionStorage),
+      JSON.stringify(await browserContext.cookies())].join('\n');
+    const held = all.filter((token) => haystack.includes(token));
+    check(held.length === 0, `${held.length} token(s) still held by the page, storage or cookie jar after the hosted login`);
+  });
 }
 
 let exitCode = 1;
@@ -431,7 +462,7 @@ try {
   if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
 }
 
-const STEPS = 7;
+const STEPS = 8;
 const passed = results.filter((r) => r.ok).length;
 const failed = Math.max(results.length - passed, exitCode === 0 ? 0 : 1);
 const skipped = Math.max(STEPS - passed - failed, 0);
