@@ -100,14 +100,7 @@ pub struct Origin<'a> {
 /// entries those proxies added followed by the peer. Entries to the left of them were
 /// written by the client and are never passed on.
 pub fn forwarded_for(peer: IpAddr, incoming: &HeaderMap, trusted_depth: usize) -> HeaderValue {
-    let entries: Vec<&str> = incoming
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .collect();
+    let entries = crate::ratelimit::forwarded_for_entries(incoming);
     let trusted = &entries[entries.len().saturating_sub(trusted_depth)..];
     let mut value = trusted.join(", ");
     if !value.is_empty() {

@@ -76,20 +76,25 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_depth: usize) ->
     if trusted_depth == 0 {
         return peer.ip();
     }
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .collect();
+    let entries = forwarded_for_entries(headers);
     entries
         .len()
         .checked_sub(trusted_depth)
         .and_then(|index| entries.get(index))
         .and_then(|entry| entry.parse::<IpAddr>().ok())
         .unwrap_or_else(|| peer.ip())
+}
+
+/// The entries of every `X-Forwarded-For` header, left to right.
+pub fn forwarded_for_entries(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

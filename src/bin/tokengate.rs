@@ -85,10 +85,31 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| {
-        eprintln!("cannot start the async runtime: {error}");
-        ExitCode::FAILURE
+/// Runs `serve` on a multi-threaded runtime with SIGTERM/SIGINT wired to its shutdown
+/// token; an `Err` is printed with `what` and exits 1.
+fn serve_until_signalled<F, Fut>(what: &str, serve: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(runtime::cancel_on_signal(shutdown.clone()));
+        match serve(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                tracing::error!("{message}");
+                eprintln!("{what}: {message}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
@@ -101,29 +122,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!(key = %warning.key, "insecure setting: {}", warning.message);
     }
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
+    let announce = |bound: runtime::Bound| {
+        // One stable line on stdout, for scripts and tests that bound port 0.
+        let admin = bound.admin.map_or("off".to_string(), |a| format!("http://{a}"));
+        let scheme = if bound.https { "https" } else { "http" };
+        println!("tokengate listening on {scheme}://{} admin {admin}", bound.public);
+        let _ = std::io::stdout().flush();
     };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(runtime::cancel_on_signal(shutdown.clone()));
-        let announce = |bound: runtime::Bound| {
-            // One stable line on stdout, for scripts and tests that bound port 0.
-            let admin = bound.admin.map_or("off".to_string(), |a| format!("http://{a}"));
-            let scheme = if bound.https { "https" } else { "http" };
-            println!("tokengate listening on {scheme}://{} admin {admin}", bound.public);
-            let _ = std::io::stdout().flush();
-        };
-        match runtime::run(config, shutdown, announce).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                tracing::error!("{message}");
-                eprintln!("tokengate: {message}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    serve_until_signalled("tokengate", |shutdown| runtime::run(config, shutdown, announce))
 }
 
 fn run_demo(listen: SocketAddr) -> ExitCode {
@@ -131,21 +137,7 @@ fn run_demo(listen: SocketAddr) -> ExitCode {
         format: tokengate::config::LogFormat::Text,
         level: "info".into(),
     });
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(runtime::cancel_on_signal(shutdown.clone()));
-        match demo::run(listen, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("tokengate demo: {message}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    serve_until_signalled("tokengate demo", |shutdown| demo::run(listen, shutdown))
 }
 
 /// GETs `/healthz` on the admin listener with a plain HTTP/1.1 request (no curl needed).
