@@ -2,6 +2,10 @@
 //! that an unsafe request comes from the storefront.
 //!
 //! Rules, in order, for `/session/*` and routes:
+//! 0. A request a browser marks `Sec-Fetch-Site: cross-site` (Fetch Metadata) is refused
+//!    with 403 `origin_rejected`, whatever its method: no other site may make a shopper's
+//!    browser call the API, not even with an `<img>` or a plain link that mints a guest.
+//!    The hosted login's callback is exempt: it arrives by a redirect from the API's site.
 //! 1. A request that carries `Origin` must name an origin in `allowed_origins`
 //!    (default: `public_origin`), else 403 `origin_rejected`. `Origin: null` is refused.
 //! 2. `POST`, `PUT`, `PATCH` and `DELETE` must prove where they come from:
@@ -31,6 +35,10 @@ pub fn check(
     mode: CsrfMode,
     exempt_from_csrf: bool,
 ) -> Result<(), Error> {
+    if !exempt_from_csrf && headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site")
+    {
+        return Err(Error::OriginRejected);
+    }
     let origin = headers.get(http::header::ORIGIN);
     if let Some(origin) = origin {
         if !origin.to_str().is_ok_and(|origin| is_allowed(origin, allowed_origins)) {
@@ -122,6 +130,23 @@ mod tests {
             }
         }
         assert!(header_mode(Method::POST, &[("origin", "https://shop.example.com"), ("x-csrf", "1")]).is_ok());
+    }
+
+    #[test]
+    fn cross_site_fetches_are_refused_by_fetch_metadata() {
+        for method in [Method::GET, Method::POST] {
+            let map = headers(&[("sec-fetch-site", "cross-site"), ("x-csrf", "1")]);
+            assert!(matches!(
+                check(&method, &map, &allowed(), CsrfMode::Header, false),
+                Err(Error::OriginRejected)
+            ));
+        }
+        for site in ["same-origin", "none", "same-site"] {
+            assert!(header_mode(Method::GET, &[("sec-fetch-site", site)]).is_ok(), "{site}");
+        }
+        // The callback arrives by a cross-site redirect from the API's login page.
+        let redirected = headers(&[("sec-fetch-site", "cross-site")]);
+        assert!(check(&Method::GET, &redirected, &allowed(), CsrfMode::Header, true).is_ok());
     }
 
     #[test]

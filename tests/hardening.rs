@@ -321,3 +321,24 @@ async fn large_and_binary_bodies_still_stream_with_the_leak_guard_on() {
         browser.send(Method::PUT, "/api/debug/echo", &[("content-type", "text/plain")], Some(body)).await;
     assert_eq!(echo.json()["body_len"], 300_000);
 }
+
+#[tokio::test]
+async fn a_cross_site_image_cannot_make_a_browser_mint_a_guest() {
+    let env = Env::start().await;
+    let browser = env.browser();
+    // What a browser sends for <img src="https://shop/api/..."> on another site.
+    let reply = browser
+        .send(
+            Method::GET,
+            "/api/shoppers/me",
+            &[("sec-fetch-site", "cross-site"), ("sec-fetch-dest", "image")],
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code().as_deref(), Some("origin_rejected"));
+    assert!(reply.set_cookies().is_empty());
+    assert_eq!(env.stats().await["token_calls"]["total"], 0);
+    let own = browser.send(Method::GET, "/api/shoppers/me", &[("sec-fetch-site", "same-origin")], None).await;
+    assert_eq!(own.status, StatusCode::OK);
+}
