@@ -3,8 +3,10 @@
 #   1. packages (apt: curl, ca-certificates; the Docker engine comes in stage 4)
 #   2. cargo fmt --check and cargo clippy --all-targets -D warnings
 #   3. unit and integration tests (cargo nextest: real tokengate + commerce-mock processes)
-#   4. docker compose smoke test: build the image, start the stack, call it, tear it down
-# SKIP_COMPOSE=1 skips stage 4 (for a quick local loop).
+#   4. a real browser (Debian's headless Chromium) drives the demo storefront end to end
+#   5. cargo deny: licenses, bans and sources of every dependency
+#   6. docker compose smoke test: build the image, start the stack, call it, tear it down
+# SKIP_COMPOSE=1 skips stage 6 and SKIP_BROWSER=1 stage 4 (for a quick local loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -29,8 +31,16 @@ cargo clippy --locked --all-targets -- -D warnings
 stage "3. tests (nextest)"
 cargo nextest run --locked --profile ci
 
+if [ "${SKIP_BROWSER:-0}" != 1 ]; then
+  stage "4. browser end-to-end test"
+  bash scripts/e2e.sh
+fi
+
+stage "5. cargo deny"
+bash scripts/deny.sh
+
 if [ "${SKIP_COMPOSE:-0}" != 1 ]; then
-  stage "4. docker compose smoke test"
+  stage "6. docker compose smoke test"
   bash scripts/compose-smoke.sh
 fi
 stage "all green"
