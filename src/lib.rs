@@ -3,35 +3,43 @@
 //! The browser holds only an opaque, HttpOnly session cookie; tokengate keeps the
 //! shopper's access and refresh tokens server side, injects them into proxied API calls,
 //! refreshes them before they expire and revokes them at logout. `ARCHITECTURE.md` walks
-//! a request through the modules below, listed in the order a request meets them.
+//! a request through these modules; the groups below are: startup, the request path,
+//! sessions and tokens, the edges (HTTP client, TLS), and operations.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+// Startup: configuration and the values it must keep secret.
 pub mod config;
+pub mod runtime;
 pub mod secret;
-pub mod session_id;
 
+// The request path, in the order a request meets it.
+pub mod server;
 pub mod app;
-pub mod body;
+pub mod router;
+pub mod guard;
+pub mod ratelimit;
 pub mod cookie;
 pub mod endpoints;
-pub mod error;
 pub mod forward;
-pub mod guard;
-pub mod hosted_login;
 pub mod leak_guard;
+pub mod body;
+pub mod error;
+
+// Sessions, tokens and the hosted login.
+pub mod callback;
+pub mod hosted_login;
 pub mod oauth;
-pub mod ratelimit;
-pub mod router;
-pub mod runtime;
-pub mod server;
 pub mod session;
+pub mod session_id;
 pub mod store;
+
+// The edges.
+pub mod tls;
 pub mod upstream;
 
+// Operations.
 pub mod admin;
-pub mod callback;
 pub mod demo;
 pub mod metrics;
 pub mod telemetry;
-pub mod tls;
