@@ -16,12 +16,25 @@ use crate::config::{LogConfig, LogFormat};
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 static FROM_ENVIRONMENT: OnceLock<bool> = OnceLock::new();
 
+/// Parses a level or filter (`info`, `tokengate=debug,hyper=warn`) without ever panicking.
+///
+/// tracing-subscriber's parser panics on some inputs (a directive with leading spaces and a
+/// non-ASCII byte, e.g. `" a\u{e9}="`, which the fuzzer found): directives are trimmed,
+/// empty ones dropped, and anything but printable ASCII refused before it gets there.
+pub fn parse_filter(text: &str) -> Result<EnvFilter, String> {
+    if !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err("only printable ASCII is allowed in a log filter".to_string());
+    }
+    let directives: Vec<&str> = text.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    EnvFilter::try_new(directives.join(",")).map_err(|error| error.to_string())
+}
+
 /// Installs the global subscriber. Later calls are ignored.
 pub fn init(config: &LogConfig) {
-    let from_environment = EnvFilter::try_from_default_env().ok();
+    let from_environment = std::env::var("RUST_LOG").ok().and_then(|text| parse_filter(&text).ok());
     let uses_environment = from_environment.is_some();
     let filter = from_environment
-        .or_else(|| EnvFilter::try_new(&config.level).ok())
+        .or_else(|| parse_filter(&config.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -46,7 +59,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
     if FROM_ENVIRONMENT.get().copied().unwrap_or(false) {
         return Ok(());
     }
-    let filter = EnvFilter::try_new(level).map_err(|error| error.to_string())?;
+    let filter = parse_filter(level)?;
     match FILTER.get() {
         Some(handle) => handle.reload(filter).map_err(|error| error.to_string()),
         None => Ok(()),

@@ -449,7 +449,7 @@ fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
         &[("text", LogFormat::Text), ("json", LogFormat::Json)],
     );
     let level = raw.level.unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+    if crate::telemetry::parse_filter(&level).is_err() {
         checker.error(
             "log.level",
             format!("{level:?} is not a level or filter like \"info\" or \"tokengate=debug\""),
