@@ -75,10 +75,35 @@ session = "required"
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
 }
 
+/// Under `cargo run -- demo` only `tokengate` was built: ask the same cargo (it sets
+/// `CARGO` and `CARGO_MANIFEST_DIR` for the program it runs) to build the mock too, in the
+/// same profile.
+async fn build_mock_with_cargo(exe: &std::path::Path) -> Result<(), String> {
+    let (Ok(cargo), Ok(manifest_dir)) = (std::env::var("CARGO"), std::env::var("CARGO_MANIFEST_DIR")) else {
+        return Ok(());
+    };
+    let release = exe.parent().and_then(|dir| dir.file_name()).is_some_and(|name| name == "release");
+    println!("tokengate demo: building commerce-mock ({})…", if release { "release" } else { "debug" });
+    let mut command = Command::new(cargo);
+    command.current_dir(manifest_dir).args(["build", "--bin", "commerce-mock"]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.status().await.map_err(|error| format!("cannot run cargo: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("building commerce-mock failed".to_string())
+    }
+}
+
 /// Starts the sibling `commerce-mock` binary and reads the URL it announces.
 async fn start_mock() -> Result<(Child, String), String> {
     let exe = std::env::current_exe().map_err(|error| format!("cannot find own binary: {error}"))?;
     let mock_path = exe.with_file_name(format!("commerce-mock{}", std::env::consts::EXE_SUFFIX));
+    if !mock_path.is_file() {
+        build_mock_with_cargo(&exe).await?;
+    }
     if !mock_path.is_file() {
         return Err(format!(
             "{} not found: build both binaries first (cargo build --release)",
