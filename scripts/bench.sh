@@ -419,6 +419,8 @@ measure_run() { # upstream leg payload run
   errors="$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$file")"
   bad="${bad:-0}"; errors="${errors:-0}"
   [[ -n "$rps" && -n "$requests" ]] || die "cannot read wrk output: $(cat "$file")"
+  # The run's real length ("N requests in 5.01s"), for the CPU shares.
+  secs="$(awk '/requests in/ { v = $4; sub(/,$/, "", v); if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else if (v ~ /m$/) { sub(/m$/, "", v); v *= 60 } else sub(/s$/, "", v); print v }' "$file")"
   # CPU: the proxy's µs per request (and the kernel's part), the share of its cores it
   # used, the upstream's share of its cores, and what everything else on the machine used.
   local proxy_us="-" proxy_sys_us="-" proxy_util="-" up_util
@@ -467,7 +469,7 @@ perf_run() { # leg: perf stat on the leg's proxy during one extra JSON run
   switches="$(awk '/context-switches/ { gsub(/,/, "", $1); print $1 }' "$file")"
   syscalls="$(awk '/sys_enter/ { gsub(/,/, "", $1); print $1 }' "$file")"
   PERF_LINES+=("$(awk -v l="$label" -v n="$n" -v c="$clock" -v s="$switches" -v y="${syscalls:-nan}" 'BEGIN {
-    printf "perf stat %-10s %8d requests  %6.1f µs CPU/req  %.3f context switches/req  %s syscalls/req",
+    printf "perf stat %-17s %8d requests  %6.1f µs CPU/req  %.3f context switches/req  %s syscalls/req",
       l, n, c * 1000 / n, s / n, (y == "nan" ? "?" : sprintf("%.2f", y / n)) }')")
   log "${PERF_LINES[-1]}"
 }
