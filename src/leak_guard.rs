@@ -82,20 +82,21 @@ fn blocked(place: &'static str) -> Error {
     Error::TokenLeakBlocked
 }
 
-fn secrets_of(record: &SessionRecord) -> Vec<&[u8]> {
+/// One searcher per token, built once per response (building one per header value was
+/// most of the guard's cost).
+fn secrets_of(record: &SessionRecord) -> Vec<memmem::Finder<'_>> {
     let mut secrets = vec![record.access_token.expose().as_bytes()];
     if let Some(refresh) = &record.refresh_token {
         secrets.push(refresh.expose().as_bytes());
     }
-    secrets.retain(|secret| secret.len() >= 8);
-    secrets
+    secrets.into_iter().filter(|secret| secret.len() >= 8).map(memmem::Finder::new).collect()
 }
 
-fn contains_any(haystack: &[u8], secrets: &[&[u8]]) -> bool {
-    secrets.iter().any(|secret| memmem::find(haystack, secret).is_some())
+fn contains_any(haystack: &[u8], secrets: &[memmem::Finder<'_>]) -> bool {
+    secrets.iter().any(|secret| haystack.len() >= secret.needle().len() && secret.find(haystack).is_some())
 }
 
-fn headers_leak(headers: &HeaderMap, secrets: &[&[u8]]) -> bool {
+fn headers_leak(headers: &HeaderMap, secrets: &[memmem::Finder<'_>]) -> bool {
     headers.values().any(|value| contains_any(value.as_bytes(), secrets))
 }
 
