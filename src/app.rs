@@ -1,46 +1,52 @@
 //! The request walk: the one place a browser's request is taken from start to finish.
 //!
-//! `App::handle` assigns the request id, classifies the path (`router`), runs the guards
-//! (`guard`), reads the cookie (`cookie`) and hands over to the session endpoints
-//! (`endpoints`) or to forwarding (`handle_route` here, with `session`, `forward` and
-//! `leak_guard`). Every `Err` becomes a response in exactly one place, `respond_error`,
-//! which also logs it once at the level its source deserves. Then the request's one log
-//! line is written and its metrics recorded.
+//! `App::handle` builds the request's [`RequestContext`] and takes it through one pass
+//! of named steps:
+//!
+//! 1. **classify** — `router` names the target (an endpoint, a `[[route]]`, the demo
+//!    page, an unsafe path, nothing);
+//! 2. **guard** — `guard` checks the Origin allowlist and the CSRF proof;
+//! 3. **endpoint** — a `/session*` endpoint runs one whole session operation
+//!    (`endpoints`), or, for a route:
+//! 4. **prepare** — `forward` rewrites the request and applies the body limit;
+//! 5. **session** — `session` resolves the cookie's session (or mints a guest) and
+//!    makes its tokens fresh;
+//! 6. **forward** — `forward` sends it with the Bearer; on a 401 to a token that
+//!    looked valid, one refresh and one replay;
+//! 7. **respond** — the answer is cleaned and passes the `leak_guard`; any error
+//!    becomes a response here and nowhere else (logged once at the level its source
+//!    deserves, counted by code), the session cookie set by this request is attached
+//!    whether the call succeeded or failed, and the request's one log line and metrics
+//!    are written.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::config::{Config, Route};
 use crate::cookie;
-use crate::endpoints::{self, Context, Outcome};
+use crate::endpoints;
 use crate::error::{Error, Source};
-use crate::forward::{self, Forwarder, Origin};
+use crate::forward::{self, Forwarder, Limits, Prepared};
 use crate::guard;
-use crate::hosted_login::HostedLogin;
 use crate::leak_guard::LeakGuard;
 use crate::metrics::Metrics;
-use crate::ratelimit;
+use crate::protocol;
 use crate::router::{self, Endpoint, Target};
-use crate::session::{now_secs, Active, Resolution, Sessions};
-use crate::store::SessionKind;
+use crate::session::{Active, Resolution, Sessions};
+use crate::store::{SessionKind, SessionRecord};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::context::ConnInfo;
+use crate::context::{RequestContext, RequestIds, X_REQUEST_ID};
+
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
 
-/// Facts about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
+/// What a route forwards without being told more.
+const STANDARD_METHODS: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
 
 /// The storefront-facing service: shared by every connection.
 pub struct App {
@@ -48,10 +54,8 @@ pub struct App {
     config: ArcSwap<Config>,
     sessions: Arc<Sessions>,
     forwarder: Forwarder,
-    hosted_login: Option<HostedLogin>,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
-    forwarded_proto: &'static str,
 }
 
 impl App {
@@ -62,15 +66,12 @@ impl App {
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let behind_https = config.server.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
         Self {
-            forwarded_proto: if behind_https { "https" } else { "http" },
-            hosted_login: HostedLogin::new(&config),
             config: ArcSwap::new(config),
             sessions,
             forwarder,
             metrics,
-            request_ids: RequestIds::new(),
+            request_ids: RequestIds::default(),
         }
     }
 
@@ -86,49 +87,26 @@ impl App {
         self.config.load_full()
     }
 
-    /// The hosted-login flow, for the sweeper.
-    pub fn hosted_login(&self) -> Option<&HostedLogin> {
-        self.hosted_login.as_ref()
-    }
-
     /// Handles one request. Never fails: every error is a response.
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let started = Instant::now();
         let config = self.config.load_full();
-        let config = config.as_ref();
         let request_id = self.request_ids.for_request(request.headers());
-        let method = request.method().clone();
-        let target = router::classify(request.uri().path(), &config.routes, config.server.demo_page);
-        let label = target.label();
-
-        let (mut response, session_kind) =
-            match self.dispatch(config, target, request, conn, &request_id).await {
-                Ok(outcome) => (outcome.response, outcome.session_kind),
-                Err(error) => (self.respond_error(config, &error, &request_id, label), None),
-            };
-        response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-        let latency = started.elapsed();
-        self.metrics.record_request(label, response.status(), latency);
-        tracing::info!(
-            request_id = request_id.to_str().unwrap_or("-"),
-            method = %method,
-            route = label,
-            status = response.status().as_u16(),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            session = session_kind.map_or("none", SessionKind::as_str),
-            "request"
-        );
-        response
+        let now = self.sessions.clock().now();
+        let mut ctx =
+            RequestContext::new(&config, request.method(), request.headers(), conn, request_id, now);
+        let result = self.walk(&mut ctx, request).await;
+        self.respond(&mut ctx, result)
     }
 
-    async fn dispatch(
+    /// Steps 1 to 6: classify, guard, then the endpoint or the route's steps.
+    async fn walk(
         &self,
-        config: &Config,
-        target: Target<'_>,
+        ctx: &mut RequestContext<'_>,
         request: Request<Incoming>,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Response<Body>, Error> {
+        let config = ctx.config;
+        let target = router::classify(request.uri().path(), &config.routes, config.server.demo_page);
+        ctx.route = target.label();
         if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
@@ -136,202 +114,146 @@ impl App {
             guard::check(request.method(), request.headers(), &server.allowed_origins, server.csrf, exempt)?;
         }
         match target {
-            Target::Endpoint(endpoint) => {
-                let context = Context {
-                    cookie: cookie::read_session_cookie(request.headers(), &config.session.cookie_name),
-                    client: self.client_ip(config, conn, &request),
-                    sessions: &self.sessions,
-                    config,
-                    hosted_login: self.hosted_login.as_ref(),
-                };
-                match endpoints::handle(endpoint, request, context).await {
-                    // The 405 carries an Allow header naming the methods the endpoint takes.
-                    Err(Error::MethodNotAllowed) => {
-                        Ok(method_not_allowed(endpoints::allowed_methods(endpoint)))
-                    }
-                    other => other,
-                }
-            }
-            Target::Route(route) => Ok(self.handle_route(config, route, request, conn, request_id).await),
-            Target::DemoPage => Ok(Outcome { response: demo_page(), session_kind: None }),
+            Target::Endpoint(endpoint) => endpoints::handle(endpoint, request, ctx, &self.sessions).await,
+            Target::Route(route) => self.proxy(ctx, route, request).await,
+            Target::DemoPage => Ok(demo_page()),
             Target::UnsafePath => Err(Error::BadRequest("The request path is not allowed.")),
             Target::NotFound => Err(Error::NotFound),
         }
     }
 
-    fn client_ip(&self, config: &Config, conn: ConnInfo, request: &Request<Incoming>) -> IpAddr {
-        ratelimit::client_ip(conn.peer, request.headers(), config.server.trusted_proxy_depth)
-    }
-
-    /// Forwards a call on a `[[route]]`. Once a guest session is minted for the call, its
-    /// cookie goes back even if the call then fails, so the next call does not mint again.
-    async fn handle_route(
+    /// Steps 4 to 6 for a `[[route]]`; the answer has passed the leak guard.
+    async fn proxy(
         &self,
-        config: &Config,
+        ctx: &mut RequestContext<'_>,
         route: &Route,
         request: Request<Incoming>,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Outcome {
-        let label = route.label.as_str();
-        if let Err(error) = self.check_body_size(config, &request) {
-            return Outcome {
-                response: self.respond_error(config, &error, request_id, label),
-                session_kind: None,
-            };
-        }
-        let now = now_secs();
-        let cookie = cookie::read_session_cookie(request.headers(), &config.session.cookie_name);
-        let client = self.client_ip(config, conn, &request);
-        let resolution = match self.sessions.resolve(&cookie, route.session, now, client).await {
-            Ok(resolution) => resolution,
-            Err(error) => {
-                return Outcome {
-                    response: self.respond_error(config, &error, request_id, label),
-                    session_kind: None,
-                }
-            }
-        };
-        let (active, new_cookie) = match resolution {
-            Resolution::Existing(active) => (Some(active), None),
-            Resolution::NewGuest(active, id) => {
-                let max_age = self.sessions.cookie_max_age(&active.record, now);
-                (Some(active), Some(cookie::set_session_cookie(&config.session, &id, max_age)))
-            }
-            Resolution::Anonymous => (None, None),
-        };
-        let session_kind = active.as_ref().map(|active| active.record.kind);
-        let mut response = match self.forward(config, route, request, conn, request_id, active.as_ref()).await
-        {
-            Ok(response) => response,
-            Err(error) => self.respond_error(config, &error, request_id, label),
-        };
-        if let Some(set_cookie) = new_cookie {
-            response.headers_mut().append(SET_COOKIE, set_cookie);
-        }
-        Outcome { response, session_kind }
-    }
-
-    fn check_body_size(&self, config: &Config, request: &Request<Incoming>) -> Result<(), Error> {
-        let length = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        match length {
-            Some(length) if length > config.server.max_body_bytes => Err(Error::PayloadTooLarge),
-            _ => Ok(()),
-        }
-    }
-
-    /// Refresh ahead, send, and on an upstream 401 to a token that looked valid, refresh
-    /// once and replay once (when the body was small enough to keep). The answer passes
-    /// the leak guard before it may go to the browser.
-    async fn forward(
-        &self,
-        config: &Config,
-        route: &Route,
-        request: Request<Incoming>,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
-        active: Option<&Active>,
     ) -> Result<Response<Body>, Error> {
-        let now = now_secs();
-        let record = match active {
-            Some(active) => Some(self.sessions.ensure_fresh(active, now).await?),
+        // Any other method would reach the API with the shopper's Bearer.
+        if !protocol::is_standard_method(request.method()) {
+            return Err(Error::MethodNotAllowed { allow: STANDARD_METHODS });
+        }
+        let config = ctx.config;
+        let limits = Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            replayable: route.session != crate::config::SessionPolicy::None,
+            identity_encoding: config.leak_guard.enabled,
+        };
+        let prepared = self.forwarder.prepare(request, route, ctx, limits).await?;
+        let active = self.session(ctx, route).await?;
+        let record = match &active {
+            Some(active) => Some(self.sessions.ensure_fresh(active, ctx.now).await?),
             None => None,
         };
-        let host = request.headers().get(HOST).cloned().or_else(|| {
-            request.uri().authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-        });
-        let origin = Origin {
-            forwarded_for: forward::forwarded_for(
-                conn.peer.ip(),
-                request.headers(),
-                config.server.trusted_proxy_depth,
-            ),
-            proto: self.proto(conn),
-            host: host.as_ref(),
-        };
-        let prepared = self.forwarder.prepare(request, route, origin, request_id).await?;
-        let token = record.as_ref().map(|record| &record.access_token);
+        let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
+        let response = forward::clean_response(response);
+        match record {
+            Some(record) => LeakGuard::new(config.leak_guard).inspect(response, &record).await,
+            None => Ok(response),
+        }
+    }
 
-        let (Some(active), Some(record), true) = (active, record.as_ref(), prepared.is_replayable()) else {
-            let response = self.send(route, prepared.into_request(token)?).await?;
-            return self.guard_leaks(config, forward::clean_response(response), record.as_deref()).await;
+    /// Step 5: the route's session policy applied to the cookie; a guest minted for
+    /// this call gets its cookie whatever happens next.
+    async fn session(&self, ctx: &mut RequestContext<'_>, route: &Route) -> Result<Option<Active>, Error> {
+        let resolution = self.sessions.resolve(&ctx.cookie, route.session, ctx.now, ctx.client_ip()).await?;
+        let active = match resolution {
+            Resolution::Existing(active) => Some(active),
+            Resolution::NewGuest(active, id) => {
+                let max_age = self.sessions.cookie_max_age(&active.record, ctx.now);
+                ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.config.session, &id, max_age));
+                Some(active)
+            }
+            Resolution::Anonymous => None,
         };
-        let first = self.send(route, prepared.to_request(token)?).await?;
+        ctx.session_kind = active.as_ref().map(|active| active.record.kind);
+        Ok(active)
+    }
+
+    /// Step 6: send; on an upstream 401 to a token that looked valid, refresh once and
+    /// replay once (when the body was kept). Returns the answer and the tokens it was
+    /// sent with, for the leak guard.
+    async fn forward(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        prepared: Prepared,
+        active: Option<&Active>,
+        record: Option<Arc<SessionRecord>>,
+    ) -> Result<(Response<Incoming>, Option<Arc<SessionRecord>>), Error> {
+        let watch = prepared.watch();
+        let token = record.as_ref().map(|record| &record.access_token);
+        let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
+        else {
+            let response = self.forwarder.send(prepared.into_request(token)?, &watch, ctx).await?;
+            return Ok((response, record));
+        };
+        let first = self.forwarder.send(prepared.to_request(token)?, &watch, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return self.guard_leaks(config, forward::clean_response(first), Some(record)).await;
+            return Ok((first, record));
         }
         drop(first);
-        tracing::debug!(
-            request_id = request_id.to_str().unwrap_or("-"),
-            "upstream 401; refreshing once and replaying"
+        tracing::debug!(request_id = ctx.request_id_str(), "upstream 401; refreshing once and replaying");
+        let fresh = self.sessions.refresh(active.key, sent_with.generation).await?;
+        let replay =
+            self.forwarder.send(prepared.into_request(Some(&fresh.access_token))?, &watch, ctx).await?;
+        Ok((replay, Some(fresh)))
+    }
+
+    /// Step 7: the only place an error becomes a response; then the cookie, the request
+    /// id, the log line and the metrics.
+    fn respond(&self, ctx: &mut RequestContext<'_>, result: Result<Response<Body>, Error>) -> Response<Body> {
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => self.error_response(ctx, &error),
+        };
+        let headers = response.headers_mut();
+        if let Some(set_cookie) = ctx.set_cookie.take() {
+            headers.append(SET_COOKIE, set_cookie);
+        }
+        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        let latency = ctx.started.elapsed();
+        self.metrics.record_request(ctx.route, response.status(), latency);
+        tracing::info!(
+            request_id = ctx.request_id_str(),
+            method = %ctx.method,
+            route = ctx.route,
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            upstream_ms = ctx.upstream.as_secs_f64() * 1000.0,
+            session = ctx.session_kind.map_or("none", SessionKind::as_str),
+            "request"
         );
-        let fresh = self.sessions.refresh(active.key, record.generation).await?;
-        let replay = self.send(route, prepared.into_request(Some(&fresh.access_token))?).await?;
-        self.guard_leaks(config, forward::clean_response(replay), Some(&fresh)).await
+        response
     }
 
-    async fn send(&self, route: &Route, request: Request<Body>) -> Result<Response<Incoming>, Error> {
-        let started = Instant::now();
-        let result = self.forwarder.send(request).await;
-        self.metrics.record_upstream(&route.label, started.elapsed());
-        result
-    }
-
-    async fn guard_leaks(
-        &self,
-        config: &Config,
-        response: Response<Body>,
-        record: Option<&crate::store::SessionRecord>,
-    ) -> Result<Response<Body>, Error> {
-        let Some(record) = record else { return Ok(response) };
-        let guarded = LeakGuard::new(config.leak_guard).inspect(response, record).await;
-        if matches!(guarded, Err(Error::TokenLeakBlocked)) {
-            self.metrics.record_leak_blocked();
-        }
-        guarded
-    }
-
-    fn proto(&self, conn: ConnInfo) -> &'static str {
-        if conn.tls {
-            "https"
-        } else {
-            self.forwarded_proto
-        }
-    }
-
-    /// The only place an error becomes a response; logs it once by where it came from.
-    fn respond_error(
-        &self,
-        config: &Config,
-        error: &Error,
-        request_id: &HeaderValue,
-        route: &str,
-    ) -> Response<Body> {
-        let request_id = request_id.to_str().unwrap_or("-");
-        match error.source_kind() {
-            Source::Downstream => tracing::debug!(request_id, route, code = error.code(), "refused"),
-            Source::Upstream | Source::Store => {
-                tracing::warn!(request_id, route, code = error.code(), %error, "failed")
+    /// Logs `error` once, by where it came from, counts it, and renders it.
+    fn error_response(&self, ctx: &RequestContext<'_>, error: &Error) -> Response<Body> {
+        let (request_id, route, code) = (ctx.request_id_str(), ctx.route, error.code());
+        match (error, error.source_kind()) {
+            (Error::TokenLeakBlocked { place }, _) => {
+                tracing::warn!(
+                    target: "tokengate::security",
+                    event = "token_leak_blocked",
+                    request_id,
+                    route,
+                    place,
+                    "an upstream response carried the session's token; replaced with 502"
+                );
+                self.metrics.record_leak_blocked();
             }
-            Source::Internal => tracing::error!(request_id, route, code = error.code(), %error, "failed"),
+            (_, Source::Downstream) => tracing::debug!(request_id, route, code, "refused"),
+            (_, Source::Upstream | Source::Store) => {
+                tracing::warn!(request_id, route, code, %error, "failed")
+            }
+            (_, Source::Internal) => tracing::error!(request_id, route, code, %error, "failed"),
         }
-        self.metrics.record_rejection(error.code());
+        self.metrics.record_rejection(code);
         let mut response = error.to_response();
         if error.clears_cookie() {
-            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&config.session));
+            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&ctx.config.session));
         }
         response
     }
-}
-
-fn method_not_allowed(allow: HeaderValue) -> Outcome {
-    let mut response = Error::MethodNotAllowed.to_response();
-    response.headers_mut().insert(ALLOW, allow);
-    Outcome { response, session_kind: None }
 }
 
 fn demo_page() -> Response<Body> {
@@ -339,30 +261,4 @@ fn demo_page() -> Response<Body> {
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Request ids: the caller's `x-request-id` when it is short and plain, else our own
-/// (a random per-process prefix and a counter: unique, cheap, and unguessable enough
-/// for correlation, which is all they are for).
-struct RequestIds {
-    prefix: u32,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        Self { prefix: rand::random(), counter: AtomicU64::new(0) }
-    }
-
-    fn for_request(&self, headers: &http::HeaderMap) -> HeaderValue {
-        if let Some(given) = headers.get(X_REQUEST_ID) {
-            let plain = given.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-            if plain && (1..=128).contains(&given.len()) {
-                return given.clone();
-            }
-        }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}{:012x}", self.prefix, n))
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-    }
 }

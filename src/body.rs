@@ -1,15 +1,17 @@
 //! The one body type tokengate sends and receives, without boxing.
 //!
-//! A body is empty, a buffer we built (JSON, a form, a replayable request), or a stream
-//! from hyper (the browser's upload or the upstream's response), passed through frame by
-//! frame. Using an enum instead of a boxed trait object keeps the hot path free of an
-//! allocation per request.
+//! A body is empty, a buffer we built (JSON, a form, a replayable request), a stream
+//! from hyper (the upstream's response) passed through frame by frame, or a browser's
+//! [`Upload`] streamed to the API under the body limit. Using an enum instead of a boxed
+//! trait object keeps the hot path free of an allocation per request.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// A request or response body.
@@ -25,6 +27,19 @@ pub enum Body {
     /// Bytes already read from a stream, then the rest of that stream (the leak guard
     /// reads a prefix before deciding a body is too long to scan).
     Prefixed(Option<Bytes>, Incoming),
+    /// A browser's request body on its way to the API.
+    Upload(Upload),
+}
+
+/// Why a body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The connection it came on failed.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// A browser's upload went past `max_body_bytes`.
+    #[error("the request body is larger than the limit")]
+    TooLarge,
 }
 
 impl Body {
@@ -34,22 +49,99 @@ impl Body {
     }
 }
 
+/// What the sender of an [`Upload`] can learn about it after the fact: whether it went
+/// past its limit (the answer is then 413, not a gateway error) and whether the
+/// browser finished sending it (a timeout before that is the browser's, 408).
+#[derive(Debug, Default)]
+pub struct UploadWatch {
+    exceeded: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl UploadWatch {
+    /// A watch on a body that is already whole (nothing left to wait for).
+    pub fn finished() -> Arc<Self> {
+        Arc::new(Self { exceeded: AtomicBool::new(false), finished: AtomicBool::new(true) })
+    }
+
+    /// The upload went past its limit.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Acquire)
+    }
+
+    /// The browser sent the whole body.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// A browser's request body streamed to the API: what was already read, then the rest,
+/// counted against `limit` as it flows (no whole-body buffer).
+#[derive(Debug)]
+pub struct Upload {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+    sent: u64,
+    limit: u64,
+    watch: Arc<UploadWatch>,
+}
+
+impl Upload {
+    /// `prefix` (already read, counted) then `rest`, at most `limit` bytes in all.
+    pub fn new(prefix: Option<Bytes>, rest: Incoming, limit: u64, watch: Arc<UploadWatch>) -> Self {
+        Self { prefix, rest, sent: 0, limit, watch }
+    }
+
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let frame = match self.prefix.take() {
+            Some(bytes) => Some(Ok(Frame::data(bytes))),
+            None => match Pin::new(&mut self.rest).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame.map(|frame| frame.map_err(BodyError::from)),
+            },
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let size = frame.data_ref().map_or(0, |data| data.len() as u64);
+                self.sent = self.sent.saturating_add(size);
+                if self.sent > self.limit {
+                    self.watch.exceeded.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                }
+                if self.rest.is_end_stream() {
+                    self.watch.finished.store(true, Ordering::Release);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error))),
+            None => {
+                self.watch.finished.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let hyper_frame = |poll: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
+            poll.map(|frame| frame.map(|frame| frame.map_err(BodyError::from)))
+        };
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Body::Stream(incoming) => hyper_frame(Pin::new(incoming).poll_frame(cx)),
             Body::Prefixed(prefix, incoming) => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => Pin::new(incoming).poll_frame(cx),
+                None => hyper_frame(Pin::new(incoming).poll_frame(cx)),
             },
+            Body::Upload(upload) => upload.poll_upload(cx),
         }
     }
 
@@ -59,6 +151,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(incoming) => incoming.is_end_stream(),
             Body::Prefixed(prefix, incoming) => prefix.is_none() && incoming.is_end_stream(),
+            Body::Upload(upload) => upload.prefix.is_none() && upload.rest.is_end_stream(),
         }
     }
 
@@ -67,16 +160,18 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Stream(incoming) => incoming.size_hint(),
-            Body::Prefixed(prefix, incoming) => {
-                let already = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let rest = incoming.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + already);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + already);
-                }
-                hint
-            }
+            Body::Prefixed(prefix, incoming) => with_prefix(prefix.as_ref(), incoming.size_hint()),
+            Body::Upload(upload) => with_prefix(upload.prefix.as_ref(), upload.rest.size_hint()),
         }
     }
+}
+
+fn with_prefix(prefix: Option<&Bytes>, rest: SizeHint) -> SizeHint {
+    let already = prefix.map_or(0, |b| b.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + already);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + already);
+    }
+    hint
 }

@@ -1,31 +1,28 @@
 //! The storefront-facing `/session*` endpoints: JSON (or form) in, JSON out, plus the
 //! hosted login's redirects.
 //!
-//! They read and change sessions through [`Sessions`], set or clear the cookie through
-//! [`crate::cookie`], and drive [`HostedLogin`]; they never build upstream API requests
-//! themselves.
+//! Each one parses its input, runs one whole operation of the session core
+//! ([`Sessions`]) and renders the answer; the cookie it sets goes through the request
+//! context. They never reach the store or the token service, nor build upstream API
+//! requests.
 
-use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY, SET_COOKIE,
-};
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::body::Body;
-use crate::config::Config;
-use crate::cookie::{self, CookieLookup};
+use crate::context::RequestContext;
+use crate::cookie;
 use crate::error::Error;
 use crate::hosted_login::{self, HostedLogin, CALLBACK_SCRIPT};
-use crate::oauth::{OAuthError, TokenSet};
 use crate::router::Endpoint;
 use crate::secret::Password;
-use crate::session::{now_secs, Active, Sessions};
+use crate::session::{Active, HostedEnd, Sessions};
 use crate::session_id::SessionId;
 use crate::store::SessionKind;
 
@@ -34,82 +31,67 @@ const MAX_FORM_BODY_BYTES: usize = 16 * 1024;
 /// How long a login or callback body may take to arrive (it is at most 16 KiB).
 const FORM_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What an endpoint produced, with the session kind for the request log.
-pub struct Outcome {
-    pub response: Response<Body>,
-    pub session_kind: Option<SessionKind>,
-}
-
-/// What every endpoint may use.
-pub struct Context<'a> {
-    pub cookie: CookieLookup,
-    pub client: IpAddr,
-    pub sessions: &'a Sessions,
-    pub config: &'a Config,
-    pub hosted_login: Option<&'a HostedLogin>,
-}
-
-/// Runs one session endpoint.
+/// Runs one session endpoint. A session it starts or moves is recorded in
+/// `ctx.set_cookie`, so the cookie goes out whatever happens next.
 pub async fn handle(
     endpoint: Endpoint,
     request: Request<Incoming>,
-    context: Context<'_>,
-) -> Result<Outcome, Error> {
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
     let allowed = match endpoint {
         Endpoint::Session | Endpoint::Authorize => request.method() == Method::GET,
         Endpoint::Callback => request.method() == Method::GET || request.method() == Method::POST,
         Endpoint::Guest | Endpoint::Login | Endpoint::Logout => request.method() == Method::POST,
     };
     if !allowed {
-        return Err(Error::MethodNotAllowed);
+        return Err(Error::MethodNotAllowed { allow: allowed_methods(endpoint) });
     }
-    let now = now_secs();
     match endpoint {
-        Endpoint::Session => session_info(&context, now).await,
-        Endpoint::Guest => guest(&context, now).await,
-        Endpoint::Login => login(request, &context, now).await,
-        Endpoint::Logout => logout(&context).await,
-        Endpoint::Authorize => authorize(&request, &context, now).await,
-        Endpoint::Callback => callback(request, &context, now).await,
+        Endpoint::Session => session_info(ctx, sessions).await,
+        Endpoint::Guest => guest(ctx, sessions).await,
+        Endpoint::Login => login(request, ctx, sessions).await,
+        Endpoint::Logout => logout(ctx, sessions).await,
+        Endpoint::Authorize => authorize(&request, ctx, sessions).await,
+        Endpoint::Callback => callback(request, ctx, sessions).await,
     }
 }
 
-/// The `Allow` header for a 405 on `endpoint`.
-pub fn allowed_methods(endpoint: Endpoint) -> HeaderValue {
-    HeaderValue::from_static(match endpoint {
+/// The methods `endpoint` takes (the `Allow` header of its 405).
+fn allowed_methods(endpoint: Endpoint) -> &'static str {
+    match endpoint {
         Endpoint::Session | Endpoint::Authorize => "GET",
         Endpoint::Callback => "GET, POST",
         Endpoint::Guest | Endpoint::Login | Endpoint::Logout => "POST",
-    })
+    }
 }
 
 /// `GET /session`: reads, never creates.
-async fn session_info(context: &Context<'_>, now: u64) -> Result<Outcome, Error> {
-    let active = context.sessions.lookup(&context.cookie, now).await?.ok_or(Error::NoSession)?;
-    let response = json(StatusCode::OK, info_body(context.sessions, &active));
-    Ok(Outcome { response, session_kind: Some(active.record.kind) })
-}
-
-/// The cookie's live session, or `None` when there is none or it is dead.
-async fn live_session(context: &Context<'_>, now: u64) -> Result<Option<Active>, Error> {
-    match context.sessions.lookup(&context.cookie, now).await {
-        Ok(active) => Ok(active),
-        // A dead cookie is exactly why a browser asks for a new session.
-        Err(Error::SessionExpired) => Ok(None),
-        Err(other) => Err(other),
-    }
+async fn session_info(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Response<Body>, Error> {
+    let active = sessions.lookup(&ctx.cookie, ctx.now).await?.ok_or(Error::NoSession)?;
+    ctx.session_kind = Some(active.record.kind);
+    Ok(json(StatusCode::OK, info_body(sessions, &active)))
 }
 
 /// `POST /session/guest`: the live session if there is one, else a new guest.
-async fn guest(context: &Context<'_>, now: u64) -> Result<Outcome, Error> {
-    if let Some(active) = live_session(context, now).await? {
-        let response = json(StatusCode::OK, info_body(context.sessions, &active));
-        return Ok(Outcome { response, session_kind: Some(active.record.kind) });
+async fn guest(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Response<Body>, Error> {
+    let (active, new_id) = sessions.guest(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
+    remember_cookie(ctx, sessions, &active, new_id.as_ref());
+    Ok(json(StatusCode::OK, info_body(sessions, &active)))
+}
+
+/// Records the session kind and, for a session under a new id, its cookie.
+fn remember_cookie(
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+    active: &Active,
+    id: Option<&SessionId>,
+) {
+    ctx.session_kind = Some(active.record.kind);
+    if let Some(id) = id {
+        let max_age = sessions.cookie_max_age(&active.record, ctx.now);
+        ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.config.session, id, max_age));
     }
-    let (id, active) = context.sessions.mint_guest(now, context.client).await?;
-    let mut response = json(StatusCode::OK, info_body(context.sessions, &active));
-    set_cookie(&mut response, context.config, &id, context.sessions.cookie_max_age(&active.record, now));
-    Ok(Outcome { response, session_kind: Some(SessionKind::Guest) })
 }
 
 #[derive(Deserialize)]
@@ -119,16 +101,17 @@ struct LoginForm {
 }
 
 /// `POST /session/login`: password grant, guest cart carried over, id rotated.
-async fn login(request: Request<Incoming>, context: &Context<'_>, now: u64) -> Result<Outcome, Error> {
+async fn login(
+    request: Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
     let form = read_login_form(request).await?;
     let password = Password::new(form.password);
-    let current = live_session(context, now).await?;
-    let (id, record) =
-        context.sessions.login(current, &form.username, &password, now, context.client).await?;
-    let active = Active { key: id.key(), record, last_seen: now };
-    let mut response = json(StatusCode::OK, info_body(context.sessions, &active));
-    set_cookie(&mut response, context.config, &id, context.sessions.cookie_max_age(&active.record, now));
-    Ok(Outcome { response, session_kind: Some(SessionKind::Shopper) })
+    let (id, active) =
+        sessions.login(&ctx.cookie, &form.username, &password, ctx.now, ctx.client_ip()).await?;
+    remember_cookie(ctx, sessions, &active, Some(&id));
+    Ok(json(StatusCode::OK, info_body(sessions, &active)))
 }
 
 async fn read_form_body(request: Request<Incoming>) -> Result<(bool, Bytes), Error> {
@@ -172,45 +155,40 @@ fn parse_form(body: &[u8]) -> Option<LoginForm> {
 }
 
 /// `POST /session/logout`: 204 and a clearing cookie, also when there is no session.
-async fn logout(context: &Context<'_>) -> Result<Outcome, Error> {
-    context.sessions.logout(&context.cookie).await?;
+async fn logout(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Response<Body>, Error> {
+    sessions.logout(&ctx.cookie, ctx.now).await?;
     let mut response = Response::new(Body::Empty);
     *response.status_mut() = StatusCode::NO_CONTENT;
-    response.headers_mut().insert(SET_COOKIE, cookie::clear_session_cookie(&context.config.session));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(Outcome { response, session_kind: None })
+    ctx.set_cookie = Some(cookie::clear_session_cookie(&ctx.config.session));
+    Ok(response)
 }
 
 /// `GET /session/authorize?return_to=/path`: 302 to the API's hosted login, with a
 /// single-use state bound to the session (a guest is started when there is none).
-async fn authorize(request: &Request<Incoming>, context: &Context<'_>, now: u64) -> Result<Outcome, Error> {
-    let hosted = context.hosted_login.ok_or(Error::NotFound)?;
+async fn authorize(
+    request: &Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
     let query = request.uri().query().unwrap_or("").as_bytes();
     let return_to = form_urlencoded::parse(query).find(|(name, _)| name == "return_to").map(|(_, v)| v);
-    let return_to = hosted_login::checked_return_to(return_to.as_deref().unwrap_or("/"))?.to_string();
-    let (active, new_id) = match live_session(context, now).await? {
-        // Each pending login holds memory for ten minutes: count it like a new session.
-        Some(active) => {
-            context.sessions.check_rate(context.client)?;
-            (active, None)
-        }
-        None => {
-            let (id, active) = context.sessions.mint_guest(now, context.client).await?;
-            (active, Some(id))
-        }
-    };
-    let location = hosted.begin(&active, &return_to, now)?;
-    let mut response = redirect(StatusCode::FOUND, &location)?;
-    if let Some(id) = new_id {
-        set_cookie(&mut response, context.config, &id, context.sessions.cookie_max_age(&active.record, now));
-    }
-    Ok(Outcome { response, session_kind: Some(active.record.kind) })
+    // Refused before a guest token is minted for nothing.
+    let return_to = hosted_login::checked_return_to(return_to.as_deref().unwrap_or("/"))?;
+    let (active, new_id) = sessions.session_for_hosted_login(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
+    remember_cookie(ctx, sessions, &active, new_id.as_ref());
+    let location = sessions.begin_hosted_login(&active, &return_to, ctx.now).await?;
+    redirect(StatusCode::FOUND, &location)
 }
 
 /// `GET /session/callback`: parameters in the query are used at once; otherwise the page
 /// that posts the fragment back. `POST /session/callback`: the posted fragment.
-async fn callback(request: Request<Incoming>, context: &Context<'_>, now: u64) -> Result<Outcome, Error> {
-    let hosted = context.hosted_login.ok_or(Error::NotFound)?;
+async fn callback(
+    request: Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
+    let hosted = sessions.hosted_login().ok_or(Error::NotFound)?;
     let query = request.uri().query().unwrap_or("").to_string();
     let query_state = form_field(query.as_bytes(), "state");
     let carries_result =
@@ -221,64 +199,18 @@ async fn callback(request: Request<Incoming>, context: &Context<'_>, now: u64) -
     } else if carries_result {
         (query.clone(), StatusCode::FOUND)
     } else {
-        return Ok(Outcome { response: callback_page(hosted), session_kind: None });
+        return Ok(callback_page(hosted));
     };
     let params = hosted.parse(&parameters, query_state.as_deref())?;
-    let current = live_session(context, now).await?;
-    let pending = hosted.complete(&params.state, current.as_ref().map(|active| &active.key), now)?;
-    let (access_token, expires_in) = match hosted_login::token_of(params) {
-        Ok(token) => token,
-        Err(code) => {
-            // The shopper cancelled or failed at the API: back to the shop, which can read
-            // the reason from the fragment. The guest session goes on, but its token
-            // travelled in a URL: refresh it, so the exposed one stops working (best effort).
-            if let (Some(_), Some(active)) = (&pending.carried_guest, &current) {
-                if let Err(error) = context.sessions.refresh(active.key, active.record.generation).await {
-                    tracing::warn!(
-                        code = error.code(),
-                        "could not replace the guest token after a failed login"
-                    );
-                }
-            }
-            let location = format!("{}#login_error={code}", pending.return_to);
-            return Ok(Outcome { response: redirect(status, &location)?, session_kind: None });
+    match sessions.complete_hosted_login(&ctx.cookie, params, ctx.now).await? {
+        HostedEnd::SignedIn { id, active, return_to } => {
+            remember_cookie(ctx, sessions, &active, Some(&id));
+            redirect(status, &return_to)
         }
-    };
-    let expires_in = confirm_shopper_token(context, &access_token, expires_in).await?;
-    let tokens = TokenSet { access_token, refresh_token: None, expires_in };
-    let (id, record) = context.sessions.become_shopper(current, tokens, now).await?;
-    if let Some(guest_token) = pending.carried_guest {
-        // The guest token travelled in a URL: revoke it now that the login is complete.
-        if let Err(error) = context.sessions.tokens().revoke(&guest_token).await {
-            tracing::warn!(%error, "revoking the carried guest token failed");
-        }
+        // The shopper cancelled or failed at the API: back to the shop, which can read
+        // the reason from the fragment.
+        HostedEnd::Failed { return_to, code } => redirect(status, &format!("{return_to}#login_error={code}")),
     }
-    let mut response = redirect(status, &pending.return_to)?;
-    set_cookie(&mut response, context.config, &id, context.sessions.cookie_max_age(&record, now));
-    Ok(Outcome { response, session_kind: Some(SessionKind::Shopper) })
-}
-
-/// Asks the API whether a token from the callback is a live, authenticated shopper token
-/// (a browser could post anything), and how long it lives.
-async fn confirm_shopper_token(
-    context: &Context<'_>,
-    token: &crate::secret::AccessToken,
-    expires_in: Option<u64>,
-) -> Result<u64, Error> {
-    let details = context.sessions.tokens().session_details(token).await.map_err(|error| match error {
-        OAuthError::Rejected { .. } => Error::InvalidCredentials,
-        other => Error::TokenServiceUnavailable(other.to_string()),
-    })?;
-    let authenticated = match &details["authenticated"] {
-        serde_json::Value::Bool(value) => *value,
-        serde_json::Value::String(text) => text == "true",
-        _ => false,
-    };
-    if !authenticated {
-        return Err(Error::InvalidCredentials);
-    }
-    let left = details["expiresIn"].as_u64().or(expires_in).unwrap_or(3600);
-    Ok(left)
 }
 
 fn callback_page(hosted: &HostedLogin) -> Response<Body> {
@@ -337,9 +269,4 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Adds the session cookie to a response.
-pub fn set_cookie(response: &mut Response<Body>, config: &Config, id: &SessionId, max_age: Duration) {
-    response.headers_mut().append(SET_COOKIE, cookie::set_session_cookie(&config.session, id, max_age));
 }

@@ -48,8 +48,9 @@ pub enum Error {
     BadRequest(&'static str),
     #[error("not found")]
     NotFound,
+    /// `allow` lists the methods the target takes (the `Allow` header).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("the request body arrived too slowly")]
@@ -64,8 +65,9 @@ pub enum Error {
     UpstreamUnavailable(String),
     #[error("upstream timeout")]
     UpstreamTimeout,
-    #[error("an upstream response carried the session's token")]
-    TokenLeakBlocked,
+    /// `place` says where the guard found it (header, body), for the security log.
+    #[error("an upstream response carried the session's token in its {place}")]
+    TokenLeakBlocked { place: &'static str },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -79,13 +81,13 @@ impl Error {
             Error::CsrfRequired | Error::OriginRejected => StatusCode::FORBIDDEN,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::SessionsFull | Error::StoreUnavailable(_) | Error::TokenServiceUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::UpstreamUnavailable(_) | Error::TokenLeakBlocked => StatusCode::BAD_GATEWAY,
+            Error::UpstreamUnavailable(_) | Error::TokenLeakBlocked { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,7 +105,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::BadRequest(_) => "bad_request",
             Error::NotFound => "not_found",
-            Error::MethodNotAllowed => "method_not_allowed",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
             Error::RequestTimeout => "request_timeout",
             Error::SessionsFull => "sessions_full",
@@ -111,7 +113,7 @@ impl Error {
             Error::TokenServiceUnavailable(_) => "token_service_unavailable",
             Error::UpstreamUnavailable(_) => "upstream_unavailable",
             Error::UpstreamTimeout => "upstream_timeout",
-            Error::TokenLeakBlocked => "token_leak_blocked",
+            Error::TokenLeakBlocked { .. } => "token_leak_blocked",
             Error::Internal(_) => "internal",
         }
     }
@@ -128,7 +130,7 @@ impl Error {
             Error::RateLimited { .. } => "Too many new sessions from this client. Retry later.",
             Error::BadRequest(why) => why,
             Error::NotFound => "Nothing is served at this path.",
-            Error::MethodNotAllowed => "This method is not allowed here.",
+            Error::MethodNotAllowed { .. } => "This method is not allowed here.",
             Error::PayloadTooLarge => "The request body is too large.",
             Error::RequestTimeout => "The request body did not arrive in time.",
             Error::SessionsFull => "The session store is full. Retry later.",
@@ -140,7 +142,9 @@ impl Error {
             }
             Error::UpstreamUnavailable(_) => "The API could not be reached.",
             Error::UpstreamTimeout => "The API did not answer in time.",
-            Error::TokenLeakBlocked => "The API's answer was withheld because it contained a credential.",
+            Error::TokenLeakBlocked { .. } => {
+                "The API's answer was withheld because it contained a credential."
+            }
             Error::Internal(_) => "Internal error.",
         }
     }
@@ -152,7 +156,7 @@ impl Error {
             Error::TokenServiceUnavailable(_)
             | Error::UpstreamUnavailable(_)
             | Error::UpstreamTimeout
-            | Error::TokenLeakBlocked => Source::Upstream,
+            | Error::TokenLeakBlocked { .. } => Source::Upstream,
             Error::Internal(_) | Error::SessionsFull => Source::Internal,
             _ => Source::Downstream,
         }
@@ -174,9 +178,15 @@ impl Error {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Error::RateLimited { retry_after } = self {
-            let seconds = retry_after.as_secs().max(1);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        match self {
+            Error::RateLimited { retry_after } => {
+                let seconds = retry_after.as_secs().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            Error::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         response
     }
@@ -206,12 +216,19 @@ mod tests {
             (Error::TokenServiceUnavailable("x".into()), 503, "token_service_unavailable"),
             (Error::UpstreamUnavailable("x".into()), 502, "upstream_unavailable"),
             (Error::UpstreamTimeout, 504, "upstream_timeout"),
-            (Error::TokenLeakBlocked, 502, "token_leak_blocked"),
+            (Error::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (Error::TokenLeakBlocked { place: "body" }, 502, "token_leak_blocked"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
         }
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let response = Error::MethodNotAllowed { allow: "GET, POST" }.to_response();
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The API's hosted login (implicit flow): `GET /session/authorize` and
 //! `/session/callback`.
 //!
+//! This module holds the flow's fixed parts (the authorize URL, the callback page and its
+//! CSP, parameter parsing, `return_to` checks); the session core drives it and keeps the
+//! pending states in the store (`Sessions::begin_hosted_login`,
+//! `Sessions::complete_hosted_login`), so any replica can finish a login another began.
+//!
 //! 1. `authorize` binds a single-use `state` (256 random bits) to the browser's session
 //!    (a guest is started if there is none) and redirects to the API's authorize page with
 //!    `response_type=token`, the state both as `state` and inside `redirect_uri` (the API
@@ -14,13 +19,10 @@
 //!    once), the session becomes a shopper session under a new id, the carried guest token
 //!    is revoked, and the browser is sent on to `return_to` (a same-origin path).
 //!
-//! Pending states live in memory for ten minutes; they are swept with the sessions.
-
-use std::time::Duration;
+//! Pending states live in the store for ten minutes; they are swept with the sessions.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use dashmap::DashMap;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
@@ -28,34 +30,30 @@ use crate::callback::{parse_callback_query, CallbackOutcome, CallbackParams};
 use crate::config::Config;
 use crate::error::Error;
 use crate::secret::AccessToken;
-use crate::session::Active;
-use crate::session_id::SessionKey;
-use crate::store::SessionKind;
+use crate::store::{SessionKind, SessionRecord, StateKey};
 
 /// How long a browser may take on the API's login page.
-const STATE_LIFETIME_SECS: u64 = 600;
-/// Pending logins kept at most; beyond this new ones are refused until the sweep.
-const MAX_PENDING: usize = 100_000;
+pub const STATE_LIFETIME_SECS: u64 = 600;
 
 /// The script of the callback page: post the fragment, wipe it from the address bar.
 pub const CALLBACK_SCRIPT: &str = "var f=document.getElementById('f'),h=location.hash.slice(1);\
 history.replaceState(null,'',location.pathname+location.search);\
 document.getElementById('v').value=h;f.submit();";
 
-/// A login that went to the API's page and has not come back yet.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub session_key: SessionKey,
-    pub return_to: String,
-    /// The guest token put into the authorize URL, to revoke once the login completes.
+/// A started login: the state to keep, and where to send the browser.
+#[derive(Debug)]
+pub struct Authorize {
+    /// The key to keep the pending login under.
+    pub state: StateKey,
+    /// The API's authorize URL (may carry the guest token: never log it).
+    pub url: String,
+    /// The guest token put into the URL, to revoke once the login completes.
     pub carried_guest: Option<AccessToken>,
-    expires_at: u64,
 }
 
-/// The hosted-login state machine.
+/// The hosted login's fixed parts, built once from the config.
 #[derive(Debug)]
 pub struct HostedLogin {
-    pending: DashMap<[u8; 32], Pending>,
     authorize_url: String,
     client_id: String,
     callback_url: String,
@@ -72,7 +70,6 @@ impl HostedLogin {
         let base = &config.upstream.base;
         let script_hash = STANDARD.encode(Sha256::digest(CALLBACK_SCRIPT.as_bytes()));
         Some(Self {
-            pending: DashMap::new(),
             authorize_url: format!("{}://{}{}{}", base.scheme, base.authority, base.path, config.oauth.authorize_path),
             client_id: config.oauth.client_id.clone(),
             callback_url: format!("{origin}/session/callback"),
@@ -83,20 +80,15 @@ impl HostedLogin {
         })
     }
 
-    /// Starts a login for `active`'s browser; returns the API authorize URL.
-    pub fn begin(&self, active: &Active, return_to: &str, now: u64) -> Result<String, Error> {
-        let return_to = checked_return_to(return_to)?;
-        if self.pending.len() >= MAX_PENDING {
-            return Err(Error::RateLimited { retry_after: Duration::from_secs(30) });
-        }
+    /// A new state and the API authorize URL for a session holding `record`.
+    pub fn authorize(&self, record: &SessionRecord) -> Result<Authorize, Error> {
         let mut random = [0u8; 32];
         rand::rngs::OsRng
             .try_fill_bytes(&mut random)
             .map_err(|_| Error::Internal("no randomness for a state"))?;
         let state = URL_SAFE_NO_PAD.encode(random);
-        let carried_guest = (self.carry_guest && active.record.kind == SessionKind::Guest)
-            .then(|| active.record.access_token.clone());
-
+        let carried_guest =
+            (self.carry_guest && record.kind == SessionKind::Guest).then(|| record.access_token.clone());
         let mut redirect_uri = query_builder(&self.callback_url);
         redirect_uri.append_pair("state", &state);
         let mut url = query_builder(&self.authorize_url);
@@ -107,14 +99,7 @@ impl HostedLogin {
         if let Some(token) = &carried_guest {
             url.append_pair("dr_limited_token", token.expose());
         }
-        let pending = Pending {
-            session_key: active.key,
-            return_to: return_to.to_string(),
-            carried_guest,
-            expires_at: now + STATE_LIFETIME_SECS,
-        };
-        self.pending.insert(state_key(&state), pending);
-        Ok(url.finish())
+        Ok(Authorize { state: state_key(&state), url: url.finish(), carried_guest })
     }
 
     /// Parses a callback (a query string or the posted fragment, with the `state` from the
@@ -136,21 +121,6 @@ impl HostedLogin {
         };
         parse_callback_query(&combined).map_err(|_| Error::InvalidState)
     }
-
-    /// Consumes the state: it must be known, unexpired and bound to `session`. Any use,
-    /// even a failed one, ends it.
-    pub fn complete(&self, state: &str, session: Option<&SessionKey>, now: u64) -> Result<Pending, Error> {
-        let (_, pending) = self.pending.remove(&state_key(state)).ok_or(Error::InvalidState)?;
-        if pending.expires_at <= now || session != Some(&pending.session_key) {
-            return Err(Error::InvalidState);
-        }
-        Ok(pending)
-    }
-
-    /// Forgets expired pending logins.
-    pub fn sweep(&self, now: u64) {
-        self.pending.retain(|_, pending| pending.expires_at > now);
-    }
 }
 
 /// The outcome's token, or the API's error code as `invalid_credentials`.
@@ -167,26 +137,48 @@ fn query_builder(base: &str) -> form_urlencoded::Serializer<'static, String> {
     form_urlencoded::Serializer::for_suffix(format!("{base}?"), start)
 }
 
-fn state_key(state: &str) -> [u8; 32] {
+/// The store key of a state: its SHA-256 (the store never holds the state itself).
+pub fn state_key(state: &str) -> StateKey {
     Sha256::digest(state.as_bytes()).into()
 }
 
-/// A same-origin path: starts with one `/`, no scheme or authority, no backslash or
-/// control characters (so `//evil.example` and `/\evil.example` are refused).
-pub fn checked_return_to(return_to: &str) -> Result<&str, Error> {
-    let refused = Error::BadRequest("return_to must be a path on this site, like /cart.");
+/// A same-origin path, normalised: dot segments resolved (also percent-encoded ones,
+/// as a browser resolves them), then checked to start with exactly one `/`, no
+/// backslash, no control characters or spaces. So `//evil.example`, `/\evil.example`
+/// and `/..//evil.example` (which a browser would resolve to `//evil.example`) are
+/// refused. Returns the normalised path with its query and fragment.
+pub fn checked_return_to(return_to: &str) -> Result<String, Error> {
+    let refused = || Error::BadRequest("return_to must be a path on this site, like /cart.");
     if return_to.is_empty() {
-        return Ok("/");
+        return Ok("/".to_string());
     }
     let bytes = return_to.as_bytes();
     if bytes[0] != b'/'
-        || bytes.get(1).is_some_and(|b| *b == b'/' || *b == b'\\')
         || return_to.len() > 2048
         || bytes.iter().any(|b| b.is_ascii_control() || *b == b'\\' || *b == b' ')
     {
-        return Err(refused);
+        return Err(refused());
     }
-    Ok(return_to)
+    let base =
+        url::Url::parse("http://tokengate.invalid/").map_err(|_| Error::Internal("return_to base URL"))?;
+    let joined = base.join(return_to).map_err(|_| refused())?;
+    if joined.host_str() != Some("tokengate.invalid") || !joined.username().is_empty() {
+        return Err(refused());
+    }
+    let path = joined.path();
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(refused());
+    }
+    let mut normalised = path.to_string();
+    if let Some(query) = joined.query() {
+        normalised.push('?');
+        normalised.push_str(query);
+    }
+    if let Some(fragment) = joined.fragment() {
+        normalised.push('#');
+        normalised.push_str(fragment);
+    }
+    Ok(normalised)
 }
 
 #[cfg(test)]
@@ -198,8 +190,25 @@ mod tests {
         for good in ["/", "/cart", "/a/b?c=d#e", ""] {
             assert!(checked_return_to(good).is_ok(), "{good}");
         }
-        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "cart", "/a\nb", "/a\\b"] {
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "cart",
+            "/a\nb",
+            "/a\\b",
+            "/..//evil.example",
+            "/%2e%2e//evil.example",
+            "/./..//evil.example/x",
+        ] {
             assert!(checked_return_to(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn return_to_is_normalised_before_use() {
+        assert_eq!(checked_return_to("/a/../cart?x=1#top").ok().as_deref(), Some("/cart?x=1#top"));
+        assert_eq!(checked_return_to("/shop/./items").ok().as_deref(), Some("/shop/items"));
+        assert_eq!(checked_return_to("/..").ok().as_deref(), Some("/"));
     }
 }

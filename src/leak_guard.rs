@@ -72,14 +72,10 @@ impl LeakGuard {
     }
 }
 
+/// The hit, as an error: logged (as a security event) and counted where every error
+/// becomes a response, once.
 fn blocked(place: &'static str) -> Error {
-    tracing::warn!(
-        target: "tokengate::security",
-        event = "token_leak_blocked",
-        place,
-        "an upstream response carried the session's token; replaced with 502"
-    );
-    Error::TokenLeakBlocked
+    Error::TokenLeakBlocked { place }
 }
 
 /// One searcher per token, built once per response (building one per header value was
@@ -175,16 +171,16 @@ mod tests {
     #[tokio::test]
     async fn a_token_in_a_json_body_is_blocked() {
         let leaked = response("application/json", r#"{"echo":"access-0123456789abcdef"}"#);
-        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked)));
+        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
         let refresh = response("text/plain", "refresh-0123456789abcdef");
-        assert!(matches!(guard().inspect(refresh, &record()).await, Err(Error::TokenLeakBlocked)));
+        assert!(matches!(guard().inspect(refresh, &record()).await, Err(Error::TokenLeakBlocked { .. })));
     }
 
     #[tokio::test]
     async fn a_token_in_a_header_is_blocked_whatever_the_body() {
         let mut leaked = response("image/png", "binary");
         leaked.headers_mut().insert("x-debug", http::HeaderValue::from_static("t=access-0123456789abcdef"));
-        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked)));
+        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
     }
 
     #[tokio::test]

@@ -16,23 +16,26 @@ pub mod secret;
 // The request path, in the order a request meets it.
 pub mod server;
 pub mod app;
+pub mod context;
 pub mod router;
 pub mod guard;
 pub mod ratelimit;
 pub mod cookie;
 pub mod endpoints;
 pub mod forward;
+pub mod protocol;
 pub mod leak_guard;
 pub mod body;
 pub mod error;
 
 // Sessions, tokens and the hosted login.
 pub mod callback;
+pub mod clock;
 pub mod hosted_login;
-pub mod oauth;
 pub mod session;
 pub mod session_id;
 pub mod store;
+pub mod tokens;
 
 // The edges.
 pub mod tls;

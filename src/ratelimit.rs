@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::RateLimitConfig;
 use crate::error::Error;
@@ -69,24 +69,49 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the peer, or with `trusted_depth` proxies in front, the
-/// address the outermost trusted proxy saw (the `trusted_depth`-th `X-Forwarded-For`
-/// entry from the right). Entries a client wrote itself are never believed.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_depth: usize) -> IpAddr {
-    if trusted_depth == 0 {
-        return peer.ip();
+/// Who sent a request, worked out once from the peer and `X-Forwarded-For`.
+#[derive(Debug, Clone)]
+pub struct ClientAddress {
+    /// The client: the peer, or with `trusted_depth` proxies in front, the address the
+    /// outermost trusted proxy saw (the `trusted_depth`-th `X-Forwarded-For` entry from
+    /// the right). Entries a client wrote itself are never believed.
+    pub ip: IpAddr,
+    /// `X-Forwarded-For` for the API: the entries the trusted proxies added, then the
+    /// peer. Entries to the left of them were written by the client and are dropped.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ClientAddress {
+    /// The address of a request from `peer` with these headers.
+    pub fn of(peer: SocketAddr, headers: &HeaderMap, trusted_depth: usize) -> Self {
+        let peer_ip = peer.ip();
+        if trusted_depth == 0 {
+            return Self { ip: peer_ip, forwarded_for: ip_header(peer_ip) };
+        }
+        let entries = forwarded_for_entries(headers);
+        let trusted = &entries[entries.len().saturating_sub(trusted_depth)..];
+        let ip = entries
+            .len()
+            .checked_sub(trusted_depth)
+            .and_then(|index| entries.get(index))
+            .and_then(|entry| entry.parse::<IpAddr>().ok())
+            .unwrap_or(peer_ip);
+        let mut value = trusted.join(", ");
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(&peer_ip.to_string());
+        let forwarded_for = HeaderValue::from_str(&value).unwrap_or_else(|_| ip_header(peer_ip));
+        Self { ip, forwarded_for }
     }
-    let entries = forwarded_for_entries(headers);
-    entries
-        .len()
-        .checked_sub(trusted_depth)
-        .and_then(|index| entries.get(index))
-        .and_then(|entry| entry.parse::<IpAddr>().ok())
-        .unwrap_or_else(|| peer.ip())
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The entries of every `X-Forwarded-For` header, left to right.
-pub fn forwarded_for_entries(headers: &HeaderMap) -> Vec<&str> {
+fn forwarded_for_entries(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all("x-forwarded-for")
         .iter()
@@ -100,7 +125,6 @@ pub fn forwarded_for_entries(headers: &HeaderMap) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn peer() -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], 5000))
@@ -112,9 +136,22 @@ mod tests {
         headers
     }
 
+    fn client_ip(peer: SocketAddr, headers: &HeaderMap, depth: usize) -> IpAddr {
+        ClientAddress::of(peer, headers, depth).ip
+    }
+
     #[test]
     fn without_trusted_proxies_the_peer_is_the_client() {
         assert_eq!(client_ip(peer(), &forwarded("1.2.3.4"), 0), peer().ip());
+    }
+
+    #[test]
+    fn forwarded_for_trusts_the_chain_only_when_told() {
+        let headers = forwarded("6.6.6.6, 198.51.100.1");
+        let forwarded_for = |depth| ClientAddress::of(peer(), &headers, depth).forwarded_for;
+        assert_eq!(forwarded_for(0), "10.0.0.1");
+        assert_eq!(forwarded_for(1), "198.51.100.1, 10.0.0.1", "6.6.6.6 was written by the client");
+        assert_eq!(forwarded_for(2), "6.6.6.6, 198.51.100.1, 10.0.0.1");
     }
 
     #[test]

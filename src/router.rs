@@ -36,9 +36,9 @@ pub enum Target<'a> {
     NotFound,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     /// A short label for logs and metrics; never the raw path.
-    pub fn label(&self) -> &str {
+    pub fn label(&self) -> &'a str {
         match self {
             Target::Endpoint(Endpoint::Session) => "/session",
             Target::Endpoint(Endpoint::Guest) => "/session/guest",

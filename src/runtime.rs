@@ -16,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::app::App;
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::forward::Forwarder;
+use crate::hosted_login::HostedLogin;
 use crate::metrics::Metrics;
-use crate::oauth::TokenClient;
+use crate::ratelimit::SessionRateLimit;
 use crate::server::{self, ServeOptions};
-use crate::session::{now_secs, Sessions};
+use crate::session::{Parts, Sessions, Settings};
 use crate::store::{snapshot, MemoryStore, Store};
 use crate::telemetry;
+use crate::tokens::DigitalRiverClient;
 use crate::upstream;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
@@ -78,7 +81,7 @@ pub async fn run_on(
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&config.routes)));
     let http = upstream::build_client(&config.upstream)?;
-    let tokens = Arc::new(TokenClient::new(
+    let tokens = Arc::new(DigitalRiverClient::new(
         http.clone(),
         &config.upstream.base,
         &config.oauth,
@@ -90,13 +93,21 @@ pub async fn run_on(
         StoreKind::Memory => Store::Memory(MemoryStore::new(config.session.max_sessions)),
     });
     snapshot::load_into(&store, &config.store)?;
-    let sessions = Arc::new(Sessions::new(&config, Arc::clone(&store), tokens, Arc::clone(&metrics)));
+    let sessions = Arc::new(Sessions::new(Parts {
+        settings: Settings::new(&config.session, &config.oauth),
+        store: Arc::clone(&store),
+        tokens,
+        rate_limit: SessionRateLimit::new(&config.rate_limit),
+        hosted_login: HostedLogin::new(&config),
+        clock: Clock::System,
+        metrics: Arc::clone(&metrics),
+    }));
     let forwarder = Forwarder::new(
         http,
         config.upstream.base.clone(),
         config.upstream.request_timeout,
-        config.leak_guard.enabled,
-        config.server.max_body_bytes,
+        config.server.public_origin.as_deref(),
+        Arc::clone(&metrics),
     );
     let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
     let tls = config.server.tls.as_ref().map(crate::tls::acceptor).transpose()?;
@@ -111,12 +122,8 @@ pub async fn run_on(
     on_bound(bound);
 
     let options = ServeOptions::from_config(&config.server);
-    let sweeper = tokio::spawn(sweep_forever(
-        Arc::clone(&sessions),
-        Arc::clone(&app),
-        config.session.sweep_interval,
-        shutdown.clone(),
-    ));
+    let sweeper =
+        tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
     let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), shutdown.clone()));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
@@ -188,21 +195,13 @@ fn reload(app: &App) {
 }
 
 /// Deletes expired sessions and pending logins every `interval` until shutdown.
-async fn sweep_forever(
-    sessions: Arc<Sessions>,
-    app: Arc<App>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+async fn sweep_forever(sessions: Arc<Sessions>, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
-        let now = now_secs();
-        if let Some(hosted) = app.hosted_login() {
-            hosted.sweep(now);
-        }
+        let now = sessions.clock().now();
         match sessions.sweep(now).await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "expired sessions swept"),

@@ -8,14 +8,24 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-use super::{SessionCounts, SessionKey, SessionKind, SessionRecord, SessionStore, StoreError, StoredSession};
+use super::{
+    Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionKind, SessionRecord,
+    SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+};
+
+/// Pending hosted logins kept at most; beyond this new ones are refused until the sweep.
+const MAX_PENDING_LOGINS: usize = 100_000;
 
 /// Sessions in memory, bounded by `max_sessions`.
 #[derive(Debug)]
 pub struct MemoryStore {
     map: DashMap<SessionKey, Entry, KeyHasher>,
+    /// Keys rotated away or logged out moments ago (see [`Mark`]).
+    marks: DashMap<SessionKey, Mark, KeyHasher>,
+    pending: DashMap<StateKey, PendingLogin>,
     max_sessions: usize,
     guests: AtomicUsize,
     shoppers: AtomicUsize,
@@ -25,6 +35,15 @@ pub struct MemoryStore {
 struct Entry {
     record: Arc<SessionRecord>,
     last_seen: AtomicU64,
+}
+
+/// What became of a key that held a session moments ago, so that a login and a logout
+/// racing on one cookie cannot both win.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// `Some`: rotated to this key by a login; `None`: ended by a logout.
+    successor: Option<SessionKey>,
+    until: u64,
 }
 
 /// Keys are SHA-256 outputs of random ids, already uniform: their first eight bytes are
@@ -64,6 +83,8 @@ impl MemoryStore {
     pub fn new(max_sessions: usize) -> Self {
         Self {
             map: DashMap::with_hasher(KeyHasher),
+            marks: DashMap::with_hasher(KeyHasher),
+            pending: DashMap::new(),
             max_sessions,
             guests: AtomicUsize::new(0),
             shoppers: AtomicUsize::new(0),
@@ -81,9 +102,10 @@ impl MemoryStore {
         self.guests.load(Ordering::Relaxed) + self.shoppers.load(Ordering::Relaxed)
     }
 
-    /// Reserves a slot for one more session, or says the store is full.
-    fn reserve(&self, kind: SessionKind) -> Result<(), StoreError> {
-        if self.len() >= self.max_sessions {
+    /// Reserves a slot for one more session (beyond `max_sessions` by `allowance`, which
+    /// a rotation uses: it frees the old slot a moment later), or says the store is full.
+    fn reserve(&self, kind: SessionKind, allowance: usize) -> Result<(), StoreError> {
+        if self.len() >= self.max_sessions.saturating_add(allowance) {
             return Err(StoreError::Full);
         }
         self.counter(kind).fetch_add(1, Ordering::Relaxed);
@@ -94,8 +116,14 @@ impl MemoryStore {
         self.counter(kind).fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn insert_now(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
-        self.reserve(record.kind)?;
+    fn insert_now(
+        &self,
+        key: SessionKey,
+        record: Arc<SessionRecord>,
+        now: u64,
+        allowance: usize,
+    ) -> Result<(), StoreError> {
+        self.reserve(record.kind, allowance)?;
         let entry = Entry { record, last_seen: AtomicU64::new(now) };
         if let Some(previous) = self.map.insert(key, entry) {
             // A 256-bit collision does not happen; keep the counters right regardless.
@@ -110,28 +138,19 @@ impl MemoryStore {
         Some(entry.record)
     }
 
-    /// Every session with the time it was last used, for the snapshot. The records are
-    /// shared `Arc`s (no token is copied); the map is walked shard by shard and no guard
-    /// outlives the call.
-    pub fn export(&self) -> Vec<(SessionKey, Arc<SessionRecord>, u64)> {
-        self.map
-            .iter()
-            .map(|entry| (*entry.key(), Arc::clone(&entry.record), entry.last_seen.load(Ordering::Relaxed)))
-            .collect()
-    }
-
-    /// Inserts sessions read back from a snapshot, keeping each one's `last_seen`, until
-    /// `max_sessions` is reached (the rest are left out: put the ones to keep first).
-    /// Returns how many went in.
-    pub fn import(&self, entries: impl IntoIterator<Item = (SessionKey, Arc<SessionRecord>, u64)>) -> usize {
-        let mut imported = 0;
-        for (key, record, last_seen) in entries {
-            if self.insert_now(key, record, last_seen).is_err() {
-                break;
+    /// Takes `key` out and leaves `mark` behind, both under the key's shard lock, so a
+    /// concurrent rotation or removal sees either the session or the mark, never neither.
+    /// `Err` holds what was there instead: a mark, or nothing.
+    fn take_leaving_mark(&self, key: &SessionKey, mark: Mark) -> Result<Arc<SessionRecord>, Option<Mark>> {
+        match self.map.entry(*key) {
+            MapEntry::Occupied(occupied) => {
+                self.marks.insert(*key, mark);
+                let (_, entry) = occupied.remove_entry();
+                self.release(entry.record.kind);
+                Ok(entry.record)
             }
-            imported += 1;
+            MapEntry::Vacant(_vacant) => Err(self.marks.get(key).map(|mark| *mark)),
         }
-        imported
     }
 }
 
@@ -143,19 +162,31 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
-        self.insert_now(key, record, now)
+    fn has_room(&self) -> bool {
+        self.len() < self.max_sessions
     }
 
-    async fn update(&self, key: &SessionKey, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
-        let Some(mut entry) = self.map.get_mut(key) else { return Ok(false) };
+    async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
+        self.insert_now(key, record, now, 0)
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected_generation: u64,
+        record: Arc<SessionRecord>,
+    ) -> Result<Swap, StoreError> {
+        let Some(mut entry) = self.map.get_mut(key) else { return Ok(Swap::Missing) };
+        if entry.record.generation != expected_generation {
+            return Ok(Swap::Stale(Arc::clone(&entry.record)));
+        }
         let old_kind = entry.record.kind;
         if old_kind != record.kind {
             self.release(old_kind);
             self.counter(record.kind).fetch_add(1, Ordering::Relaxed);
         }
         entry.record = record;
-        Ok(true)
+        Ok(Swap::Done)
     }
 
     async fn touch(&self, key: &SessionKey, now: u64) -> Result<(), StoreError> {
@@ -165,8 +196,26 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.remove_now(key))
+    async fn end(&self, key: &SessionKey, now: u64) -> Result<Removal, StoreError> {
+        let ended = Mark { successor: None, until: now.saturating_add(MARK_SECS) };
+        Ok(match self.take_leaving_mark(key, ended) {
+            Ok(record) => Removal::Removed(record),
+            Err(Some(Mark { successor: Some(next), .. })) => Removal::Moved(next),
+            Err(_) => Removal::Absent,
+        })
+    }
+
+    async fn remove_if(&self, key: &SessionKey, expected_generation: u64) -> Result<Swap, StoreError> {
+        if let Some((_, entry)) =
+            self.map.remove_if(key, |_, entry| entry.record.generation == expected_generation)
+        {
+            self.release(entry.record.kind);
+            return Ok(Swap::Done);
+        }
+        Ok(match self.map.get(key) {
+            Some(entry) => Swap::Stale(Arc::clone(&entry.record)),
+            None => Swap::Missing,
+        })
     }
 
     async fn rotate(
@@ -175,19 +224,37 @@ impl SessionStore for MemoryStore {
         new: SessionKey,
         record: Arc<SessionRecord>,
         now: u64,
-    ) -> Result<(), StoreError> {
-        // Remove first so a rotation at max_sessions frees the slot it takes.
-        let removed = old.and_then(|key| self.remove_now(key));
-        match self.insert_now(new, record, now) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                // Put the old session back rather than lose it.
-                if let (Some(key), Some(record)) = (old, removed) {
-                    let _ = self.insert_now(*key, record, now);
-                }
-                Err(error)
+    ) -> Result<Rotation, StoreError> {
+        let Some(old) = old else {
+            self.insert_now(new, record, now, 0)?;
+            return Ok(Rotation::Done { previous: None });
+        };
+        // The new session goes in first (nobody knows its id yet), so that whoever
+        // follows the old key's mark finds it.
+        self.insert_now(new, record, now, 1)?;
+        let moved = Mark { successor: Some(new), until: now.saturating_add(MARK_SECS) };
+        match self.take_leaving_mark(old, moved) {
+            Ok(previous) => Ok(Rotation::Done { previous: Some(previous) }),
+            // Gone by expiry: nothing to take over, nothing raced.
+            Err(None) => Ok(Rotation::Done { previous: None }),
+            // Rotated by another login or ended by a logout first: that one won.
+            Err(Some(_)) => {
+                self.remove_now(&new);
+                Ok(Rotation::Conflict)
             }
         }
+    }
+
+    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
+        if self.pending.len() >= MAX_PENDING_LOGINS {
+            return Err(StoreError::Full);
+        }
+        self.pending.insert(state, pending);
+        Ok(())
+    }
+
+    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
+        Ok(self.pending.remove(state).map(|(_, pending)| pending))
     }
 
     async fn sweep(&self, now: u64, idle_before: u64) -> Result<usize, StoreError> {
@@ -201,6 +268,8 @@ impl SessionStore for MemoryStore {
             }
             alive
         });
+        self.marks.retain(|_, mark| mark.until > now);
+        self.pending.retain(|_, pending| pending.expires_at > now);
         Ok(removed)
     }
 
@@ -214,6 +283,29 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// The records are shared `Arc`s (no token is copied); the map is walked shard by
+    /// shard and no guard outlives the call.
+    fn export(&self) -> Result<Vec<Exported>, StoreError> {
+        Ok(self
+            .map
+            .iter()
+            .map(|entry| (*entry.key(), Arc::clone(&entry.record), entry.last_seen.load(Ordering::Relaxed)))
+            .collect())
+    }
+
+    /// Keeps each session's `last_seen`; stops at `max_sessions` (put the ones to keep
+    /// first).
+    fn import(&self, entries: Vec<Exported>) -> Result<usize, StoreError> {
+        let mut imported = 0;
+        for (key, record, last_seen) in entries {
+            if self.insert_now(key, record, last_seen, 0).is_err() {
+                break;
+            }
+            imported += 1;
+        }
+        Ok(imported)
+    }
 }
 
 #[cfg(test)]
@@ -222,14 +314,18 @@ mod tests {
     use crate::secret::AccessToken;
 
     fn record(kind: SessionKind, absolute_expires_at: u64) -> Arc<SessionRecord> {
+        with_generation(kind, absolute_expires_at, 0)
+    }
+
+    fn with_generation(kind: SessionKind, absolute_expires_at: u64, generation: u64) -> Arc<SessionRecord> {
         Arc::new(SessionRecord {
             kind,
-            access_token: AccessToken::new("at"),
+            access_token: AccessToken::new(format!("at-{generation}")),
             refresh_token: None,
             access_expires_at: 100,
             created_at: 0,
             absolute_expires_at,
-            generation: 0,
+            generation,
         })
     }
 
@@ -237,59 +333,131 @@ mod tests {
         SessionKey([n; 32])
     }
 
+    async fn generation_of(store: &MemoryStore, n: u8) -> Option<u64> {
+        store.get(&key(n)).await.expect("memory stores answer").map(|stored| stored.record.generation)
+    }
+
     #[tokio::test]
     async fn full_store_refuses_new_sessions_and_keeps_old_ones() {
         let store = MemoryStore::new(2);
-        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.unwrap_or_else(|e| panic!("{e}"));
-        store.insert(key(2), record(SessionKind::Shopper, 1000), 0).await.unwrap_or_else(|e| panic!("{e}"));
+        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.expect("room");
+        store.insert(key(2), record(SessionKind::Shopper, 1000), 0).await.expect("room");
+        assert!(!store.has_room());
         assert!(matches!(
             store.insert(key(3), record(SessionKind::Guest, 1000), 0).await,
             Err(StoreError::Full)
         ));
-        assert!(store.get(&key(1)).await.ok().flatten().is_some());
+        assert!(generation_of(&store, 1).await.is_some());
         assert_eq!(store.counts(), SessionCounts { guests: 1, shoppers: 1 });
     }
 
     #[tokio::test]
     async fn rotation_kills_the_old_key_and_works_when_full() {
         let store = MemoryStore::new(1);
-        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.unwrap_or_else(|e| panic!("{e}"));
-        store
-            .rotate(Some(&key(1)), key(2), record(SessionKind::Shopper, 1000), 5)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(store.get(&key(1)).await.ok().flatten().is_none());
-        assert!(store.get(&key(2)).await.ok().flatten().is_some());
+        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.expect("room");
+        let rotation = store.rotate(Some(&key(1)), key(2), record(SessionKind::Shopper, 1000), 5).await;
+        assert!(matches!(rotation, Ok(Rotation::Done { previous: Some(_) })), "{rotation:?}");
+        assert!(generation_of(&store, 1).await.is_none());
+        assert!(generation_of(&store, 2).await.is_some());
         assert_eq!(store.counts(), SessionCounts { guests: 0, shoppers: 1 });
     }
 
     #[tokio::test]
-    async fn sweep_removes_idle_and_absolute_expired_sessions() {
+    async fn a_second_rotation_of_one_key_conflicts_and_changes_nothing() {
         let store = MemoryStore::new(10);
-        store.insert(key(1), record(SessionKind::Guest, 1000), 10).await.unwrap_or_else(|e| panic!("{e}"));
-        store.insert(key(2), record(SessionKind::Guest, 50), 90).await.unwrap_or_else(|e| panic!("{e}"));
-        store.insert(key(3), record(SessionKind::Guest, 1000), 90).await.unwrap_or_else(|e| panic!("{e}"));
-        let removed = store.sweep(100, 20).await.unwrap_or(0);
+        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.expect("room");
+        let first = store.rotate(Some(&key(1)), key(2), record(SessionKind::Shopper, 1000), 5).await;
+        assert!(matches!(first, Ok(Rotation::Done { .. })));
+        let second = store.rotate(Some(&key(1)), key(3), record(SessionKind::Shopper, 1000), 5).await;
+        assert!(matches!(second, Ok(Rotation::Conflict)), "{second:?}");
+        assert!(generation_of(&store, 3).await.is_none(), "the loser's session was not kept");
+        assert_eq!(store.counts(), SessionCounts { guests: 0, shoppers: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_rotation_after_a_logout_conflicts_and_a_logout_after_a_rotation_finds_the_successor() {
+        let store = MemoryStore::new(10);
+        store.insert(key(1), record(SessionKind::Guest, 1000), 0).await.expect("room");
+        assert!(matches!(store.end(&key(1), 5).await, Ok(Removal::Removed(_))));
+        let late = store.rotate(Some(&key(1)), key(2), record(SessionKind::Shopper, 1000), 5).await;
+        assert!(matches!(late, Ok(Rotation::Conflict)), "{late:?}");
+
+        store.insert(key(4), record(SessionKind::Guest, 1000), 0).await.expect("room");
+        store.rotate(Some(&key(4)), key(5), record(SessionKind::Shopper, 1000), 5).await.expect("rotates");
+        assert!(matches!(store.end(&key(4), 6).await, Ok(Removal::Moved(next)) if next == key(5)));
+        assert!(matches!(store.end(&key(9), 6).await, Ok(Removal::Absent)));
+    }
+
+    #[tokio::test]
+    async fn an_expired_old_key_is_no_obstacle_and_marks_expire() {
+        let store = MemoryStore::new(10);
+        // Never stored (or swept): a login with a dead cookie just starts a session.
+        let rotation = store.rotate(Some(&key(1)), key(2), record(SessionKind::Shopper, 1000), 5).await;
+        assert!(matches!(rotation, Ok(Rotation::Done { previous: None })));
+        store.end(&key(2), 10).await.expect("ends");
+        store.sweep(10 + MARK_SECS, 0).await.expect("sweeps");
+        let again = store.rotate(Some(&key(2)), key(3), record(SessionKind::Shopper, 1000), 20).await;
+        assert!(matches!(again, Ok(Rotation::Done { previous: None })), "the mark was swept: {again:?}");
+    }
+
+    #[tokio::test]
+    async fn replace_and_remove_if_compare_the_generation() {
+        let store = MemoryStore::new(10);
+        store.insert(key(1), with_generation(SessionKind::Guest, 1000, 0), 0).await.expect("room");
+        let swap = store.replace(&key(1), 0, with_generation(SessionKind::Guest, 1000, 1)).await;
+        assert!(matches!(swap, Ok(Swap::Done)));
+        // A writer that still thinks generation 0 is current cannot bring it back.
+        let stale = store.replace(&key(1), 0, with_generation(SessionKind::Guest, 1000, 7)).await;
+        assert!(matches!(stale, Ok(Swap::Stale(ref now)) if now.generation == 1), "{stale:?}");
+        assert!(matches!(store.remove_if(&key(1), 0).await, Ok(Swap::Stale(_))));
+        assert_eq!(generation_of(&store, 1).await, Some(1));
+        assert!(matches!(store.remove_if(&key(1), 1).await, Ok(Swap::Done)));
+        assert!(matches!(
+            store.replace(&key(1), 1, with_generation(SessionKind::Guest, 1000, 2)).await,
+            Ok(Swap::Missing)
+        ));
+        assert!(generation_of(&store, 1).await.is_none(), "a removed session is never resurrected");
+        assert_eq!(store.counts(), SessionCounts::default());
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_idle_and_absolute_expired_sessions_and_pending_logins() {
+        let store = MemoryStore::new(10);
+        store.insert(key(1), record(SessionKind::Guest, 1000), 10).await.expect("room");
+        store.insert(key(2), record(SessionKind::Guest, 50), 90).await.expect("room");
+        store.insert(key(3), record(SessionKind::Guest, 1000), 90).await.expect("room");
+        let pending = |expires_at| PendingLogin {
+            session_key: key(3),
+            return_to: "/".into(),
+            carried_guest: None,
+            expires_at,
+        };
+        store.put_pending([1; 32], pending(99)).await.expect("room");
+        store.put_pending([2; 32], pending(200)).await.expect("room");
+        let removed = store.sweep(100, 20).await.expect("sweeps");
         assert_eq!(removed, 2);
-        assert!(store.get(&key(3)).await.ok().flatten().is_some());
+        assert!(generation_of(&store, 3).await.is_some());
         assert_eq!(store.counts().guests, 1);
+        assert!(store.take_pending(&[1; 32]).await.expect("answers").is_none());
+        assert!(store.take_pending(&[2; 32]).await.expect("answers").is_some());
+        assert!(store.take_pending(&[2; 32]).await.expect("answers").is_none(), "taken once");
     }
 
     #[tokio::test]
     async fn export_then_import_keeps_records_last_seen_and_counts() {
         let store = MemoryStore::new(10);
-        store.insert(key(1), record(SessionKind::Guest, 1000), 10).await.unwrap_or_else(|e| panic!("{e}"));
-        store.insert(key(2), record(SessionKind::Shopper, 1000), 20).await.unwrap_or_else(|e| panic!("{e}"));
-        store.touch(&key(2), 30).await.unwrap_or_else(|e| panic!("{e}"));
-        let mut exported = store.export();
+        store.insert(key(1), record(SessionKind::Guest, 1000), 10).await.expect("room");
+        store.insert(key(2), record(SessionKind::Shopper, 1000), 20).await.expect("room");
+        store.touch(&key(2), 30).await.expect("touches");
+        let mut exported = store.export().expect("exports");
         exported.sort_by_key(|(key, _, _)| key.0);
         assert_eq!(exported.len(), 2);
         assert_eq!(exported[1].2, 30);
 
         let copy = MemoryStore::new(10);
-        assert_eq!(copy.import(exported), 2);
+        assert_eq!(copy.import(exported).expect("imports"), 2);
         assert_eq!(copy.counts(), SessionCounts { guests: 1, shoppers: 1 });
-        let shopper = copy.get(&key(2)).await.ok().flatten().unwrap_or_else(|| panic!("missing"));
+        let shopper = copy.get(&key(2)).await.expect("answers").expect("imported");
         assert_eq!(shopper.last_seen, 30);
         assert_eq!(shopper.record.kind, SessionKind::Shopper);
     }
@@ -297,16 +465,9 @@ mod tests {
     #[tokio::test]
     async fn import_stops_at_max_sessions() {
         let store = MemoryStore::new(2);
-        let entries = (1..=3).map(|n| (key(n), record(SessionKind::Guest, 1000), u64::from(n)));
-        assert_eq!(store.import(entries), 2);
+        let entries = (1..=3).map(|n| (key(n), record(SessionKind::Guest, 1000), u64::from(n))).collect();
+        assert_eq!(store.import(entries).expect("imports"), 2);
         assert_eq!(store.counts().guests, 2);
-        assert!(store.get(&key(3)).await.ok().flatten().is_none());
-    }
-
-    #[tokio::test]
-    async fn update_never_resurrects_a_removed_session() {
-        let store = MemoryStore::new(10);
-        assert!(!store.update(&key(9), record(SessionKind::Guest, 1000)).await.unwrap_or(true));
-        assert!(store.get(&key(9)).await.ok().flatten().is_none());
+        assert!(generation_of(&store, 3).await.is_none());
     }
 }

@@ -1,10 +1,23 @@
 //! Session storage: the [`SessionStore`] trait and its backends.
 //!
 //! A store keeps [`SessionRecord`]s under a [`SessionKey`] (the hash of the cookie
-//! value). It never speaks HTTP, never calls the token endpoint and never sees cookies.
-//! Records are immutable and shared as `Arc`s, so a lookup on the memory store costs a
+//! value), and the hosted login's pending states under the hash of the state. It never
+//! speaks HTTP, never calls the token endpoint and never sees cookies. Records are
+//! immutable and shared as `Arc`s, so a lookup on the memory store costs a
 //! reference-count increment, not a copy of the tokens. Idle time is tracked apart from
 //! the record (`touch`), so a request does not rewrite the tokens to say it was here.
+//!
+//! **Every write that replaces tokens is a compare-and-set on the record's
+//! generation** ([`SessionStore::replace`], [`SessionStore::remove_if`]), so a writer
+//! holding a stale view (a refresh whose lease ran out, a replica that lost a race) can
+//! never bring back a refresh token that was rotated away, nor delete a session someone
+//! else already renewed.
+//!
+//! **A login and a logout racing on one cookie cannot both win.** A rotation
+//! ([`SessionStore::rotate`]) and a logout ([`SessionStore::end`]) each leave a
+//! short-lived mark on the old key: a second rotation of that key finds the mark and
+//! fails ([`Rotation::Conflict`]), and a logout that finds a rotation's mark learns the
+//! successor ([`Removal::Moved`]) and ends it too.
 
 pub mod memory;
 pub mod snapshot;
@@ -16,6 +29,10 @@ use crate::secret::{AccessToken, RefreshToken};
 use crate::session_id::SessionKey;
 
 pub use memory::MemoryStore;
+
+/// How long a rotated-away or logged-out key keeps its mark: long enough for any request
+/// that was in flight at the time to finish.
+pub const MARK_SECS: u64 = 120;
 
 /// What kind of shopper a session belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +65,7 @@ pub struct SessionRecord {
     /// The session ends at this time whatever happens (absolute timeout).
     pub absolute_expires_at: u64,
     /// Incremented at every token change, so a waiter can tell whether the tokens it
-    /// saw have been refreshed by someone else.
+    /// saw have been refreshed by someone else, and a writer can compare-and-set.
     pub generation: u64,
 }
 
@@ -62,13 +79,68 @@ pub struct StoredSession {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// `max_sessions` is reached; existing sessions are untouched.
+    /// `max_sessions` (or the cap on pending logins) is reached; existing entries are
+    /// untouched.
     #[error("session store is full")]
     Full,
     /// The backend cannot be reached or answered garbage.
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// The backend cannot do this (e.g. a snapshot of a shared store).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
+
+/// The outcome of a compare-and-set on a session's generation.
+#[derive(Debug)]
+pub enum Swap {
+    /// The record had the expected generation and was replaced (or removed).
+    Done,
+    /// No session under that key any more.
+    Missing,
+    /// Someone else changed the record first; this is what it holds now.
+    Stale(Arc<SessionRecord>),
+}
+
+/// The outcome of moving a session to a new key.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The new key holds the new record; the old key (if any) is gone and its record is
+    /// returned, so the caller can revoke tokens nobody holds any more.
+    Done { previous: Option<Arc<SessionRecord>> },
+    /// The old session was logged out or rotated by a concurrent login moments before:
+    /// that one won, and nothing changed.
+    Conflict,
+}
+
+/// What a removal found.
+#[derive(Debug)]
+pub enum Removal {
+    /// The session was there and is gone now.
+    Removed(Arc<SessionRecord>),
+    /// The key had been rotated to this successor moments ago.
+    Moved(SessionKey),
+    /// Nothing under that key.
+    Absent,
+}
+
+/// A hosted login that went to the API's page and has not come back yet.
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    /// The session that started it; only that session may complete it.
+    pub session_key: SessionKey,
+    /// Where to send the browser afterwards (a checked same-origin path).
+    pub return_to: String,
+    /// The guest token put into the authorize URL, to revoke once the login completes.
+    pub carried_guest: Option<AccessToken>,
+    pub expires_at: u64,
+}
+
+/// The key a pending login is stored under: SHA-256 of its `state`.
+pub type StateKey = [u8; 32];
+
+/// One session as exported for a snapshot: key, record, last use.
+pub type Exported = (SessionKey, Arc<SessionRecord>, u64);
 
 /// Session counts by kind, for metrics and the admin endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,12 +149,18 @@ pub struct SessionCounts {
     pub shoppers: usize,
 }
 
-/// The operations tokengate needs from a session store.
+/// The operations tokengate needs from a session store. Each one is a single step for
+/// the backend (one lock, one script), so callers never read-modify-write across calls.
 pub trait SessionStore: Send + Sync + 'static {
     /// The session under `key`, if any (expired ones included: expiry is policy,
     /// decided by the session layer).
     fn get(&self, key: &SessionKey)
         -> impl Future<Output = Result<Option<StoredSession>, StoreError>> + Send;
+
+    /// Whether a new session would likely fit, answered without counting the store
+    /// (minting a token that would then be thrown away is the cost avoided). `insert`
+    /// remains the authority.
+    fn has_room(&self) -> bool;
 
     /// Adds a new session. Fails with [`StoreError::Full`] at `max_sessions`.
     fn insert(
@@ -92,35 +170,58 @@ pub trait SessionStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Replaces the record of an existing session; `false` if it no longer exists (it is
-    /// never resurrected).
-    fn update(
+    /// Replaces the record of `key` if its generation is still `expected_generation`.
+    /// A removed session is never resurrected.
+    fn replace(
         &self,
         key: &SessionKey,
+        expected_generation: u64,
         record: Arc<SessionRecord>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Swap, StoreError>> + Send;
 
-    /// Notes that the session was used at `now` (idle timeout).
+    /// Notes that the session was used at `now` (idle timeout), without rewriting it.
     fn touch(&self, key: &SessionKey, now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes a session, returning what it held.
-    fn remove(
+    /// Ends a session at the browser's request (logout), leaving a mark for
+    /// [`MARK_SECS`] so a login racing it cannot rotate the session away afterwards.
+    fn end(&self, key: &SessionKey, now: u64) -> impl Future<Output = Result<Removal, StoreError>> + Send;
+
+    /// Deletes the session only if its generation is still `expected_generation`
+    /// (expiry, a dead grant). Leaves no mark.
+    fn remove_if(
         &self,
         key: &SessionKey,
-    ) -> impl Future<Output = Result<Option<Arc<SessionRecord>>, StoreError>> + Send;
+        expected_generation: u64,
+    ) -> impl Future<Output = Result<Swap, StoreError>> + Send;
 
-    /// Moves a session to a new key in one step (login rotates the id): the old key
-    /// stops working at once.
+    /// Moves a session to a new key in one step (login rotates the id): the new key
+    /// gets `record`, the old key stops working at once and points at the new one for
+    /// [`MARK_SECS`]. An `old` key that holds nothing (expired) is no obstacle; one that
+    /// holds a mark (a concurrent login or logout got there first) is
+    /// [`Rotation::Conflict`] and nothing changes.
     fn rotate(
         &self,
         old: Option<&SessionKey>,
         new: SessionKey,
         record: Arc<SessionRecord>,
         now: u64,
+    ) -> impl Future<Output = Result<Rotation, StoreError>> + Send;
+
+    /// Keeps a pending hosted login under `state` until it is taken or expires.
+    fn put_pending(
+        &self,
+        state: StateKey,
+        pending: PendingLogin,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes every session idle since before `idle_before` or past its absolute end;
-    /// returns how many went.
+    /// Takes (and so ends) the pending login under `state`, expired or not.
+    fn take_pending(
+        &self,
+        state: &StateKey,
+    ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
+
+    /// Deletes every session idle since before `idle_before` or past its absolute end,
+    /// expired pending logins and rotation marks; returns how many sessions went.
     fn sweep(&self, now: u64, idle_before: u64) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Live session counts by kind.
@@ -128,6 +229,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the backend answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every session, for the snapshot writer. A shared store answers `Unsupported`.
+    fn export(&self) -> Result<Vec<Exported>, StoreError>;
+
+    /// Sessions read back from a snapshot, until `max_sessions`; returns how many went in.
+    fn import(&self, entries: Vec<Exported>) -> Result<usize, StoreError>;
 }
 
 /// The configured backend. An enum rather than a trait object: no allocation per call,
@@ -137,35 +244,47 @@ pub enum Store {
     Memory(MemoryStore),
 }
 
+/// Forwards a trait method to the backend.
+macro_rules! each_backend {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Memory($store) => $call,
+        }
+    };
+}
+
 impl SessionStore for Store {
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
-        match self {
-            Store::Memory(store) => store.get(key).await,
-        }
+        each_backend!(self, store => store.get(key).await)
+    }
+
+    fn has_room(&self) -> bool {
+        each_backend!(self, store => store.has_room())
     }
 
     async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(store) => store.insert(key, record, now).await,
-        }
+        each_backend!(self, store => store.insert(key, record, now).await)
     }
 
-    async fn update(&self, key: &SessionKey, record: Arc<SessionRecord>) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(store) => store.update(key, record).await,
-        }
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected_generation: u64,
+        record: Arc<SessionRecord>,
+    ) -> Result<Swap, StoreError> {
+        each_backend!(self, store => store.replace(key, expected_generation, record).await)
     }
 
     async fn touch(&self, key: &SessionKey, now: u64) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(store) => store.touch(key, now).await,
-        }
+        each_backend!(self, store => store.touch(key, now).await)
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        match self {
-            Store::Memory(store) => store.remove(key).await,
-        }
+    async fn end(&self, key: &SessionKey, now: u64) -> Result<Removal, StoreError> {
+        each_backend!(self, store => store.end(key, now).await)
+    }
+
+    async fn remove_if(&self, key: &SessionKey, expected_generation: u64) -> Result<Swap, StoreError> {
+        each_backend!(self, store => store.remove_if(key, expected_generation).await)
     }
 
     async fn rotate(
@@ -174,27 +293,35 @@ impl SessionStore for Store {
         new: SessionKey,
         record: Arc<SessionRecord>,
         now: u64,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(store) => store.rotate(old, new, record, now).await,
-        }
+    ) -> Result<Rotation, StoreError> {
+        each_backend!(self, store => store.rotate(old, new, record, now).await)
+    }
+
+    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
+        each_backend!(self, store => store.put_pending(state, pending).await)
+    }
+
+    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
+        each_backend!(self, store => store.take_pending(state).await)
     }
 
     async fn sweep(&self, now: u64, idle_before: u64) -> Result<usize, StoreError> {
-        match self {
-            Store::Memory(store) => store.sweep(now, idle_before).await,
-        }
+        each_backend!(self, store => store.sweep(now, idle_before).await)
     }
 
     fn counts(&self) -> SessionCounts {
-        match self {
-            Store::Memory(store) => store.counts(),
-        }
+        each_backend!(self, store => store.counts())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(store) => store.ping().await,
-        }
+        each_backend!(self, store => store.ping().await)
+    }
+
+    fn export(&self) -> Result<Vec<Exported>, StoreError> {
+        each_backend!(self, store => store.export())
+    }
+
+    fn import(&self, entries: Vec<Exported>) -> Result<usize, StoreError> {
+        each_backend!(self, store => store.import(entries))
     }
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::Store;
+use super::{SessionStore, Store};
 use crate::config::{SnapshotConfig, SnapshotOnError, StoreConfig};
 use crate::secret::EncryptionKey;
 use sealed::{open, seal, Entry, Unreadable};
@@ -39,7 +39,6 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Loads the snapshot into `store` at start, as `config.snapshot` says.
 pub fn load_into(store: &Store, config: &StoreConfig) -> Result<(), String> {
     let Some(snapshot) = &config.snapshot else { return Ok(()) };
-    let Store::Memory(memory) = store;
     let file = snapshot.file.display();
     // Fail now, not at shutdown, if the directory cannot take a write.
     probe_directory(&snapshot.file)
@@ -58,7 +57,9 @@ pub fn load_into(store: &Store, config: &StoreConfig) -> Result<(), String> {
         Err(error) => return unreadable(snapshot, &error),
     };
     let found = opened.sessions.len();
-    let imported = memory.import(opened.sessions);
+    let imported = store
+        .import(opened.sessions)
+        .map_err(|error| format!("store.snapshot_file {file}: this store cannot load a snapshot: {error}"))?;
     if imported < found {
         tracing::warn!(
             dropped = found - imported,
@@ -135,9 +136,8 @@ async fn write(
 ) -> Result<Option<[u8; 32]>, String> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let Store::Memory(memory) = &*store;
         let now = now_secs();
-        let mut entries = memory.export();
+        let mut entries = store.export().map_err(|error| format!("snapshot: {error}"))?;
         entries.retain(|(_, record, _)| record.absolute_expires_at > now);
         entries.sort_unstable_by_key(|entry| entry.0 .0);
         let fingerprint = fingerprint(&entries);
@@ -306,9 +306,8 @@ mod tests {
         let file = dir.path().join("sessions.bin");
         let config = config(&file, SnapshotOnError::Fail);
         let first = Store::Memory(MemoryStore::new(10));
-        let Store::Memory(memory) = &first;
         let far = now_secs() + 3600;
-        memory.import(vec![entry(1, far, 40), entry(2, far, 50)]);
+        first.import(vec![entry(1, far, 40), entry(2, far, 50)]).expect("memory stores import");
         let first = Arc::new(first);
         write_final(&first, &config).await.unwrap_or_else(|e| panic!("{e}"));
         #[cfg(unix)]
@@ -321,8 +320,7 @@ mod tests {
 
         let second = Store::Memory(MemoryStore::new(10));
         load_into(&second, &config).unwrap_or_else(|e| panic!("{e}"));
-        let Store::Memory(memory) = &second;
-        let mut loaded = memory.export();
+        let mut loaded = second.export().expect("memory stores export");
         loaded.sort_by_key(|(key, _, _)| key.0);
         assert_eq!(loaded.len(), 2);
         assert!(same(&loaded[0], &entry(1, far, 40)) && same(&loaded[1], &entry(2, far, 50)));
@@ -339,8 +337,7 @@ mod tests {
         let again =
             write(Arc::clone(&store), Arc::clone(&target), first).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again, None);
-        let Store::Memory(memory) = &*store;
-        memory.import(vec![entry(1, now_secs() + 60, 1)]);
+        store.import(vec![entry(1, now_secs() + 60, 1)]).expect("memory stores import");
         let changed = write(Arc::clone(&store), target, first).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(changed.is_some() && changed != first);
     }
@@ -351,8 +348,7 @@ mod tests {
         let store = Store::Memory(MemoryStore::new(10));
         load_into(&store, &config(&dir.path().join("none.bin"), SnapshotOnError::Fail))
             .unwrap_or_else(|e| panic!("{e}"));
-        let Store::Memory(memory) = &store;
-        assert!(memory.export().is_empty());
+        assert!(store.export().expect("memory stores export").is_empty());
     }
 
     #[test]
@@ -378,8 +374,7 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
         assert!(aside[0].display().to_string().contains("sessions.bin.unreadable-"));
         assert_eq!(fs::read(&aside[0]).ok(), Some(garbage));
-        let Store::Memory(memory) = &store;
-        assert!(memory.export().is_empty());
+        assert!(store.export().expect("memory stores export").is_empty());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The token client: everything tokengate says to the Commerce API's `/oauth20/*`.
+//! The Digital River token client: everything tokengate says to the Commerce API's
+//! `/oauth20/*`, as the first implementation of [`TokenService`].
 //!
 //! Digital River flavor (wire formats in `shared/reference/commerce-api-oauth.md`):
 //! guest tokens by `grant_type=password` with HTTP Basic `api key:secret`; shopper login by
@@ -8,8 +9,8 @@
 //!
 //! Token bodies are read tolerantly (flat or wrapped in `token`, `expires_in` as number or
 //! string), and errors in both the OAuth shape and DR's `{"errors":{"error":[…]}}` shape.
-//! It never sees the browser's request and stores nothing; it returns a [`TokenSet`] or an
-//! [`OAuthError`] and leaves policy to the session layer.
+//! It never sees the browser's request and stores nothing; it returns a [`TokenSet`] or a
+//! [`TokenError`] and leaves policy to the session layer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::{TokenDetails, TokenError, TokenService, TokenSet};
 use crate::body::Body;
 use crate::config::{BaseUrl, OAuthConfig, PasswordEncoding};
 use crate::metrics::{Metrics, TokenOp, TokenOutcome};
@@ -35,59 +37,8 @@ pub const MINT_SLOT_WAIT: Duration = Duration::from_secs(2);
 /// Largest token-endpoint answer read; anything bigger is not a token response.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// A fresh pair from the token endpoint.
-#[derive(Debug)]
-pub struct TokenSet {
-    pub access_token: AccessToken,
-    /// `None` when the API sent no refresh token (then the old one, if any, is kept).
-    pub refresh_token: Option<RefreshToken>,
-    /// Seconds the access token lives.
-    pub expires_in: u64,
-}
-
-/// Why a call to the token service failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OAuthError {
-    /// The API answered with an error about the request (4xx). `code` is the OAuth or
-    /// DR error code, cut to a safe length; never the description.
-    #[error("rejected with status {status} and code {code:?}")]
-    Rejected { status: u16, code: String },
-    /// The API could not be reached, answered 5xx or 429, or sent garbage.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// No answer within `upstream.request_timeout`.
-    #[error("timed out")]
-    Timeout,
-    /// Every token-endpoint slot (`rate_limit.token_concurrency`) is taken.
-    #[error("too many token calls in flight")]
-    Busy,
-}
-
-impl OAuthError {
-    /// Whether the grant itself is dead (bad password, expired or revoked refresh token),
-    /// as opposed to a fault of ours or the API's. Only a dead grant may end a session:
-    /// a misconfigured client secret (`invalid_client`) must never log everyone out.
-    pub fn is_grant_rejected(&self) -> bool {
-        match self {
-            OAuthError::Rejected { status, code } => match code.as_str() {
-                "invalid_grant" | "invalid_token" | "expired_token" => true,
-                "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_request" => {
-                    false
-                }
-                _ => *status == 401 || *status == 400,
-            },
-            _ => false,
-        }
-    }
-
-    /// Whether the API refused the `dr_limited_token` (expired guest token).
-    pub fn is_limited_token_invalid(&self) -> bool {
-        matches!(self, OAuthError::Rejected { code, .. } if code == "dr_limited_token_invalid")
-    }
-}
-
 /// The client for `/oauth20/*`.
-pub struct TokenClient {
+pub struct DigitalRiverClient {
     http: HttpClient,
     token_uri: Uri,
     access_token_uri: Uri,
@@ -99,13 +50,13 @@ pub struct TokenClient {
     metrics: Arc<Metrics>,
 }
 
-impl std::fmt::Debug for TokenClient {
+impl std::fmt::Debug for DigitalRiverClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenClient").field("token_uri", &self.token_uri).finish_non_exhaustive()
+        f.debug_struct("DigitalRiverClient").field("token_uri", &self.token_uri).finish_non_exhaustive()
     }
 }
 
-impl TokenClient {
+impl DigitalRiverClient {
     /// A client for the API at `base`, authenticating as `config.client_id`, with at most
     /// `concurrency` token-endpoint calls in flight.
     pub fn new(
@@ -136,24 +87,24 @@ impl TokenClient {
     ///
     /// Waits at most [`MINT_SLOT_WAIT`] for a token-endpoint slot: a burst of new shoppers
     /// queues briefly, a flood of cookieless requests is shed (`Busy`) instead of piling up.
-    pub async fn mint_guest(&self) -> Result<TokenSet, OAuthError> {
+    async fn mint_guest_call(&self) -> Result<TokenSet, TokenError> {
         let started = Instant::now();
         let slot = tokio::time::timeout(MINT_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
         let result = match slot {
             Ok(Ok(slot)) => self.token_request(form(&[("grant_type", "password")]), slot).await,
-            _ => Err(OAuthError::Busy),
+            _ => Err(TokenError::Busy),
         };
         self.record(TokenOp::Mint, &result, started);
         result
     }
 
     /// A shopper token for `username`; `limited` carries the guest's session and cart over.
-    pub async fn login(
+    async fn login_call(
         &self,
         username: &str,
         password: &Password,
         limited: Option<&AccessToken>,
-    ) -> Result<TokenSet, OAuthError> {
+    ) -> Result<TokenSet, TokenError> {
         let encoded;
         let password = match self.password_encoding {
             PasswordEncoding::Base64 => {
@@ -173,7 +124,7 @@ impl TokenClient {
     }
 
     /// New tokens for a refresh token. The API may rotate the refresh token.
-    pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, OAuthError> {
+    async fn refresh_call(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
         let started = Instant::now();
         let body = form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())]);
         let result = self.token_request_waiting(body).await;
@@ -182,7 +133,7 @@ impl TokenClient {
     }
 
     /// Revokes an access token (and, at Digital River, its session's refresh token).
-    pub async fn revoke(&self, access_token: &AccessToken) -> Result<(), OAuthError> {
+    async fn revoke_call(&self, access_token: &AccessToken) -> Result<(), TokenError> {
         let started = Instant::now();
         let result = match self.bearer_request(Method::DELETE, access_token).await {
             Ok((status, _)) if status.is_success() => Ok(()),
@@ -197,16 +148,16 @@ impl TokenClient {
 
     /// The API's session details for a token (`authenticated`, `cartId`, `locale`, …),
     /// with nothing secret in them.
-    pub async fn session_details(&self, access_token: &AccessToken) -> Result<Value, OAuthError> {
+    async fn session_details(&self, access_token: &AccessToken) -> Result<Value, TokenError> {
         let (status, body) = self.bearer_request(Method::GET, access_token).await?;
         if !status.is_success() {
             return Err(classify(status, &body));
         }
         serde_json::from_slice(&body)
-            .map_err(|_| OAuthError::Unavailable("session details are not JSON".into()))
+            .map_err(|_| TokenError::Unavailable("session details are not JSON".into()))
     }
 
-    fn record<T>(&self, op: TokenOp, result: &Result<T, OAuthError>, started: Instant) {
+    fn record<T>(&self, op: TokenOp, result: &Result<T, TokenError>, started: Instant) {
         let outcome = match result {
             Ok(_) => TokenOutcome::Ok,
             Err(error) if error.is_grant_rejected() => TokenOutcome::Rejected,
@@ -216,26 +167,26 @@ impl TokenClient {
     }
 
     /// Waits for a token-endpoint slot, at most the request timeout.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, OAuthError> {
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, TokenError> {
         match tokio::time::timeout(self.request_timeout, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
-            _ => Err(OAuthError::Busy),
+            _ => Err(TokenError::Busy),
         }
     }
 
-    async fn token_request_waiting(&self, body: String) -> Result<TokenSet, OAuthError> {
+    async fn token_request_waiting(&self, body: String) -> Result<TokenSet, TokenError> {
         let slot = self.slot().await?;
         self.token_request(body, slot).await
     }
 
     /// One token-endpoint call; `_slot` is held until the answer is read.
-    async fn token_request(&self, body: String, _slot: OwnedSemaphorePermit) -> Result<TokenSet, OAuthError> {
+    async fn token_request(&self, body: String, _slot: OwnedSemaphorePermit) -> Result<TokenSet, TokenError> {
         let request = Request::post(self.token_uri.clone())
             .header(AUTHORIZATION, self.basic_auth.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(Body::full(body))
-            .map_err(|_| OAuthError::Unavailable("could not build the token request".into()))?;
+            .map_err(|_| TokenError::Unavailable("could not build the token request".into()))?;
         let (status, body) = self.send(request).await?;
         if status != StatusCode::OK {
             return Err(classify(status, &body));
@@ -247,10 +198,10 @@ impl TokenClient {
         &self,
         method: Method,
         token: &AccessToken,
-    ) -> Result<(StatusCode, Bytes), OAuthError> {
+    ) -> Result<(StatusCode, Bytes), TokenError> {
         let _slot = self.slot().await?;
         let mut authorization = HeaderValue::from_str(&format!("bearer {}", token.expose()))
-            .map_err(|_| OAuthError::Unavailable("token is not a valid header value".into()))?;
+            .map_err(|_| TokenError::Unavailable("token is not a valid header value".into()))?;
         authorization.set_sensitive(true);
         let request = Request::builder()
             .method(method)
@@ -258,15 +209,15 @@ impl TokenClient {
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json")
             .body(Body::Empty)
-            .map_err(|_| OAuthError::Unavailable("could not build the request".into()))?;
+            .map_err(|_| TokenError::Unavailable("could not build the request".into()))?;
         self.send(request).await
     }
 
     /// Sends and reads the whole (small) answer, all within `request_timeout`.
-    async fn send(&self, request: Request<Body>) -> Result<(StatusCode, Bytes), OAuthError> {
+    async fn send(&self, request: Request<Body>) -> Result<(StatusCode, Bytes), TokenError> {
         let exchange = async {
             let response = self.http.request(request).await.map_err(|error| {
-                OAuthError::Unavailable(format!(
+                TokenError::Unavailable(format!(
                     "token endpoint: {}",
                     crate::forward::describe_client_error(&error)
                 ))
@@ -275,11 +226,46 @@ impl TokenClient {
             let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|_| OAuthError::Unavailable("token endpoint answer unreadable or too large".into()))?
+                .map_err(|_| TokenError::Unavailable("token endpoint answer unreadable or too large".into()))?
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| OAuthError::Timeout)?
+        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| TokenError::Timeout)?
+    }
+}
+
+impl TokenService for DigitalRiverClient {
+    async fn mint_guest(&self) -> Result<TokenSet, TokenError> {
+        self.mint_guest_call().await
+    }
+
+    async fn login(
+        &self,
+        username: &str,
+        password: &Password,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        self.login_call(username, password, limited).await
+    }
+
+    async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
+        self.refresh_call(refresh_token).await
+    }
+
+    async fn revoke(&self, access_token: &AccessToken) -> Result<(), TokenError> {
+        self.revoke_call(access_token).await
+    }
+
+    /// `GET` on `access_token_path`: `authenticated` (a boolean, or the string "true")
+    /// and `expiresIn`.
+    async fn details(&self, access_token: &AccessToken) -> Result<TokenDetails, TokenError> {
+        let details = self.session_details(access_token).await?;
+        let authenticated = match &details["authenticated"] {
+            Value::Bool(value) => *value,
+            Value::String(text) => text == "true",
+            _ => false,
+        };
+        Ok(TokenDetails { authenticated, expires_in: details["expiresIn"].as_u64() })
     }
 }
 
@@ -302,8 +288,8 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 /// Reads `{"access_token",…}` or `{"token":{"access_token",…}}`, `expires_in` as a
 /// number or a string.
-fn parse_token_set(body: &[u8]) -> Result<TokenSet, OAuthError> {
-    let garbage = || OAuthError::Unavailable("token endpoint answered 200 without a usable token".into());
+fn parse_token_set(body: &[u8]) -> Result<TokenSet, TokenError> {
+    let garbage = || TokenError::Unavailable("token endpoint answered 200 without a usable token".into());
     let value: Value = serde_json::from_slice(body).map_err(|_| garbage())?;
     let object = value.get("token").filter(|v| v.is_object()).unwrap_or(&value);
     let access_token =
@@ -325,11 +311,11 @@ fn parse_token_set(body: &[u8]) -> Result<TokenSet, OAuthError> {
 
 /// Turns a non-200 answer into an error: 5xx and 429 are the service's trouble, anything
 /// else a rejection with the code found in either error shape.
-fn classify(status: StatusCode, body: &[u8]) -> OAuthError {
+fn classify(status: StatusCode, body: &[u8]) -> TokenError {
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        return OAuthError::Unavailable(format!("token endpoint answered {}", status.as_u16()));
+        return TokenError::Unavailable(format!("token endpoint answered {}", status.as_u16()));
     }
-    OAuthError::Rejected { status: status.as_u16(), code: error_code(body).unwrap_or_default() }
+    TokenError::Rejected { status: status.as_u16(), code: error_code(body).unwrap_or_default() }
 }
 
 /// The error code from `{"error":"x"}`, `{"errors":{"error":[{"code":"x"}]}}` or
@@ -374,7 +360,7 @@ mod tests {
     #[test]
     fn a_body_without_a_token_is_unavailable_not_a_panic() {
         for body in [&b""[..], b"{}", b"[1]", br#"{"access_token":""}"#, b"\xff\xfe"] {
-            assert!(matches!(parse_token_set(body), Err(OAuthError::Unavailable(_))));
+            assert!(matches!(parse_token_set(body), Err(TokenError::Unavailable(_))));
         }
     }
 
@@ -398,13 +384,13 @@ mod tests {
     #[test]
     fn only_dead_grants_count_as_rejected() {
         let rejected =
-            |status, code: &str| OAuthError::Rejected { status, code: code.into() }.is_grant_rejected();
+            |status, code: &str| TokenError::Rejected { status, code: code.into() }.is_grant_rejected();
         assert!(rejected(400, "invalid_grant"));
         assert!(rejected(401, ""));
         assert!(!rejected(401, "invalid_client"));
         assert!(!rejected(400, "invalid_request"));
-        assert!(!OAuthError::Timeout.is_grant_rejected());
-        assert!(matches!(classify(StatusCode::BAD_GATEWAY, b""), OAuthError::Unavailable(_)));
-        assert!(matches!(classify(StatusCode::TOO_MANY_REQUESTS, b""), OAuthError::Unavailable(_)));
+        assert!(!TokenError::Timeout.is_grant_rejected());
+        assert!(matches!(classify(StatusCode::BAD_GATEWAY, b""), TokenError::Unavailable(_)));
+        assert!(matches!(classify(StatusCode::TOO_MANY_REQUESTS, b""), TokenError::Unavailable(_)));
     }
 }

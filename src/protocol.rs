@@ -1,0 +1,208 @@
+//! HTTP message rules, in one place: which headers never cross tokengate (either way),
+//! which methods are forwarded, and what a body declares about its length.
+//!
+//! * **Hop-by-hop headers** (RFC 9110 §7.6.1) describe one connection, not the message:
+//!   the fixed list [`HOP_BY_HOP`] plus every header named in `Connection`. One function,
+//!   [`strip`], removes them from requests and responses alike.
+//! * **Request headers the API must not see**: the browser's credentials (`Cookie`,
+//!   `Authorization`), our CSRF proof, the `Host` (the API gets its own), and every header
+//!   by which a client could claim an address or rewrite the call (`X-Forwarded-*`,
+//!   `Forwarded`, `X-Real-IP`, `True-Client-IP`, `X-Original-URL`,
+//!   `X-HTTP-Method-Override`, …), also spelled with underscores (`X_Forwarded_For`),
+//!   which some servers fold into the dashed name. tokengate then writes its own
+//!   `X-Forwarded-For`/`-Proto`/`-Host`.
+//! * **Response headers the browser must not see**: every upstream `Set-Cookie` (the
+//!   browser's only cookie is ours).
+//! * **Methods**: GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE; anything else (TRACE,
+//!   PROPFIND, …) only where a route allows it, since it would carry the Bearer.
+//! * **Length**: a body's declared length is hyper's size hint (from `Content-Length`,
+//!   for HTTP/1.1 and HTTP/2 alike), read once; no header is parsed again.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::Method;
+
+/// Headers that are hop-by-hop by definition.
+pub static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Request headers that never reach the API (besides hop-by-hop ones), by exact name.
+/// Compared after folding `_` to `-`.
+const WITHHELD_REQUEST: &[&str] = &[
+    "authorization",
+    "cookie",
+    "host",
+    "forwarded",
+    "x-csrf",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Which way a message goes through tokengate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Browser → API.
+    Request,
+    /// API → browser.
+    Response,
+}
+
+/// Removes hop-by-hop headers and those `direction` withholds, in place.
+pub fn strip(headers: &mut HeaderMap, direction: Direction) {
+    let named = connection_tokens(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || named.iter().any(|token| token.eq_ignore_ascii_case(name.as_str()))
+                || withheld(name, direction)
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+/// The header names listed in `Connection` (usually none).
+fn connection_tokens(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+fn withheld(name: &HeaderName, direction: Direction) -> bool {
+    match direction {
+        Direction::Response => name == header::SET_COOKIE,
+        Direction::Request => {
+            let text = name.as_str();
+            if text.contains('_') {
+                let folded = text.replace('_', "-");
+                return folded.starts_with("x-forwarded-") || WITHHELD_REQUEST.contains(&folded.as_str());
+            }
+            text.starts_with("x-forwarded-") || WITHHELD_REQUEST.contains(&text)
+        }
+    }
+}
+
+/// Whether `method` is one of the methods every route forwards.
+pub fn is_standard_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::OPTIONS
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+    )
+}
+
+/// The body's declared length, if it declares one (hyper reads `Content-Length` into
+/// the size hint; an HTTP/2 body without one, or a chunked body, has none).
+pub fn declared_length(body: &impl http_body::Body) -> Option<u64> {
+    if body.is_end_stream() {
+        return Some(0);
+    }
+    body.size_hint().exact()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_both_ways_with_those_connection_names() {
+        for direction in [Direction::Request, Direction::Response] {
+            let mut map = headers(&[
+                ("connection", "keep-alive, x-secret-hop"),
+                ("x-secret-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "h2c"),
+                ("proxy-connection", "keep-alive"),
+                ("accept", "application/json"),
+            ]);
+            strip(&mut map, direction);
+            let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["accept"], "{direction:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_and_client_claims_never_reach_the_api() {
+        let mut map = headers(&[
+            ("authorization", "Bearer stolen"),
+            ("cookie", "tg=abc"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "1.2.3.4"),
+            ("true-client-ip", "1.2.3.4"),
+            ("x-client-ip", "1.2.3.4"),
+            ("cf-connecting-ip", "1.2.3.4"),
+            ("x-original-url", "/oauth20/token"),
+            ("x-rewrite-url", "/oauth20/token"),
+            ("x-http-method-override", "DELETE"),
+            ("x_http_method_override", "DELETE"),
+            ("x-csrf", "1"),
+            ("content-type", "application/json"),
+        ]);
+        strip(&mut map, Direction::Request);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn upstream_cookies_never_reach_the_browser_but_other_headers_do() {
+        let mut map =
+            headers(&[("set-cookie", "upstream=1"), ("x-forwarded-for", "kept"), ("etag", "\"1\"")]);
+        strip(&mut map, Direction::Response);
+        assert!(!map.contains_key("set-cookie"));
+        assert!(map.contains_key("etag"));
+        assert!(map.contains_key("x-forwarded-for"), "responses keep what only requests withhold");
+    }
+
+    #[test]
+    fn only_the_usual_methods_are_standard() {
+        for method in ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"] {
+            assert!(is_standard_method(&method.parse().unwrap_or(Method::TRACE)), "{method}");
+        }
+        for method in ["TRACE", "CONNECT", "PROPFIND", "MKCOL"] {
+            assert!(!is_standard_method(&method.parse().unwrap_or(Method::GET)), "{method}");
+        }
+    }
+}

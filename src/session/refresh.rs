@@ -1,0 +1,185 @@
+//! Refreshing a session's tokens: ahead of expiry, after an upstream 401, single-flight.
+//!
+//! **Single-flight.** Concurrent requests of one session share one refresh call: each
+//! takes the session's async lock, re-reads the record, and refreshes only if the
+//! `generation` it saw is still current; later waiters find the new tokens. The call
+//! itself runs in a spawned task that owns the lock, so a browser that disconnects
+//! mid-refresh cannot abandon a refresh token the API has already rotated (the same
+//! problem hyper-util's pool singleton solves by passing the baton).
+//!
+//! **Fenced writes.** The new record is written with a compare-and-set on the
+//! generation the refresh started from, so a writer with a stale view never overwrites
+//! a newer record; a dead grant deletes the session only if nobody renewed it meanwhile,
+//! and otherwise the renewed tokens are used.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::{revoke_in_background, store_error, token_service_error, Active, Sessions};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::session_id::SessionKey;
+use crate::store::{SessionRecord, SessionStore, Store, Swap};
+use crate::tokens::TokenService;
+
+impl<T: TokenService> Sessions<T> {
+    /// The session's tokens, refreshed first when the access token is within
+    /// `refresh_ahead` of expiry. If the refresh fails for the API's reasons but the
+    /// current token still works, the current token is used: a fault upstream should not
+    /// fail a request that can still succeed. A session without a refresh token (the
+    /// hosted login's) serves until its access token really expires.
+    pub async fn ensure_fresh(&self, active: &Active, now: u64) -> Result<Arc<SessionRecord>, Error> {
+        let record = &active.record;
+        if record.access_expires_at > now.saturating_add(self.settings.refresh_ahead_secs) {
+            return Ok(Arc::clone(record));
+        }
+        if record.refresh_token.is_none() {
+            if record.access_expires_at > now {
+                return Ok(Arc::clone(record));
+            }
+            self.forget(&active.key, record.generation).await?;
+            return Err(Error::SessionExpired);
+        }
+        match self.refresh(active.key, record.generation).await {
+            Err(Error::TokenServiceUnavailable(_)) if record.access_expires_at > now.saturating_add(1) => {
+                Ok(Arc::clone(record))
+            }
+            other => other,
+        }
+    }
+
+    /// Refreshes the session's tokens unless someone already replaced the generation
+    /// `seen_generation`. Concurrent callers for one session share one token call.
+    pub async fn refresh(&self, key: SessionKey, seen_generation: u64) -> Result<Arc<SessionRecord>, Error> {
+        let lock = Arc::clone(&*self.refresh_locks.entry(key).or_default());
+        let outcome = tokio::time::timeout(
+            self.settings.refresh_wait,
+            self.refresh_locked(&lock, key, seen_generation),
+        )
+        .await;
+        drop(lock);
+        self.refresh_locks.remove_if(&key, |_, lock| Arc::strong_count(lock) == 1);
+        outcome
+            .unwrap_or_else(|_| Err(Error::TokenServiceUnavailable("waited too long for a refresh".into())))
+    }
+
+    async fn refresh_locked(
+        &self,
+        lock: &Arc<Mutex<()>>,
+        key: SessionKey,
+        seen_generation: u64,
+    ) -> Result<Arc<SessionRecord>, Error> {
+        let guard = Arc::clone(lock).lock_owned().await;
+        let current =
+            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
+        if current.record.generation != seen_generation {
+            self.metrics.record_refresh_coalesced();
+            return Ok(current.record);
+        }
+        let call = RefreshCall {
+            store: Arc::clone(&self.store),
+            tokens: Arc::clone(&self.tokens),
+            clock: self.clock,
+            key,
+            current: current.record,
+        };
+        // The task owns the lock: it finishes (and stores what the API rotated) even if
+        // every request waiting for it is dropped.
+        let task = tokio::spawn(async move {
+            let outcome = call.run().await;
+            drop(guard);
+            outcome
+        });
+        task.await.map_err(|_| Error::Internal("refresh task failed"))?
+    }
+}
+
+/// One refresh call and its consequence for the store, owned by its own task.
+struct RefreshCall<T> {
+    store: Arc<Store>,
+    tokens: Arc<T>,
+    clock: Clock,
+    key: SessionKey,
+    current: Arc<SessionRecord>,
+}
+
+impl<T: TokenService> RefreshCall<T> {
+    async fn run(self) -> Result<Arc<SessionRecord>, Error> {
+        let current = &self.current;
+        let Some(refresh_token) = &current.refresh_token else {
+            // Nothing to refresh with and the API refused the token: the session is over.
+            self.store.remove_if(&self.key, current.generation).await.map_err(store_error)?;
+            return Err(Error::SessionExpired);
+        };
+        match self.tokens.refresh(refresh_token).await {
+            Ok(fresh) => {
+                let now = self.clock.now();
+                let record = Arc::new(SessionRecord {
+                    kind: current.kind,
+                    access_expires_at: now.saturating_add(fresh.expires_in),
+                    access_token: fresh.access_token,
+                    // Rotation-safe: keep the new refresh token when one comes, else the old.
+                    refresh_token: fresh.refresh_token.or_else(|| current.refresh_token.clone()),
+                    created_at: current.created_at,
+                    absolute_expires_at: current.absolute_expires_at,
+                    generation: current.generation.wrapping_add(1),
+                });
+                self.store_fresh(record).await
+            }
+            Err(error) if error.is_grant_rejected() => {
+                // Someone else may have rotated the refresh token away first: use theirs.
+                match self.store.remove_if(&self.key, current.generation).await.map_err(store_error)? {
+                    Swap::Stale(newer) => Ok(newer),
+                    Swap::Done | Swap::Missing => {
+                        tracing::info!(session = ?self.key, %error, "refresh rejected; session deleted");
+                        Err(Error::SessionExpired)
+                    }
+                }
+            }
+            Err(error) => Err(token_service_error(error)),
+        }
+    }
+
+    /// Writes the new tokens only over the generation the refresh started from.
+    async fn store_fresh(&self, record: Arc<SessionRecord>) -> Result<Arc<SessionRecord>, Error> {
+        match self.store.replace(&self.key, self.current.generation, Arc::clone(&record)).await {
+            Ok(Swap::Done) => {
+                tracing::debug!(session = ?self.key, "tokens refreshed");
+                Ok(record)
+            }
+            // A newer record won; ours is left to expire (revoking it could, at some
+            // APIs, revoke the refresh token the newer record shares).
+            Ok(Swap::Stale(newer)) => Ok(newer),
+            // Logged out while the call ran: nobody holds the new tokens.
+            Ok(Swap::Missing) => {
+                revoke_in_background(&self.tokens, record.access_token.clone());
+                Err(Error::SessionExpired)
+            }
+            // Kept, not revoked: if the API did not rotate the refresh token, the stored
+            // record still refreshes next time.
+            Err(error) => Err(store_error(error)),
+        }
+    }
+}
+
+/// Runs a refresh call as a holder of a stale record would (tests of the fencing).
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::*;
+
+    pub async fn call<T: TokenService>(
+        sessions: &Sessions<T>,
+        key: SessionKey,
+        current: Arc<SessionRecord>,
+    ) -> Result<Arc<SessionRecord>, Error> {
+        let call = RefreshCall {
+            store: Arc::clone(&sessions.store),
+            tokens: Arc::clone(&sessions.tokens),
+            clock: sessions.clock,
+            key,
+            current,
+        };
+        call.run().await
+    }
+}

@@ -1,0 +1,236 @@
+//! Signing in and out: the password login, the hosted login's two halves, logout.
+//!
+//! Every sign-in ends in [`Sessions::become_shopper`]: the new tokens go under a new id
+//! (the old cookie stops working at once) by one store rotation. Races on one cookie
+//! have one winner: a second login, or a login after a logout, finds the old key's
+//! mark and fails with `session_expired`, and the tokens it got are revoked; a logout
+//! after a login follows the mark and ends the new session too. So at most one session
+//! survives, and no token that nobody holds stays alive.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{new_session_id, token_service_error, Active, Sessions};
+use crate::callback::CallbackParams;
+use crate::cookie::CookieLookup;
+use crate::error::Error;
+use crate::hosted_login::{self, state_key, STATE_LIFETIME_SECS};
+use crate::secret::Password;
+use crate::session_id::{SessionId, SessionKey};
+use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionStore, StoreError};
+use crate::tokens::{TokenError, TokenService, TokenSet};
+
+/// Rotations a logout follows at most (each is a login that finished moments before).
+const MAX_FOLLOWED_ROTATIONS: usize = 4;
+
+/// How a hosted login came back.
+#[derive(Debug)]
+pub enum HostedEnd {
+    /// The shopper is signed in under a new id.
+    SignedIn { id: SessionId, active: Active, return_to: String },
+    /// The API reported an error (the shopper cancelled or failed): back to the shop.
+    Failed { return_to: String, code: String },
+}
+
+impl<T: TokenService> Sessions<T> {
+    /// Logs a shopper in with the password grant, carrying a guest session's cart over,
+    /// and moves the session to a new id.
+    pub async fn login(
+        &self,
+        cookie: &CookieLookup,
+        username: &str,
+        password: &Password,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<(SessionId, Active), Error> {
+        // Each attempt counts as a new session: this also slows password guessing.
+        self.rate_limit.check(client)?;
+        let current = self.live_session(cookie, now).await?;
+        let guest_token = current
+            .as_ref()
+            .filter(|active| active.record.kind == SessionKind::Guest)
+            .map(|active| &active.record.access_token);
+        let tokens = match self.tokens.login(username, password, guest_token).await {
+            // An expired guest token must not stop the login; only the cart is lost.
+            Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => {
+                self.tokens.login(username, password, None).await
+            }
+            other => other,
+        }
+        .map_err(|error| {
+            if error.is_grant_rejected() {
+                Error::InvalidCredentials
+            } else {
+                token_service_error(error)
+            }
+        })?;
+        self.become_shopper(cookie_key(cookie).as_ref(), tokens, now).await
+    }
+
+    /// Gives the browser a shopper session holding `tokens` under a new id, replacing
+    /// the session under `old` (whose id stops working at once). A previous shopper's
+    /// tokens are revoked; a guest's were carried over into the new session by the API.
+    async fn become_shopper(
+        &self,
+        old: Option<&SessionKey>,
+        tokens: TokenSet,
+        now: u64,
+    ) -> Result<(SessionId, Active), Error> {
+        let record = Arc::new(self.new_record(SessionKind::Shopper, tokens, now));
+        let id = new_session_id()?;
+        let key = id.key();
+        match self.store.rotate(old, key, Arc::clone(&record), now).await {
+            Ok(Rotation::Done { previous }) => {
+                if let Some(previous) = previous.filter(|previous| previous.kind == SessionKind::Shopper) {
+                    self.revoke_in_background(&previous);
+                }
+                Ok((id, Active { key, record, last_seen: now }))
+            }
+            Ok(Rotation::Conflict) => {
+                tracing::info!("a concurrent login or logout on this cookie won; this login is dropped");
+                self.revoke_in_background(&record);
+                Err(Error::SessionExpired)
+            }
+            Err(error) => {
+                self.revoke_in_background(&record);
+                Err(self.store_error(error))
+            }
+        }
+    }
+
+    /// Ends the cookie's session and revokes its tokens upstream; with a login that
+    /// rotated it moments ago, the session that login made too. No session is fine.
+    pub async fn logout(&self, cookie: &CookieLookup, now: u64) -> Result<(), Error> {
+        let Some(mut key) = cookie_key(cookie) else { return Ok(()) };
+        for _ in 0..MAX_FOLLOWED_ROTATIONS {
+            match self.store.end(&key, now).await.map_err(|e| self.store_error(e))? {
+                Removal::Removed(record) => {
+                    // Gone locally whatever the API says; a failed revocation only means
+                    // the token lives out its natural life at the API.
+                    if let Err(error) = self.tokens.revoke(&record.access_token).await {
+                        tracing::warn!(%error, "revocation at logout failed; the session is deleted anyway");
+                    }
+                    return Ok(());
+                }
+                Removal::Moved(successor) => key = successor,
+                Removal::Absent => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The session a hosted login will be bound to: the cookie's live session, or a new
+    /// guest (with its id, for the browser's cookie). Either way it counts against the
+    /// client's new-session allowance: each pending login holds a state for ten minutes.
+    pub async fn session_for_hosted_login(
+        &self,
+        cookie: &CookieLookup,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<(Active, Option<SessionId>), Error> {
+        if self.hosted_login.is_none() {
+            return Err(Error::NotFound);
+        }
+        match self.live_session(cookie, now).await? {
+            Some(active) => {
+                self.rate_limit.check(client)?;
+                Ok((active, None))
+            }
+            None => {
+                let (id, active) = self.mint_guest(now, client).await?;
+                Ok((active, Some(id)))
+            }
+        }
+    }
+
+    /// Starts a hosted login for `active`: a single-use state bound to the session, kept
+    /// in the store, and the API's authorize URL to send the browser to (it may carry
+    /// the guest token: never log it). `return_to` is checked and normalised here.
+    pub async fn begin_hosted_login(
+        &self,
+        active: &Active,
+        return_to: &str,
+        now: u64,
+    ) -> Result<String, Error> {
+        let hosted = self.hosted_login.as_ref().ok_or(Error::NotFound)?;
+        let return_to = hosted_login::checked_return_to(return_to)?;
+        let authorize = hosted.authorize(&active.record)?;
+        let pending = PendingLogin {
+            session_key: active.key,
+            return_to,
+            carried_guest: authorize.carried_guest,
+            expires_at: now.saturating_add(STATE_LIFETIME_SECS),
+        };
+        self.store.put_pending(authorize.state, pending).await.map_err(|error| match error {
+            StoreError::Full => Error::RateLimited { retry_after: Duration::from_secs(30) },
+            other => self.store_error(other),
+        })?;
+        Ok(authorize.url)
+    }
+
+    /// Completes a hosted login from the callback's parameters: the state must be known,
+    /// unexpired and bound to the cookie's session, and any use, even a failed one, ends
+    /// it. A token from the callback is confirmed with the API (a browser could post
+    /// anything) before the session becomes a shopper's under a new id.
+    pub async fn complete_hosted_login(
+        &self,
+        cookie: &CookieLookup,
+        params: CallbackParams,
+        now: u64,
+    ) -> Result<HostedEnd, Error> {
+        let current = self.live_session(cookie, now).await?;
+        let pending = self
+            .store
+            .take_pending(&state_key(&params.state))
+            .await
+            .map_err(|e| self.store_error(e))?
+            .ok_or(Error::InvalidState)?;
+        if pending.expires_at <= now || current.as_ref().map(|active| active.key) != Some(pending.session_key)
+        {
+            return Err(Error::InvalidState);
+        }
+        let (access_token, expires_in) = match hosted_login::token_of(params) {
+            Ok(token) => token,
+            Err(code) => {
+                if let (Some(_), Some(active)) = (&pending.carried_guest, &current) {
+                    self.replace_exposed_guest_token(active).await;
+                }
+                return Ok(HostedEnd::Failed { return_to: pending.return_to, code });
+            }
+        };
+        let details = self.tokens.details(&access_token).await.map_err(|error| match error {
+            TokenError::Rejected { .. } => Error::InvalidCredentials,
+            other => token_service_error(other),
+        })?;
+        if !details.authenticated {
+            return Err(Error::InvalidCredentials);
+        }
+        let expires_in = details.expires_in.or(expires_in).unwrap_or(3600);
+        let tokens = TokenSet { access_token, refresh_token: None, expires_in };
+        let (id, active) = self.become_shopper(Some(&pending.session_key), tokens, now).await?;
+        if let Some(guest_token) = pending.carried_guest {
+            // The guest token travelled in a URL: revoke it now that the login is complete.
+            if let Err(error) = self.tokens.revoke(&guest_token).await {
+                tracing::warn!(%error, "revoking the carried guest token failed");
+            }
+        }
+        Ok(HostedEnd::SignedIn { id, active, return_to: pending.return_to })
+    }
+
+    /// After a failed hosted login the guest session goes on, but its token travelled in
+    /// a URL: refresh it, so the exposed one stops working (best effort).
+    async fn replace_exposed_guest_token(&self, active: &Active) {
+        if let Err(error) = self.refresh(active.key, active.record.generation).await {
+            tracing::warn!(code = error.code(), "could not replace the guest token after a failed login");
+        }
+    }
+}
+
+/// The store key the cookie names, live or not.
+fn cookie_key(cookie: &CookieLookup) -> Option<SessionKey> {
+    match cookie {
+        CookieLookup::Present(id) => Some(id.key()),
+        CookieLookup::Absent | CookieLookup::Malformed => None,
+    }
+}
