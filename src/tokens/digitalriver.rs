@@ -83,69 +83,6 @@ impl DigitalRiverClient {
         })
     }
 
-    /// An anonymous shopper (guest, "limited") token.
-    ///
-    /// Waits at most [`MINT_SLOT_WAIT`] for a token-endpoint slot: a burst of new shoppers
-    /// queues briefly, a flood of cookieless requests is shed (`Busy`) instead of piling up.
-    async fn mint_guest_call(&self) -> Result<TokenSet, TokenError> {
-        let started = Instant::now();
-        let slot = tokio::time::timeout(MINT_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
-        let result = match slot {
-            Ok(Ok(slot)) => self.token_request(form(&[("grant_type", "password")]), slot).await,
-            _ => Err(TokenError::Busy),
-        };
-        self.record(TokenOp::Mint, &result, started);
-        result
-    }
-
-    /// A shopper token for `username`; `limited` carries the guest's session and cart over.
-    async fn login_call(
-        &self,
-        username: &str,
-        password: &Password,
-        limited: Option<&AccessToken>,
-    ) -> Result<TokenSet, TokenError> {
-        let encoded;
-        let password = match self.password_encoding {
-            PasswordEncoding::Base64 => {
-                encoded = STANDARD.encode(password.expose());
-                encoded.as_str()
-            }
-            PasswordEncoding::Plain => password.expose(),
-        };
-        let mut pairs = vec![("grant_type", "password"), ("username", username), ("password", password)];
-        if let Some(token) = limited {
-            pairs.push(("dr_limited_token", token.expose()));
-        }
-        let started = Instant::now();
-        let result = self.token_request_waiting(form(&pairs)).await;
-        self.record(TokenOp::Login, &result, started);
-        result
-    }
-
-    /// New tokens for a refresh token. The API may rotate the refresh token.
-    async fn refresh_call(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
-        let started = Instant::now();
-        let body = form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())]);
-        let result = self.token_request_waiting(body).await;
-        self.record(TokenOp::Refresh, &result, started);
-        result
-    }
-
-    /// Revokes an access token (and, at Digital River, its session's refresh token).
-    async fn revoke_call(&self, access_token: &AccessToken) -> Result<(), TokenError> {
-        let started = Instant::now();
-        let result = match self.bearer_request(Method::DELETE, access_token).await {
-            Ok((status, _)) if status.is_success() => Ok(()),
-            // Already dead upstream: the goal of a revocation is reached.
-            Ok((StatusCode::UNAUTHORIZED, _)) => Ok(()),
-            Ok((status, body)) => Err(classify(status, &body)),
-            Err(error) => Err(error),
-        };
-        self.record(TokenOp::Revoke, &result, started);
-        result
-    }
-
     /// The API's session details for a token (`authenticated`, `cartId`, `locale`, …),
     /// with nothing secret in them.
     async fn session_details(&self, access_token: &AccessToken) -> Result<Value, TokenError> {
@@ -235,25 +172,67 @@ impl DigitalRiverClient {
 }
 
 impl TokenService for DigitalRiverClient {
+    /// An anonymous shopper (guest, "limited") token.
+    ///
+    /// Waits at most [`MINT_SLOT_WAIT`] for a token-endpoint slot: a burst of new shoppers
+    /// queues briefly, a flood of cookieless requests is shed (`Busy`) instead of piling up.
     async fn mint_guest(&self) -> Result<TokenSet, TokenError> {
-        self.mint_guest_call().await
+        let started = Instant::now();
+        let slot = tokio::time::timeout(MINT_SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
+        let result = match slot {
+            Ok(Ok(slot)) => self.token_request(form(&[("grant_type", "password")]), slot).await,
+            _ => Err(TokenError::Busy),
+        };
+        self.record(TokenOp::Mint, &result, started);
+        result
     }
 
+    /// A shopper token for `username`; `limited` carries the guest's session and cart over.
     async fn login(
         &self,
         username: &str,
         password: &Password,
         limited: Option<&AccessToken>,
     ) -> Result<TokenSet, TokenError> {
-        self.login_call(username, password, limited).await
+        let encoded;
+        let password = match self.password_encoding {
+            PasswordEncoding::Base64 => {
+                encoded = STANDARD.encode(password.expose());
+                encoded.as_str()
+            }
+            PasswordEncoding::Plain => password.expose(),
+        };
+        let mut pairs = vec![("grant_type", "password"), ("username", username), ("password", password)];
+        if let Some(token) = limited {
+            pairs.push(("dr_limited_token", token.expose()));
+        }
+        let started = Instant::now();
+        let result = self.token_request_waiting(form(&pairs)).await;
+        self.record(TokenOp::Login, &result, started);
+        result
     }
 
+    /// New tokens for a refresh token. The API may rotate the refresh token.
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
-        self.refresh_call(refresh_token).await
+        let started = Instant::now();
+        let body = form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())]);
+        let result = self.token_request_waiting(body).await;
+        self.record(TokenOp::Refresh, &result, started);
+        result
     }
 
+    /// Revokes an access token (and, at Digital River, its session's refresh token).
     async fn revoke(&self, access_token: &AccessToken) -> Result<(), TokenError> {
-        self.revoke_call(access_token).await
+        let started = Instant::now();
+        let result = match self.bearer_request(Method::DELETE, access_token).await {
+            Ok((status, _)) if status.is_success() => Ok(()),
+            // Already dead upstream: the goal of a revocation is reached.
+            Ok((StatusCode::UNAUTHORIZED, _)) => Ok(()),
+            Ok((status, body)) => Err(classify(status, &body)),
+            Err(error) => Err(error),
+        };
+        self.record(TokenOp::Revoke, &result, started);
+        result
     }
 
     /// `GET` on `access_token_path`: `authenticated` (a boolean, or the string "true")
