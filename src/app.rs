@@ -148,7 +148,11 @@ impl App {
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
         let response = forward::clean_response(response);
         match record {
-            Some(record) => LeakGuard::new(config.leak_guard).inspect(response, &record).await,
+            Some(record) => {
+                LeakGuard::new(config.leak_guard, config.upstream.request_timeout)
+                    .inspect(response, &record)
+                    .await
+            }
             None => Ok(response),
         }
     }

@@ -3,10 +3,14 @@
 //! Before a forwarded response goes to the browser, its headers are searched for the
 //! session's access and refresh tokens, always. Its body is searched too when it is
 //! JSON or text, not compressed, and at most `leak_guard.max_body_bytes` long; larger
-//! bodies stream through unscanned (the scan would have to hold them whole). A hit
+//! bodies stream through unscanned (the scan would have to hold them whole). A scanned
+//! body is read whole before its first byte goes out, within `upstream.request_timeout`
+//! (504 `upstream_timeout` past it). A hit
 //! replaces the response with 502 `token_leak_blocked` and is logged as a security event
 //! without the token. To keep bodies scannable, forwarding asks the API for uncompressed
 //! responses while the guard is on.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -23,12 +27,14 @@ use crate::store::SessionRecord;
 #[derive(Debug, Clone, Copy)]
 pub struct LeakGuard {
     config: LeakGuardConfig,
+    /// How long the body to scan may take to arrive (`upstream.request_timeout`).
+    deadline: Duration,
 }
 
 impl LeakGuard {
-    /// A guard configured by `[leak_guard]`.
-    pub fn new(config: LeakGuardConfig) -> Self {
-        Self { config }
+    /// A guard configured by `[leak_guard]`, reading a body for at most `deadline`.
+    pub fn new(config: LeakGuardConfig, deadline: Duration) -> Self {
+        Self { config, deadline }
     }
 
     /// Whether the guard is on (forwarding then asks for uncompressed bodies).
@@ -54,7 +60,10 @@ impl LeakGuard {
             return Ok(response);
         }
         let (parts, body) = response.into_parts();
-        match read_prefix(body, self.config.max_body_bytes).await? {
+        // The scanned part is held before the first byte goes out: bounded in size above,
+        // in time here, so a trickling API cannot hold the browser's request for ever.
+        let read = tokio::time::timeout(self.deadline, read_prefix(body, self.config.max_body_bytes));
+        match read.await.map_err(|_| Error::UpstreamTimeout)?? {
             Prefix::Whole(bytes) => {
                 if contains_any(&bytes, &secrets) {
                     return Err(blocked("body"));
@@ -159,7 +168,7 @@ mod tests {
     }
 
     fn guard() -> LeakGuard {
-        LeakGuard::new(LeakGuardConfig { enabled: true, max_body_bytes: 1024 })
+        LeakGuard::new(LeakGuardConfig { enabled: true, max_body_bytes: 1024 }, Duration::from_secs(5))
     }
 
     fn response(content_type: &'static str, body: &'static str) -> Response<Body> {
@@ -193,7 +202,8 @@ mod tests {
         assert_eq!(&body[..], br#"{"ok":true}"#);
         let binary = response("application/octet-stream", "access-0123456789abcdef");
         assert!(guard().inspect(binary, &record()).await.is_ok(), "binary bodies are not scanned");
-        let off = LeakGuard::new(LeakGuardConfig { enabled: false, max_body_bytes: 1024 });
+        let off =
+            LeakGuard::new(LeakGuardConfig { enabled: false, max_body_bytes: 1024 }, Duration::from_secs(5));
         assert!(off
             .inspect(response("application/json", "access-0123456789abcdef"), &record())
             .await

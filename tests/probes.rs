@@ -235,3 +235,21 @@ async fn return_to_is_normalised_before_it_is_checked() {
         assert!(reply.set_cookies().is_empty(), "no guest was started for a refused login");
     }
 }
+
+#[tokio::test]
+async fn a_scanned_body_that_trickles_in_is_cut_off_at_the_request_timeout() {
+    let env = Env::with(Options { request_timeout: "500ms".into(), ..Options::default() }).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    // A JSON body the leak guard reads before the first byte goes out; the API sends
+    // 16 KiB, then stalls for 30 s.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        browser.get("/api/debug/bytes?n=40000&chunked=1&type=json&stall_ms=30000"),
+    )
+    .await
+    .expect("the proxy answers long before the API's stall ends");
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
+    assert_eq!(reply.error_code().as_deref(), Some("upstream_timeout"));
+    assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session survives");
+}

@@ -6,6 +6,7 @@
 //! the echo itself can never be the source of a token leak in proxy tests.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -111,7 +112,9 @@ fn redact_query(query: &str) -> String {
     segments.join("&")
 }
 
-/// `GET /v1/debug/bytes?n=<count>[&chunked=1]`.
+/// `GET /v1/debug/bytes?n=<count>[&chunked=1][&type=json][&stall_ms=<ms>]`: with
+/// `stall_ms`, the body stops for that long after its first chunk (a trickling API);
+/// with `type=json`, it is labelled JSON (so a proxy's leak guard reads it).
 pub fn bytes(query: &Params) -> Outcome {
     let count =
         param(query, "n").and_then(|text| text.parse::<u64>().ok()).filter(|count| *count <= MAX_BYTES);
@@ -120,9 +123,22 @@ pub fn bytes(query: &Params) -> Outcome {
         let response = resource_error(StatusCode::BAD_REQUEST, DEBUG, "invalid-parameter", &description);
         return Outcome::Failed(response);
     };
-    let body = RepeatBody { remaining: count, exact_length: param(query, "chunked") != Some("1") };
+    let stall = param(query, "stall_ms")
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000)))));
+    let body = RepeatBody {
+        remaining: count,
+        exact_length: param(query, "chunked") != Some("1"),
+        stall,
+        sent_first: false,
+    };
     let mut response = Response::new(body.boxed());
-    set_static(&mut response, CONTENT_TYPE, "application/octet-stream");
+    let json = param(query, "type") == Some("json");
+    set_static(
+        &mut response,
+        CONTENT_TYPE,
+        if json { "application/json" } else { "application/octet-stream" },
+    );
     Outcome::Raw(response)
 }
 
@@ -131,6 +147,9 @@ pub fn bytes(query: &Params) -> Outcome {
 struct RepeatBody {
     remaining: u64,
     exact_length: bool,
+    /// A pause after the first chunk.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    sent_first: bool,
 }
 
 impl Body for RepeatBody {
@@ -139,12 +158,21 @@ impl Body for RepeatBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _context: &mut Context<'_>,
+        context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
+        if this.sent_first {
+            if let Some(stall) = this.stall.as_mut() {
+                if stall.as_mut().poll(context).is_pending() {
+                    return Poll::Pending;
+                }
+                this.stall = None;
+            }
+        }
+        this.sent_first = true;
         let length = usize::try_from(this.remaining).map_or(CHUNK_BYTES, |left| left.min(CHUNK_BYTES));
         this.remaining -= length as u64;
         let chunk = Bytes::from_static(&CHUNK_OF_A).slice(..length);
@@ -190,10 +218,10 @@ mod tests {
 
     #[test]
     fn repeat_body_reports_exact_or_unknown_length() {
-        let exact = RepeatBody { remaining: 40_000, exact_length: true };
-        assert_eq!(exact.size_hint().exact(), Some(40_000));
-        let chunked = RepeatBody { remaining: 40_000, exact_length: false };
-        assert_eq!(chunked.size_hint().exact(), None);
-        assert!(!RepeatBody { remaining: 0, exact_length: false }.is_end_stream());
+        let body =
+            |remaining, exact_length| RepeatBody { remaining, exact_length, stall: None, sent_first: false };
+        assert_eq!(body(40_000, true).size_hint().exact(), Some(40_000));
+        assert_eq!(body(40_000, false).size_hint().exact(), None);
+        assert!(!body(0, false).is_end_stream());
     }
 }
