@@ -2,10 +2,12 @@
 //! [`Config`] before anything starts.
 //!
 //! Stages: TOML syntax → [`keys::check_table`] (unknown keys and wrong types, all at
-//! once) → [`keys::apply_env_overrides`] → serde into [`raw`] → [`validate`] (values,
-//! secrets resolved from `*_env`/`*_file`). Every stage collects [`ConfigError`]s with the
-//! key path, so `check-config` prints every problem in one run. The request path only
-//! ever sees an immutable `Arc<Config>`; nothing here is read after startup.
+//! once, each dropped after it is reported) → [`keys::apply_env_overrides`] → serde into
+//! [`raw`] → [`validate`] (values, secrets resolved from `*_env`/`*_file`). Every stage
+//! collects [`ConfigError`]s with the key path and the next stage still runs, so
+//! `check-config` prints every problem in one run. The schema (the key table and the raw
+//! structs) is written once, in [`raw`]. The request path only ever sees an immutable
+//! `Arc<Config>`; nothing here is read after startup.
 
 pub mod keys;
 pub mod raw;
@@ -293,20 +295,48 @@ impl Config {
 
     /// Parses and validates a configuration text with overrides and secrets read through
     /// `env` (tests and the demo pass a map instead of the real environment).
+    ///
+    /// Every problem is collected, not only the first stage's: unknown and wrongly typed
+    /// keys (and bad overrides) are reported and dropped, the rest is validated, and the
+    /// errors of both stages come back together. A value problem about a key that was
+    /// already reported (e.g. a required key dropped for its type) is not repeated. Only
+    /// a TOML syntax error stops at once (there is no table to go on with).
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|error| vec![ConfigError::new("(file)", syntax_message(&error))])?;
         let mut errors = Vec::new();
-        keys::check_table(&table, &mut errors);
+        keys::check_table(&mut table, &mut errors);
         keys::apply_env_overrides(&mut table, env, &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
+        let raw: raw::RawConfig = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(error) => {
+                let error: toml::de::Error = error;
+                errors.push(ConfigError::new("(file)", error.message()));
+                return Err(errors);
+            }
+        };
+        match validate(raw, env) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                let reported: Vec<String> = errors.iter().map(|e| reported_key(&e.key).to_string()).collect();
+                let is_new = |error: &ConfigError| {
+                    !reported.iter().any(|key| {
+                        error.key == *key
+                            || error.key.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                    })
+                };
+                errors.extend(more.into_iter().filter(is_new));
+                Err(errors)
+            }
         }
-        let raw: raw::RawConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|error: toml::de::Error| vec![ConfigError::new("(file)", error.message())])?;
-        validate(raw, env)
     }
+}
+
+/// The key path of a stage-one error (`session.max_sessions (from TOKENGATE_…)` is about
+/// `session.max_sessions`).
+fn reported_key(key: &str) -> &str {
+    key.split_once(" (from ").map_or(key, |(key, _)| key)
 }
 
 impl Config {

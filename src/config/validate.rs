@@ -664,4 +664,40 @@ mod tests {
         let errors = Config::from_toml(text, &env).err().unwrap_or_default();
         assert!(!errors.iter().any(|e| e.to_string().contains("s3cret")));
     }
+
+    #[test]
+    fn every_problem_of_every_stage_is_reported_in_one_run() {
+        let text = r#"
+            [server]
+            surprise = true
+            allowed_origins = ["https://shop.example.com/cart"]
+            max_connections = "many"
+            [oauth]
+            client_id = 42
+            client_secret_env = "UNSET_VARIABLE_FOR_TEST"
+            [session]
+            same_site = "sideways"
+            idle_timeout = "a while"
+            [[route]]
+            prefix = "/api/"
+            extra = 1
+        "#;
+        let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "server.surprise",
+            "server.allowed_origins",
+            "server.max_connections",
+            "oauth.client_id",
+            "oauth.client_secret_env",
+            "session.same_site",
+            "session.idle_timeout",
+            "route[0].extra",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        // The mistyped client_id is reported once, for its type, not again as missing.
+        assert_eq!(keys.iter().filter(|k| **k == "oauth.client_id").count(), 1, "{errors:?}");
+        assert_eq!(errors.len(), 8, "{errors:?}");
+    }
 }
