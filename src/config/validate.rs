@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::Uri;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use url::{Host, Url};
 
 use super::raw::{
     RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer, RawSession, RawStore,
@@ -104,21 +103,22 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
         Some("") | Some("off") => None,
         other => Some(checker.address("server.admin_listen", other.unwrap_or("127.0.0.1:9090"))),
     };
-    let public_origin = raw.public_origin.map(|origin| origin.trim_end_matches('/').to_string());
-    if let Some(origin) = &public_origin {
-        if !is_origin(origin) {
-            checker.error("server.public_origin", "must be an origin like \"https://shop.example.com\"");
+    let public_origin = raw.public_origin.and_then(|text| match origin(&text) {
+        Ok(origin) => Some(origin),
+        Err(message) => {
+            checker.error("server.public_origin", message);
+            None
         }
-    }
+    });
     let allowed_origins: Vec<String> = match raw.allowed_origins {
-        Some(list) => list.into_iter().map(|o| o.trim_end_matches('/').to_string()).collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|text| {
+                origin(text).map_err(|message| checker.error("server.allowed_origins", message)).ok()
+            })
+            .collect(),
         None => public_origin.iter().cloned().collect(),
     };
-    for origin in &allowed_origins {
-        if !is_origin(origin) {
-            checker.error("server.allowed_origins", format!("{origin:?} is not an origin"));
-        }
-    }
     ServerConfig {
         listen,
         admin_listen,
@@ -162,6 +162,32 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
         ),
         tls: raw.tls.and_then(|tls| tls_files(checker, tls)),
     }
+}
+
+/// An origin, serialized the way browsers send `Origin` (the guard compares the two as
+/// strings): `scheme://host[:port]` with the scheme and host in lowercase, an IDN host in
+/// punycode, an IPv6 host in brackets and no default port. `https://Shop.Example.com:443/`
+/// becomes `https://shop.example.com`. Only http and https; a trailing `/` is accepted,
+/// any other path, a query, a fragment or user info is not.
+fn origin(text: &str) -> Result<String, String> {
+    let problem = |what: &str| format!("{text:?} is not an origin like \"https://shop.example.com\": {what}");
+    let url = Url::parse(text).map_err(|error| problem(&error.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(problem("the scheme must be http or https"));
+    }
+    if url.host().is_none() {
+        return Err(problem("it names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(problem("it has user info"));
+    }
+    if url.path() != "/" {
+        return Err(problem("it has a path"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(problem("it has a query or fragment"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn tls_files(checker: &mut Checker, raw: super::raw::RawTls) -> Option<TlsFiles> {
@@ -216,17 +242,9 @@ fn leak_guard(raw: RawLeakGuard) -> LeakGuardConfig {
     }
 }
 
-fn is_origin(text: &str) -> bool {
-    let Ok(uri) = text.parse::<Uri>() else { return false };
-    matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.authority().is_some()
-        && uri.path() == "/"
-        && !text.ends_with('/')
-}
-
 fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
     let base_text = raw.base_url.unwrap_or_else(|| "https://api.digitalriver.com".to_string());
-    let base = parse_base_url(&base_text).unwrap_or_else(|message| {
+    let base = base_url(&base_text).unwrap_or_else(|message| {
         checker.error("upstream.base_url", message);
         BaseUrl { scheme: Scheme::HTTP, authority: Authority::from_static("invalid"), path: String::new() }
     });
@@ -251,18 +269,34 @@ fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
     }
 }
 
-fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
-    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
-    let scheme = match uri.scheme_str() {
-        Some("https") => Scheme::HTTPS,
-        Some("http") => Scheme::HTTP,
+/// `upstream.base_url`: an http or https URL with a host, no user info, query or
+/// fragment, split for cheap URI building. The url crate normalizes it (lowercase host,
+/// no default port, percent-encoded path, dot segments resolved); the path loses its
+/// trailing `/`.
+fn base_url(text: &str) -> Result<BaseUrl, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    let scheme = match url.scheme() {
+        "https" => Scheme::HTTPS,
+        "http" => Scheme::HTTP,
         _ => return Err("must start with http:// or https://".to_string()),
     };
-    let authority = uri.authority().cloned().ok_or("must name a host")?;
-    if uri.query().is_some() {
+    let host = url.host_str().filter(|host| !host.is_empty()).ok_or("must name a host")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not have user info (the API is authenticated by [oauth])".to_string());
+    }
+    if url.query().is_some() {
         return Err("must not have a query".to_string());
     }
-    let path = uri.path().trim_end_matches('/').to_string();
+    if url.fragment().is_some() {
+        return Err("must not have a fragment".to_string());
+    }
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let authority = Authority::try_from(authority)
+        .map_err(|_| format!("{host:?} cannot be used as a request authority"))?;
+    let path = url.path().trim_end_matches('/').to_string();
     Ok(BaseUrl { scheme, authority, path })
 }
 
@@ -514,7 +548,8 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
         warnings.push(ConfigError::new("server.public_origin", format!("{origin} is plain HTTP")));
     }
     let base = &config.upstream.base;
-    if base.scheme == http::uri::Scheme::HTTP && !is_local_origin(&format!("http://{}", base.authority)) {
+    let local_base = Host::parse(base.authority.host()).is_ok_and(|host| is_local_host(&host));
+    if base.scheme == http::uri::Scheme::HTTP && !local_base {
         warnings.push(ConfigError::new(
             "upstream.base_url",
             "is plain HTTP to a remote host: tokens, the client secret and passwords would travel unencrypted",
@@ -547,11 +582,21 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
     warnings
 }
 
+/// Whether an origin (as [`origin`] leaves it) is on this machine.
 fn is_local_origin(origin: &str) -> bool {
-    let Ok(uri) = origin.parse::<Uri>() else { return false };
-    uri.host().is_some_and(|host| {
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.ends_with(".localhost")
-    })
+    Url::parse(origin)
+        .ok()
+        .and_then(|url| url.host().map(|host| host.to_owned()))
+        .is_some_and(|host| is_local_host(&host))
+}
+
+/// `localhost`, a `*.localhost` name, or a loopback address.
+fn is_local_host(host: &Host<String>) -> bool {
+    match host {
+        Host::Domain(name) => name == "localhost" || name.ends_with(".localhost"),
+        Host::Ipv4(address) => address.is_loopback(),
+        Host::Ipv6(address) => address.is_loopback(),
+    }
 }
 
 #[cfg(unix)]
@@ -699,5 +744,91 @@ mod tests {
         // The mistyped client_id is reported once, for its type, not again as missing.
         assert_eq!(keys.iter().filter(|k| **k == "oauth.client_id").count(), 1, "{errors:?}");
         assert_eq!(errors.len(), 8, "{errors:?}");
+    }
+
+    #[test]
+    fn origins_are_kept_as_browsers_send_them() {
+        let text = format!(
+            "{MINIMAL}[server]\npublic_origin = \"HTTPS://Shop.Example.COM:443/\"\nallowed_origins = [\"https://shop.example.com\", \"http://[::1]:80\", \"http://localhost:8080/\", \"https://bücher.example\"]\n"
+        );
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(config.server.public_origin.as_deref(), Some("https://shop.example.com"));
+        assert_eq!(
+            config.server.allowed_origins,
+            [
+                "https://shop.example.com",
+                "http://[::1]",
+                "http://localhost:8080",
+                "https://xn--bcher-kva.example"
+            ]
+        );
+        let defaulted = Config::from_toml(
+            &format!("{MINIMAL}[server]\npublic_origin = \"http://Shop.test:8080\"\n"),
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(defaulted.server.allowed_origins, ["http://shop.test:8080"]);
+    }
+
+    #[test]
+    fn what_is_not_an_origin_is_refused() {
+        for bad in [
+            "shop.example.com",
+            "ftp://shop.example.com",
+            "https://shop.example.com/cart",
+            "https://shop.example.com?x=1",
+            "https://shop.example.com#top",
+            "https://user:pw@shop.example.com",
+            "https://",
+            "null",
+        ] {
+            assert!(origin(bad).is_err(), "{bad} was accepted as {:?}", origin(bad));
+            let text = format!("{MINIMAL}[server]\nallowed_origins = [{bad:?}]\n");
+            let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == "server.allowed_origins"), "{bad}: {errors:?}");
+            let text = format!("{MINIMAL}[server]\npublic_origin = {bad:?}\n");
+            let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == "server.public_origin"), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn base_urls_are_parsed_with_the_url_crate() {
+        let base = base_url("HTTPS://API.Example.com:443/prefix/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (base.scheme.as_str(), base.authority.as_str(), base.path.as_str()),
+            ("https", "api.example.com", "/prefix")
+        );
+        let base = base_url("http://127.0.0.1:8081").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (base.scheme.as_str(), base.authority.as_str(), base.path.as_str()),
+            ("http", "127.0.0.1:8081", "")
+        );
+        let base = base_url("http://[::1]:9/a/../v/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((base.authority.as_str(), base.path.as_str()), ("[::1]:9", "/v"));
+        for bad in [
+            "api.example.com",
+            "ftp://api.example.com",
+            "https://api.example.com/?x=1",
+            "https://api.example.com/#x",
+            "https://key:secret@api.example.com",
+            "http://",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn loopback_upstreams_and_origins_are_local() {
+        for local in ["http://127.0.0.2:1", "http://[::1]", "http://localhost", "http://shop.localhost:8080"]
+        {
+            assert!(is_local_origin(local), "{local}");
+        }
+        for remote in ["http://shop.test", "http://10.0.0.1", "http://localhost.example.com"] {
+            assert!(!is_local_origin(remote), "{remote}");
+        }
+        let text = format!("{MINIMAL}[upstream]\nbase_url = \"http://[::1]:8081\"\n");
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!config.warnings.iter().any(|w| w.key == "upstream.base_url"), "{:?}", config.warnings);
     }
 }
