@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::{Config, Route};
+use crate::config::{Fixed, Live, Route};
 use crate::cookie;
 use crate::endpoints::{self, Context, Outcome};
 use crate::error::{Error, Source};
@@ -44,8 +44,10 @@ pub struct ConnInfo {
 
 /// The storefront-facing service: shared by every connection.
 pub struct App {
-    /// The live config; swapped whole by a SIGHUP reload (`reload`).
-    config: ArcSwap<Config>,
+    /// The settings a SIGHUP reload swaps in (`reload`); read once per request.
+    live: ArcSwap<Live>,
+    /// The settings that need a restart.
+    fixed: Fixed,
     sessions: Arc<Sessions>,
     forwarder: Forwarder,
     hosted_login: Option<HostedLogin>,
@@ -57,16 +59,18 @@ pub struct App {
 impl App {
     /// The service over its parts.
     pub fn new(
-        config: Arc<Config>,
+        fixed: Fixed,
+        live: Live,
         sessions: Arc<Sessions>,
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let behind_https = config.server.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
+        let behind_https = fixed.server.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
         Self {
             forwarded_proto: if behind_https { "https" } else { "http" },
-            hosted_login: HostedLogin::new(&config),
-            config: ArcSwap::new(config),
+            hosted_login: HostedLogin::new(&fixed),
+            live: ArcSwap::from_pointee(live),
+            fixed,
             sessions,
             forwarder,
             metrics,
@@ -74,16 +78,20 @@ impl App {
         }
     }
 
-    /// Replaces the live config (a reload). The caller has already kept the settings that
-    /// need a restart (see `Config::reloaded`).
-    pub fn reload(&self, config: Arc<Config>) {
-        self.metrics.add_route_labels(&crate::router::all_labels(&config.routes));
-        self.config.store(config);
+    /// Replaces the live settings (a reload; see `Config::reloaded`).
+    pub fn reload(&self, live: Live) {
+        self.metrics.add_route_labels(&crate::router::all_labels(&live.routes));
+        self.live.store(Arc::new(live));
     }
 
-    /// The live config.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The live settings.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The settings that need a restart, as the process started with them.
+    pub fn fixed(&self) -> &Fixed {
+        &self.fixed
     }
 
     /// The hosted-login flow, for the sweeper.
@@ -94,18 +102,18 @@ impl App {
     /// Handles one request. Never fails: every error is a response.
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let config = self.config.load_full();
-        let config = config.as_ref();
+        let live = self.live.load_full();
+        let live = live.as_ref();
         let request_id = self.request_ids.for_request(request.headers());
         let method = request.method().clone();
-        let target = router::classify(request.uri().path(), &config.routes, config.server.demo_page);
+        let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         let label = target.label();
 
-        let (mut response, session_kind) =
-            match self.dispatch(config, target, request, conn, &request_id).await {
-                Ok(outcome) => (outcome.response, outcome.session_kind),
-                Err(error) => (self.respond_error(config, &error, &request_id, label), None),
-            };
+        let (mut response, session_kind) = match self.dispatch(live, target, request, conn, &request_id).await
+        {
+            Ok(outcome) => (outcome.response, outcome.session_kind),
+            Err(error) => (self.respond_error(&error, &request_id, label), None),
+        };
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let latency = started.elapsed();
         self.metrics.record_request(label, response.status(), latency);
@@ -123,7 +131,7 @@ impl App {
 
     async fn dispatch(
         &self,
-        config: &Config,
+        live: &Live,
         target: Target<'_>,
         request: Request<Incoming>,
         conn: ConnInfo,
@@ -132,16 +140,15 @@ impl App {
         if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
-            let server = &config.server;
-            guard::check(request.method(), request.headers(), &server.allowed_origins, server.csrf, exempt)?;
+            guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;
         }
         match target {
             Target::Endpoint(endpoint) => {
                 let context = Context {
-                    cookie: cookie::read_session_cookie(request.headers(), &config.session.cookie_name),
-                    client: self.client_ip(config, conn, &request),
+                    cookie: cookie::read_session_cookie(request.headers(), &self.fixed.session.cookie_name),
+                    client: self.client_ip(live, conn, &request),
                     sessions: &self.sessions,
-                    config,
+                    config: &self.fixed,
                     hosted_login: self.hosted_login.as_ref(),
                 };
                 match endpoints::handle(endpoint, request, context).await {
@@ -152,42 +159,39 @@ impl App {
                     other => other,
                 }
             }
-            Target::Route(route) => Ok(self.handle_route(config, route, request, conn, request_id).await),
+            Target::Route(route) => Ok(self.handle_route(live, route, request, conn, request_id).await),
             Target::DemoPage => Ok(Outcome { response: demo_page(), session_kind: None }),
             Target::UnsafePath => Err(Error::BadRequest("The request path is not allowed.")),
             Target::NotFound => Err(Error::NotFound),
         }
     }
 
-    fn client_ip(&self, config: &Config, conn: ConnInfo, request: &Request<Incoming>) -> IpAddr {
-        ratelimit::client_ip(conn.peer, request.headers(), config.server.trusted_proxy_depth)
+    fn client_ip(&self, live: &Live, conn: ConnInfo, request: &Request<Incoming>) -> IpAddr {
+        ratelimit::client_ip(conn.peer, request.headers(), live.trusted_proxy_depth)
     }
 
     /// Forwards a call on a `[[route]]`. Once a guest session is minted for the call, its
     /// cookie goes back even if the call then fails, so the next call does not mint again.
     async fn handle_route(
         &self,
-        config: &Config,
+        live: &Live,
         route: &Route,
         request: Request<Incoming>,
         conn: ConnInfo,
         request_id: &HeaderValue,
     ) -> Outcome {
         let label = route.label.as_str();
-        if let Err(error) = self.check_body_size(config, &request) {
-            return Outcome {
-                response: self.respond_error(config, &error, request_id, label),
-                session_kind: None,
-            };
+        if let Err(error) = self.check_body_size(live, &request) {
+            return Outcome { response: self.respond_error(&error, request_id, label), session_kind: None };
         }
         let now = now_secs();
-        let cookie = cookie::read_session_cookie(request.headers(), &config.session.cookie_name);
-        let client = self.client_ip(config, conn, &request);
+        let cookie = cookie::read_session_cookie(request.headers(), &self.fixed.session.cookie_name);
+        let client = self.client_ip(live, conn, &request);
         let resolution = match self.sessions.resolve(&cookie, route.session, now, client).await {
             Ok(resolution) => resolution,
             Err(error) => {
                 return Outcome {
-                    response: self.respond_error(config, &error, request_id, label),
+                    response: self.respond_error(&error, request_id, label),
                     session_kind: None,
                 }
             }
@@ -196,15 +200,14 @@ impl App {
             Resolution::Existing(active) => (Some(active), None),
             Resolution::NewGuest(active, id) => {
                 let max_age = self.sessions.cookie_max_age(&active.record, now);
-                (Some(active), Some(cookie::set_session_cookie(&config.session, &id, max_age)))
+                (Some(active), Some(cookie::set_session_cookie(&self.fixed.session, &id, max_age)))
             }
             Resolution::Anonymous => (None, None),
         };
         let session_kind = active.as_ref().map(|active| active.record.kind);
-        let mut response = match self.forward(config, route, request, conn, request_id, active.as_ref()).await
-        {
+        let mut response = match self.forward(live, route, request, conn, request_id, active.as_ref()).await {
             Ok(response) => response,
-            Err(error) => self.respond_error(config, &error, request_id, label),
+            Err(error) => self.respond_error(&error, request_id, label),
         };
         if let Some(set_cookie) = new_cookie {
             response.headers_mut().append(SET_COOKIE, set_cookie);
@@ -212,14 +215,14 @@ impl App {
         Outcome { response, session_kind }
     }
 
-    fn check_body_size(&self, config: &Config, request: &Request<Incoming>) -> Result<(), Error> {
+    fn check_body_size(&self, live: &Live, request: &Request<Incoming>) -> Result<(), Error> {
         let length = request
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
         match length {
-            Some(length) if length > config.server.max_body_bytes => Err(Error::PayloadTooLarge),
+            Some(length) if length > live.max_body_bytes => Err(Error::PayloadTooLarge),
             _ => Ok(()),
         }
     }
@@ -229,7 +232,7 @@ impl App {
     /// the leak guard before it may go to the browser.
     async fn forward(
         &self,
-        config: &Config,
+        live: &Live,
         route: &Route,
         request: Request<Incoming>,
         conn: ConnInfo,
@@ -248,21 +251,24 @@ impl App {
             forwarded_for: forward::forwarded_for(
                 conn.peer.ip(),
                 request.headers(),
-                config.server.trusted_proxy_depth,
+                live.trusted_proxy_depth,
             ),
             proto: self.proto(conn),
             host: host.as_ref(),
         };
-        let prepared = self.forwarder.prepare(request, route, origin, request_id).await?;
+        let prepared = self
+            .forwarder
+            .prepare(request, route, origin, request_id, live.max_body_bytes, live.leak_guard.enabled)
+            .await?;
         let token = record.as_ref().map(|record| &record.access_token);
 
         let (Some(active), Some(record), true) = (active, record.as_ref(), prepared.is_replayable()) else {
             let response = self.send(route, prepared.into_request(token)?).await?;
-            return self.guard_leaks(config, forward::clean_response(response), record.as_deref()).await;
+            return self.guard_leaks(live, forward::clean_response(response), record.as_deref()).await;
         };
         let first = self.send(route, prepared.to_request(token)?).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return self.guard_leaks(config, forward::clean_response(first), Some(record)).await;
+            return self.guard_leaks(live, forward::clean_response(first), Some(record)).await;
         }
         drop(first);
         tracing::debug!(
@@ -271,7 +277,7 @@ impl App {
         );
         let fresh = self.sessions.refresh(active.key, record.generation).await?;
         let replay = self.send(route, prepared.into_request(Some(&fresh.access_token))?).await?;
-        self.guard_leaks(config, forward::clean_response(replay), Some(&fresh)).await
+        self.guard_leaks(live, forward::clean_response(replay), Some(&fresh)).await
     }
 
     async fn send(&self, route: &Route, request: Request<Body>) -> Result<Response<Incoming>, Error> {
@@ -283,12 +289,12 @@ impl App {
 
     async fn guard_leaks(
         &self,
-        config: &Config,
+        live: &Live,
         response: Response<Body>,
         record: Option<&crate::store::SessionRecord>,
     ) -> Result<Response<Body>, Error> {
         let Some(record) = record else { return Ok(response) };
-        let guarded = LeakGuard::new(config.leak_guard).inspect(response, record).await;
+        let guarded = LeakGuard::new(live.leak_guard).inspect(response, record).await;
         if matches!(guarded, Err(Error::TokenLeakBlocked)) {
             self.metrics.record_leak_blocked();
         }
@@ -304,13 +310,7 @@ impl App {
     }
 
     /// The only place an error becomes a response; logs it once by where it came from.
-    fn respond_error(
-        &self,
-        config: &Config,
-        error: &Error,
-        request_id: &HeaderValue,
-        route: &str,
-    ) -> Response<Body> {
+    fn respond_error(&self, error: &Error, request_id: &HeaderValue, route: &str) -> Response<Body> {
         let request_id = request_id.to_str().unwrap_or("-");
         match error.source_kind() {
             Source::Downstream => tracing::debug!(request_id, route, code = error.code(), "refused"),
@@ -322,7 +322,7 @@ impl App {
         self.metrics.record_rejection(error.code());
         let mut response = error.to_response();
         if error.clears_cookie() {
-            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&config.session));
+            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&self.fixed.session));
         }
         response
     }

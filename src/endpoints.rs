@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::Fixed;
 use crate::cookie::{self, CookieLookup};
 use crate::error::Error;
 use crate::hosted_login::{self, HostedLogin, CALLBACK_SCRIPT};
@@ -45,7 +45,7 @@ pub struct Context<'a> {
     pub cookie: CookieLookup,
     pub client: IpAddr,
     pub sessions: &'a Sessions,
-    pub config: &'a Config,
+    pub config: &'a Fixed,
     pub hosted_login: Option<&'a HostedLogin>,
 }
 
@@ -340,6 +340,6 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 }
 
 /// Adds the session cookie to a response.
-pub fn set_cookie(response: &mut Response<Body>, config: &Config, id: &SessionId, max_age: Duration) {
+pub fn set_cookie(response: &mut Response<Body>, config: &Fixed, id: &SessionId, max_age: Duration) {
     response.headers_mut().append(SET_COOKIE, cookie::set_session_cookie(&config.session, id, max_age));
 }

@@ -65,10 +65,6 @@ pub struct Forwarder {
     client: HttpClient,
     base: BaseUrl,
     request_timeout: Duration,
-    /// Ask the API for uncompressed bodies, so the leak guard can read them.
-    identity_encoding: bool,
-    /// Largest body of unknown length accepted (read whole, 413 above).
-    max_body_bytes: u64,
 }
 
 /// What the browser's request becomes upstream, before the token is added.
@@ -112,35 +108,34 @@ pub fn forwarded_for(peer: IpAddr, incoming: &HeaderMap, trusted_depth: usize) -
 
 impl Forwarder {
     /// A forwarder to the API at `base`.
-    pub fn new(
-        client: HttpClient,
-        base: BaseUrl,
-        request_timeout: Duration,
-        identity_encoding: bool,
-        max_body_bytes: u64,
-    ) -> Self {
-        Self { client, base, request_timeout, identity_encoding, max_body_bytes }
+    pub fn new(client: HttpClient, base: BaseUrl, request_timeout: Duration) -> Self {
+        Self { client, base, request_timeout }
     }
 
     /// Rewrites the browser's request for the route. Reads the body only when it is
-    /// small enough to keep for a replay.
+    /// small enough to keep for a replay. The caller passes the live (reloadable) values:
+    /// `max_body_bytes`, the largest body of unknown length accepted (read whole, 413
+    /// above), and `identity_encoding`, whether to ask the API for uncompressed bodies so
+    /// the leak guard can read them (`leak_guard.enabled`).
     pub async fn prepare(
         &self,
         request: Request<Incoming>,
         route: &Route,
         origin: Origin<'_>,
         request_id: &HeaderValue,
+        max_body_bytes: u64,
+        identity_encoding: bool,
     ) -> Result<Prepared, Error> {
         let (parts, incoming) = request.into_parts();
         let uri = self.upstream_uri(&parts.uri, route)?;
         let mut headers = upstream_headers(&parts.headers, origin, request_id);
-        if self.identity_encoding {
+        if identity_encoding {
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         }
         // A body trickled in byte by byte would otherwise hold the connection for ever.
         let body = tokio::time::timeout(
             self.request_timeout,
-            prepare_body(&parts.headers, incoming, self.max_body_bytes),
+            prepare_body(&parts.headers, incoming, max_body_bytes),
         )
         .await
         .map_err(|_| Error::RequestTimeout)??;

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
 
-use crate::config::{Config, GuestMode, SessionPolicy};
+use crate::config::{Fixed, GuestMode, SessionPolicy};
 use crate::cookie::CookieLookup;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -78,7 +78,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// A manager over `store`, getting tokens from `tokens`.
-    pub fn new(config: &Config, store: Arc<Store>, tokens: Arc<TokenClient>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Fixed, store: Arc<Store>, tokens: Arc<TokenClient>, metrics: Arc<Metrics>) -> Self {
         let idle_secs = config.session.idle_timeout.as_secs().max(1);
         Self {
             store,

@@ -68,28 +68,31 @@ impl Checker<'_> {
 /// Validates `raw` into a [`Config`], or returns every problem found.
 pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
     let mut checker = Checker { errors: Vec::new(), env, secret_file: None };
-    let server = server(&mut checker, raw.server);
+    let (server, live_server) = server(&mut checker, raw.server);
     let upstream = upstream(&mut checker, raw.upstream);
     let oauth = oauth(&mut checker, raw.oauth, upstream.request_timeout);
     let session = session(&mut checker, raw.session);
     let store = store(&mut checker, raw.store);
-    let log = log(&mut checker, raw.log);
+    let (log_format, log_level) = log(&mut checker, raw.log);
     let rate_limit = rate_limit(&mut checker, raw.rate_limit);
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
+    let LiveServer { allowed_origins, csrf, max_body_bytes, trusted_proxy_depth, demo_page } = live_server;
     let mut config = Config {
-        server,
-        upstream,
-        oauth,
-        session,
-        store,
-        log,
-        rate_limit,
-        leak_guard,
-        routes,
+        fixed: Fixed { server, upstream, oauth, session, store, rate_limit, log_format },
+        live: Live {
+            allowed_origins,
+            csrf,
+            max_body_bytes,
+            trusted_proxy_depth,
+            demo_page,
+            log_level,
+            leak_guard,
+            routes,
+        },
         source: None,
         warnings: Vec::new(),
     };
@@ -97,7 +100,16 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     Ok(config)
 }
 
-fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
+/// The reloadable keys of `[server]` (they go to [`Live`]).
+struct LiveServer {
+    allowed_origins: Vec<String>,
+    csrf: CsrfMode,
+    max_body_bytes: u64,
+    trusted_proxy_depth: usize,
+    demo_page: bool,
+}
+
+fn server(checker: &mut Checker, raw: RawServer) -> (ServerConfig, LiveServer) {
     let listen = checker.address("server.listen", raw.listen.as_deref().unwrap_or("0.0.0.0:8080"));
     let admin_listen = match raw.admin_listen.as_deref() {
         Some("") | Some("off") => None,
@@ -119,20 +131,30 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
             .collect(),
         None => public_origin.iter().cloned().collect(),
     };
-    ServerConfig {
-        listen,
-        admin_listen,
-        public_origin,
+    let live = LiveServer {
         allowed_origins,
-        max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
-        shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
-        demo_page: raw.demo_page.unwrap_or(false),
         csrf: checker.choice(
             "server.csrf",
             raw.csrf.as_deref(),
             CsrfMode::Header,
             &[("header", CsrfMode::Header), ("origin", CsrfMode::Origin)],
         ),
+        max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
+        trusted_proxy_depth: bounded(
+            checker,
+            "server.trusted_proxy_depth",
+            raw.trusted_proxy_depth,
+            0,
+            0,
+            16,
+        ),
+        demo_page: raw.demo_page.unwrap_or(false),
+    };
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        public_origin,
+        shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
         max_header_bytes: bounded(
             checker,
             "server.max_header_bytes",
@@ -152,16 +174,9 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
             "60s",
         ),
         max_connections: bounded(checker, "server.max_connections", raw.max_connections, 10_000, 1, 1 << 24),
-        trusted_proxy_depth: bounded(
-            checker,
-            "server.trusted_proxy_depth",
-            raw.trusted_proxy_depth,
-            0,
-            0,
-            16,
-        ),
         tls: raw.tls.and_then(|tls| tls_files(checker, tls)),
-    }
+    };
+    (server, live)
 }
 
 /// An origin, serialized the way browsers send `Origin` (the guard compares the two as
@@ -475,7 +490,8 @@ fn encryption_keys(checker: &mut Checker, variable: Option<&str>) -> Vec<Encrypt
     keys
 }
 
-fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
+/// `[log]`: the format (fixed) and the level (live).
+fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String) {
     let format = checker.choice(
         "log.format",
         raw.format.as_deref(),
@@ -489,7 +505,7 @@ fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
             format!("{level:?} is not a level or filter like \"info\" or \"tokengate=debug\""),
         );
     }
-    LogConfig { format, level }
+    (format, level)
 }
 
 fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
@@ -534,20 +550,20 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
 
 /// Settings that work but weaken security; `check-config` prints them, `run` logs them.
 fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> Vec<ConfigError> {
+    let Fixed { server, upstream, session, .. } = &config.fixed;
     let mut warnings = Vec::new();
-    let local = config.server.public_origin.as_deref().is_none_or(is_local_origin);
-    if !config.session.cookie_secure && !local {
+    let public_origin = server.public_origin.as_deref();
+    let local = public_origin.is_none_or(is_local_origin);
+    if !session.cookie_secure && !local {
         warnings.push(ConfigError::new(
             "session.cookie_secure",
             "is false while public_origin is not localhost: the session cookie would travel over plain HTTP",
         ));
     }
-    if let Some(origin) =
-        config.server.public_origin.as_deref().filter(|o| o.starts_with("http://") && !is_local_origin(o))
-    {
+    if let Some(origin) = public_origin.filter(|o| o.starts_with("http://") && !is_local_origin(o)) {
         warnings.push(ConfigError::new("server.public_origin", format!("{origin} is plain HTTP")));
     }
-    let base = &config.upstream.base;
+    let base = &upstream.base;
     let local_base = Host::parse(base.authority.host()).is_ok_and(|host| is_local_host(&host));
     if base.scheme == http::uri::Scheme::HTTP && !local_base {
         warnings.push(ConfigError::new(
@@ -555,19 +571,19 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
             "is plain HTTP to a remote host: tokens, the client secret and passwords would travel unencrypted",
         ));
     }
-    if let Some(admin) = config.server.admin_listen.filter(|address| !address.ip().is_loopback()) {
+    if let Some(admin) = server.admin_listen.filter(|address| !address.ip().is_loopback()) {
         warnings.push(ConfigError::new(
             "server.admin_listen",
             format!("{admin} is not loopback: /metrics and /readyz have no authentication; keep them off the internet"),
         ));
     }
-    if !config.leak_guard.enabled {
+    if !config.live.leak_guard.enabled {
         warnings.push(ConfigError::new(
             "leak_guard.enabled",
             "is false: an API that echoes a token would reach the browser",
         ));
     }
-    if config.session.same_site == SameSite::None {
+    if session.same_site == SameSite::None {
         warnings.push(ConfigError::new(
             "session.same_site",
             "is \"none\": cross-site requests carry the cookie, only the CSRF check stands in the way",
@@ -630,14 +646,14 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let config = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(config.session.cookie_name, "__Host-tokengate");
-        assert!(config.session.cookie_secure);
-        assert_eq!(config.session.idle_timeout, Duration::from_secs(24 * 3600));
-        assert_eq!(config.session.absolute_timeout, Duration::from_secs(30 * 86400));
-        assert_eq!(config.oauth.refresh_ahead, Duration::from_secs(60));
-        assert_eq!(config.oauth.access_token_path, "/oauth20/access-tokens");
-        assert_eq!(config.oauth.client_secret.expose(), "s3cret");
-        assert_eq!(config.routes[0].session, SessionPolicy::Required);
+        assert_eq!(config.fixed.session.cookie_name, "__Host-tokengate");
+        assert!(config.fixed.session.cookie_secure);
+        assert_eq!(config.fixed.session.idle_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(config.fixed.session.absolute_timeout, Duration::from_secs(30 * 86400));
+        assert_eq!(config.fixed.oauth.refresh_ahead, Duration::from_secs(60));
+        assert_eq!(config.fixed.oauth.access_token_path, "/oauth20/access-tokens");
+        assert_eq!(config.fixed.oauth.client_secret.expose(), "s3cret");
+        assert_eq!(config.live.routes[0].session, SessionPolicy::Required);
     }
 
     #[test]
@@ -681,7 +697,7 @@ mod tests {
             session = "none"
         "#;
         let config = Config::from_toml(text, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(config.routes[0].prefix, "/api/public/");
+        assert_eq!(config.live.routes[0].prefix, "/api/public/");
     }
 
     #[test]
@@ -752,9 +768,9 @@ mod tests {
             "{MINIMAL}[server]\npublic_origin = \"HTTPS://Shop.Example.COM:443/\"\nallowed_origins = [\"https://shop.example.com\", \"http://[::1]:80\", \"http://localhost:8080/\", \"https://bücher.example\"]\n"
         );
         let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(config.server.public_origin.as_deref(), Some("https://shop.example.com"));
+        assert_eq!(config.fixed.server.public_origin.as_deref(), Some("https://shop.example.com"));
         assert_eq!(
-            config.server.allowed_origins,
+            config.live.allowed_origins,
             [
                 "https://shop.example.com",
                 "http://[::1]",
@@ -767,7 +783,7 @@ mod tests {
             &env,
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(defaulted.server.allowed_origins, ["http://shop.test:8080"]);
+        assert_eq!(defaulted.live.allowed_origins, ["http://shop.test:8080"]);
     }
 
     #[test]
@@ -830,5 +846,41 @@ mod tests {
         let text = format!("{MINIMAL}[upstream]\nbase_url = \"http://[::1]:8081\"\n");
         let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(!config.warnings.iter().any(|w| w.key == "upstream.base_url"), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn a_reload_takes_the_live_settings_and_names_each_changed_fixed_section() {
+        let running = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let text = format!(
+            "{MINIMAL}[[route]]\nprefix = \"/shop/\"\n[server]\ncsrf = \"origin\"\nmax_body_bytes = 10\ntrusted_proxy_depth = 2\ndemo_page = true\nallowed_origins = [\"https://a.example\"]\n[log]\nlevel = \"debug\"\n[leak_guard]\nenabled = false\nmax_body_bytes = 5\n"
+        );
+        let new = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let expected = new.live.clone();
+        let reloaded = new.reloaded(&running.fixed);
+        assert!(reloaded.restart_needed.is_empty(), "{:?}", reloaded.restart_needed);
+        assert_eq!(reloaded.live, expected);
+        assert_eq!(reloaded.live.routes.len(), 2);
+        assert_ne!(reloaded.live, running.live);
+
+        // Only a changed secret: noticed although Debug cannot show it.
+        let rotated = |name: &str| (name == "TOKENGATE_CLIENT_SECRET").then(|| "n3w-secret".to_string());
+        let new = Config::from_toml(MINIMAL, &rotated).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(format!("{:?}", new.fixed), format!("{:?}", running.fixed));
+        assert_eq!(new.reloaded(&running.fixed).restart_needed, ["oauth"]);
+
+        let text = format!(
+            "{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[session]\nidle_timeout = \"1h\"\n[log]\nformat = \"json\"\n[upstream]\nbase_url = \"https://other.example\"\n[rate_limit]\nnew_sessions_burst = 1\n[store]\nsnapshot_file = \"/tmp/x\"\nencryption_key_env = \"KEY\"\n"
+        );
+        let with_key = |name: &str| match name {
+            "KEY" => Some(STANDARD.encode([1u8; 32])),
+            _ => env(name),
+        };
+        let new = Config::from_toml(&text, &with_key).unwrap_or_else(|e| panic!("{e:?}"));
+        let reloaded = new.reloaded(&running.fixed);
+        assert_eq!(
+            reloaded.restart_needed,
+            ["server", "upstream", "session", "store", "rate_limit", "log.format"]
+        );
+        assert_eq!(reloaded.live, running.live, "only restart-only keys changed");
     }
 }
