@@ -104,6 +104,9 @@ pub async fn run_on(
         admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
         https: tls.is_some(),
     };
+    // Before the announcement: from then on a SIGHUP may come, and until the handler is
+    // registered its default action would kill the process.
+    let hangups = listen_for_hangups();
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
 
@@ -114,7 +117,7 @@ pub async fn run_on(
         config.session.sweep_interval,
         shutdown.clone(),
     ));
-    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), source, shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), source, hangups, shutdown.clone()));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
@@ -134,16 +137,41 @@ pub async fn run_on(
     Ok(())
 }
 
-/// On SIGHUP, re-reads the config file (`source`) and applies what can change safely
-/// (the `Live` settings); an invalid file keeps the running config.
-async fn reload_on_sighup(app: Arc<App>, source: Option<PathBuf>, shutdown: CancellationToken) {
+/// The SIGHUP stream (none off Unix, or when it cannot be registered).
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn listen_for_hangups() -> Option<Hangups> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; config reload is off");
-            return;
-        };
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; config reload is off");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// On SIGHUP, re-reads the config file (`source`) and applies what can change safely
+/// (the `Live` settings); an invalid file keeps the running config.
+async fn reload_on_sighup(
+    app: Arc<App>,
+    source: Option<PathBuf>,
+    hangups: Option<Hangups>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        let Some(mut hangups) = hangups else { return };
         loop {
             tokio::select! {
                 received = hangups.recv() => if received.is_none() { return },
@@ -154,7 +182,7 @@ async fn reload_on_sighup(app: Arc<App>, source: Option<PathBuf>, shutdown: Canc
     }
     #[cfg(not(unix))]
     {
-        let _ = (app, source, shutdown);
+        let _ = (app, source, hangups, shutdown);
     }
 }
 
