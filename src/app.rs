@@ -27,7 +27,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::{Config, Route};
+use crate::config::{Fixed, Live, Route, SessionPolicy};
 use crate::cookie;
 use crate::endpoints;
 use crate::error::{Error, Source};
@@ -50,8 +50,11 @@ const STANDARD_METHODS: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
 
 /// The storefront-facing service: shared by every connection.
 pub struct App {
-    /// The live config; swapped whole by a SIGHUP reload (`reload`).
-    config: ArcSwap<Config>,
+    /// The settings a SIGHUP may change, swapped whole by a reload (`reload`) and read
+    /// only through this handle, once per request.
+    live: ArcSwap<Live>,
+    /// The settings that need a restart.
+    fixed: Fixed,
     sessions: Arc<Sessions>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
@@ -61,13 +64,15 @@ pub struct App {
 impl App {
     /// The service over its parts.
     pub fn new(
-        config: Arc<Config>,
+        fixed: Fixed,
+        live: Live,
         sessions: Arc<Sessions>,
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            config: ArcSwap::new(config),
+            live: ArcSwap::from_pointee(live),
+            fixed,
             sessions,
             forwarder,
             metrics,
@@ -75,25 +80,28 @@ impl App {
         }
     }
 
-    /// Replaces the live config (a reload). The caller has already kept the settings that
-    /// need a restart (see `Config::reloaded`).
-    pub fn reload(&self, config: Arc<Config>) {
-        self.metrics.add_route_labels(&crate::router::all_labels(&config.routes));
-        self.config.store(config);
+    /// Replaces the live settings (a reload; see `Config::reloaded`).
+    pub fn reload(&self, live: Live) {
+        self.metrics.add_route_labels(&crate::router::all_labels(&live.routes));
+        self.live.store(Arc::new(live));
     }
 
-    /// The live config.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The live settings.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The settings that need a restart.
+    pub fn fixed(&self) -> &Fixed {
+        &self.fixed
     }
 
     /// Handles one request. Never fails: every error is a response.
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let config = self.config.load_full();
+        let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();
-        let mut ctx =
-            RequestContext::new(&config, request.method(), request.headers(), conn, request_id, now);
+        let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, now);
         let result = self.walk(&mut ctx, request).await;
         self.respond(&mut ctx, result)
     }
@@ -104,14 +112,13 @@ impl App {
         ctx: &mut RequestContext<'_>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, Error> {
-        let config = ctx.config;
-        let target = router::classify(request.uri().path(), &config.routes, config.server.demo_page);
+        let live = ctx.live;
+        let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         ctx.route = target.label();
         if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
-            let server = &config.server;
-            guard::check(request.method(), request.headers(), &server.allowed_origins, server.csrf, exempt)?;
+            guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;
         }
         match target {
             Target::Endpoint(endpoint) => endpoints::handle(endpoint, request, ctx, &self.sessions).await,
@@ -133,11 +140,11 @@ impl App {
         if !protocol::is_standard_method(request.method()) {
             return Err(Error::MethodNotAllowed { allow: STANDARD_METHODS });
         }
-        let config = ctx.config;
+        let live = ctx.live;
         let limits = Limits {
-            max_body_bytes: config.server.max_body_bytes,
-            replayable: route.session != crate::config::SessionPolicy::None,
-            identity_encoding: config.leak_guard.enabled,
+            max_body_bytes: live.max_body_bytes,
+            replayable: route.session != SessionPolicy::None,
+            identity_encoding: live.leak_guard.enabled,
         };
         let prepared = self.forwarder.prepare(request, route, ctx, limits).await?;
         let active = self.session(ctx, route).await?;
@@ -149,9 +156,8 @@ impl App {
         let response = forward::clean_response(response);
         match record {
             Some(record) => {
-                LeakGuard::new(config.leak_guard, config.upstream.request_timeout)
-                    .inspect(response, &record)
-                    .await
+                let deadline = ctx.fixed.upstream.request_timeout;
+                LeakGuard::new(live.leak_guard, deadline).inspect(response, &record).await
             }
             None => Ok(response),
         }
@@ -165,7 +171,7 @@ impl App {
             Resolution::Existing(active) => Some(active),
             Resolution::NewGuest(active, id) => {
                 let max_age = self.sessions.cookie_max_age(&active.record, ctx.now);
-                ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.config.session, &id, max_age));
+                ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.fixed.session, &id, max_age));
                 Some(active)
             }
             Resolution::Anonymous => None,
@@ -254,7 +260,7 @@ impl App {
         self.metrics.record_rejection(code);
         let mut response = error.to_response();
         if error.clears_cookie() {
-            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&ctx.config.session));
+            response.headers_mut().append(SET_COOKIE, cookie::clear_session_cookie(&ctx.fixed.session));
         }
         response
     }

@@ -12,9 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 
-use crate::config::Config;
+use crate::config::{Fixed, Live};
 use crate::cookie::{self, CookieLookup};
 use crate::ratelimit::ClientAddress;
 use crate::store::SessionKind;
@@ -32,9 +32,11 @@ pub struct ConnInfo {
 /// Everything one request's steps share.
 #[derive(Debug)]
 pub struct RequestContext<'a> {
-    /// The live config as it was when the request arrived (a reload mid-request does
-    /// not change it under the request's feet).
-    pub config: &'a Config,
+    /// The settings that need a restart.
+    pub fixed: &'a Fixed,
+    /// The live settings as they were when the request arrived (a reload mid-request
+    /// does not change them under the request's feet).
+    pub live: &'a Live,
     pub request_id: HeaderValue,
     pub method: Method,
     /// The route label for logs and metrics (never the raw path).
@@ -56,23 +58,24 @@ pub struct RequestContext<'a> {
 }
 
 impl<'a> RequestContext<'a> {
-    /// The context of a request with these headers, arriving now.
-    pub fn new(
-        config: &'a Config,
-        method: &Method,
-        headers: &HeaderMap,
+    /// The context of `request` (its head only), arriving on `conn` at `now`.
+    pub fn new<B>(
+        (fixed, live): (&'a Fixed, &'a Live),
+        request: &Request<B>,
         conn: ConnInfo,
         request_id: HeaderValue,
         now: u64,
     ) -> Self {
+        let headers = request.headers();
         Self {
-            config,
+            fixed,
+            live,
             request_id,
-            method: method.clone(),
+            method: request.method().clone(),
             route: "",
             conn,
-            client: ClientAddress::of(conn.peer, headers, config.server.trusted_proxy_depth),
-            cookie: cookie::read_session_cookie(headers, &config.session.cookie_name),
+            client: ClientAddress::of(conn.peer, headers, live.trusted_proxy_depth),
+            cookie: cookie::read_session_cookie(headers, &fixed.session.cookie_name),
             now,
             started: Instant::now(),
             session_kind: None,

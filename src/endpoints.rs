@@ -90,7 +90,7 @@ fn remember_cookie(
     ctx.session_kind = Some(active.record.kind);
     if let Some(id) = id {
         let max_age = sessions.cookie_max_age(&active.record, ctx.now);
-        ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.config.session, id, max_age));
+        ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.fixed.session, id, max_age));
     }
 }
 
@@ -160,7 +160,7 @@ async fn logout(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Res
     let mut response = Response::new(Body::Empty);
     *response.status_mut() = StatusCode::NO_CONTENT;
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    ctx.set_cookie = Some(cookie::clear_session_cookie(&ctx.config.session));
+    ctx.set_cookie = Some(cookie::clear_session_cookie(&ctx.fixed.session));
     Ok(response)
 }
 

@@ -69,18 +69,18 @@ fn referer_is_allowed(headers: &HeaderMap, allowed_origins: &[String]) -> Result
     let Some(referer) = headers.get(http::header::REFERER) else { return Ok(false) };
     let referer = referer.to_str().map_err(|_| Error::OriginRejected)?;
     let origin = origin_of(referer).ok_or(Error::OriginRejected)?;
-    if is_allowed(origin, allowed_origins) {
+    if is_allowed(&origin, allowed_origins) {
         Ok(true)
     } else {
         Err(Error::OriginRejected)
     }
 }
 
-/// `scheme://host[:port]` of an absolute URL.
-fn origin_of(url: &str) -> Option<&str> {
-    let after_scheme = url.find("://")? + 3;
-    let end = url[after_scheme..].find(['/', '?', '#']).map_or(url.len(), |i| after_scheme + i);
-    Some(&url[..end])
+/// The origin of an absolute http(s) URL, serialized as browsers send `Origin` (the
+/// config's allowed origins are normalized the same way).
+fn origin_of(referer: &str) -> Option<String> {
+    let url = url::Url::parse(referer).ok()?;
+    matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -159,6 +159,15 @@ mod tests {
             origin_mode(Method::POST, &[("referer", "https://shop.example.com.evil.test/")]),
             Err(Error::OriginRejected)
         ));
+        for foreign in
+            ["https://shop.example.com@evil.test/", "https://evil.test/?https://shop.example.com", "/cart"]
+        {
+            assert!(
+                matches!(origin_mode(Method::POST, &[("referer", foreign)]), Err(Error::OriginRejected)),
+                "{foreign}"
+            );
+        }
+        assert!(origin_mode(Method::POST, &[("referer", "https://user@shop.example.com:443/cart")]).is_ok());
         assert!(origin_mode(Method::GET, &[]).is_ok());
     }
 }

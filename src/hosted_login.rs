@@ -27,7 +27,7 @@ use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
 use crate::callback::{parse_callback_query, CallbackOutcome, CallbackParams};
-use crate::config::Config;
+use crate::config::Fixed;
 use crate::error::Error;
 use crate::secret::AccessToken;
 use crate::store::{SessionKind, SessionRecord, StateKey};
@@ -65,7 +65,7 @@ pub struct HostedLogin {
 impl HostedLogin {
     /// The flow for `config`, or `None` without a `public_origin` to build the
     /// `redirect_uri` from.
-    pub fn new(config: &Config) -> Option<Self> {
+    pub fn new(config: &Fixed) -> Option<Self> {
         let origin = config.server.public_origin.as_ref()?;
         let base = &config.upstream.base;
         let script_hash = STANDARD.encode(Sha256::digest(CALLBACK_SCRIPT.as_bytes()));

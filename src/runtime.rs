@@ -8,6 +8,7 @@
 //! (9) drain within `server.shutdown_timeout`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +47,11 @@ pub struct Listeners {
 
 /// Binds the listeners `config` names, failing if either cannot be bound.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
-    let public = TcpListener::bind(config.server.listen)
+    let server = &config.fixed.server;
+    let public = TcpListener::bind(server.listen)
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.server.listen))?;
-    let admin = match config.server.admin_listen {
+        .map_err(|error| format!("cannot listen on {}: {error}", server.listen))?;
+    let admin = match server.admin_listen {
         Some(address) => Some(
             TcpListener::bind(address)
                 .await
@@ -78,8 +80,8 @@ pub async fn run_on(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), String> {
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&config.routes)));
+    let Config { fixed: config, live, source, warnings: _ } = config;
+    let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&live.routes)));
     let http = upstream::build_client(&config.upstream)?;
     let tokens = Arc::new(DigitalRiverClient::new(
         http.clone(),
@@ -109,7 +111,8 @@ pub async fn run_on(
         config.server.public_origin.as_deref(),
         Arc::clone(&metrics),
     );
-    let app = Arc::new(App::new(Arc::clone(&config), Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
+    let app =
+        Arc::new(App::new(config.clone(), live, Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
     let tls = config.server.tls.as_ref().map(crate::tls::acceptor).transpose()?;
 
     let Listeners { public, admin } = listeners;
@@ -118,13 +121,16 @@ pub async fn run_on(
         admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
         https: tls.is_some(),
     };
+    // Before the announcement: from then on a SIGHUP may come, and until the handler is
+    // registered its default action would kill the process.
+    let hangups = listen_for_hangups();
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
 
     let options = ServeOptions::from_config(&config.server);
     let sweeper =
         tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
-    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), shutdown.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), source, hangups, shutdown.clone()));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
@@ -144,37 +150,63 @@ pub async fn run_on(
     Ok(())
 }
 
-/// On SIGHUP, re-reads the config file and applies what can change safely (routes,
-/// limits, log level, allowed origins); an invalid file keeps the running config.
-async fn reload_on_sighup(app: Arc<App>, shutdown: CancellationToken) {
+/// The SIGHUP stream (none off Unix, or when it cannot be registered).
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn listen_for_hangups() -> Option<Hangups> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; config reload is off");
-            return;
-        };
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; config reload is off");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// On SIGHUP, re-reads the config file (`source`) and applies what can change safely
+/// (the `Live` settings); an invalid file keeps the running config.
+async fn reload_on_sighup(
+    app: Arc<App>,
+    source: Option<PathBuf>,
+    hangups: Option<Hangups>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        let Some(mut hangups) = hangups else { return };
         loop {
             tokio::select! {
                 received = hangups.recv() => if received.is_none() { return },
                 () = shutdown.cancelled() => return,
             }
-            reload(&app);
+            reload(&app, source.as_deref());
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (app, shutdown);
+        let _ = (app, source, hangups, shutdown);
     }
 }
 
-fn reload(app: &App) {
-    let running = app.config();
-    let Some(path) = running.source.clone() else {
+/// One reload: the new file's `Live` settings replace the running ones (log level
+/// included); changes to `Fixed` settings are named in a warning and wait for a restart.
+fn reload(app: &App, source: Option<&Path>) {
+    let Some(path) = source else {
         tracing::warn!("SIGHUP: this config did not come from a file; nothing to reload");
         return;
     };
-    let new = match Config::load(&path) {
+    let new = match Config::load(path) {
         Ok(new) => new,
         Err(errors) => {
             let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -182,15 +214,18 @@ fn reload(app: &App) {
             return;
         }
     };
-    let (next, ignored) = running.reloaded(new);
-    if !ignored.is_empty() {
-        tracing::warn!(sections = ?ignored, "config reload: these changes need a restart and were not applied");
+    let reloaded = new.reloaded(app.fixed());
+    if !reloaded.restart_needed.is_empty() {
+        tracing::warn!(
+            sections = ?reloaded.restart_needed,
+            "config reload: these changes need a restart and were not applied"
+        );
     }
-    if let Err(error) = telemetry::set_level(&next.log.level) {
+    if let Err(error) = telemetry::set_level(&reloaded.live.log_level) {
         tracing::warn!(%error, "config reload: log level not changed");
     }
-    let routes = next.routes.len();
-    app.reload(Arc::new(next));
+    let routes = reloaded.live.routes.len();
+    app.reload(reloaded.live);
     tracing::info!(file = %path.display(), routes, "config reloaded");
 }
 

@@ -6,15 +6,37 @@
 //! easy to find with grep: the Authorization header, the token-endpoint form, the cookie
 //! writer and the store's codec are its only callers.
 //!
+//! Equality (`==`, used to notice a changed secret at a config reload) compares in time
+//! that depends only on the lengths, never on where the values first differ.
+//!
 //! This module depends on nothing else in the crate.
 
 use std::fmt;
 
 use zeroize::Zeroize;
 
+/// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
+/// is compared, and the differences are folded together before the one branch.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |difference, (x, y)| difference | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
 /// A string that must never be logged or shown.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SecretString(String);
+
+/// Constant-time (see [`constant_time_eq`]).
+impl PartialEq for SecretString {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for SecretString {}
 
 impl SecretString {
     /// Wraps a value.
@@ -48,6 +70,8 @@ impl fmt::Debug for SecretString {
 macro_rules! secret_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// `==` is constant-time (it compares the inner [`SecretString`]).
         #[derive(Clone, PartialEq, Eq)]
         pub struct $name(SecretString);
 
@@ -93,9 +117,18 @@ secret_newtype!(
     Password
 );
 
-/// A 256-bit symmetric key (for sealing the store). `Debug` is redacted; wiped on drop.
-#[derive(Clone, PartialEq, Eq)]
+/// A 256-bit symmetric key (for sealing the store). `Debug` is redacted; wiped on drop;
+/// `==` is constant-time.
+#[derive(Clone)]
 pub struct EncryptionKey([u8; 32]);
+
+impl PartialEq for EncryptionKey {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for EncryptionKey {}
 
 impl EncryptionKey {
     /// Wraps raw key bytes.
@@ -139,6 +172,18 @@ mod tests {
             assert!(!shown.contains("abc123secret"), "{shown}");
             assert!(shown.contains("redacted"), "{shown}");
         }
+    }
+
+    #[test]
+    fn equality_compares_the_values() {
+        assert_eq!(ClientSecret::new("s3cret"), ClientSecret::new("s3cret"));
+        assert_ne!(ClientSecret::new("s3cret"), ClientSecret::new("s3creT"));
+        assert_ne!(ClientSecret::new("s3cret"), ClientSecret::new("s3cret2"));
+        assert_ne!(ClientSecret::new(""), ClientSecret::new("x"));
+        assert_eq!(EncryptionKey::new([7; 32]), EncryptionKey::new([7; 32]));
+        let mut other = [7; 32];
+        other[31] = 8;
+        assert_ne!(EncryptionKey::new([7; 32]), EncryptionKey::new(other));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::LogFormat;
 
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 static FROM_ENVIRONMENT: OnceLock<bool> = OnceLock::new();
@@ -29,16 +29,16 @@ pub fn parse_filter(text: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(directives.join(",")).map_err(|error| error.to_string())
 }
 
-/// Installs the global subscriber. Later calls are ignored.
-pub fn init(config: &LogConfig) {
+/// Installs the global subscriber: `format` (`log.format`, fixed) and `level`
+/// (`log.level`, changed later by [`set_level`]). Later calls are ignored.
+pub fn init(format: LogFormat, level: &str) {
     let from_environment = std::env::var("RUST_LOG").ok().and_then(|text| parse_filter(&text).ok());
     let uses_environment = from_environment.is_some();
-    let filter = from_environment
-        .or_else(|| parse_filter(&config.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter =
+        from_environment.or_else(|| parse_filter(level).ok()).unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let installed = match config.format {
+    let installed = match format {
         LogFormat::Json => registry
             .with(
                 fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr),

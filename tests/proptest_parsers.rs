@@ -450,11 +450,11 @@ proptest! {
         ]
         .into();
         let config = load(&text, &env).unwrap_or_else(|errors| panic!("{errors:?} for {text}"));
-        prop_assert_eq!(config.session.idle_timeout.as_secs(), idle * unit.1);
-        prop_assert_eq!(config.session.max_sessions as u64, max_sessions);
-        prop_assert_eq!(config.session.cookie_secure, secure);
-        prop_assert_eq!(config.oauth.client_secret.expose(), SECRET);
-        let lengths: Vec<usize> = config.routes.iter().map(|r| r.prefix.len()).collect();
+        prop_assert_eq!(config.fixed.session.idle_timeout.as_secs(), idle * unit.1);
+        prop_assert_eq!(config.fixed.session.max_sessions as u64, max_sessions);
+        prop_assert_eq!(config.fixed.session.cookie_secure, secure);
+        prop_assert_eq!(config.fixed.oauth.client_secret.expose(), SECRET);
+        let lengths: Vec<usize> = config.live.routes.iter().map(|r| r.prefix.len()).collect();
         prop_assert!(lengths.windows(2).all(|w| w[0] >= w[1]), "not longest first: {:?}", lengths);
     }
 }

@@ -76,7 +76,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             println!(
                 "{}: ok ({} route(s), {} warning(s))",
                 path.display(),
-                config.routes.len(),
+                config.live.routes.len(),
                 config.warnings.len()
             );
             ExitCode::SUCCESS
@@ -118,7 +118,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    telemetry::init(&config.log);
+    telemetry::init(config.fixed.log_format, &config.live.log_level);
     for warning in &config.warnings {
         tracing::warn!(key = %warning.key, "insecure setting: {}", warning.message);
     }
@@ -133,10 +133,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn run_demo(listen: SocketAddr) -> ExitCode {
-    telemetry::init(&tokengate::config::LogConfig {
-        format: tokengate::config::LogFormat::Text,
-        level: "info".into(),
-    });
+    telemetry::init(tokengate::config::LogFormat::Text, "info");
     serve_until_signalled("tokengate demo", |shutdown| demo::run(listen, shutdown))
 }
 
@@ -146,7 +143,7 @@ fn healthcheck(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let Some(mut address) = config.server.admin_listen else {
+    let Some(mut address) = config.fixed.server.admin_listen else {
         eprintln!("healthcheck: server.admin_listen is off");
         return ExitCode::FAILURE;
     };

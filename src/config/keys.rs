@@ -1,12 +1,15 @@
-//! The table of every `proxy.toml` key, and what it drives: the type check that reports
-//! every bad key at once, and the `TOKENGATE_<SECTION>_<KEY>` environment overrides.
+//! What the key table drives: the type check that reports every bad key at once (and
+//! drops it, so that the rest of the file can still be validated), and the
+//! `TOKENGATE_<SECTION>_<KEY>` environment overrides.
 //!
-//! Keeping the table next to the raw structs (a unit test checks they agree) means an
-//! override can be parsed as the key's own type: `TOKENGATE_OAUTH_CLIENT_ID=12345` stays
-//! a string and `TOKENGATE_SESSION_MAX_SESSIONS=10` becomes a number.
+//! The table itself ([`KEYS`], [`ARRAYS`]) is generated in [`super::raw`] from the same
+//! list as the serde structs, so an override is parsed as the key's own type:
+//! `TOKENGATE_OAUTH_CLIENT_ID=12345` stays a string and `TOKENGATE_SESSION_MAX_SESSIONS=10`
+//! becomes a number.
 
 use toml::{Table, Value};
 
+pub use super::raw::{ARRAYS, KEYS};
 use super::ConfigError;
 
 /// The TOML type a key holds.
@@ -17,67 +20,6 @@ pub enum Kind {
     Bool,
     StrList,
 }
-
-/// Every key of every `[section]`, with its type. `[[route]]` is checked separately.
-pub const KEYS: &[(&str, &str, Kind)] = &[
-    ("server", "listen", Kind::Str),
-    ("server", "admin_listen", Kind::Str),
-    ("server", "public_origin", Kind::Str),
-    ("server", "allowed_origins", Kind::StrList),
-    ("server", "max_body_bytes", Kind::Int),
-    ("server", "shutdown_timeout", Kind::Str),
-    ("server", "demo_page", Kind::Bool),
-    ("server", "csrf", Kind::Str),
-    ("server", "max_header_bytes", Kind::Int),
-    ("server", "header_read_timeout", Kind::Str),
-    ("server", "keep_alive_timeout", Kind::Str),
-    ("server", "max_connections", Kind::Int),
-    ("server", "trusted_proxy_depth", Kind::Int),
-    ("server.tls", "cert_file", Kind::Str),
-    ("server.tls", "key_file", Kind::Str),
-    ("upstream", "base_url", Kind::Str),
-    ("upstream", "connect_timeout", Kind::Str),
-    ("upstream", "request_timeout", Kind::Str),
-    ("upstream", "ca_file", Kind::Str),
-    ("upstream", "pool_idle_timeout", Kind::Str),
-    ("upstream", "pool_max_idle_per_host", Kind::Int),
-    ("oauth", "flavor", Kind::Str),
-    ("oauth", "client_id", Kind::Str),
-    ("oauth", "client_secret_env", Kind::Str),
-    ("oauth", "client_secret_file", Kind::Str),
-    ("oauth", "token_path", Kind::Str),
-    ("oauth", "access_token_path", Kind::Str),
-    ("oauth", "password_encoding", Kind::Str),
-    ("oauth", "authorize_carry_guest", Kind::Bool),
-    ("oauth", "authorize_path", Kind::Str),
-    ("oauth", "refresh_ahead", Kind::Str),
-    ("oauth", "refresh_wait_timeout", Kind::Str),
-    ("session", "cookie_name", Kind::Str),
-    ("session", "cookie_secure", Kind::Bool),
-    ("session", "same_site", Kind::Str),
-    ("session", "idle_timeout", Kind::Str),
-    ("session", "absolute_timeout", Kind::Str),
-    ("session", "max_sessions", Kind::Int),
-    ("session", "guest", Kind::Str),
-    ("session", "sweep_interval", Kind::Str),
-    ("store", "kind", Kind::Str),
-    ("store", "url_env", Kind::Str),
-    ("store", "encryption_key_env", Kind::Str),
-    ("store", "snapshot_file", Kind::Str),
-    ("store", "snapshot_interval", Kind::Str),
-    ("store", "snapshot_on_error", Kind::Str),
-    ("rate_limit", "new_sessions_per_minute", Kind::Int),
-    ("rate_limit", "new_sessions_burst", Kind::Int),
-    ("rate_limit", "token_concurrency", Kind::Int),
-    ("leak_guard", "enabled", Kind::Bool),
-    ("leak_guard", "max_body_bytes", Kind::Int),
-    ("log", "format", Kind::Str),
-    ("log", "level", Kind::Str),
-];
-
-/// The keys of one `[[route]]` table.
-pub const ROUTE_KEYS: &[(&str, Kind)] =
-    &[("prefix", Kind::Str), ("upstream_prefix", Kind::Str), ("session", Kind::Str)];
 
 fn kind_of(section: &str, key: &str) -> Option<Kind> {
     KEYS.iter().find(|(s, k, _)| *s == section && *k == key).map(|(_, _, kind)| *kind)
@@ -106,64 +48,77 @@ fn describe(kind: Kind) -> &'static str {
     }
 }
 
-/// Reports every unknown section, unknown key and wrongly typed value in the file.
-pub fn check_table(table: &Table, errors: &mut Vec<ConfigError>) {
-    for (section, value) in table {
-        if section == "route" {
-            check_routes(value, errors);
-            continue;
+/// Reports every unknown section, unknown key and wrongly typed value in the file, and
+/// removes each from `table`, so that what is left deserializes and can be validated.
+/// A `[[route]]` entry that is not a table is replaced by an empty one, so that the
+/// indexes of the others (in later messages) stay those of the file.
+pub fn check_table(table: &mut Table, errors: &mut Vec<ConfigError>) {
+    table.retain(|name, value| {
+        if let Some((_, keys)) = ARRAYS.iter().find(|(array, _)| *array == name) {
+            return check_array(name, value, keys, errors);
         }
-        if !is_section(section) || section.contains('.') {
-            errors.push(ConfigError::new(section, "unknown section"));
-            continue;
+        if !is_section(name) || name.contains('.') {
+            errors.push(ConfigError::new(name, "unknown section"));
+            return false;
         }
-        check_section(section, value, errors);
-    }
+        check_section(name, value, errors)
+    });
 }
 
 /// Checks the keys of `[section]`, descending into known sub-tables such as `[server.tls]`.
-fn check_section(section: &str, value: &Value, errors: &mut Vec<ConfigError>) {
-    let Some(keys) = value.as_table() else {
+/// Returns whether the section itself is kept (it is a table).
+fn check_section(section: &str, value: &mut Value, errors: &mut Vec<ConfigError>) -> bool {
+    let Some(keys) = value.as_table_mut() else {
         errors.push(ConfigError::new(section, "must be a table"));
-        return;
+        return false;
     };
-    for (key, value) in keys {
+    keys.retain(|key, value| {
         let path = format!("{section}.{key}");
         if is_section(&path) {
-            check_section(&path, value, errors);
-            continue;
+            return check_section(&path, value, errors);
         }
         match kind_of(section, key) {
-            None => errors.push(ConfigError::new(&path, "unknown key")),
-            Some(kind) if !matches_kind(value, kind) => {
-                errors.push(ConfigError::new(&path, format!("must be {}", describe(kind))))
+            None => {
+                errors.push(ConfigError::new(&path, "unknown key"));
+                false
             }
-            Some(_) => {}
+            Some(kind) if !matches_kind(value, kind) => {
+                errors.push(ConfigError::new(&path, format!("must be {}", describe(kind))));
+                false
+            }
+            Some(_) => true,
         }
-    }
+    });
+    true
 }
 
-fn check_routes(value: &Value, errors: &mut Vec<ConfigError>) {
-    let Some(routes) = value.as_array() else {
-        errors.push(ConfigError::new("route", "must be an array of [[route]] tables"));
-        return;
+fn check_array(name: &str, value: &mut Value, keys: &[(&str, Kind)], errors: &mut Vec<ConfigError>) -> bool {
+    let Some(entries) = value.as_array_mut() else {
+        errors.push(ConfigError::new(name, format!("must be an array of [[{name}]] tables")));
+        return false;
     };
-    for (index, route) in routes.iter().enumerate() {
-        let Some(route) = route.as_table() else {
-            errors.push(ConfigError::new(format!("route[{index}]"), "must be a table"));
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let Some(table) = entry.as_table_mut() else {
+            errors.push(ConfigError::new(format!("{name}[{index}]"), "must be a table"));
+            *entry = Value::Table(Table::new());
             continue;
         };
-        for (key, value) in route {
-            let path = format!("route[{index}].{key}");
-            match ROUTE_KEYS.iter().find(|(k, _)| k == key) {
-                None => errors.push(ConfigError::new(&path, "unknown key")),
-                Some((_, kind)) if !matches_kind(value, *kind) => {
-                    errors.push(ConfigError::new(&path, format!("must be {}", describe(*kind))))
+        table.retain(|key, value| {
+            let path = format!("{name}[{index}].{key}");
+            match keys.iter().find(|(k, _)| *k == key) {
+                None => {
+                    errors.push(ConfigError::new(&path, "unknown key"));
+                    false
                 }
-                Some(_) => {}
+                Some((_, kind)) if !matches_kind(value, *kind) => {
+                    errors.push(ConfigError::new(&path, format!("must be {}", describe(*kind))));
+                    false
+                }
+                Some(_) => true,
             }
-        }
+        });
     }
+    true
 }
 
 /// The environment variable that overrides `section.key` (`server.tls` gives
@@ -188,11 +143,18 @@ pub fn apply_env_overrides(
                 continue;
             }
         };
-        let section_table = table.entry(section.to_string()).or_insert_with(|| Value::Table(Table::new()));
-        if let Some(section_table) = section_table.as_table_mut() {
+        if let Some(section_table) = table_at(table, section) {
             section_table.insert(key.to_string(), value);
         }
     }
+}
+
+/// The table at a dotted section path (`server.tls`), created where missing. `None` only
+/// if something on the path is not a table (`check_table` has removed those already).
+fn table_at<'t>(table: &'t mut Table, section: &str) -> Option<&'t mut Table> {
+    section.split('.').try_fold(table, |table, part| {
+        table.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new())).as_table_mut()
+    })
 }
 
 fn parse_override(raw: &str, kind: Kind) -> Result<Value, String> {
@@ -238,14 +200,41 @@ mod tests {
             "#,
         )
         .unwrap_or_default();
+        let mut table = table;
         let mut errors = Vec::new();
-        check_table(&table, &mut errors);
+        check_table(&mut table, &mut errors);
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert!(keys.contains(&"server.listen"), "{keys:?}");
         assert!(keys.contains(&"server.bogus"), "{keys:?}");
         assert!(keys.contains(&"nonsense"), "{keys:?}");
         assert!(keys.contains(&"route[0].extra"), "{keys:?}");
         assert_eq!(errors.len(), 4);
+        // What was reported is gone; the rest stays for validation.
+        assert!(table["server"].as_table().is_some_and(Table::is_empty), "{table:?}");
+        assert!(!table.contains_key("nonsense"));
+        assert_eq!(table["route"][0]["prefix"].as_str(), Some("/api/"));
+        assert!(table["route"][0].get("extra").is_none());
+    }
+
+    #[test]
+    fn a_route_that_is_not_a_table_keeps_the_others_at_their_index() {
+        let mut table: Table = toml::from_str("route = [1, { prefix = \"/api/\" }]\n").unwrap_or_default();
+        let mut errors = Vec::new();
+        check_table(&mut table, &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "route[0]");
+        assert_eq!(table["route"][1]["prefix"].as_str(), Some("/api/"));
+    }
+
+    #[test]
+    fn an_override_of_a_sub_table_key_lands_in_the_sub_table() {
+        let mut table: Table = toml::from_str("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap_or_default();
+        let env = |name: &str| (name == "TOKENGATE_SERVER_TLS_CERT_FILE").then(|| "/c.pem".to_string());
+        let mut errors = Vec::new();
+        apply_env_overrides(&mut table, &env, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(table["server"]["tls"]["cert_file"].as_str(), Some("/c.pem"));
+        assert_eq!(table["server"]["listen"].as_str(), Some("127.0.0.1:1"));
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //! [`Config`] before anything starts.
 //!
 //! Stages: TOML syntax → [`keys::check_table`] (unknown keys and wrong types, all at
-//! once) → [`keys::apply_env_overrides`] → serde into [`raw`] → [`validate`] (values,
-//! secrets resolved from `*_env`/`*_file`). Every stage collects [`ConfigError`]s with the
-//! key path, so `check-config` prints every problem in one run. The request path only
-//! ever sees an immutable `Arc<Config>`; nothing here is read after startup.
+//! once, each dropped after it is reported) → [`keys::apply_env_overrides`] → serde into
+//! [`raw`] → [`validate`] (values, secrets resolved from `*_env`/`*_file`). Every stage
+//! collects [`ConfigError`]s with the key path and the next stage still runs, so
+//! `check-config` prints every problem in one run. The schema (the key table and the raw
+//! structs) is written once, in [`raw`].
+//!
+//! The result is split in two: [`Fixed`] (read once at start; a reload only reports a
+//! change) and [`Live`] (swapped in by a SIGHUP reload; the request path reads it through
+//! the app's live handle only).
 
 pub mod keys;
 pub mod raw;
@@ -44,42 +49,66 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// The whole validated configuration.
+/// The whole validated configuration: what needs a restart ([`Fixed`]) and what a SIGHUP
+/// reload may change ([`Live`]).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
-    pub oauth: OAuthConfig,
-    pub session: SessionConfig,
-    pub store: StoreConfig,
-    pub log: LogConfig,
-    pub rate_limit: RateLimitConfig,
-    pub leak_guard: LeakGuardConfig,
-    /// Routes sorted longest prefix first, so the first match is the longest.
-    pub routes: Vec<Route>,
+    pub fixed: Fixed,
+    pub live: Live,
     /// Where the file came from (for reload and messages); `None` for an inline config.
     pub source: Option<PathBuf>,
     /// Settings that work but weaken security (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigError>,
 }
 
-/// `[server]`: the storefront-facing listener.
-#[derive(Debug, Clone)]
+/// The settings read once at start; a reload that changes one only reports it (see
+/// [`Fixed::changed_sections`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fixed {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub oauth: OAuthConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub rate_limit: RateLimitConfig,
+    /// `log.format`: the subscriber is installed once.
+    pub log_format: LogFormat,
+}
+
+/// The settings a SIGHUP reload applies in place. The request path reads them only
+/// through the app's live handle (an `ArcSwap<Live>`), never from a copy made at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    /// `server.allowed_origins`: origins (as browsers serialize `Origin`) whose requests
+    /// are accepted when they send `Origin`; defaults to `[public_origin]`.
+    pub allowed_origins: Vec<String>,
+    /// `server.csrf`: how unsafe requests prove they come from the storefront.
+    pub csrf: CsrfMode,
+    /// `server.max_body_bytes`: largest request body forwarded on a route (413 above;
+    /// the session endpoints have their own small limit).
+    pub max_body_bytes: u64,
+    /// `server.trusted_proxy_depth`: how many `X-Forwarded-For` entries, counted from the
+    /// right, were added by proxies we trust (0: the socket's peer is the client).
+    pub trusted_proxy_depth: usize,
+    /// `server.demo_page`: serve the built-in demo storefront page at `/`.
+    pub demo_page: bool,
+    /// `log.level`: a level or `tracing` filter (`RUST_LOG`, when set at start, wins).
+    pub log_level: String,
+    pub leak_guard: LeakGuardConfig,
+    /// Routes sorted longest prefix first, so the first match is the longest.
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`: the storefront-facing listener (its reloadable keys are in [`Live`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
-    /// The storefront's own origin (`scheme://host[:port]`), if configured.
+    /// The storefront's own origin (`scheme://host[:port]`, serialized as browsers send
+    /// `Origin`), if configured.
     pub public_origin: Option<String>,
-    /// Origins whose unsafe requests are accepted; defaults to `[public_origin]`.
-    pub allowed_origins: Vec<String>,
-    /// Largest request body accepted, for `/session/*` and forwarded calls.
-    pub max_body_bytes: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
-    /// Serve the built-in demo storefront page at `/`.
-    pub demo_page: bool,
-    /// How unsafe requests prove they come from the storefront.
-    pub csrf: CsrfMode,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
     /// How long a client may take to send a request's headers (slowloris).
@@ -88,15 +117,12 @@ pub struct ServerConfig {
     pub keep_alive_timeout: Duration,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
-    /// How many `X-Forwarded-For` entries, counted from the right, were added by proxies
-    /// we trust (0: the socket's peer is the client).
-    pub trusted_proxy_depth: usize,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain and key.
     pub tls: Option<TlsFiles>,
 }
 
 /// `[server.tls]`: PEM files for the storefront listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -113,7 +139,7 @@ pub enum CsrfMode {
 }
 
 /// `[rate_limit]`: protection of the token endpoint from floods of new sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
     /// New sessions one client may start per minute, sustained.
     pub new_sessions_per_minute: u32,
@@ -124,7 +150,7 @@ pub struct RateLimitConfig {
 }
 
 /// `[leak_guard]`: the last line of defence against an upstream that echoes a token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeakGuardConfig {
     pub enabled: bool,
     /// JSON and text response bodies up to this size are scanned; larger ones stream
@@ -133,7 +159,7 @@ pub struct LeakGuardConfig {
 }
 
 /// `[upstream]`: the Commerce API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub base: BaseUrl,
     pub connect_timeout: Duration,
@@ -144,7 +170,7 @@ pub struct UpstreamConfig {
 }
 
 /// An absolute `http(s)://authority[/path]` base URL, split for cheap URI building.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BaseUrl {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -168,7 +194,7 @@ pub enum PasswordEncoding {
 }
 
 /// `[oauth]`: the token endpoint and how to talk to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OAuthConfig {
     pub flavor: Flavor,
     pub client_id: String,
@@ -199,7 +225,7 @@ pub enum GuestMode {
 }
 
 /// `[session]`: the cookie and the session lifetimes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
     pub cookie_name: String,
     pub cookie_secure: bool,
@@ -218,7 +244,7 @@ pub enum StoreKind {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// Where the memory store keeps its sealed snapshot, if anywhere.
@@ -235,7 +261,7 @@ pub enum SnapshotOnError {
 }
 
 /// The memory store's snapshot: sealed with AES-256-GCM, written atomically.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotConfig {
     pub file: PathBuf,
     /// The first key seals; every key opens (rotation).
@@ -251,13 +277,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[log]`: tracing output. `RUST_LOG`, when set, wins over `level`.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
 /// How a route treats the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionPolicy {
@@ -270,7 +289,7 @@ pub enum SessionPolicy {
 }
 
 /// One `[[route]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub prefix: String,
     pub upstream_prefix: String,
@@ -293,56 +312,86 @@ impl Config {
 
     /// Parses and validates a configuration text with overrides and secrets read through
     /// `env` (tests and the demo pass a map instead of the real environment).
+    ///
+    /// Every problem is collected, not only the first stage's: unknown and wrongly typed
+    /// keys (and bad overrides) are reported and dropped, the rest is validated, and the
+    /// errors of both stages come back together. A value problem about a key that was
+    /// already reported (e.g. a required key dropped for its type) is not repeated. Only
+    /// a TOML syntax error stops at once (there is no table to go on with).
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|error| vec![ConfigError::new("(file)", syntax_message(&error))])?;
         let mut errors = Vec::new();
-        keys::check_table(&table, &mut errors);
+        keys::check_table(&mut table, &mut errors);
         keys::apply_env_overrides(&mut table, env, &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
+        let raw: raw::RawConfig = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(error) => {
+                let error: toml::de::Error = error;
+                errors.push(ConfigError::new("(file)", error.message()));
+                return Err(errors);
+            }
+        };
+        match validate(raw, env) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                let reported: Vec<String> = errors.iter().map(|e| reported_key(&e.key).to_string()).collect();
+                let is_new = |error: &ConfigError| {
+                    !reported.iter().any(|key| {
+                        error.key == *key
+                            || error.key.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                    })
+                };
+                errors.extend(more.into_iter().filter(is_new));
+                Err(errors)
+            }
         }
-        let raw: raw::RawConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|error: toml::de::Error| vec![ConfigError::new("(file)", error.message())])?;
-        validate(raw, env)
     }
 }
 
-impl Config {
-    /// The config to run after a SIGHUP reload: `new`'s reloadable settings (routes,
-    /// `allowed_origins`, `csrf`, `max_body_bytes`, `trusted_proxy_depth`, `demo_page`,
-    /// `log.level`, `[leak_guard]`) on top of `self`. Also returns the sections whose other
-    /// changes need a restart and were not applied.
-    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
-        let mut next = self.clone();
-        next.routes = std::mem::take(&mut new.routes);
-        next.server.allowed_origins = new.server.allowed_origins.clone();
-        next.server.csrf = new.server.csrf;
-        next.server.max_body_bytes = new.server.max_body_bytes;
-        next.server.trusted_proxy_depth = new.server.trusted_proxy_depth;
-        next.server.demo_page = new.server.demo_page;
-        next.log.level = new.log.level.clone();
-        next.leak_guard = new.leak_guard;
-        next.warnings = std::mem::take(&mut new.warnings);
-        // What is left different needs a restart. Secrets are redacted in Debug, so a
-        // changed secret is not noticed here: secrets are read at start only.
-        let mut ignored = Vec::new();
-        let sections: [(&'static str, String, String); 7] = [
-            ("server", format!("{:?}", next.server), format!("{:?}", new.server)),
-            ("upstream", format!("{:?}", next.upstream), format!("{:?}", new.upstream)),
-            ("oauth", format!("{:?}", next.oauth), format!("{:?}", new.oauth)),
-            ("session", format!("{:?}", next.session), format!("{:?}", new.session)),
-            ("store", format!("{:?}", next.store), format!("{:?}", new.store)),
-            ("rate_limit", format!("{:?}", next.rate_limit), format!("{:?}", new.rate_limit)),
-            ("log.format", format!("{:?}", next.log.format), format!("{:?}", new.log.format)),
+/// The key path of a stage-one error (`session.max_sessions (from TOKENGATE_…)` is about
+/// `session.max_sessions`).
+fn reported_key(key: &str) -> &str {
+    key.split_once(" (from ").map_or(key, |(key, _)| key)
+}
+
+impl Fixed {
+    /// The sections of `self` that `new` changes, by their names in the file (`log.format`
+    /// for the one key of `[log]` that needs a restart). Each section is compared whole
+    /// with `==`; secrets compare by value (in constant time), so a changed client secret
+    /// or snapshot key is noticed like any other change.
+    pub fn changed_sections(&self, new: &Fixed) -> Vec<&'static str> {
+        // Destructured, so that a new field cannot be forgotten here.
+        let Fixed { server, upstream, oauth, session, store, rate_limit, log_format } = self;
+        let sections = [
+            ("server", *server != new.server),
+            ("upstream", *upstream != new.upstream),
+            ("oauth", *oauth != new.oauth),
+            ("session", *session != new.session),
+            ("store", *store != new.store),
+            ("rate_limit", *rate_limit != new.rate_limit),
+            ("log.format", *log_format != new.log_format),
         ];
-        for (name, running, wanted) in sections {
-            if running != wanted {
-                ignored.push(name);
-            }
-        }
-        (next, ignored)
+        sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
+    }
+}
+
+/// What a SIGHUP reload applies: the new file's [`Live`] settings, kept over the running
+/// [`Fixed`] ones.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The live settings to swap in.
+    pub live: Live,
+    /// The `Fixed` sections the new file changes; they were not applied (restart needed).
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Config {
+    /// The reload of `self` (a freshly loaded file) over a process running `running`:
+    /// its live settings, and the fixed sections it would change.
+    pub fn reloaded(self, running: &Fixed) -> Reloaded {
+        Reloaded { restart_needed: running.changed_sections(&self.fixed), live: self.live }
     }
 }
 

@@ -1,136 +1,243 @@
-//! The serde structs that mirror `proxy.toml`, before validation.
+//! The schema of `proxy.toml`, stated once: the serde structs that mirror the file before
+//! validation, and the key table ([`KEYS`], [`ARRAYS`]) that drives the type check and
+//! the `TOKENGATE_<SECTION>_<KEY>` overrides in [`super::keys`].
 //!
-//! Every field is optional here so that a missing key falls back to its documented
-//! default in `validate`, and every struct rejects unknown keys.
+//! Both come from the one list in the [`schema!`] invocation below: each key is written
+//! once, as `name: Kind`, and becomes a struct field of the kind's type *and* a row of the
+//! table. A key cannot be in one and not in the other, or have two types.
+//!
+//! Every field is optional so that a missing key falls back to its documented default in
+//! `validate`, and every struct rejects unknown keys.
 
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    #[serde(default)]
-    pub server: RawServer,
-    #[serde(default)]
-    pub upstream: RawUpstream,
-    #[serde(default)]
-    pub oauth: RawOAuth,
-    #[serde(default)]
-    pub session: RawSession,
-    #[serde(default)]
-    pub store: RawStore,
-    #[serde(default)]
-    pub log: RawLog,
-    #[serde(default)]
-    pub rate_limit: RawRateLimit,
-    #[serde(default)]
-    pub leak_guard: RawLeakGuard,
-    #[serde(default)]
-    pub route: Vec<RawRoute>,
+use super::keys::Kind;
+
+/// The Rust type a key of each [`Kind`] is read into.
+macro_rules! raw_type {
+    (Str) => { String };
+    (Int) => { u64 };
+    (Bool) => { bool };
+    (StrList) => { Vec<String> };
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    pub public_origin: Option<String>,
-    pub allowed_origins: Option<Vec<String>>,
-    pub max_body_bytes: Option<u64>,
-    pub shutdown_timeout: Option<String>,
-    pub demo_page: Option<bool>,
-    pub csrf: Option<String>,
-    pub max_header_bytes: Option<u64>,
-    pub header_read_timeout: Option<String>,
-    pub keep_alive_timeout: Option<String>,
-    pub max_connections: Option<u64>,
-    pub trusted_proxy_depth: Option<u64>,
-    pub tls: Option<RawTls>,
+/// Generates, from one list of sections (each with its `key: Kind` pairs and optional
+/// sub-tables) and arrays of tables:
+/// - `RawConfig`, with one field per section (defaulted when absent) and per array;
+/// - one `Raw*` struct per section, sub-table and array, with an `Option` field per key
+///   (a sub-table is an `Option` of its struct: its presence means something);
+/// - [`KEYS`]: `(section path, key, kind)` for every section and sub-table key;
+/// - [`ARRAYS`]: `(name, [(key, kind)])` for every array of tables.
+macro_rules! schema {
+    (
+        sections {
+            $(
+                $(#[$section_doc:meta])*
+                $section:ident: $Section:ident { $($key:ident: $kind:ident),* $(,)? }
+                $(tables {
+                    $(
+                        $(#[$sub_doc:meta])*
+                        $sub:ident: $Sub:ident { $($sub_key:ident: $sub_kind:ident),* $(,)? }
+                    ),* $(,)?
+                })?
+            ),* $(,)?
+        }
+        arrays {
+            $(
+                $(#[$array_doc:meta])*
+                $array:ident: $Array:ident { $($array_key:ident: $array_kind:ident),* $(,)? }
+            ),* $(,)?
+        }
+    ) => {
+        /// The whole file.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawConfig {
+            $( #[serde(default)] pub $section: $Section, )*
+            $( #[serde(default)] pub $array: Vec<$Array>, )*
+        }
+
+        $(
+            $(#[$section_doc])*
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $Section {
+                $( pub $key: Option<raw_type!($kind)>, )*
+                $($( pub $sub: Option<$Sub>, )*)?
+            }
+
+            $($(
+                $(#[$sub_doc])*
+                #[derive(Debug, Default, Deserialize)]
+                #[serde(deny_unknown_fields)]
+                pub struct $Sub {
+                    $( pub $sub_key: Option<raw_type!($sub_kind)>, )*
+                }
+            )*)?
+        )*
+
+        $(
+            $(#[$array_doc])*
+            #[derive(Debug, Default, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $Array {
+                $( pub $array_key: Option<raw_type!($array_kind)>, )*
+            }
+        )*
+
+        /// Every key of every `[section]` and `[section.table]`, with its type, in the
+        /// order of the schema. `[[route]]` keys are in [`ARRAYS`].
+        pub const KEYS: &[(&str, &str, Kind)] = &[
+            $(
+                $( (stringify!($section), stringify!($key), Kind::$kind), )*
+                $($($(
+                    (concat!(stringify!($section), ".", stringify!($sub)), stringify!($sub_key), Kind::$sub_kind),
+                )*)*)?
+            )*
+        ];
+
+        /// The keys of each array of tables (`[[route]]`), with their types.
+        pub const ARRAYS: &[(&str, &[(&str, Kind)])] = &[
+            $( (stringify!($array), &[ $( (stringify!($array_key), Kind::$array_kind), )* ]), )*
+        ];
+    };
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
+schema! {
+    sections {
+        /// `[server]`
+        server: RawServer {
+            listen: Str,
+            admin_listen: Str,
+            public_origin: Str,
+            allowed_origins: StrList,
+            max_body_bytes: Int,
+            shutdown_timeout: Str,
+            demo_page: Bool,
+            csrf: Str,
+            max_header_bytes: Int,
+            header_read_timeout: Str,
+            keep_alive_timeout: Str,
+            max_connections: Int,
+            trusted_proxy_depth: Int,
+        }
+        tables {
+            /// `[server.tls]`
+            tls: RawTls {
+                cert_file: Str,
+                key_file: Str,
+            },
+        },
+        /// `[upstream]`
+        upstream: RawUpstream {
+            base_url: Str,
+            connect_timeout: Str,
+            request_timeout: Str,
+            ca_file: Str,
+            pool_idle_timeout: Str,
+            pool_max_idle_per_host: Int,
+        },
+        /// `[oauth]`
+        oauth: RawOAuth {
+            flavor: Str,
+            client_id: Str,
+            client_secret_env: Str,
+            client_secret_file: Str,
+            token_path: Str,
+            access_token_path: Str,
+            password_encoding: Str,
+            authorize_carry_guest: Bool,
+            authorize_path: Str,
+            refresh_ahead: Str,
+            refresh_wait_timeout: Str,
+        },
+        /// `[session]`
+        session: RawSession {
+            cookie_name: Str,
+            cookie_secure: Bool,
+            same_site: Str,
+            idle_timeout: Str,
+            absolute_timeout: Str,
+            max_sessions: Int,
+            guest: Str,
+            sweep_interval: Str,
+        },
+        /// `[store]`
+        store: RawStore {
+            kind: Str,
+            url_env: Str,
+            encryption_key_env: Str,
+            snapshot_file: Str,
+            snapshot_interval: Str,
+            snapshot_on_error: Str,
+        },
+        /// `[rate_limit]`
+        rate_limit: RawRateLimit {
+            new_sessions_per_minute: Int,
+            new_sessions_burst: Int,
+            token_concurrency: Int,
+        },
+        /// `[leak_guard]`
+        leak_guard: RawLeakGuard {
+            enabled: Bool,
+            max_body_bytes: Int,
+        },
+        /// `[log]`
+        log: RawLog {
+            format: Str,
+            level: Str,
+        },
+    }
+    arrays {
+        /// One `[[route]]`.
+        route: RawRoute {
+            prefix: Str,
+            upstream_prefix: Str,
+            session: Str,
+        },
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    pub base_url: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub request_timeout: Option<String>,
-    pub ca_file: Option<String>,
-    pub pool_idle_timeout: Option<String>,
-    pub pool_max_idle_per_host: Option<u64>,
-}
+#[cfg(test)]
+mod tests {
+    use toml::{Table, Value};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawOAuth {
-    pub flavor: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret_env: Option<String>,
-    pub client_secret_file: Option<String>,
-    pub token_path: Option<String>,
-    pub access_token_path: Option<String>,
-    pub password_encoding: Option<String>,
-    pub authorize_carry_guest: Option<bool>,
-    pub authorize_path: Option<String>,
-    pub refresh_ahead: Option<String>,
-    pub refresh_wait_timeout: Option<String>,
-}
+    use super::*;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSession {
-    pub cookie_name: Option<String>,
-    pub cookie_secure: Option<bool>,
-    pub same_site: Option<String>,
-    pub idle_timeout: Option<String>,
-    pub absolute_timeout: Option<String>,
-    pub max_sessions: Option<u64>,
-    pub guest: Option<String>,
-    pub sweep_interval: Option<String>,
-}
+    fn sample(kind: Kind) -> Value {
+        match kind {
+            Kind::Str => Value::String("x".into()),
+            Kind::Int => Value::Integer(7),
+            Kind::Bool => Value::Boolean(true),
+            Kind::StrList => Value::Array(vec![Value::String("x".into())]),
+        }
+    }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStore {
-    pub kind: Option<String>,
-    pub url_env: Option<String>,
-    pub encryption_key_env: Option<String>,
-    pub snapshot_file: Option<String>,
-    pub snapshot_interval: Option<String>,
-    pub snapshot_on_error: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    pub new_sessions_per_minute: Option<u64>,
-    pub new_sessions_burst: Option<u64>,
-    pub token_concurrency: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLeakGuard {
-    pub enabled: Option<bool>,
-    pub max_body_bytes: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub format: Option<String>,
-    pub level: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub prefix: Option<String>,
-    pub upstream_prefix: Option<String>,
-    pub session: Option<String>,
+    /// A file that sets every key of the table deserializes into the structs with every
+    /// field set (the macro makes this so; the test shows it).
+    #[test]
+    fn the_key_table_and_the_structs_describe_the_same_file() {
+        let mut file = Table::new();
+        for (section, key, kind) in KEYS {
+            let mut table = &mut file;
+            for part in section.split('.') {
+                let entry = table.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+                table = match entry {
+                    Value::Table(inner) => inner,
+                    _ => panic!("{section} is not a table"),
+                };
+            }
+            table.insert(key.to_string(), sample(*kind));
+        }
+        for (array, keys) in ARRAYS {
+            let route: Table = keys.iter().map(|(key, kind)| (key.to_string(), sample(*kind))).collect();
+            file.insert(array.to_string(), Value::Array(vec![Value::Table(route)]));
+        }
+        let raw: RawConfig = Value::Table(file).try_into().unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains("None"), "a key of the table has no field: {shown}");
+        assert_eq!(raw.server.max_body_bytes, Some(7));
+        assert_eq!(raw.server.tls.and_then(|tls| tls.key_file).as_deref(), Some("x"));
+        assert_eq!(raw.route.len(), 1);
+    }
 }

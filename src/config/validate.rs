@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::Uri;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use url::{Host, Url};
 
 use super::raw::{
     RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer, RawSession, RawStore,
@@ -69,28 +68,31 @@ impl Checker<'_> {
 /// Validates `raw` into a [`Config`], or returns every problem found.
 pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
     let mut checker = Checker { errors: Vec::new(), env, secret_file: None };
-    let server = server(&mut checker, raw.server);
+    let (server, live_server) = server(&mut checker, raw.server);
     let upstream = upstream(&mut checker, raw.upstream);
     let oauth = oauth(&mut checker, raw.oauth, upstream.request_timeout);
     let session = session(&mut checker, raw.session);
     let store = store(&mut checker, raw.store);
-    let log = log(&mut checker, raw.log);
+    let (log_format, log_level) = log(&mut checker, raw.log);
     let rate_limit = rate_limit(&mut checker, raw.rate_limit);
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
+    let LiveServer { allowed_origins, csrf, max_body_bytes, trusted_proxy_depth, demo_page } = live_server;
     let mut config = Config {
-        server,
-        upstream,
-        oauth,
-        session,
-        store,
-        log,
-        rate_limit,
-        leak_guard,
-        routes,
+        fixed: Fixed { server, upstream, oauth, session, store, rate_limit, log_format },
+        live: Live {
+            allowed_origins,
+            csrf,
+            max_body_bytes,
+            trusted_proxy_depth,
+            demo_page,
+            log_level,
+            leak_guard,
+            routes,
+        },
         source: None,
         warnings: Vec::new(),
     };
@@ -98,41 +100,61 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     Ok(config)
 }
 
-fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
+/// The reloadable keys of `[server]` (they go to [`Live`]).
+struct LiveServer {
+    allowed_origins: Vec<String>,
+    csrf: CsrfMode,
+    max_body_bytes: u64,
+    trusted_proxy_depth: usize,
+    demo_page: bool,
+}
+
+fn server(checker: &mut Checker, raw: RawServer) -> (ServerConfig, LiveServer) {
     let listen = checker.address("server.listen", raw.listen.as_deref().unwrap_or("0.0.0.0:8080"));
     let admin_listen = match raw.admin_listen.as_deref() {
         Some("") | Some("off") => None,
         other => Some(checker.address("server.admin_listen", other.unwrap_or("127.0.0.1:9090"))),
     };
-    let public_origin = raw.public_origin.map(|origin| origin.trim_end_matches('/').to_string());
-    if let Some(origin) = &public_origin {
-        if !is_origin(origin) {
-            checker.error("server.public_origin", "must be an origin like \"https://shop.example.com\"");
+    let public_origin = raw.public_origin.and_then(|text| match origin(&text) {
+        Ok(origin) => Some(origin),
+        Err(message) => {
+            checker.error("server.public_origin", message);
+            None
         }
-    }
+    });
     let allowed_origins: Vec<String> = match raw.allowed_origins {
-        Some(list) => list.into_iter().map(|o| o.trim_end_matches('/').to_string()).collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|text| {
+                origin(text).map_err(|message| checker.error("server.allowed_origins", message)).ok()
+            })
+            .collect(),
         None => public_origin.iter().cloned().collect(),
     };
-    for origin in &allowed_origins {
-        if !is_origin(origin) {
-            checker.error("server.allowed_origins", format!("{origin:?} is not an origin"));
-        }
-    }
-    ServerConfig {
-        listen,
-        admin_listen,
-        public_origin,
+    let live = LiveServer {
         allowed_origins,
-        max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
-        shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
-        demo_page: raw.demo_page.unwrap_or(false),
         csrf: checker.choice(
             "server.csrf",
             raw.csrf.as_deref(),
             CsrfMode::Header,
             &[("header", CsrfMode::Header), ("origin", CsrfMode::Origin)],
         ),
+        max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
+        trusted_proxy_depth: bounded(
+            checker,
+            "server.trusted_proxy_depth",
+            raw.trusted_proxy_depth,
+            0,
+            0,
+            16,
+        ),
+        demo_page: raw.demo_page.unwrap_or(false),
+    };
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        public_origin,
+        shutdown_timeout: checker.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s"),
         max_header_bytes: bounded(
             checker,
             "server.max_header_bytes",
@@ -152,16 +174,35 @@ fn server(checker: &mut Checker, raw: RawServer) -> ServerConfig {
             "60s",
         ),
         max_connections: bounded(checker, "server.max_connections", raw.max_connections, 10_000, 1, 1 << 24),
-        trusted_proxy_depth: bounded(
-            checker,
-            "server.trusted_proxy_depth",
-            raw.trusted_proxy_depth,
-            0,
-            0,
-            16,
-        ),
         tls: raw.tls.and_then(|tls| tls_files(checker, tls)),
+    };
+    (server, live)
+}
+
+/// An origin, serialized the way browsers send `Origin` (the guard compares the two as
+/// strings): `scheme://host[:port]` with the scheme and host in lowercase, an IDN host in
+/// punycode, an IPv6 host in brackets and no default port. `https://Shop.Example.com:443/`
+/// becomes `https://shop.example.com`. Only http and https; a trailing `/` is accepted,
+/// any other path, a query, a fragment or user info is not.
+fn origin(text: &str) -> Result<String, String> {
+    let problem = |what: &str| format!("{text:?} is not an origin like \"https://shop.example.com\": {what}");
+    let url = Url::parse(text).map_err(|error| problem(&error.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(problem("the scheme must be http or https"));
     }
+    if url.host().is_none() {
+        return Err(problem("it names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(problem("it has user info"));
+    }
+    if url.path() != "/" {
+        return Err(problem("it has a path"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(problem("it has a query or fragment"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn tls_files(checker: &mut Checker, raw: super::raw::RawTls) -> Option<TlsFiles> {
@@ -216,17 +257,9 @@ fn leak_guard(raw: RawLeakGuard) -> LeakGuardConfig {
     }
 }
 
-fn is_origin(text: &str) -> bool {
-    let Ok(uri) = text.parse::<Uri>() else { return false };
-    matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.authority().is_some()
-        && uri.path() == "/"
-        && !text.ends_with('/')
-}
-
 fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
     let base_text = raw.base_url.unwrap_or_else(|| "https://api.digitalriver.com".to_string());
-    let base = parse_base_url(&base_text).unwrap_or_else(|message| {
+    let base = base_url(&base_text).unwrap_or_else(|message| {
         checker.error("upstream.base_url", message);
         BaseUrl { scheme: Scheme::HTTP, authority: Authority::from_static("invalid"), path: String::new() }
     });
@@ -251,18 +284,34 @@ fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
     }
 }
 
-fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
-    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
-    let scheme = match uri.scheme_str() {
-        Some("https") => Scheme::HTTPS,
-        Some("http") => Scheme::HTTP,
+/// `upstream.base_url`: an http or https URL with a host, no user info, query or
+/// fragment, split for cheap URI building. The url crate normalizes it (lowercase host,
+/// no default port, percent-encoded path, dot segments resolved); the path loses its
+/// trailing `/`.
+fn base_url(text: &str) -> Result<BaseUrl, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    let scheme = match url.scheme() {
+        "https" => Scheme::HTTPS,
+        "http" => Scheme::HTTP,
         _ => return Err("must start with http:// or https://".to_string()),
     };
-    let authority = uri.authority().cloned().ok_or("must name a host")?;
-    if uri.query().is_some() {
+    let host = url.host_str().filter(|host| !host.is_empty()).ok_or("must name a host")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not have user info (the API is authenticated by [oauth])".to_string());
+    }
+    if url.query().is_some() {
         return Err("must not have a query".to_string());
     }
-    let path = uri.path().trim_end_matches('/').to_string();
+    if url.fragment().is_some() {
+        return Err("must not have a fragment".to_string());
+    }
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let authority = Authority::try_from(authority)
+        .map_err(|_| format!("{host:?} cannot be used as a request authority"))?;
+    let path = url.path().trim_end_matches('/').to_string();
     Ok(BaseUrl { scheme, authority, path })
 }
 
@@ -441,7 +490,8 @@ fn encryption_keys(checker: &mut Checker, variable: Option<&str>) -> Vec<Encrypt
     keys
 }
 
-fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
+/// `[log]`: the format (fixed) and the level (live).
+fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String) {
     let format = checker.choice(
         "log.format",
         raw.format.as_deref(),
@@ -455,7 +505,7 @@ fn log(checker: &mut Checker, raw: RawLog) -> LogConfig {
             format!("{level:?} is not a level or filter like \"info\" or \"tokengate=debug\""),
         );
     }
-    LogConfig { format, level }
+    (format, level)
 }
 
 fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
@@ -500,39 +550,40 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
 
 /// Settings that work but weaken security; `check-config` prints them, `run` logs them.
 fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> Vec<ConfigError> {
+    let Fixed { server, upstream, session, .. } = &config.fixed;
     let mut warnings = Vec::new();
-    let local = config.server.public_origin.as_deref().is_none_or(is_local_origin);
-    if !config.session.cookie_secure && !local {
+    let public_origin = server.public_origin.as_deref();
+    let local = public_origin.is_none_or(is_local_origin);
+    if !session.cookie_secure && !local {
         warnings.push(ConfigError::new(
             "session.cookie_secure",
             "is false while public_origin is not localhost: the session cookie would travel over plain HTTP",
         ));
     }
-    if let Some(origin) =
-        config.server.public_origin.as_deref().filter(|o| o.starts_with("http://") && !is_local_origin(o))
-    {
+    if let Some(origin) = public_origin.filter(|o| o.starts_with("http://") && !is_local_origin(o)) {
         warnings.push(ConfigError::new("server.public_origin", format!("{origin} is plain HTTP")));
     }
-    let base = &config.upstream.base;
-    if base.scheme == http::uri::Scheme::HTTP && !is_local_origin(&format!("http://{}", base.authority)) {
+    let base = &upstream.base;
+    let local_base = Host::parse(base.authority.host()).is_ok_and(|host| is_local_host(&host));
+    if base.scheme == http::uri::Scheme::HTTP && !local_base {
         warnings.push(ConfigError::new(
             "upstream.base_url",
             "is plain HTTP to a remote host: tokens, the client secret and passwords would travel unencrypted",
         ));
     }
-    if let Some(admin) = config.server.admin_listen.filter(|address| !address.ip().is_loopback()) {
+    if let Some(admin) = server.admin_listen.filter(|address| !address.ip().is_loopback()) {
         warnings.push(ConfigError::new(
             "server.admin_listen",
             format!("{admin} is not loopback: /metrics and /readyz have no authentication; keep them off the internet"),
         ));
     }
-    if !config.leak_guard.enabled {
+    if !config.live.leak_guard.enabled {
         warnings.push(ConfigError::new(
             "leak_guard.enabled",
             "is false: an API that echoes a token would reach the browser",
         ));
     }
-    if config.session.same_site == SameSite::None {
+    if session.same_site == SameSite::None {
         warnings.push(ConfigError::new(
             "session.same_site",
             "is \"none\": cross-site requests carry the cookie, only the CSRF check stands in the way",
@@ -547,11 +598,21 @@ fn insecure_settings(config: &Config, secret_file: Option<&std::path::Path>) -> 
     warnings
 }
 
+/// Whether an origin (as [`origin`] leaves it) is on this machine.
 fn is_local_origin(origin: &str) -> bool {
-    let Ok(uri) = origin.parse::<Uri>() else { return false };
-    uri.host().is_some_and(|host| {
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.ends_with(".localhost")
-    })
+    Url::parse(origin)
+        .ok()
+        .and_then(|url| url.host().map(|host| host.to_owned()))
+        .is_some_and(|host| is_local_host(&host))
+}
+
+/// `localhost`, a `*.localhost` name, or a loopback address.
+fn is_local_host(host: &Host<String>) -> bool {
+    match host {
+        Host::Domain(name) => name == "localhost" || name.ends_with(".localhost"),
+        Host::Ipv4(address) => address.is_loopback(),
+        Host::Ipv6(address) => address.is_loopback(),
+    }
 }
 
 #[cfg(unix)]
@@ -585,14 +646,14 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let config = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(config.session.cookie_name, "__Host-tokengate");
-        assert!(config.session.cookie_secure);
-        assert_eq!(config.session.idle_timeout, Duration::from_secs(24 * 3600));
-        assert_eq!(config.session.absolute_timeout, Duration::from_secs(30 * 86400));
-        assert_eq!(config.oauth.refresh_ahead, Duration::from_secs(60));
-        assert_eq!(config.oauth.access_token_path, "/oauth20/access-tokens");
-        assert_eq!(config.oauth.client_secret.expose(), "s3cret");
-        assert_eq!(config.routes[0].session, SessionPolicy::Required);
+        assert_eq!(config.fixed.session.cookie_name, "__Host-tokengate");
+        assert!(config.fixed.session.cookie_secure);
+        assert_eq!(config.fixed.session.idle_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(config.fixed.session.absolute_timeout, Duration::from_secs(30 * 86400));
+        assert_eq!(config.fixed.oauth.refresh_ahead, Duration::from_secs(60));
+        assert_eq!(config.fixed.oauth.access_token_path, "/oauth20/access-tokens");
+        assert_eq!(config.fixed.oauth.client_secret.expose(), "s3cret");
+        assert_eq!(config.live.routes[0].session, SessionPolicy::Required);
     }
 
     #[test]
@@ -636,7 +697,7 @@ mod tests {
             session = "none"
         "#;
         let config = Config::from_toml(text, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(config.routes[0].prefix, "/api/public/");
+        assert_eq!(config.live.routes[0].prefix, "/api/public/");
     }
 
     #[test]
@@ -663,5 +724,163 @@ mod tests {
         let text = "[oauth]\nclient_secret_env = \"TOKENGATE_CLIENT_SECRET\"\nclient_secret_file = \"/nonexistent\"\n";
         let errors = Config::from_toml(text, &env).err().unwrap_or_default();
         assert!(!errors.iter().any(|e| e.to_string().contains("s3cret")));
+    }
+
+    #[test]
+    fn every_problem_of_every_stage_is_reported_in_one_run() {
+        let text = r#"
+            [server]
+            surprise = true
+            allowed_origins = ["https://shop.example.com/cart"]
+            max_connections = "many"
+            [oauth]
+            client_id = 42
+            client_secret_env = "UNSET_VARIABLE_FOR_TEST"
+            [session]
+            same_site = "sideways"
+            idle_timeout = "a while"
+            [[route]]
+            prefix = "/api/"
+            extra = 1
+        "#;
+        let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "server.surprise",
+            "server.allowed_origins",
+            "server.max_connections",
+            "oauth.client_id",
+            "oauth.client_secret_env",
+            "session.same_site",
+            "session.idle_timeout",
+            "route[0].extra",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        // The mistyped client_id is reported once, for its type, not again as missing.
+        assert_eq!(keys.iter().filter(|k| **k == "oauth.client_id").count(), 1, "{errors:?}");
+        assert_eq!(errors.len(), 8, "{errors:?}");
+    }
+
+    #[test]
+    fn origins_are_kept_as_browsers_send_them() {
+        let text = format!(
+            "{MINIMAL}[server]\npublic_origin = \"HTTPS://Shop.Example.COM:443/\"\nallowed_origins = [\"https://shop.example.com\", \"http://[::1]:80\", \"http://localhost:8080/\", \"https://bücher.example\"]\n"
+        );
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(config.fixed.server.public_origin.as_deref(), Some("https://shop.example.com"));
+        assert_eq!(
+            config.live.allowed_origins,
+            [
+                "https://shop.example.com",
+                "http://[::1]",
+                "http://localhost:8080",
+                "https://xn--bcher-kva.example"
+            ]
+        );
+        let defaulted = Config::from_toml(
+            &format!("{MINIMAL}[server]\npublic_origin = \"http://Shop.test:8080\"\n"),
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(defaulted.live.allowed_origins, ["http://shop.test:8080"]);
+    }
+
+    #[test]
+    fn what_is_not_an_origin_is_refused() {
+        for bad in [
+            "shop.example.com",
+            "ftp://shop.example.com",
+            "https://shop.example.com/cart",
+            "https://shop.example.com?x=1",
+            "https://shop.example.com#top",
+            "https://user:pw@shop.example.com",
+            "https://",
+            "null",
+        ] {
+            assert!(origin(bad).is_err(), "{bad} was accepted as {:?}", origin(bad));
+            let text = format!("{MINIMAL}[server]\nallowed_origins = [{bad:?}]\n");
+            let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == "server.allowed_origins"), "{bad}: {errors:?}");
+            let text = format!("{MINIMAL}[server]\npublic_origin = {bad:?}\n");
+            let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == "server.public_origin"), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn base_urls_are_parsed_with_the_url_crate() {
+        let base = base_url("HTTPS://API.Example.com:443/prefix/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (base.scheme.as_str(), base.authority.as_str(), base.path.as_str()),
+            ("https", "api.example.com", "/prefix")
+        );
+        let base = base_url("http://127.0.0.1:8081").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (base.scheme.as_str(), base.authority.as_str(), base.path.as_str()),
+            ("http", "127.0.0.1:8081", "")
+        );
+        let base = base_url("http://[::1]:9/a/../v/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((base.authority.as_str(), base.path.as_str()), ("[::1]:9", "/v"));
+        for bad in [
+            "api.example.com",
+            "ftp://api.example.com",
+            "https://api.example.com/?x=1",
+            "https://api.example.com/#x",
+            "https://key:secret@api.example.com",
+            "http://",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn loopback_upstreams_and_origins_are_local() {
+        for local in ["http://127.0.0.2:1", "http://[::1]", "http://localhost", "http://shop.localhost:8080"]
+        {
+            assert!(is_local_origin(local), "{local}");
+        }
+        for remote in ["http://shop.test", "http://10.0.0.1", "http://localhost.example.com"] {
+            assert!(!is_local_origin(remote), "{remote}");
+        }
+        let text = format!("{MINIMAL}[upstream]\nbase_url = \"http://[::1]:8081\"\n");
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!config.warnings.iter().any(|w| w.key == "upstream.base_url"), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn a_reload_takes_the_live_settings_and_names_each_changed_fixed_section() {
+        let running = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let text = format!(
+            "{MINIMAL}[[route]]\nprefix = \"/shop/\"\n[server]\ncsrf = \"origin\"\nmax_body_bytes = 10\ntrusted_proxy_depth = 2\ndemo_page = true\nallowed_origins = [\"https://a.example\"]\n[log]\nlevel = \"debug\"\n[leak_guard]\nenabled = false\nmax_body_bytes = 5\n"
+        );
+        let new = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let expected = new.live.clone();
+        let reloaded = new.reloaded(&running.fixed);
+        assert!(reloaded.restart_needed.is_empty(), "{:?}", reloaded.restart_needed);
+        assert_eq!(reloaded.live, expected);
+        assert_eq!(reloaded.live.routes.len(), 2);
+        assert_ne!(reloaded.live, running.live);
+
+        // Only a changed secret: noticed although Debug cannot show it.
+        let rotated = |name: &str| (name == "TOKENGATE_CLIENT_SECRET").then(|| "n3w-secret".to_string());
+        let new = Config::from_toml(MINIMAL, &rotated).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(format!("{:?}", new.fixed), format!("{:?}", running.fixed));
+        assert_eq!(new.reloaded(&running.fixed).restart_needed, ["oauth"]);
+
+        let text = format!(
+            "{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[session]\nidle_timeout = \"1h\"\n[log]\nformat = \"json\"\n[upstream]\nbase_url = \"https://other.example\"\n[rate_limit]\nnew_sessions_burst = 1\n[store]\nsnapshot_file = \"/tmp/x\"\nencryption_key_env = \"KEY\"\n"
+        );
+        let with_key = |name: &str| match name {
+            "KEY" => Some(STANDARD.encode([1u8; 32])),
+            _ => env(name),
+        };
+        let new = Config::from_toml(&text, &with_key).unwrap_or_else(|e| panic!("{e:?}"));
+        let reloaded = new.reloaded(&running.fixed);
+        assert_eq!(
+            reloaded.restart_needed,
+            ["server", "upstream", "session", "store", "rate_limit", "log.format"]
+        );
+        assert_eq!(reloaded.live, running.live, "only restart-only keys changed");
     }
 }
