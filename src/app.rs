@@ -136,8 +136,10 @@ impl App {
         route: &Route,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, Error> {
-        // Any other method would reach the API with the shopper's Bearer.
-        if !protocol::is_standard_method(request.method()) {
+        // Any other method would reach the API with the shopper's Bearer, unless the
+        // route names it.
+        let method = request.method();
+        if !protocol::is_standard_method(method) && !route.extra_methods.contains(method) {
             return Err(Error::MethodNotAllowed { allow: STANDARD_METHODS });
         }
         let live = ctx.live;

@@ -128,6 +128,7 @@ mod tests {
             prefix: prefix.into(),
             upstream_prefix: "/v1/".into(),
             session,
+            extra_methods: Vec::new(),
             label: prefix.into(),
         };
         // Sorted longest first, as the config loader leaves them.

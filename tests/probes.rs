@@ -224,6 +224,22 @@ async fn methods_beyond_the_standard_seven_never_carry_the_bearer() {
 }
 
 #[tokio::test]
+async fn a_route_may_allow_a_method_beyond_the_standard_seven() {
+    let dav =
+        "\n[[route]]\nprefix = \"/dav/\"\nupstream_prefix = \"/v1/debug/\"\nextra_methods = [\"PROPFIND\"]\n";
+    let env = Env::with(Options { extra_toml: dav.into(), ..Options::default() }).await;
+    let browser = env.browser();
+    let propfind = Method::from_bytes(b"PROPFIND").expect("a method");
+    let reply = browser.send(propfind.clone(), "/dav/echo", &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["method"], "PROPFIND");
+    let elsewhere = browser.send(propfind, "/api/debug/echo", &[], None).await;
+    assert_eq!(elsewhere.status, StatusCode::METHOD_NOT_ALLOWED, "only the route that names it");
+    let trace = browser.send(Method::TRACE, "/dav/echo", &[], None).await;
+    assert_eq!(trace.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn return_to_is_normalised_before_it_is_checked() {
     let env = Env::start().await;
     let browser = env.browser();

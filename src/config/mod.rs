@@ -294,6 +294,9 @@ pub struct Route {
     pub prefix: String,
     pub upstream_prefix: String,
     pub session: SessionPolicy,
+    /// Methods forwarded besides GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE
+    /// (e.g. a WebDAV `PROPFIND`); any other method gets 405.
+    pub extra_methods: Vec<http::Method>,
     /// A short stable label for logs and metrics (the prefix).
     pub label: String,
 }

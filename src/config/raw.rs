@@ -194,6 +194,7 @@ schema! {
             prefix: Str,
             upstream_prefix: Str,
             session: Str,
+            extra_methods: StrList,
         },
     }
 }

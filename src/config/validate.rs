@@ -542,10 +542,28 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
                 ("none", SessionPolicy::None),
             ],
         );
-        routes.push(Route { label: prefix.clone(), prefix, upstream_prefix, session });
+        let extra_methods =
+            extra_methods(checker, &key("extra_methods"), route.extra_methods.unwrap_or_default());
+        routes.push(Route { label: prefix.clone(), prefix, upstream_prefix, session, extra_methods });
     }
     routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
     routes
+}
+
+/// Methods a route forwards beyond the standard seven: valid method tokens, and never
+/// CONNECT (it would tunnel the Bearer anywhere).
+fn extra_methods(checker: &mut Checker, key: &str, names: Vec<String>) -> Vec<http::Method> {
+    let mut methods = Vec::with_capacity(names.len());
+    for name in names {
+        match http::Method::from_bytes(name.as_bytes()) {
+            Ok(method) if method == http::Method::CONNECT => checker.error(key, "CONNECT is never forwarded"),
+            Ok(method) if name.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') => {
+                methods.push(method)
+            }
+            _ => checker.error(key, format!("{name:?} is not a method name like \"PROPFIND\"")),
+        }
+    }
+    methods
 }
 
 /// Settings that work but weaken security; `check-config` prints them, `run` logs them.
@@ -882,5 +900,21 @@ mod tests {
             ["server", "upstream", "session", "store", "rate_limit", "log.format"]
         );
         assert_eq!(reloaded.live, running.live, "only restart-only keys changed");
+    }
+
+    #[test]
+    fn extra_methods_are_method_names_and_never_connect() {
+        let route = |methods: &str| {
+            format!(
+                "[oauth]\nclient_id = \"key\"\n[[route]]\nprefix = \"/dav/\"\nextra_methods = {methods}\n"
+            )
+        };
+        let config = Config::from_toml(&route(r#"["PROPFIND", "MKCOL"]"#), &env).expect("valid methods");
+        let names: Vec<&str> = config.live.routes[0].extra_methods.iter().map(http::Method::as_str).collect();
+        assert_eq!(names, ["PROPFIND", "MKCOL"]);
+        for bad in [r#"["CONNECT"]"#, r#"["propfind"]"#, r#"["NO SPACE"]"#] {
+            let errors = Config::from_toml(&route(bad), &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == "route[0].extra_methods"), "{bad}: {errors:?}");
+        }
     }
 }
