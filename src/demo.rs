@@ -38,7 +38,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
     })
     .await;
     let _ = mock.kill().await;
-    result
+    result.map_err(|error| error.to_string())
 }
 
 fn demo_config(listen: SocketAddr, mock_url: &str) -> Result<Config, String> {

@@ -1,11 +1,14 @@
 //! Assembling and running the proxy: build every part from the config, bind the
 //! listeners, run until told to stop, drain.
 //!
-//! The steps, in order: (1) the pooled upstream client, (2) the token client, (3) the
-//! store, (4) the session manager, (5) the app and the admin service, (6) bind both
-//! listeners — failing before anything serves if either cannot be bound, (7) announce
-//! the bound addresses, (8) serve with a background sweeper until `shutdown` fires,
-//! (9) drain within `server.shutdown_timeout`.
+//! The steps, in the order `run` takes them: (1) metrics, (2) the pooled upstream
+//! client, (3) the token service, (4) the store with its snapshot loaded, (5) the session
+//! core, the forwarder and the app, (6) the TLS acceptor — any failure so far is
+//! [`RunError::Config`] and nothing is bound yet; (7) bind both listeners, failing before
+//! anything serves if either cannot be bound; (8) announce the bound addresses; (9) serve
+//! with the sweeper, the SIGHUP reloader and the snapshot writer until `shutdown` fires;
+//! (10) drain within `server.shutdown_timeout`, then write the final snapshot. The demo
+//! binds first (it needs its port for the config) and then runs 1–6 and 8–10.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::app::App;
 use crate::clock::Clock;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, Fixed, StoreKind};
 use crate::forward::Forwarder;
 use crate::hosted_login::HostedLogin;
 use crate::metrics::Metrics;
@@ -45,9 +48,9 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Binds the listeners `config` names, failing if either cannot be bound.
-pub async fn bind(config: &Config) -> Result<Listeners, String> {
-    let server = &config.fixed.server;
+/// Step 7: binds the listeners the config names, failing if either cannot be bound.
+pub async fn bind(fixed: &Fixed) -> Result<Listeners, String> {
+    let server = &fixed.server;
     let public = TcpListener::bind(server.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", server.listen))?;
@@ -62,15 +65,40 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
     Ok(Listeners { public, admin })
 }
 
-/// Runs the proxy until `shutdown` is cancelled. `on_bound` is called once both
+/// Why the proxy could not start or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file or value the config points at is unusable (TLS files, the CA file, the
+    /// snapshot): the operator's to fix, like a config error (exit 78).
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound, or the final snapshot write failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything the proxy runs, built from the config before a port is bound.
+struct Assembled {
+    fixed: Fixed,
+    source: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    sessions: Arc<Sessions>,
+    app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Runs the proxy until `shutdown` is cancelled: assembles every part (failing before a
+/// port is bound), binds both listeners, then serves. `on_bound` is called once both
 /// listeners are bound, before the first request is served.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
-) -> Result<(), String> {
-    let listeners = bind(&config).await?;
-    run_on(config, listeners, shutdown, on_bound).await
+) -> Result<(), RunError> {
+    let assembled = assemble(config)?;
+    let listeners = bind(&assembled.fixed).await.map_err(RunError::Failed)?;
+    serve(assembled, listeners, shutdown, on_bound).await
 }
 
 /// Runs the proxy on listeners bound already (the demo binds first, to learn its port).
@@ -79,63 +107,91 @@ pub async fn run_on(
     listeners: Listeners,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
-) -> Result<(), String> {
-    let Config { fixed: config, live, source, warnings: _ } = config;
+) -> Result<(), RunError> {
+    let assembled = assemble(config)?;
+    serve(assembled, listeners, shutdown, on_bound).await
+}
+
+/// Steps 1–6: builds every part from the config, in the order each needs the last.
+fn assemble(config: Config) -> Result<Assembled, RunError> {
+    let Config { fixed, live, source, warnings: _ } = config;
+    // 1. Metrics, with a handle for every route label.
     let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&live.routes)));
-    let http = upstream::build_client(&config.upstream)?;
-    let tokens = Arc::new(DigitalRiverClient::new(
-        http.clone(),
-        &config.upstream.base,
-        &config.oauth,
-        config.upstream.request_timeout,
-        config.rate_limit.token_concurrency,
-        Arc::clone(&metrics),
-    )?);
-    let store = Arc::new(match config.store.kind {
-        StoreKind::Memory => Store::Memory(MemoryStore::new(config.session.max_sessions)),
+    // 2. The pooled upstream client (the CA file is read here).
+    let http = upstream::build_client(&fixed.upstream).map_err(RunError::Config)?;
+    // 3. The token service.
+    let tokens = Arc::new(
+        DigitalRiverClient::new(
+            http.clone(),
+            &fixed.upstream.base,
+            &fixed.oauth,
+            fixed.upstream.request_timeout,
+            fixed.rate_limit.token_concurrency,
+            Arc::clone(&metrics),
+        )
+        .map_err(RunError::Config)?,
+    );
+    // 4. The store, with the snapshot loaded into it.
+    let store = Arc::new(match fixed.store.kind {
+        StoreKind::Memory => Store::Memory(MemoryStore::new(fixed.session.max_sessions)),
     });
-    snapshot::load_into(&store, &config.store)?;
+    snapshot::load_into(&store, &fixed.store).map_err(RunError::Config)?;
+    // 5. The session core and the request path.
     let sessions = Arc::new(Sessions::new(Parts {
-        settings: Settings::new(&config.session, &config.oauth),
+        settings: Settings::new(&fixed.session, &fixed.oauth),
         store: Arc::clone(&store),
         tokens,
-        rate_limit: SessionRateLimit::new(&config.rate_limit),
-        hosted_login: HostedLogin::new(&config),
+        rate_limit: SessionRateLimit::new(&fixed.rate_limit),
+        hosted_login: HostedLogin::new(&fixed),
         clock: Clock::System,
         metrics: Arc::clone(&metrics),
     }));
     let forwarder = Forwarder::new(
         http,
-        config.upstream.base.clone(),
-        config.upstream.request_timeout,
-        config.server.public_origin.as_deref(),
+        fixed.upstream.base.clone(),
+        fixed.upstream.request_timeout,
+        fixed.server.public_origin.as_deref(),
         Arc::clone(&metrics),
     );
-    let app =
-        Arc::new(App::new(config.clone(), live, Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
-    let tls = config.server.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let app = Arc::new(App::new(fixed.clone(), live, Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
+    // 6. The TLS acceptor, when the listener serves HTTPS.
+    let tls = fixed.server.tls.as_ref().map(crate::tls::acceptor).transpose().map_err(RunError::Config)?;
+    Ok(Assembled { fixed, source, metrics, store, sessions, app, tls })
+}
 
+/// Steps 8–10: announces, serves with the background tasks until `shutdown`, drains,
+/// writes the final snapshot.
+async fn serve(
+    assembled: Assembled,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), RunError> {
+    let Assembled { fixed, source, metrics, store, sessions, app, tls } = assembled;
     let Listeners { public, admin } = listeners;
     let bound = Bound {
-        public: public.local_addr().map_err(|error| error.to_string())?,
+        public: public.local_addr().map_err(|error| RunError::Failed(error.to_string()))?,
         admin: admin.as_ref().and_then(|listener| listener.local_addr().ok()),
         https: tls.is_some(),
     };
     // Before the announcement: from then on a SIGHUP may come, and until the handler is
     // registered its default action would kill the process.
     let hangups = listen_for_hangups();
+    // 8. Announce.
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
 
-    let options = ServeOptions::from_config(&config.server);
+    // 9. Serve, with the sweeper, the reloader and the snapshot writer beside.
+    let options = ServeOptions::from_config(&fixed.server);
     let sweeper =
-        tokio::spawn(sweep_forever(Arc::clone(&sessions), config.session.sweep_interval, shutdown.clone()));
+        tokio::spawn(sweep_forever(Arc::clone(&sessions), fixed.session.sweep_interval, shutdown.clone()));
     let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), source, hangups, shutdown.clone()));
-    let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &config.store, shutdown.clone());
+    let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &fixed.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
         tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None, None))
     });
+    // 10. Drain (inside `server::serve`), stop the background tasks, write the snapshot.
     let drained = server::serve(public, app, options, shutdown.clone(), Some(metrics), tls).await;
     if let Some(task) = admin_task {
         let _ = task.await;
@@ -145,7 +201,7 @@ pub async fn run_on(
     if let Some(writer) = snapshot_writer {
         let _ = writer.await;
     }
-    snapshot::write_final(&store, &config.store).await?;
+    snapshot::write_final(&store, &fixed.store).await.map_err(RunError::Failed)?;
     tracing::info!(drained, "stopped");
     Ok(())
 }

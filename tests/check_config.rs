@@ -146,3 +146,25 @@ fn a_clean_file_passes_and_a_syntax_error_is_one_problem() {
     assert_eq!(output.status.code(), Some(EX_CONFIG));
     assert_eq!(problem_lines(&output).len(), 1, "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn a_tls_file_that_is_not_pem_stops_the_start_with_78_before_anything_is_bound() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let garbage = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&garbage, "this is not PEM\n").expect("writes");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\n\
+         [server.tls]\ncert_file = \"{file}\"\nkey_file = \"{file}\"\n\
+         [oauth]\nclient_id = \"key\"\n[[route]]\nprefix = \"/api/\"\n",
+        file = garbage.display()
+    );
+    let path = write(&dir, &text);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    command.env_remove("RUST_LOG").env("TOKENGATE_CLIENT_SECRET", "s3cret-value");
+    let output = command.arg("--config").arg(&path).output().expect("runs tokengate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{stderr}");
+    assert!(!stdout.contains("listening"), "nothing may be served: {stdout}");
+    assert!(stderr.contains("not-a-certificate.pem"), "the message names the file: {stderr}");
+}

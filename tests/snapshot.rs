@@ -165,7 +165,7 @@ async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
     let sealed = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
 
     let (status, stdout, stderr) = run_expecting_exit(&config, &new);
-    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(status.code(), Some(78), "an unreadable snapshot is a config problem: {stderr}");
     assert!(!stdout.contains("listening"), "it must not serve: {stdout}");
     assert!(stderr.contains(&format!("store.snapshot_file {}", file.display())), "{stderr}");
     assert!(stderr.contains("none of the 1 key(s) in store.encryption_key_env opens it"), "{stderr}");
@@ -199,7 +199,7 @@ async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_an
     std::fs::write(&file, &damaged).unwrap_or_else(|e| panic!("{e}"));
 
     let (status, _, stderr) = run_expecting_exit(&config, &key);
-    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(status.code(), Some(78), "an unreadable snapshot is a config problem: {stderr}");
     assert!(stderr.contains("the file was damaged or altered"), "{stderr}");
     assert!(stderr.contains("snapshot_on_error"), "the message names the way out: {stderr}");
 

@@ -85,12 +85,35 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// How a failure that stops the process maps to its exit code.
+trait ExitStatus: std::fmt::Display {
+    fn exit_code(&self) -> ExitCode;
+}
+
+/// A file or value the config names is unusable (TLS, CA, snapshot): 78, like a bad
+/// config, and nothing was bound. Anything else: 1.
+impl ExitStatus for runtime::RunError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            runtime::RunError::Config(_) => ExitCode::from(EX_CONFIG),
+            runtime::RunError::Failed(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl ExitStatus for String {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::FAILURE
+    }
+}
+
 /// Runs `serve` on a multi-threaded runtime with SIGTERM/SIGINT wired to its shutdown
-/// token; an `Err` is printed with `what` and exits 1.
-fn serve_until_signalled<F, Fut>(what: &str, serve: F) -> ExitCode
+/// token; an `Err` is printed with `what` and exits with its code.
+fn serve_until_signalled<F, Fut, E>(what: &str, serve: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: ExitStatus,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -104,10 +127,10 @@ where
         tokio::spawn(runtime::cancel_on_signal(shutdown.clone()));
         match serve(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                tracing::error!("{message}");
-                eprintln!("{what}: {message}");
-                ExitCode::FAILURE
+            Err(error) => {
+                tracing::error!("{error}");
+                eprintln!("{what}: {error}");
+                error.exit_code()
             }
         }
     })
