@@ -3,7 +3,15 @@
 //!
 //! The hot path never allocates for a metric: handles for every route label and status
 //! class are created at startup and found by a hash lookup on the route label; label
-//! values outside the known set fall into `route="(other)"`. Everything is atomics.
+//! values outside the known set fall into `route="(other)"`.
+//!
+//! Recording a request, an upstream call or a token call takes no lock: counters and gauges
+//! are `prometheus-client`'s atomics, and the three duration histograms are our own
+//! `histogram::Histogram` (an `AtomicU64` per bucket and one for the sum; observing is a
+//! binary search and two relaxed `fetch_add`s), because `prometheus-client`'s `Histogram`
+//! takes a write lock on every observation. The one family still looked up per request is
+//! `rejected_requests_total` (`Family::get_or_create` takes the family's read lock, and its
+//! write lock the first time a code is seen).
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -29,10 +37,14 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 use crate::store::SessionCounts;
+
+mod histogram;
+
+use histogram::Histogram;
 
 /// A call to the token service, by what it was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -275,13 +287,13 @@ impl Metrics {
         let handles = routes.get(route).unwrap_or(&self.other_route);
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         handles.by_status_class[class].inc();
-        handles.duration.observe(latency.as_secs_f64());
+        handles.duration.observe(latency);
     }
 
     /// Time from sending an upstream API call to its response head, by route label.
     pub fn record_upstream(&self, route: &str, latency: Duration) {
         let routes = self.routes.load();
-        routes.get(route).unwrap_or(&self.other_route).upstream.observe(latency.as_secs_f64());
+        routes.get(route).unwrap_or(&self.other_route).upstream.observe(latency);
     }
 
     /// One call to the token service.
@@ -290,7 +302,7 @@ impl Metrics {
             counter.inc();
         }
         if let Some(histogram) = self.token_durations.get(&op) {
-            histogram.observe(latency.as_secs_f64());
+            histogram.observe(latency);
         }
     }
 
