@@ -93,6 +93,29 @@ impl Error {
         }
     }
 
+    /// Every code [`Error::code`] can return (metrics make a counter for each at start).
+    pub const CODES: [&'static str; 19] = [
+        "no_session",
+        "session_expired",
+        "invalid_credentials",
+        "invalid_state",
+        "csrf_required",
+        "origin_rejected",
+        "rate_limited",
+        "bad_request",
+        "not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "request_timeout",
+        "sessions_full",
+        "store_unavailable",
+        "token_service_unavailable",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "token_leak_blocked",
+        "internal",
+    ];
+
     /// The contract's machine-readable error code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -219,10 +242,13 @@ mod tests {
             (Error::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
             (Error::TokenLeakBlocked { place: "body" }, 502, "token_leak_blocked"),
         ];
+        assert_eq!(table.len() + 1, Error::CODES.len(), "every code but internal is in the table");
         for (error, status, code) in table {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
+            assert!(Error::CODES.contains(&code), "{code} is missing from Error::CODES");
         }
+        assert!(Error::CODES.contains(&Error::Internal("x").code()));
     }
 
     #[test]
