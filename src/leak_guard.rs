@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use memchr::memmem;
@@ -56,7 +56,8 @@ impl LeakGuard {
         if headers_leak(response.headers(), &secrets) {
             return Err(blocked("header"));
         }
-        if !is_scannable(response.headers(), self.config.max_body_bytes) {
+        let declared = crate::protocol::declared_length(response.body());
+        if !is_scannable(response.headers(), declared, self.config.max_body_bytes) {
             return Ok(response);
         }
         let (parts, body) = response.into_parts();
@@ -106,7 +107,7 @@ fn headers_leak(headers: &HeaderMap, secrets: &[memmem::Finder<'_>]) -> bool {
 }
 
 /// JSON or text, uncompressed, and not declared longer than the limit.
-fn is_scannable(headers: &HeaderMap, max_body_bytes: usize) -> bool {
+fn is_scannable(headers: &HeaderMap, declared: Option<u64>, max_body_bytes: usize) -> bool {
     let identity = headers
         .get(CONTENT_ENCODING)
         .is_none_or(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -118,10 +119,7 @@ fn is_scannable(headers: &HeaderMap, max_body_bytes: usize) -> bool {
             || content_type.contains("javascript")
             || content_type.starts_with("application/x-www-form-urlencoded")
     });
-    let small = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok())
-        .is_none_or(|length| length <= max_body_bytes as u64);
+    let small = declared.is_none_or(|length| length <= max_body_bytes as u64);
     identity && textual && small
 }
 
