@@ -147,6 +147,19 @@ struct Harness {
 }
 
 fn harness(tokens: FakeTokens) -> Harness {
+    harness_with(tokens, None)
+}
+
+/// The hosted login as a storefront at `https://shop.example` would configure it.
+fn hosted_login() -> HostedLogin {
+    let text = "[server]\npublic_origin = \"https://shop.example\"\n[oauth]\nclient_id = \"key\"\n\
+                [[route]]\nprefix = \"/api/\"\n";
+    let env = |name: &str| (name == "TOKENGATE_CLIENT_SECRET").then(|| "secret".to_string());
+    let config = crate::config::Config::from_toml(text, &env).expect("a valid config");
+    HostedLogin::new(&config.fixed).expect("a public origin makes a hosted login")
+}
+
+fn harness_with(tokens: FakeTokens, hosted_login: Option<HostedLogin>) -> Harness {
     let tokens = Arc::new(tokens);
     let store = Arc::new(Store::Memory(MemoryStore::new(1000)));
     let sessions = Arc::new(Sessions::new(Parts {
@@ -165,7 +178,7 @@ fn harness(tokens: FakeTokens) -> Harness {
             new_sessions_burst: 10_000,
             token_concurrency: 8,
         }),
-        hosted_login: None,
+        hosted_login,
         clock: Clock::tokio_at(START),
         metrics: Arc::new(Metrics::new(&[])),
     }));
@@ -413,4 +426,52 @@ async fn a_refresh_that_lands_after_a_logout_revokes_what_it_got() {
     assert!(matches!(outcome, Err(Error::SessionExpired)), "{outcome:?}");
     assert!(h.eventually(|h| h.tokens.revoked().iter().any(|t| t == "access-1")).await);
     assert!(h.stored(&active.key).await.is_none(), "the logout is not undone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_expires() {
+    let h = harness_with(FakeTokens::new(Duration::ZERO), Some(hosted_login()));
+    let (_, cookie) = h.guest().await;
+    let (active, new_id) =
+        h.sessions.session_for_hosted_login(&cookie, h.now(), client()).await.expect("the guest is used");
+    assert!(new_id.is_none(), "the live guest session is bound, not a new one");
+    let url = h.sessions.begin_hosted_login(&active, "/a/../cart", h.now()).await.expect("starts");
+    let state = url::Url::parse(&url)
+        .expect("an absolute URL")
+        .query_pairs()
+        .find(|(name, _)| name == "state")
+        .map(|(_, value)| value.into_owned())
+        .expect("a state");
+    let callback = |state: &str| crate::callback::CallbackParams {
+        outcome: crate::callback::CallbackOutcome::Token {
+            access_token: AccessToken::new("hosted-shopper-token"),
+            expires_in: Some(ACCESS_TTL),
+        },
+        state: state.to_string(),
+    };
+    let end = h.sessions.complete_hosted_login(&cookie, callback(&state), h.now()).await.expect("completes");
+    let HostedEnd::SignedIn { id, active, return_to } = end else { panic!("signed in: {end:?}") };
+    assert_eq!(return_to, "/cart", "normalised before it was kept");
+    assert!(active.record.refresh_token.is_none());
+    assert!(h.stored(&active.key).await.is_some());
+    assert!(
+        h.eventually(|h| h.tokens.revoked().iter().any(|t| t == "access-0")).await,
+        "carried guest revoked"
+    );
+    // The state was used: a second callback with it is refused.
+    let cookie = CookieLookup::Present(id);
+    let again = h.sessions.complete_hosted_login(&cookie, callback(&state), h.now()).await;
+    assert!(matches!(again, Err(Error::InvalidState)), "{again:?}");
+
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(50)).await;
+        h.sessions.lookup(&cookie, h.now()).await.expect("live").expect("found");
+    }
+    // Inside refresh_ahead and with nothing to refresh with, the token still serves.
+    tokio::time::advance(Duration::from_secs(ACCESS_TTL - 1 - 250)).await;
+    let active = h.sessions.lookup(&cookie, h.now()).await.expect("live").expect("found");
+    assert!(h.sessions.ensure_fresh(&active, h.now()).await.is_ok(), "one second before expiry");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(matches!(h.sessions.ensure_fresh(&active, h.now()).await, Err(Error::SessionExpired)));
+    assert_eq!(h.tokens.refreshes(), 0);
 }
