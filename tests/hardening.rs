@@ -73,7 +73,7 @@ async fn a_cookie_the_store_never_issued_never_gets_a_session() {
 
 #[tokio::test]
 async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
-    let env = Env::with(Options { max_body_bytes: 2048, ..Options::default() }).await;
+    let env = Env::with(Options::default().set("server", "max_body_bytes", 2048)).await;
     let browser = env.browser();
     let big = "x".repeat(64 * 1024);
     let reply = browser.send(Method::GET, "/session", &[("x-big", &big)], None).await;
@@ -96,10 +96,10 @@ async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
 
 #[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_with_408() {
-    let env = Env::with(Options { request_timeout: "1s".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "1s")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
-    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
     let cookie = browser.cookie().unwrap_or_default();
     let head = format!(
         "POST /api/debug/echo HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n\
@@ -307,11 +307,7 @@ async fn the_leak_guard_blocks_a_token_echoed_by_the_api() {
 
 #[tokio::test]
 async fn large_and_binary_bodies_still_stream_with_the_leak_guard_on() {
-    let env = Env::with(Options {
-        extra_toml: "[leak_guard]\nmax_body_bytes = 1024\n".into(),
-        ..Options::default()
-    })
-    .await;
+    let env = Env::with(Options::default().set("leak_guard", "max_body_bytes", 1024)).await;
     let browser = env.browser();
     let reply = browser.get("/api/debug/bytes?n=500000").await;
     assert_eq!(reply.status, StatusCode::OK);

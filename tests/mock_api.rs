@@ -48,8 +48,10 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(&self.body)))
+        match serde_json::from_slice(&self.body) {
+            Ok(value) => value,
+            Err(error) => panic!("not JSON ({error}): {}", String::from_utf8_lossy(&self.body)),
+        }
     }
 
     fn header(&self, name: &str) -> Option<&str> {

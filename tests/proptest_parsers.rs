@@ -449,7 +449,7 @@ proptest! {
             ("TOKENGATE_SESSION_COOKIE_SECURE".to_string(), secure.to_string()),
         ]
         .into();
-        let config = load(&text, &env).unwrap_or_else(|errors| panic!("{errors:?} for {text}"));
+        let config = load(&text, &env).expect("a config of valid values loads");
         prop_assert_eq!(config.session.idle_timeout.as_secs(), idle * unit.1);
         prop_assert_eq!(config.session.max_sessions as u64, max_sessions);
         prop_assert_eq!(config.session.cookie_secure, secure);

@@ -84,8 +84,7 @@ async fn a_rejected_refresh_is_session_expired_and_deletes_the_session() {
 
 #[tokio::test]
 async fn token_endpoint_down_is_503_and_the_same_session_works_once_it_is_back() {
-    let env =
-        Env::with(Options { mock_args: vec!["--access-ttl".into(), "2".into()], ..Options::default() }).await;
+    let env = Env::with(Options::default().mock_args(&["--access-ttl", "2"])).await;
     let browser = env.browser();
     browser.login().await;
     let cookie = browser.cookie();
@@ -107,12 +106,9 @@ async fn token_endpoint_down_is_503_and_the_same_session_works_once_it_is_back()
 #[tokio::test]
 async fn refresh_ahead_uses_the_still_valid_token_when_the_token_endpoint_fails() {
     // 30 s tokens, refreshed 60 s ahead: always due, never expired during the test.
-    let env = Env::with(Options {
-        mock_args: vec!["--access-ttl".into(), "30".into()],
-        refresh_ahead: "60s".into(),
-        ..Options::default()
-    })
-    .await;
+    let env =
+        Env::with(Options::default().mock_args(&["--access-ttl", "30"]).set("oauth", "refresh_ahead", "60s"))
+            .await;
     let browser = env.browser();
     browser.login().await;
     env.set_faults(json!({"token_status": 502})).await;

@@ -20,19 +20,22 @@ fn store_key(n: u8) -> String {
     STANDARD.encode([n; 32])
 }
 
-/// A config file: the harness's own, plus a `[store]` table (before the first `[[route]]`,
-/// so it is its own table) with the snapshot in the test directory.
-fn snapshot_config(env: &Env, name: &str, extra_store_keys: &str) -> (PathBuf, PathBuf) {
+/// A config file `name`: the running one plus a `[store]` with the snapshot in the test
+/// directory, its key from `TEST_STORE_KEY`, and `store_keys`. Returns the config's path
+/// and the snapshot's.
+fn snapshot_config(env: &Env, name: &str, store_keys: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let file = env.dir.path().join("sessions.bin");
-    let store = format!(
-        "\n[store]\nsnapshot_file = '{}'\nencryption_key_env = \"TEST_STORE_KEY\"\n{extra_store_keys}\n\n[[route]]\n",
-        file.display()
+    let mut config = env.config().clone().set("store", "snapshot_file", file.display().to_string()).set(
+        "store",
+        "encryption_key_env",
+        "TEST_STORE_KEY",
     );
-    let text = proxy_toml(&env.mock.url, &env.options).replacen("\n[[route]]\n", &store, 1);
-    assert!(text.contains("[store]"), "the harness config changed shape");
-    let config = env.dir.path().join(name);
-    std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
-    (config, file)
+    for (key, value) in store_keys {
+        config = config.set("store", key, *value);
+    }
+    let path = env.dir.path().join(name);
+    config.write(&path);
+    (path, file)
 }
 
 /// Stops the running proxy (SIGKILL) and starts one on `config` with `keys`.
@@ -121,7 +124,7 @@ fn cart_quantity(reply: &Reply) -> u64 {
 async fn snapshot_keeps_a_shopper_and_the_cart_across_a_graceful_restart() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let key = store_key(1);
     restart_with(&mut env, &mut browser, &config, &key);
 
@@ -157,7 +160,7 @@ async fn snapshot_keeps_a_shopper_and_the_cart_across_a_graceful_restart() {
 async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let (old, new) = (store_key(1), store_key(2));
     restart_with(&mut env, &mut browser, &config, &old);
     assert_eq!(browser.login().await.status, StatusCode::OK);
@@ -188,7 +191,7 @@ async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
 async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_and_keeps_it_aside() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let key = store_key(3);
     restart_with(&mut env, &mut browser, &config, &key);
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);
@@ -203,7 +206,7 @@ async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_an
     assert!(stderr.contains("the file was damaged or altered"), "{stderr}");
     assert!(stderr.contains("snapshot_on_error"), "the message names the way out: {stderr}");
 
-    let (lenient, _) = snapshot_config(&env, "lenient.toml", "snapshot_on_error = \"empty\"");
+    let (lenient, _) = snapshot_config(&env, "lenient.toml", &[("snapshot_on_error", "empty")]);
     env.proxy = start_proxy(&lenient, env.dir.path(), &[("TEST_STORE_KEY", &key)]);
     browser.base = format!("http://{}", env.proxy.addr);
     let gone = browser.get("/session").await;
@@ -229,7 +232,7 @@ async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_an
 async fn snapshot_is_written_every_interval_and_survives_a_kill() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "snapshot_interval = \"1s\"");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[("snapshot_interval", "1s")]);
     let key = store_key(4);
     restart_with(&mut env, &mut browser, &config, &key);
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);

@@ -30,6 +30,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+mod config;
+pub use config::ProxyToml;
+
 pub const CLIENT_ID: &str = "test-api-key";
 pub const CLIENT_SECRET: &str = "test-client-secret-5f2a";
 pub const USERNAME: &str = "jdoe@example.com";
@@ -75,18 +78,18 @@ impl Reply {
     }
 }
 
-/// Options for one environment.
+/// Options for one environment: how to start the mock, the proxy's environment, TLS,
+/// and the proxy's config (a [`ProxyToml`]; `Env` points `upstream.base_url` at the mock
+/// unless the test set it, and adds the TLS files). Read like the builder it wraps:
+///
+/// ```ignore
+/// Env::with(Options::default().set("session", "idle_timeout", "2s")).await;
+/// Env::with(Options::default().mock_args(&["--access-ttl", "30"]).set("oauth", "refresh_ahead", "60s")).await;
+/// Env::with(Options { mock_tls: true, ..Options::default() }).await;
+/// ```
 #[derive(Debug, Clone)]
 pub struct Options {
     pub mock_args: Vec<String>,
-    pub refresh_ahead: String,
-    pub idle_timeout: String,
-    pub absolute_timeout: String,
-    pub max_sessions: u64,
-    pub guest: String,
-    pub request_timeout: String,
-    pub max_body_bytes: u64,
-    pub extra_toml: String,
     /// Extra environment for the proxy, e.g. `TOKENGATE_SERVER_CSRF=origin` overrides.
     pub proxy_env: Vec<(String, String)>,
     /// The mock serves HTTPS with a self-signed certificate...
@@ -95,29 +98,52 @@ pub struct Options {
     pub trust_mock_certificate: bool,
     /// The proxy serves HTTPS with the same self-signed certificate.
     pub proxy_tls: bool,
-    pub upstream_url: Option<String>,
-    pub shutdown_timeout: String,
+    /// The proxy's config file.
+    pub config: ProxyToml,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             mock_args: Vec::new(),
-            refresh_ahead: "5s".into(),
-            idle_timeout: "1h".into(),
-            absolute_timeout: "1d".into(),
-            max_sessions: 10_000,
-            guest: "lazy".into(),
-            request_timeout: "5s".into(),
-            max_body_bytes: 8 * 1024 * 1024,
-            extra_toml: String::new(),
             proxy_env: Vec::new(),
             mock_tls: false,
             trust_mock_certificate: true,
             proxy_tls: false,
-            upstream_url: None,
-            shutdown_timeout: "10s".into(),
+            config: ProxyToml::harness(),
         }
+    }
+}
+
+impl Options {
+    /// Sets `section.key` in the proxy's config (see [`ProxyToml::set`]).
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.config = self.config.set(section, key, value);
+        self
+    }
+
+    /// Removes `section.key` from the proxy's config (see [`ProxyToml::remove`]).
+    pub fn remove(mut self, section: &str, key: &str) -> Self {
+        self.config = self.config.remove(section, key);
+        self
+    }
+
+    /// Appends a `[[route]]` to the proxy's config.
+    pub fn route(mut self, prefix: &str, upstream_prefix: &str, session: &str) -> Self {
+        self.config = self.config.route(prefix, upstream_prefix, session);
+        self
+    }
+
+    /// Extra command-line arguments for the mock, e.g. `["--access-ttl", "2"]`.
+    pub fn mock_args(mut self, args: &[&str]) -> Self {
+        self.mock_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable for the proxy.
+    pub fn proxy_env(mut self, name: &str, value: &str) -> Self {
+        self.proxy_env.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -150,6 +176,8 @@ pub struct Env {
     pub proxy: Proxy,
     pub dir: tempfile::TempDir,
     pub options: Options,
+    /// What was last written to `proxy.toml`.
+    config: ProxyToml,
     client: HttpClient,
     transcript: Arc<Mutex<Transcript>>,
     leak_check: bool,
@@ -173,24 +201,24 @@ impl Env {
             mock_args.extend(["--tls-key".into(), cert.key_file.display().to_string()]);
         }
         let mock = start_mock(dir.path(), &mock_args);
-        let upstream = options.upstream_url.clone().unwrap_or_else(|| mock.url.clone());
-        let config_path = dir.path().join("proxy.toml");
-        let mut config = proxy_toml(&upstream, &options);
+        let mut config = options.config.clone();
+        if config.get("upstream", "base_url").is_none() {
+            config = config.set("upstream", "base_url", mock.url.as_str());
+        }
         if let Some(cert) = &certificate {
-            let tls = format!(
-                "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[upstream]\n",
-                cert.cert_file.display(),
-                cert.key_file.display()
-            );
-            let ca = format!("[upstream]\nca_file = \"{}\"\n", cert.cert_file.display());
             if options.proxy_tls {
-                config = config.replacen("[upstream]\n", &tls, 1);
+                config = config.set("server.tls", "cert_file", cert.cert_file.display().to_string()).set(
+                    "server.tls",
+                    "key_file",
+                    cert.key_file.display().to_string(),
+                );
             }
             if options.mock_tls && options.trust_mock_certificate {
-                config = config.replacen("[upstream]\n", &ca, 1);
+                config = config.set("upstream", "ca_file", cert.cert_file.display().to_string());
             }
         }
-        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        let config_path = dir.path().join("proxy.toml");
+        config.write(&config_path);
         let env: Vec<(&str, &str)> =
             options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let proxy = start_proxy(&config_path, dir.path(), &env);
@@ -199,11 +227,29 @@ impl Env {
             proxy,
             dir,
             options,
+            config,
             client: http_client(certificate.as_ref()),
             transcript: Arc::default(),
             leak_check: true,
             allowed_in_responses: Vec::new(),
         }
+    }
+
+    /// The config the proxy runs on (what is in [`Env::config_path`]), to derive a
+    /// variant from: `env.config().clone().set(...)`.
+    pub fn config(&self) -> &ProxyToml {
+        &self.config
+    }
+
+    /// The proxy's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    /// Replaces the proxy's config file (the running proxy reads it on SIGHUP or restart).
+    pub fn write_config(&mut self, config: ProxyToml) {
+        config.write(&self.config_path());
+        self.config = config;
     }
 
     /// A browser with an empty cookie jar.
@@ -331,15 +377,14 @@ impl Env {
     /// Stops the proxy (SIGKILL) and starts a new one on the same config.
     pub fn restart_proxy(&mut self) {
         self.proxy.stop();
-        let config = self.dir.path().join("proxy.toml");
         let env: Vec<(&str, &str)> =
             self.options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.proxy = start_proxy(&config, self.dir.path(), &env);
+        self.proxy = start_proxy(&self.config_path(), self.dir.path(), &env);
     }
 
     /// Writes `config` and restarts the proxy on it.
-    pub fn restart_proxy_with_config(&mut self, config: &str) {
-        std::fs::write(self.dir.path().join("proxy.toml"), config).unwrap_or_else(|e| panic!("{e}"));
+    pub fn restart_proxy_with_config(&mut self, config: ProxyToml) {
+        self.write_config(config);
         self.restart_proxy();
     }
 
@@ -508,69 +553,9 @@ fn cookie_value(set_cookie: &str) -> Option<String> {
     (name.trim() == COOKIE).then(|| value.trim().to_string())
 }
 
-/// The proxy config every test starts from.
-pub fn proxy_toml(upstream: &str, options: &Options) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-public_origin = "http://shop.test"
-max_body_bytes = {max_body}
-shutdown_timeout = "{shutdown}"
-
-[upstream]
-base_url = "{upstream}"
-connect_timeout = "1s"
-request_timeout = "{request_timeout}"
-
-[oauth]
-client_id = "{CLIENT_ID}"
-client_secret_env = "TEST_CLIENT_SECRET"
-refresh_ahead = "{refresh_ahead}"
-
-[session]
-cookie_name = "{COOKIE}"
-cookie_secure = false
-idle_timeout = "{idle}"
-absolute_timeout = "{absolute}"
-max_sessions = {max_sessions}
-guest = "{guest}"
-
-[log]
-level = "trace"
-
-[[route]]
-prefix = "/api/"
-upstream_prefix = "/v1/"
-session = "required"
-
-[[route]]
-prefix = "/api/public/"
-upstream_prefix = "/v1/debug/"
-session = "none"
-
-[[route]]
-prefix = "/api/maybe/"
-upstream_prefix = "/v1/debug/"
-session = "optional"
-{extra}
-"#,
-        max_body = options.max_body_bytes,
-        shutdown = options.shutdown_timeout,
-        request_timeout = options.request_timeout,
-        refresh_ahead = options.refresh_ahead,
-        idle = options.idle_timeout,
-        absolute = options.absolute_timeout,
-        max_sessions = options.max_sessions,
-        guest = options.guest,
-        extra = options.extra_toml,
-    )
-}
-
 fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
     let issued_tokens_file = dir.join("issued-tokens.txt");
-    let log = std::fs::File::create(dir.join("mock.log")).unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(dir.join("mock.log")).expect("the mock's log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mock"));
     command
         .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
@@ -582,12 +567,12 @@ fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
     let (child, line) = spawn_and_read_line(command, "commerce-mock");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .unwrap_or_else(|| panic!("commerce-mock said {line:?}"))
-        .to_string();
-    let addr = url.split("://").nth(1).unwrap_or("").parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+    let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://") || w.starts_with("https://"))
+    else {
+        panic!("commerce-mock announced no URL: {line:?}");
+    };
+    let url = url.to_string();
+    let addr = url.split("://").nth(1).unwrap_or("").parse().expect("the mock's URL holds an address");
     Mock { child, url, addr, issued_tokens_file }
 }
 
