@@ -95,10 +95,10 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     })
     .await;
     assert!(arrived.is_some(), "the slow calls never reached the mock");
-    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(15));
+    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(15)).await;
     assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
     for call in in_flight {
-        let reply = call.await.unwrap_or_else(|e| panic!("{e}"));
+        let reply = call.await.expect("the in-flight call finishes without panicking");
         assert_eq!(reply.status, StatusCode::OK, "an in-flight request was cut off");
     }
 }

@@ -423,20 +423,26 @@ impl Proxy {
         }
     }
 
-    /// Sends a signal to the proxy process (by its PID) and waits for it to exit.
-    pub fn signal_and_wait(&mut self, signal: &str, deadline: Duration) -> Option<std::process::ExitStatus> {
+    /// Sends a signal to the proxy process (by its PID) and polls, until `deadline`, for
+    /// its exit status (`None` if it is still running then).
+    pub async fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
         let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-s", signal, &pid]).status();
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let sent = Command::new("kill").args(["-s", signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -s {signal} {pid} failed");
+        let status = eventually(deadline, || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        if status.is_some() {
+            self.child = None;
         }
-        None
+        status
     }
 
     pub fn pid(&self) -> Option<u32> {
