@@ -93,7 +93,7 @@ fn environment_overrides_are_applied_and_checked() {
 
 #[test]
 fn version_is_printed() {
-    let output = tokengate().arg("--version").output().unwrap_or_else(|e| panic!("{e}"));
+    let output = tokengate().arg("--version").output().expect("tokengate --version runs");
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains(env!("CARGO_PKG_VERSION")));
 }

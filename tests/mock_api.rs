@@ -107,7 +107,10 @@ impl Mock {
 
     async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let request = build_request(&self.base, method, path, headers, body);
-        self.try_send(request).await.unwrap_or_else(|error| panic!("{path}: {error}"))
+        match self.try_send(request).await {
+            Ok(reply) => reply,
+            Err(error) => panic!("{path}: {error}"),
+        }
     }
 
     async fn get(&self, path: &str, token: &str) -> Reply {
@@ -216,7 +219,8 @@ fn basic_auth() -> String {
 }
 
 fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()
+    let Some(text) = value.as_str() else { panic!("not a string: {value}") };
+    text.to_owned()
 }
 
 fn encoded(password: &str) -> String {

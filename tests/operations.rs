@@ -111,7 +111,9 @@ async fn json_logs_have_one_line_per_request_and_no_session_id() {
     assert!(lines.iter().all(|l| l.is_object()), "every line must be JSON:\n{log}");
     let requests: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request").collect();
     assert_eq!(requests.len(), 2, "{log}");
-    let line = requests.iter().find(|l| l["request_id"] == "trace-me-42").unwrap_or_else(|| panic!("{log}"));
+    let Some(line) = requests.iter().find(|l| l["request_id"] == "trace-me-42") else {
+        panic!("no request line with our request id in:\n{log}");
+    };
     assert_eq!(line["route"], "/api/");
     assert_eq!(line["status"], 200);
     assert_eq!(line["session"], "guest");

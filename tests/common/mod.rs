@@ -192,7 +192,7 @@ impl Env {
     }
 
     pub async fn with(options: Options) -> Env {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("a temporary directory for the test");
         let certificate =
             (options.mock_tls || options.proxy_tls).then(|| TestCertificate::create(dir.path()));
         let mut mock_args = options.mock_args.clone();
@@ -269,8 +269,8 @@ impl Env {
             .uri(format!("{}{path}", self.mock.url))
             .header("content-type", "application/json")
             .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("mock control: {e}"));
+            .expect("a valid control request");
+        let response = self.client.request(request).await.expect("the mock's control API answers");
         let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
@@ -289,8 +289,8 @@ impl Env {
             builder = builder.header(*name, *value);
         }
         let request =
-            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("a valid request");
+        let response = self.client.request(request).await.expect("the raw request gets an answer");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -299,8 +299,8 @@ impl Env {
 
     /// The HTTP version a GET to `url` was answered with.
     pub async fn raw_version(&self, url: &str) -> http::Version {
-        let request = Request::get(url).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let request = Request::get(url).body(Full::new(Bytes::new())).expect("a valid GET");
+        let response = self.client.request(request).await.expect("the GET gets an answer");
         response.version()
     }
 
@@ -519,8 +519,8 @@ impl Browser {
                 builder = builder.header(*name, *value);
             }
         }
-        let request = builder.body(Full::new(body.unwrap_or_default())).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("request to proxy: {e}"));
+        let request = builder.body(Full::new(body.unwrap_or_default())).expect("a valid request");
+        let response = self.client.request(request).await.expect("the proxy answers the browser");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -585,7 +585,7 @@ fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
 /// Starts tokengate on `config`, with the test client secret in its environment.
 pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Proxy {
     let log_file = dir.join(format!("proxy-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
-    let log = std::fs::File::create(&log_file).unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(&log_file).expect("the proxy's log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
     command
         .arg("--config")
@@ -600,7 +600,9 @@ pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Pro
     // "tokengate listening on http://A admin http://B"
     let mut urls =
         line.split_whitespace().filter(|w| w.starts_with("http")).filter_map(|w| w.split("://").nth(1));
-    let addr = urls.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("tokengate said {line:?}"));
+    let Some(addr) = urls.next().and_then(|a| a.parse().ok()) else {
+        panic!("tokengate announced no address: {line:?}");
+    };
     let admin = urls.next().and_then(|a| a.parse().ok());
     Proxy { child: Some(child), addr, admin, log_file }
 }
@@ -613,8 +615,8 @@ fn rand_suffix() -> u128 {
 
 /// Spawns `command` and waits (at most 30 s) for its first stdout line.
 fn spawn_and_read_line(mut command: Command, name: &str) -> (Child, String) {
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("{name} has no stdout"));
+    let mut child = command.spawn().expect("the binary under test starts");
+    let stdout = child.stdout.take().expect("a piped stdout");
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -671,7 +673,7 @@ pub fn echoed_headers(reply: &Reply) -> HashMap<String, Value> {
 }
 
 pub fn header_value(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"))
+    HeaderValue::from_str(value).expect("a valid header value")
 }
 
 /// Runs the futures as concurrent tasks and returns their outputs in order.
@@ -683,7 +685,7 @@ where
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut outputs = Vec::with_capacity(handles.len());
     for handle in handles {
-        outputs.push(handle.await.unwrap_or_else(|e| panic!("task: {e}")));
+        outputs.push(handle.await.expect("the task finishes without panicking"));
     }
     outputs
 }
@@ -704,15 +706,15 @@ fn http_client(certificate: Option<&TestCertificate>) -> HttpClient {
     if let Some(certificate) = certificate {
         let pem = std::fs::read(&certificate.cert_file).unwrap_or_default();
         for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls_pki_types::CertificateDer<'static> = cert.unwrap_or_else(|e| panic!("{e}"));
-            roots.add(cert).unwrap_or_else(|e| panic!("{e}"));
+            let cert: rustls_pki_types::CertificateDer<'static> = cert.expect("a PEM certificate");
+            roots.add(cert).expect("the test certificate is a valid root");
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .unwrap_or_else(|e| panic!("{e}"))
+    .expect("ring supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -734,11 +736,11 @@ impl TestCertificate {
     pub fn create(dir: &Path) -> TestCertificate {
         let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         let rcgen::CertifiedKey { cert, key_pair } =
-            rcgen::generate_simple_self_signed(names).unwrap_or_else(|e| panic!("{e}"));
+            rcgen::generate_simple_self_signed(names).expect("a self-signed certificate");
         let cert_file = dir.join("test-cert.pem");
         let key_file = dir.join("test-key.pem");
-        std::fs::write(&cert_file, cert.pem()).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&key_file, key_pair.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cert_file, cert.pem()).expect("the certificate file is writable");
+        std::fs::write(&key_file, key_pair.serialize_pem()).expect("the key file is writable");
         TestCertificate { cert_file, key_file }
     }
 }
