@@ -1,11 +1,14 @@
 //! `tokengate demo`: commerce-mock plus the proxy with the memory store and the demo
 //! storefront page, in one command, for a newcomer on a fresh machine.
 //!
-//! The mock is the `commerce-mock` binary built next to `tokengate`; it is started on a
-//! free loopback port and stopped with the demo. The demo config is the same TOML a user
+//! The mock is the `commerce-mock` binary built next to `tokengate` (under `cargo run`,
+//! built or brought up to date by the same cargo first); it is started on a free loopback
+//! port and stopped with the demo. The demo config is the same TOML a user
 //! would write, with the secret handed over in memory instead of an environment variable.
 
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -75,19 +78,54 @@ session = "required"
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
 }
 
-/// Under `cargo run -- demo` only `tokengate` was built: ask the same cargo (it sets
-/// `CARGO` and `CARGO_MANIFEST_DIR` for the program it runs) to build the mock too, in the
-/// same profile.
-async fn build_mock_with_cargo(exe: &std::path::Path) -> Result<(), String> {
-    let (Ok(cargo), Ok(manifest_dir)) = (std::env::var("CARGO"), std::env::var("CARGO_MANIFEST_DIR")) else {
+/// Under `cargo run -- demo` only `tokengate` was built: ask cargo to build the mock too,
+/// every time (a no-op when it is up to date, so a mock built before a `git pull` is
+/// rebuilt), in the same profile and target directory.
+///
+/// `cargo run` gives the program it runs variables that describe *this* package
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, …) and a library path of its own. A nested
+/// cargo that inherited them would see a different environment than a plain
+/// `cargo build`: build scripts that watch such variables (ring's does) would run again
+/// and everything above them (ring, rustls, tokengate) would be compiled twice, here and
+/// again by the next plain cargo command. So the nested cargo gets the user's
+/// environment back: those variables removed, the library path restored.
+async fn build_mock_with_cargo(exe: &Path) -> Result<(), String> {
+    let (Some(cargo), Some(manifest_dir)) =
+        (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR"))
+    else {
         return Ok(());
     };
-    let release = exe.parent().and_then(|dir| dir.file_name()).is_some_and(|name| name == "release");
-    println!("tokengate demo: building commerce-mock ({})…", if release { "release" } else { "debug" });
+    let profile_dir = exe.parent().ok_or("cannot find own directory")?;
+    let profile = profile_dir.file_name().and_then(|name| name.to_str()).unwrap_or("debug");
+    println!("tokengate demo: building commerce-mock ({profile}) if it is not up to date…");
     let mut command = Command::new(cargo);
     command.current_dir(manifest_dir).args(["build", "--bin", "commerce-mock"]);
-    if release {
-        command.arg("--release");
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    // The directory above the profile's is the target directory when cargo marked it as
+    // one; then the mock lands next to us even if `--target-dir` or a config chose it.
+    if let Some(target_dir) = profile_dir.parent().filter(|dir| dir.join("CACHEDIR.TAG").is_file()) {
+        command.arg("--target-dir").arg(target_dir);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_the_program) {
+            command.env_remove(&name);
+        }
+    }
+    for variable in LIBRARY_PATH_VARIABLES {
+        if let Some(value) = std::env::var_os(variable) {
+            match without_cargo_library_paths(&value, profile_dir) {
+                Some(restored) => command.env(variable, restored),
+                None => command.env_remove(variable),
+            };
+        }
     }
     let status = command.status().await.map_err(|error| format!("cannot run cargo: {error}"))?;
     if status.success() {
@@ -97,13 +135,50 @@ async fn build_mock_with_cargo(exe: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// Where `cargo run` prepends its own library directories.
+const LIBRARY_PATH_VARIABLES: [&str; 2] = ["LD_LIBRARY_PATH", "DYLD_FALLBACK_LIBRARY_PATH"];
+
+/// Whether `name` is one of the variables cargo sets for the program it runs (or for a
+/// crate or build script), as opposed to one the user set for cargo itself, which stays
+/// (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, `CARGO_PROFILE_*`, `RUSTUP_*`, …).
+fn set_by_cargo_for_the_program(name: &str) -> bool {
+    const EXACT: [&str; 11] = [
+        "CARGO",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_MAKEFLAGS",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 4] = ["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_CFG_", "CARGO_FEATURE_"];
+    EXACT.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The library path as the user had it: `cargo run` puts the profile directory, its
+/// `deps` and the toolchain's library directories in front. `None` when nothing of the
+/// user's is left.
+fn without_cargo_library_paths(value: &OsStr, profile_dir: &Path) -> Option<OsString> {
+    let added_by_cargo = |entry: &Path| {
+        entry == profile_dir
+            || entry == profile_dir.join("deps")
+            || entry.components().any(|part| part.as_os_str() == "rustlib")
+            || entry.join("rustlib").is_dir()
+    };
+    let entries: Vec<PathBuf> = std::env::split_paths(value).collect();
+    let first_own = entries.iter().position(|entry| !added_by_cargo(entry))?;
+    std::env::join_paths(&entries[first_own..]).ok()
+}
+
 /// Starts the sibling `commerce-mock` binary and reads the URL it announces.
 async fn start_mock() -> Result<(Child, String), String> {
     let exe = std::env::current_exe().map_err(|error| format!("cannot find own binary: {error}"))?;
     let mock_path = exe.with_file_name(format!("commerce-mock{}", std::env::consts::EXE_SUFFIX));
-    if !mock_path.is_file() {
-        build_mock_with_cargo(&exe).await?;
-    }
+    build_mock_with_cargo(&exe).await?;
     if !mock_path.is_file() {
         return Err(format!(
             "{} not found: build both binaries first (cargo build --release)",
@@ -132,4 +207,33 @@ async fn start_mock() -> Result<(Child, String), String> {
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variables_cargo_sets_for_a_program_go_and_the_users_stay() {
+        for name in ["CARGO", "CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR", "OUT_DIR"] {
+            assert!(set_by_cargo_for_the_program(name), "{name}");
+        }
+        for name in ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS", "RUSTUP_TOOLCHAIN", "PATH", "HOME"]
+        {
+            assert!(!set_by_cargo_for_the_program(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_library_path_loses_what_cargo_run_put_in_front() {
+        let profile = Path::new("/src/shop/target/release");
+        let toolchain = "/home/u/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib/rustlib/x86_64-unknown-linux-gnu/lib";
+        let cargo_part = format!("/src/shop/target/release:/src/shop/target/release/deps:{toolchain}");
+        let with_users = OsString::from(format!("{cargo_part}:/opt/vendor/lib:/usr/local/lib"));
+        assert_eq!(
+            without_cargo_library_paths(&with_users, profile),
+            Some(OsString::from("/opt/vendor/lib:/usr/local/lib"))
+        );
+        assert_eq!(without_cargo_library_paths(OsStr::new(&cargo_part), profile), None);
+    }
 }

@@ -20,12 +20,12 @@ fn check_config(path: &Path, env: &[(&str, &str)]) -> Output {
         }
     }
     command.envs(env.iter().copied()).arg("check-config").arg("--config").arg(path);
-    command.output().unwrap_or_else(|e| panic!("run tokengate: {e}"))
+    command.output().expect("tokengate check-config runs")
 }
 
 fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&path, text).expect("the test's directory is writable");
     path
 }
 
@@ -38,10 +38,15 @@ fn problem_lines(output: &Output) -> Vec<String> {
         .collect()
 }
 
-const MANY_PROBLEMS: &str = r#"
+/// A file with ten problems of seven kinds; without `unknown_keys`, the two unknown keys
+/// (`server.surprise`, `route[0].color`) are left out.
+fn many_problems(unknown_keys: bool) -> String {
+    let (surprise, color) = if unknown_keys { ("surprise = true", "color = \"blue\"") } else { ("", "") };
+    format!(
+        r#"
 [server]
 listen = "127.0.0.1:0"
-surprise = true
+{surprise}
 public_origin = "https://shop.example.com/cart"
 allowed_origins = ["https://shop.example.com", "shop.example.com"]
 max_connections = "lots"
@@ -64,13 +69,15 @@ enabled = "yes"
 
 [[route]]
 prefix = "/api/"
-color = "blue"
-"#;
+{color}
+"#
+    )
+}
 
 #[test]
 fn every_problem_of_a_file_is_reported_with_its_key_in_one_run() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = write(&dir, MANY_PROBLEMS);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = write(&dir, &many_problems(true));
     let output = check_config(&path, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(EX_CONFIG), "{stderr}");
@@ -100,8 +107,8 @@ fn every_problem_of_a_file_is_reported_with_its_key_in_one_run() {
 
 #[test]
 fn fixing_one_problem_leaves_exactly_the_others() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = write(&dir, &MANY_PROBLEMS.replace("surprise = true\n", "").replace("color = \"blue\"\n", ""));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = write(&dir, &many_problems(false));
     let output = check_config(&path, &[]);
     assert_eq!(output.status.code(), Some(EX_CONFIG));
     let lines = problem_lines(&output);
@@ -111,7 +118,7 @@ fn fixing_one_problem_leaves_exactly_the_others() {
 
 #[test]
 fn a_bad_override_is_reported_with_the_problems_of_the_file() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = write(
         &dir,
         "[oauth]\nclient_id = \"key\"\n[session]\nsame_site = \"diagonal\"\nbogus = 1\n[[route]]\nprefix = \"/api/\"\n",
@@ -132,7 +139,7 @@ fn a_bad_override_is_reported_with_the_problems_of_the_file() {
 
 #[test]
 fn a_clean_file_passes_and_a_syntax_error_is_one_problem() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let path = write(
         &dir,
         "[server]\npublic_origin = \"https://Shop.Example.com\"\n[oauth]\nclient_id = \"key\"\n[[route]]\nprefix = \"/api/\"\n",

@@ -129,7 +129,7 @@ async fn session_optional_routes_use_a_session_when_there_is_one() {
 
 #[tokio::test]
 async fn guest_off_without_cookie_is_no_session() {
-    let env = Env::with(Options { guest: "off".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("session", "guest", "off")).await;
     let reply = env.browser().get("/api/shoppers/me").await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.error_code().as_deref(), Some("no_session"));
@@ -171,7 +171,7 @@ async fn large_responses_stream_back_intact() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413_and_the_session_is_untouched() {
-    let env = Env::with(Options { max_body_bytes: 1024, ..Options::default() }).await;
+    let env = Env::with(Options::default().set("server", "max_body_bytes", 1024)).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     let reply = browser.send(Method::POST, "/api/debug/echo", &[], Some(Bytes::from(vec![b'x'; 4096]))).await;
@@ -194,7 +194,7 @@ async fn upstream_down_is_502_and_the_session_survives() {
 
 #[tokio::test]
 async fn upstream_timeout_is_504() {
-    let env = Env::with(Options { request_timeout: "300ms".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "300ms")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     env.set_faults(json!({"resource_latency_ms": 2000})).await;

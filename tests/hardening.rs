@@ -73,14 +73,14 @@ async fn a_cookie_the_store_never_issued_never_gets_a_session() {
 
 #[tokio::test]
 async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
-    let env = Env::with(Options { max_body_bytes: 2048, ..Options::default() }).await;
+    let env = Env::with(Options::default().set("server", "max_body_bytes", 2048)).await;
     let browser = env.browser();
     let big = "x".repeat(64 * 1024);
     let reply = browser.send(Method::GET, "/session", &[("x-big", &big)], None).await;
     assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 
     browser.post("/session/guest").await;
-    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
     let cookie = browser.cookie().unwrap_or_default();
     let chunk = "y".repeat(1500);
     let request = format!(
@@ -88,7 +88,7 @@ async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
          Transfer-Encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
         len = chunk.len()
     );
-    stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(request.as_bytes()).expect("the proxy reads the request");
     let head = read_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("payload_too_large"), "{head}");
@@ -96,16 +96,16 @@ async fn oversized_headers_are_431_and_chunked_bodies_over_the_limit_are_413() {
 
 #[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_with_408() {
-    let env = Env::with(Options { request_timeout: "1s".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "1s")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
-    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
     let cookie = browser.cookie().unwrap_or_default();
     let head = format!(
         "POST /api/debug/echo HTTP/1.1\r\nHost: x\r\nX-CSRF: 1\r\nCookie: {COOKIE}={cookie}\r\n\
          Content-Length: 100\r\n\r\nonly ten b"
     );
-    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(head.as_bytes()).expect("the proxy reads the request");
     let started = Instant::now();
     let answer = read_head(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -115,7 +115,7 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
 }
 
 fn read_head(stream: &mut TcpStream) -> String {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout on the socket");
     let mut buffer = vec![0u8; 4096];
     let n = stream.read(&mut buffer).unwrap_or(0);
     String::from_utf8_lossy(&buffer[..n]).into_owned()
@@ -123,7 +123,7 @@ fn read_head(stream: &mut TcpStream) -> String {
 
 /// Whether the server closed `stream` (a read sees EOF or a reset) within `deadline`.
 fn closed_within(stream: &mut TcpStream, deadline: Duration) -> bool {
-    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap_or_else(|e| panic!("{e}"));
+    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("a read timeout on the socket");
     let start = Instant::now();
     let mut byte = [0u8; 1024];
     while start.elapsed() < deadline {
@@ -144,8 +144,8 @@ async fn a_slowloris_connection_is_closed_while_normal_traffic_flows() {
     let browser = env.browser();
     let addr = env.proxy.addr;
     let slow = std::thread::spawn(move || {
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
-        stream.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut stream = TcpStream::connect(addr).expect("the proxy accepts a connection");
+        stream.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n").expect("the proxy reads the request");
         let started = Instant::now();
         // Trickle a header byte now and then: it never finishes the head.
         let mut closed = false;
@@ -161,7 +161,7 @@ async fn a_slowloris_connection_is_closed_while_normal_traffic_flows() {
     for _ in 0..10 {
         assert_eq!(browser.get("/session").await.status, StatusCode::UNAUTHORIZED);
     }
-    let (closed, after) = slow.join().unwrap_or_else(|_| panic!("slow client thread"));
+    let (closed, after) = slow.join().expect("the slow client thread finishes without panicking");
     assert!(closed, "the slowloris connection was never closed");
     assert!(after < Duration::from_secs(4), "closed only after {after:?}");
 }
@@ -173,8 +173,8 @@ async fn idle_keep_alive_connections_are_closed() {
         ("TOKENGATE_SERVER_HEADER_READ_TIMEOUT", "30s"),
     ]))
     .await;
-    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
-    stream.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
+    stream.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n").expect("the proxy reads the request");
     let head = read_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(closed_within(&mut stream, Duration::from_secs(5)), "an idle keep-alive connection stayed open");
@@ -185,15 +185,17 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let env = Env::with(with_env(&[("TOKENGATE_SERVER_MAX_CONNECTIONS", "2")])).await;
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| {
-            let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
-            stream.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+            let mut stream = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
+            stream
+                .write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("the proxy reads the request");
             assert!(read_head(&mut stream).starts_with("HTTP/1.1 401"));
             stream
         })
         .collect();
-    let mut third = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
-    third.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
-    third.set_read_timeout(Some(Duration::from_millis(700))).unwrap_or_else(|e| panic!("{e}"));
+    let mut third = TcpStream::connect(env.proxy.addr).expect("the proxy accepts a connection");
+    third.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n").expect("the proxy reads the request");
+    third.set_read_timeout(Some(Duration::from_millis(700))).expect("a read timeout on the socket");
     let mut buffer = [0u8; 64];
     assert!(third.read(&mut buffer).is_err(), "a third connection was served beyond max_connections = 2");
     held.pop();
@@ -307,11 +309,7 @@ async fn the_leak_guard_blocks_a_token_echoed_by_the_api() {
 
 #[tokio::test]
 async fn large_and_binary_bodies_still_stream_with_the_leak_guard_on() {
-    let env = Env::with(Options {
-        extra_toml: "[leak_guard]\nmax_body_bytes = 1024\n".into(),
-        ..Options::default()
-    })
-    .await;
+    let env = Env::with(Options::default().set("leak_guard", "max_body_bytes", 1024)).await;
     let browser = env.browser();
     let reply = browser.get("/api/debug/bytes?n=500000").await;
     assert_eq!(reply.status, StatusCode::OK);

@@ -10,8 +10,7 @@ use serde_json::json;
 #[tokio::test]
 async fn the_leak_check_catches_a_token_in_a_response() {
     // The leak guard would block this echo; switch it off to see that the check notices.
-    let options = Options { extra_toml: "[leak_guard]\nenabled = false\n".into(), ..Options::default() };
-    let mut env = Env::with(options).await;
+    let mut env = Env::with(Options::default().set("leak_guard", "enabled", false)).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     assert!(env.find_leaks().is_empty());

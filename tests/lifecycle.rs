@@ -10,7 +10,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_full_store_refuses_new_sessions_and_keeps_existing_ones() {
-    let env = Env::with(Options { max_sessions: 2, ..Options::default() }).await;
+    let env = Env::with(Options::default().set("session", "max_sessions", 2)).await;
     let first = env.browser();
     let second = first.fresh();
     assert_eq!(first.post("/session/guest").await.status, StatusCode::OK);
@@ -27,7 +27,7 @@ async fn a_full_store_refuses_new_sessions_and_keeps_existing_ones() {
 
 #[tokio::test]
 async fn an_idle_session_expires() {
-    let env = Env::with(Options { idle_timeout: "2s".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("session", "idle_timeout", "2s")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     assert_eq!(browser.get("/session").await.status, StatusCode::OK);
@@ -42,7 +42,7 @@ async fn an_idle_session_expires() {
 
 #[tokio::test]
 async fn activity_keeps_a_session_alive_past_the_idle_timeout() {
-    let env = Env::with(Options { idle_timeout: "2s".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("session", "idle_timeout", "2s")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     let start = std::time::Instant::now();
@@ -54,7 +54,7 @@ async fn activity_keeps_a_session_alive_past_the_idle_timeout() {
 
 #[tokio::test]
 async fn the_absolute_timeout_ends_even_a_busy_session() {
-    let env = Env::with(Options { absolute_timeout: "2s".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("session", "absolute_timeout", "2s")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     let ended = eventually(Duration::from_secs(10), || {
@@ -68,7 +68,7 @@ async fn the_absolute_timeout_ends_even_a_busy_session() {
 #[tokio::test]
 async fn admin_health_and_readiness_answer() {
     let env = Env::start().await;
-    let admin = env.proxy.admin.unwrap_or_else(|| panic!("admin"));
+    let admin = env.proxy.admin.expect("the harness config has an admin listener");
     let browser = env.browser();
     let mut admin_browser = browser.fresh();
     admin_browser.base = format!("http://{admin}");
@@ -95,10 +95,10 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     })
     .await;
     assert!(arrived.is_some(), "the slow calls never reached the mock");
-    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(15));
+    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(15)).await;
     assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
     for call in in_flight {
-        let reply = call.await.unwrap_or_else(|e| panic!("{e}"));
+        let reply = call.await.expect("the in-flight call finishes without panicking");
         assert_eq!(reply.status, StatusCode::OK, "an in-flight request was cut off");
     }
 }

@@ -9,8 +9,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -47,8 +48,10 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(&self.body)))
+        match serde_json::from_slice(&self.body) {
+            Ok(value) => value,
+            Err(error) => panic!("not JSON ({error}): {}", String::from_utf8_lossy(&self.body)),
+        }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -104,7 +107,10 @@ impl Mock {
 
     async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let request = build_request(&self.base, method, path, headers, body);
-        self.try_send(request).await.unwrap_or_else(|error| panic!("{path}: {error}"))
+        match self.try_send(request).await {
+            Ok(reply) => reply,
+            Err(error) => panic!("{path}: {error}"),
+        }
     }
 
     async fn get(&self, path: &str, token: &str) -> Reply {
@@ -213,7 +219,8 @@ fn basic_auth() -> String {
 }
 
 fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()
+    let Some(text) = value.as_str() else { panic!("not a string: {value}") };
+    text.to_owned()
 }
 
 fn encoded(password: &str) -> String {
@@ -442,6 +449,34 @@ async fn token_faults_round_trip() {
     assert_eq!(mock.token(&refresh_form).await.status, StatusCode::OK, "rejected refresh kept the token");
     let invalid = mock.control(Method::PUT, "/__mock/faults", json!({"token_stauts": 500})).await;
     assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_held_token_call_is_counted_and_answers_with_the_settings_it_is_released_into() {
+    let mock = Mock::start(&[]);
+    mock.control(Method::PUT, "/__mock/faults", json!({"token_hold": true})).await;
+    let answered = AtomicBool::new(false);
+    let call = async {
+        let reply = mock.token("grant_type=password").await;
+        answered.store(true, Ordering::SeqCst);
+        reply
+    };
+    let release = async {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        while mock.stats().await["token_calls"]["anonymous"] != 1 {
+            assert!(Instant::now() < deadline, "the held call was never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!answered.load(Ordering::SeqCst), "a held call must not answer");
+        // Lifting the hold and reporting a zero lifetime in one change.
+        mock.control(Method::PUT, "/__mock/faults", json!({"expires_in": 0})).await;
+    };
+    let (reply, ()) = tokio::join!(call, release);
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    assert_eq!(body["expires_in"], 0, "the call answers with the settings of its release");
+    let me = mock.get("/v1/shoppers/me", &text(&body["access_token"])).await;
+    assert_eq!(me.status, StatusCode::OK, "expires_in changes what is reported, not the lifetime");
 }
 
 #[tokio::test]

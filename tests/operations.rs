@@ -22,7 +22,7 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(env: &Env) -> HashMap<String, f64> {
-    let admin = env.proxy.admin.unwrap_or_else(|| panic!("admin listener"));
+    let admin = env.proxy.admin.expect("the harness config has an admin listener");
     let reply = env.raw(Method::GET, &format!("http://{admin}/metrics"), &[], None).await;
     assert_eq!(reply.status, StatusCode::OK);
     parse_metrics(&reply.text())
@@ -101,15 +101,8 @@ async fn failures_show_up_by_result_and_code() {
 
 #[tokio::test]
 async fn json_logs_have_one_line_per_request_and_no_session_id() {
-    let env = Env::with(Options {
-        extra_toml: String::new(),
-        proxy_env: vec![
-            ("TOKENGATE_LOG_FORMAT".into(), "json".into()),
-            ("TOKENGATE_LOG_LEVEL".into(), "info".into()),
-        ],
-        ..Options::default()
-    })
-    .await;
+    // Through the environment on purpose: the overrides are part of what is tested.
+    let env = Env::with(with_env(&[("TOKENGATE_LOG_FORMAT", "json"), ("TOKENGATE_LOG_LEVEL", "info")])).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     browser.send(Method::GET, "/api/shoppers/me", &[("x-request-id", "trace-me-42")], None).await;
@@ -118,7 +111,9 @@ async fn json_logs_have_one_line_per_request_and_no_session_id() {
     assert!(lines.iter().all(|l| l.is_object()), "every line must be JSON:\n{log}");
     let requests: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request").collect();
     assert_eq!(requests.len(), 2, "{log}");
-    let line = requests.iter().find(|l| l["request_id"] == "trace-me-42").unwrap_or_else(|| panic!("{log}"));
+    let Some(line) = requests.iter().find(|l| l["request_id"] == "trace-me-42") else {
+        panic!("no request line with our request id in:\n{log}");
+    };
     assert_eq!(line["route"], "/api/");
     assert_eq!(line["status"], 200);
     assert_eq!(line["session"], "guest");
@@ -129,21 +124,20 @@ async fn json_logs_have_one_line_per_request_and_no_session_id() {
 
 #[tokio::test]
 async fn sighup_reloads_routes_and_origins_and_keeps_the_old_config_when_the_new_one_is_bad() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     assert_eq!(browser.get("/shop/shoppers/me").await.status, StatusCode::NOT_FOUND);
     let foreign = [("origin", "https://new-shop.test")];
     assert_eq!(browser.send(Method::GET, "/session", &foreign, None).await.status, StatusCode::FORBIDDEN);
 
-    let config_path = env.dir.path().join("proxy.toml");
-    let original = std::fs::read_to_string(&config_path).unwrap_or_default();
-    let updated = original.replace(
-        "public_origin = \"http://shop.test\"",
-        "public_origin = \"http://shop.test\"\nallowed_origins = [\"http://shop.test\", \"https://new-shop.test\"]",
-    ) + "\n[[route]]\nprefix = \"/shop/\"\nupstream_prefix = \"/v1/\"\nsession = \"required\"\n";
-    std::fs::write(&config_path, &updated).unwrap_or_else(|e| panic!("{e}"));
-    let pid = env.proxy.pid().unwrap_or_else(|| panic!("pid"));
+    let updated = env
+        .config()
+        .clone()
+        .set("server", "allowed_origins", vec!["http://shop.test", "https://new-shop.test"])
+        .route("/shop/", "/v1/", "required");
+    env.write_config(updated);
+    let pid = env.proxy.pid().expect("the proxy is running");
     signal(pid, "HUP");
     let reloaded = eventually(Duration::from_secs(10), || {
         let b = browser.clone();
@@ -154,7 +148,7 @@ async fn sighup_reloads_routes_and_origins_and_keeps_the_old_config_when_the_new
     assert_eq!(browser.send(Method::GET, "/session", &foreign, None).await.status, StatusCode::OK);
     assert_eq!(browser.get("/session").await.status, StatusCode::OK, "sessions survive a reload");
 
-    std::fs::write(&config_path, "this is [not valid toml").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(env.config_path(), "this is [not valid toml").expect("the config file is writable");
     signal(pid, "HUP");
     let logged = eventually(Duration::from_secs(10), || async {
         env.proxy_log().contains("reload refused").then_some(())

@@ -62,7 +62,7 @@ async fn post_h2_without_length(env: &Env, cookie: &str, total: usize) -> (Statu
 
 #[tokio::test]
 async fn an_http2_body_without_content_length_arrives_whole_and_is_limited() {
-    let env = Env::with(Options { max_body_bytes: 256 * 1024, ..Options::default() }).await;
+    let env = Env::with(Options::default().set("server", "max_body_bytes", 256 * 1024)).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     let cookie = browser.cookie().expect("a guest cookie");
@@ -225,9 +225,13 @@ async fn methods_beyond_the_standard_seven_never_carry_the_bearer() {
 
 #[tokio::test]
 async fn a_route_may_allow_a_method_beyond_the_standard_seven() {
-    let dav =
-        "\n[[route]]\nprefix = \"/dav/\"\nupstream_prefix = \"/v1/debug/\"\nextra_methods = [\"PROPFIND\"]\n";
-    let env = Env::with(Options { extra_toml: dav.into(), ..Options::default() }).await;
+    let mut options = Options::default();
+    options.config = options.config.route_with([
+        ("prefix", toml::Value::from("/dav/")),
+        ("upstream_prefix", toml::Value::from("/v1/debug/")),
+        ("extra_methods", toml::Value::Array(vec!["PROPFIND".into()])),
+    ]);
+    let env = Env::with(options).await;
     let browser = env.browser();
     let propfind = Method::from_bytes(b"PROPFIND").expect("a method");
     let reply = browser.send(propfind.clone(), "/dav/echo", &[], None).await;
@@ -254,7 +258,7 @@ async fn return_to_is_normalised_before_it_is_checked() {
 
 #[tokio::test]
 async fn a_scanned_body_that_trickles_in_is_cut_off_at_the_request_timeout() {
-    let env = Env::with(Options { request_timeout: "500ms".into(), ..Options::default() }).await;
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "500ms")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     // A JSON body the leak guard reads before the first byte goes out; the API sends

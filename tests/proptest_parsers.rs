@@ -80,7 +80,7 @@ fn other_cookie() -> impl Strategy<Value = String> {
 fn cookie_headers(headers: &[String]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for header in headers {
-        map.append(COOKIE, HeaderValue::from_str(header).unwrap_or_else(|e| panic!("{header:?}: {e}")));
+        map.append(COOKIE, HeaderValue::from_str(header).expect("the strategy makes valid header values"));
     }
     map
 }
@@ -192,10 +192,13 @@ proptest! {
 /// hide the session cookie (it once did: the header was read with `to_str`, which fails).
 #[test]
 fn a_non_ascii_cookie_beside_ours_does_not_hide_it() {
-    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    let id = SessionId::generate().expect("the OS has randomness");
     let header = format!("theme=caf\u{e9}; {COOKIE_NAME}={}", id.expose());
     let mut map = HeaderMap::new();
-    map.append(COOKIE, HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|e| panic!("{e}")));
+    map.append(
+        COOKIE,
+        HeaderValue::from_bytes(header.as_bytes()).expect("a cookie header is a valid header value"),
+    );
     let lookup = read_session_cookie(&map, COOKIE_NAME);
     assert!(matches!(&lookup, CookieLookup::Present(found) if found == &id), "{lookup:?}");
 }
@@ -365,7 +368,7 @@ fn config_text() -> impl Strategy<Value = String> {
             if let Some(name) = stray_section {
                 table.entry(name).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             }
-            toml::to_string(&table).unwrap_or_else(|e| panic!("{e}"))
+            toml::to_string(&table).expect("a TOML table renders as TOML")
         })
 }
 
@@ -449,7 +452,7 @@ proptest! {
             ("TOKENGATE_SESSION_COOKIE_SECURE".to_string(), secure.to_string()),
         ]
         .into();
-        let config = load(&text, &env).unwrap_or_else(|errors| panic!("{errors:?} for {text}"));
+        let config = load(&text, &env).expect("a config of valid values loads");
         prop_assert_eq!(config.fixed.session.idle_timeout.as_secs(), idle * unit.1);
         prop_assert_eq!(config.fixed.session.max_sessions as u64, max_sessions);
         prop_assert_eq!(config.fixed.session.cookie_secure, secure);
@@ -549,7 +552,7 @@ proptest! {
         keyed.sort_by_key(|(key, _)| *key);
         let pairs: Vec<(String, String)> = keyed.into_iter().map(|(_, pair)| pair).collect();
         let input = encode(&pairs);
-        let params = parse_callback_query(&input).unwrap_or_else(|e| panic!("{e} for {input}"));
+        let params = parse_callback_query(&input).expect("an encoded token callback parses");
         prop_assert_eq!(&params.state, &state);
         match &params.outcome {
             CallbackOutcome::Token { access_token, expires_in: parsed } => {
@@ -563,7 +566,7 @@ proptest! {
         // which form encoding turns into a space.
         if !token.contains('+') && !state.contains('+') {
             let raw = format!("state={state}&access_token={token}");
-            let again = parse_callback_query(&raw).unwrap_or_else(|e| panic!("{e} for {raw}"));
+            let again = parse_callback_query(&raw).expect("an unencoded token callback parses");
             prop_assert_eq!(again.outcome, CallbackOutcome::Token { access_token: AccessToken::new(token), expires_in: None });
         }
     }
@@ -579,7 +582,7 @@ proptest! {
             ("error_description".to_string(), description),
             ("state".to_string(), state.clone()),
         ];
-        let params = parse_callback_query(&encode(&pairs)).unwrap_or_else(|e| panic!("{e}"));
+        let params = parse_callback_query(&encode(&pairs)).expect("an encoded error callback parses");
         prop_assert_eq!(params, CallbackParams { outcome: CallbackOutcome::Error { code }, state });
     }
 

@@ -3,20 +3,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use http::StatusCode;
 use serde_json::json;
 
-#[tokio::test]
-async fn fifty_concurrent_calls_on_an_expired_session_cause_exactly_one_refresh() {
-    // The mock issues 2-second tokens and the proxy refreshes 5 s ahead, so every token
-    // is "expired" for the proxy from the start; latency keeps the refresh in flight.
-    let env =
-        Env::with(Options { mock_args: vec!["--access-ttl".into(), "2".into()], ..Options::default() }).await;
-    let browser = env.browser();
-    browser.login().await;
-    assert_eq!(env.refresh_calls().await, 0);
-    env.set_faults(json!({"token_latency_ms": 300})).await;
+/// Fifty calls at once on the browser's session, each answered 200.
+async fn fifty_calls(browser: &Browser) {
     let replies = join_all((0..50).map(|_| {
         let b = browser.clone();
         async move { b.get("/api/shoppers/me").await }
@@ -25,7 +19,68 @@ async fn fifty_concurrent_calls_on_an_expired_session_cause_exactly_one_refresh(
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     }
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_on_an_expired_session_cause_exactly_one_refresh() {
+    // The access token is expired at the API while the proxy still thinks it good, so
+    // every call is refused upstream (401) and asks for a refresh. The token endpoint
+    // holds that refresh until all fifty calls have been refused: each of them found the
+    // session needing a refresh, however the calls were scheduled, and they must share
+    // one refresh. The upstream timeout (which bounds the held refresh) is far beyond
+    // the wait below, so only a broken proxy can make this fail.
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "120s")).await;
+    let browser = env.browser();
+    assert_eq!(browser.login().await.status, StatusCode::OK);
+    env.expire_access_tokens().await;
+    env.set_faults(json!({"token_hold": true})).await;
+    let calls = tokio::spawn({
+        let browser = browser.clone();
+        async move { fifty_calls(&browser).await }
+    });
+    let all_refused = eventually(Duration::from_secs(60), || async {
+        let stats = env.stats().await;
+        let refused = stats["resource_401"].as_u64().unwrap_or(0);
+        let refreshes = stats["token_calls"]["refresh"].as_u64().unwrap_or(0);
+        (refused >= 50 && refreshes >= 1).then_some(stats)
+    })
+    .await;
+    env.clear_faults().await; // releases the held refresh
+    let stats = match all_refused {
+        Some(stats) => stats,
+        None => env.stats().await,
+    };
+    assert_eq!(stats["resource_401"], 50, "every call must have used the expired token once: {stats}");
+    calls.await.expect("all fifty calls succeed");
     assert_eq!(env.refresh_calls().await, 1);
+    assert_eq!(env.stats().await["resource_401"], 50, "no replay may be refused");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_on_a_token_past_expiry_for_the_proxy_cause_exactly_one_refresh() {
+    // The login's token is reported as expiring at once (the API still takes it), so it
+    // is past expiry for the proxy before any call starts; the refresh brings the API's
+    // usual lifetime. A call that reads the session before the refresh must join the one
+    // in flight (or find it done); one that reads it after finds a fresh token. Either
+    // way exactly one refresh, whatever the scheduling.
+    let env = Env::start().await;
+    let browser = env.browser();
+    env.set_faults(json!({"expires_in": 0})).await;
+    assert_eq!(browser.login().await.status, StatusCode::OK);
+    env.clear_faults().await;
+    let session = browser.get("/session").await.json();
+    let expires = session["access_expires_at"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+    assert!(
+        expires.is_some_and(|at| at <= std::time::SystemTime::now()),
+        "the proxy must see the token as expired: {session}"
+    );
+    assert_eq!(env.refresh_calls().await, 0);
+    // A slow token endpoint keeps the refresh in flight while most calls arrive; the
+    // outcome does not depend on it.
+    env.set_faults(json!({"token_latency_ms": 300})).await;
+    fifty_calls(&browser).await;
+    assert_eq!(env.refresh_calls().await, 1);
+    assert_eq!(env.stats().await["resource_401"], 0, "no call may have used an expired token");
 }
 
 #[tokio::test]
@@ -84,8 +139,7 @@ async fn a_rejected_refresh_is_session_expired_and_deletes_the_session() {
 
 #[tokio::test]
 async fn token_endpoint_down_is_503_and_the_same_session_works_once_it_is_back() {
-    let env =
-        Env::with(Options { mock_args: vec!["--access-ttl".into(), "2".into()], ..Options::default() }).await;
+    let env = Env::with(Options::default().mock_args(&["--access-ttl", "2"])).await;
     let browser = env.browser();
     browser.login().await;
     let cookie = browser.cookie();
@@ -107,12 +161,9 @@ async fn token_endpoint_down_is_503_and_the_same_session_works_once_it_is_back()
 #[tokio::test]
 async fn refresh_ahead_uses_the_still_valid_token_when_the_token_endpoint_fails() {
     // 30 s tokens, refreshed 60 s ahead: always due, never expired during the test.
-    let env = Env::with(Options {
-        mock_args: vec!["--access-ttl".into(), "30".into()],
-        refresh_ahead: "60s".into(),
-        ..Options::default()
-    })
-    .await;
+    let env =
+        Env::with(Options::default().mock_args(&["--access-ttl", "30"]).set("oauth", "refresh_ahead", "60s"))
+            .await;
     let browser = env.browser();
     browser.login().await;
     env.set_faults(json!({"token_status": 502})).await;

@@ -21,15 +21,14 @@ use common::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Rewrites the proxy's config file with `edit`, sends SIGHUP and waits until the proxy
-/// logs the reload. Returns what the proxy logged from the signal on.
-async fn reload_with(env: &Env, edit: impl FnOnce(String) -> String) -> String {
-    let path = env.dir.path().join("proxy.toml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&path, edit(text)).unwrap_or_else(|e| panic!("{e}"));
+/// Rewrites the proxy's config file with `edit` (on the typed config), sends SIGHUP and
+/// waits until the proxy logs the reload. Returns what the proxy logged from the signal on.
+async fn reload_with(env: &mut Env, edit: impl FnOnce(ProxyToml) -> ProxyToml) -> String {
+    let config = edit(env.config().clone());
+    env.write_config(config);
     let before = env.proxy_log();
     let reloads = before.matches("config reloaded").count();
-    let pid = env.proxy.pid().unwrap_or_else(|| panic!("the proxy is not running"));
+    let pid = env.proxy.pid().expect("the proxy is running");
     let status = std::process::Command::new("kill").args(["-s", "HUP", &pid.to_string()]).status();
     assert!(status.is_ok_and(|s| s.success()), "kill -HUP {pid} failed");
     let reloaded = eventually(DEADLINE, || async {
@@ -39,13 +38,6 @@ async fn reload_with(env: &Env, edit: impl FnOnce(String) -> String) -> String {
     let log = env.proxy_log();
     assert!(reloaded.is_some(), "the proxy never logged a reload:\n{}", tail(&log));
     log.get(before.len()..).unwrap_or_default().to_string()
-}
-
-/// Inserts `lines` into `[server]` (after the `public_origin` line every test file has).
-fn in_server(text: String, lines: &str) -> String {
-    let anchor = "public_origin = \"http://shop.test\"\n";
-    assert!(text.contains(anchor), "no public_origin line in:\n{text}");
-    text.replacen(anchor, &format!("{anchor}{lines}\n"), 1)
 }
 
 fn tail(log: &str) -> String {
@@ -59,18 +51,15 @@ fn needs_restart(log: &str) -> bool {
 
 #[tokio::test]
 async fn a_new_route_answers_and_a_removed_one_is_not_found() {
-    let old_route = "\n[[route]]\nprefix = \"/old/\"\nupstream_prefix = \"/v1/\"\nsession = \"required\"\n";
-    let env = Env::with(Options { extra_toml: old_route.into(), ..Options::default() }).await;
+    let mut env = Env::with(Options::default().route("/old/", "/v1/", "required")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     assert_eq!(browser.get("/old/shoppers/me").await.status, StatusCode::OK);
     assert_eq!(browser.get("/shop/shoppers/me").await.error_code().as_deref(), Some("not_found"));
 
-    let logged = reload_with(&env, |text| {
-        text.replace(old_route, "")
-            + "\n[[route]]\nprefix = \"/shop/\"\nupstream_prefix = \"/v1/\"\nsession = \"required\"\n"
-    })
-    .await;
+    let logged =
+        reload_with(&mut env, |config| config.remove_route("/old/").route("/shop/", "/v1/", "required"))
+            .await;
     assert_eq!(browser.get("/shop/shoppers/me").await.status, StatusCode::OK, "the new route answers");
     let old = browser.get("/old/shoppers/me").await;
     assert_eq!(old.status, StatusCode::NOT_FOUND, "the removed route is gone");
@@ -86,7 +75,7 @@ async fn guest_with(browser: &Browser, headers: &[(&str, &str)]) -> Reply {
 
 #[tokio::test]
 async fn allowed_origins_change_and_are_compared_as_browsers_send_them() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     let ours = [("origin", "http://shop.test")];
     let new = [("origin", "https://new-shop.test")];
@@ -94,7 +83,10 @@ async fn allowed_origins_change_and_are_compared_as_browsers_send_them() {
     assert_eq!(guest_with(&browser, &new).await.error_code().as_deref(), Some("origin_rejected"));
 
     // Written the way a person might; the proxy keeps it as a browser sends it.
-    reload_with(&env, |text| in_server(text, "allowed_origins = [\"HTTPS://New-Shop.TEST:443/\"]")).await;
+    reload_with(&mut env, |config| {
+        config.set("server", "allowed_origins", toml::Value::Array(vec!["HTTPS://New-Shop.TEST:443/".into()]))
+    })
+    .await;
     assert_eq!(guest_with(&browser, &new).await.status, StatusCode::OK);
     assert_eq!(
         guest_with(&browser, &ours).await.error_code().as_deref(),
@@ -105,7 +97,7 @@ async fn allowed_origins_change_and_are_compared_as_browsers_send_them() {
 
 #[tokio::test]
 async fn the_csrf_mode_switches_between_header_and_origin() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     let header_only = [("x-csrf", "1")];
     // An empty value keeps the browser from adding its default X-CSRF.
@@ -114,12 +106,12 @@ async fn the_csrf_mode_switches_between_header_and_origin() {
     assert_eq!(guest_with(&browser, &header_only).await.status, StatusCode::OK);
     assert_eq!(guest_with(&browser, &origin_only).await.error_code().as_deref(), Some("csrf_required"));
 
-    reload_with(&env, |text| in_server(text, "csrf = \"origin\"")).await;
+    reload_with(&mut env, |config| config.set("server", "csrf", "origin")).await;
     assert_eq!(guest_with(&browser, &header_only).await.error_code().as_deref(), Some("csrf_required"));
     assert_eq!(guest_with(&browser, &origin_only).await.status, StatusCode::OK);
     assert_eq!(guest_with(&browser, &referer_only).await.status, StatusCode::OK);
 
-    reload_with(&env, |text| text.replace("csrf = \"origin\"\n", "")).await;
+    reload_with(&mut env, |config| config.remove("server", "csrf")).await;
     assert_eq!(guest_with(&browser, &header_only).await.status, StatusCode::OK);
     assert_eq!(guest_with(&browser, &origin_only).await.error_code().as_deref(), Some("csrf_required"));
 }
@@ -127,8 +119,8 @@ async fn the_csrf_mode_switches_between_header_and_origin() {
 /// Sends a chunked `PUT /api/debug/echo` of `len` bytes on a plain socket and returns the
 /// response head.
 fn put_chunked(env: &Env, cookie: &str, len: usize) -> String {
-    let mut stream = TcpStream::connect(env.proxy.addr).unwrap_or_else(|e| panic!("{e}"));
-    stream.set_read_timeout(Some(DEADLINE)).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(env.proxy.addr).expect("the test's own file");
+    stream.set_read_timeout(Some(DEADLINE)).expect("the test's own file");
     let chunk = "c".repeat(len / 2);
     let rest = "c".repeat(len - chunk.len());
     let request = format!(
@@ -138,7 +130,7 @@ fn put_chunked(env: &Env, cookie: &str, len: usize) -> String {
         chunk.len(),
         rest.len()
     );
-    stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(request.as_bytes()).expect("the test's own file");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -152,7 +144,7 @@ fn put_chunked(env: &Env, cookie: &str, len: usize) -> String {
 
 #[tokio::test]
 async fn a_lower_max_body_bytes_refuses_bodies_that_passed_before() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     browser.post("/session/guest").await;
     let cookie = browser.cookie().unwrap_or_default();
@@ -169,7 +161,7 @@ async fn a_lower_max_body_bytes_refuses_bodies_that_passed_before() {
     let head = put_chunked(&env, &cookie, 4096);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    reload_with(&env, |text| text.replace("max_body_bytes = 8388608", "max_body_bytes = 1024")).await;
+    reload_with(&mut env, |config| config.set("server", "max_body_bytes", 1024)).await;
     let sized = put(4096).await;
     assert_eq!(sized.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", sized.text());
     assert_eq!(sized.error_code().as_deref(), Some("payload_too_large"));
@@ -182,7 +174,7 @@ async fn a_lower_max_body_bytes_refuses_bodies_that_passed_before() {
 
 #[tokio::test]
 async fn trusted_proxy_depth_changes_what_the_api_sees_as_x_forwarded_for() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     let forwarded_for = || async {
         let echo =
@@ -192,42 +184,42 @@ async fn trusted_proxy_depth_changes_what_the_api_sees_as_x_forwarded_for() {
     };
     assert_eq!(forwarded_for().await.as_deref(), Some("127.0.0.1"), "depth 0: the peer only");
 
-    reload_with(&env, |text| in_server(text, "trusted_proxy_depth = 1")).await;
+    reload_with(&mut env, |config| config.set("server", "trusted_proxy_depth", 1)).await;
     assert_eq!(forwarded_for().await.as_deref(), Some("198.51.100.7, 127.0.0.1"));
 }
 
 #[tokio::test]
 async fn the_demo_page_comes_and_goes() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     assert_eq!(browser.get("/").await.status, StatusCode::NOT_FOUND);
 
-    reload_with(&env, |text| in_server(text, "demo_page = true")).await;
+    reload_with(&mut env, |config| config.set("server", "demo_page", true)).await;
     let page = browser.get("/").await;
     assert_eq!(page.status, StatusCode::OK);
     let content_type = page.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(content_type.starts_with("text/html"), "{content_type}");
 
-    reload_with(&env, |text| text.replace("demo_page = true\n", "")).await;
+    reload_with(&mut env, |config| config.remove("server", "demo_page")).await;
     assert_eq!(browser.get("/").await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn the_log_level_changes() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let browser = env.browser();
     // A request without a session is refused with a debug-level line naming its id.
     let refused_line = |log: &str, id: &str| log.lines().any(|l| l.contains(id) && l.contains("refused"));
     let request_line = |log: &str, id: &str| log.lines().any(|l| l.contains(id) && l.contains("request"));
 
-    reload_with(&env, |text| text.replace("level = \"trace\"", "level = \"info\"")).await;
+    reload_with(&mut env, |config| config.set("log", "level", "info")).await;
     let quiet = browser.send(Method::GET, "/session", &[("x-request-id", "reload-quiet-1")], None).await;
     assert_eq!(quiet.error_code().as_deref(), Some("no_session"));
     let log = env.proxy_log();
     assert!(request_line(&log, "reload-quiet-1"), "the info line is written:\n{}", tail(&log));
     assert!(!refused_line(&log, "reload-quiet-1"), "no debug line at info:\n{}", tail(&log));
 
-    reload_with(&env, |text| text.replace("level = \"info\"", "level = \"debug\"")).await;
+    reload_with(&mut env, |config| config.set("log", "level", "debug")).await;
     browser.send(Method::GET, "/session", &[("x-request-id", "reload-loud-2")], None).await;
     let logged =
         eventually(DEADLINE, || async { refused_line(&env.proxy_log(), "reload-loud-2").then_some(()) });
@@ -248,7 +240,7 @@ async fn turning_the_leak_guard_off_and_on_takes_effect() {
     env.set_faults(json!({"echo_token": true})).await;
     assert_eq!(browser.get("/api/shoppers/me").await.error_code().as_deref(), Some("token_leak_blocked"));
 
-    reload_with(&env, |text| text + "\n[leak_guard]\nenabled = false\n").await;
+    reload_with(&mut env, |config| config.set("leak_guard", "enabled", false)).await;
     // Off: the echoed token goes through (that is what "off" means), so it is allowed in
     // this test's responses; the log is still checked for it when the test ends.
     for token in env.issued_tokens() {
@@ -260,7 +252,7 @@ async fn turning_the_leak_guard_off_and_on_takes_effect() {
     env.clear_faults().await;
     assert_eq!(accept_encoding().await.as_deref(), Some("gzip"), "the browser's own Accept-Encoding passes");
 
-    reload_with(&env, |text| text.replace("enabled = false", "enabled = true")).await;
+    reload_with(&mut env, |config| config.set("leak_guard", "enabled", true)).await;
     assert_eq!(accept_encoding().await.as_deref(), Some("identity"));
     env.set_faults(json!({"echo_token": true})).await;
     assert_eq!(browser.get("/api/shoppers/me").await.error_code().as_deref(), Some("token_leak_blocked"));
@@ -284,7 +276,7 @@ async fn the_leak_guards_body_limit_changes() {
     };
     assert_eq!(echo().await.error_code().as_deref(), Some("token_leak_blocked"), "scanned: blocked");
 
-    reload_with(&env, |text| text + "\n[leak_guard]\nmax_body_bytes = 64\n").await;
+    reload_with(&mut env, |config| config.set("leak_guard", "max_body_bytes", 64)).await;
     for token in &tokens {
         env.allow_in_responses(token);
     }
@@ -292,7 +284,7 @@ async fn the_leak_guards_body_limit_changes() {
     assert_eq!(unscanned.status, StatusCode::OK, "larger than the limit: streamed unscanned");
     assert!(unscanned.text().contains(&tokens[0]));
 
-    reload_with(&env, |text| text.replace("max_body_bytes = 64\n", "max_body_bytes = 262144\n")).await;
+    reload_with(&mut env, |config| config.set("leak_guard", "max_body_bytes", 262_144)).await;
     assert_eq!(echo().await.error_code().as_deref(), Some("token_leak_blocked"), "scanned again");
 }
 
@@ -301,24 +293,25 @@ async fn restart_only_changes_are_reported_and_not_applied() {
     let mut env = Env::start().await;
     // The client secret comes from a file here, so that the test can change it.
     let secret_file = env.dir.path().join("client-secret");
-    std::fs::write(&secret_file, CLIENT_SECRET).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&secret_file, CLIENT_SECRET).expect("the test's own file");
     {
         use std::os::unix::fs::PermissionsExt;
         let private = std::fs::Permissions::from_mode(0o600);
-        std::fs::set_permissions(&secret_file, private).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&secret_file, private).expect("the test's own file");
     }
-    let config = proxy_toml(&env.mock.url, &env.options).replace(
-        "client_secret_env = \"TEST_CLIENT_SECRET\"",
-        &format!("client_secret_file = \"{}\"", secret_file.display()),
+    let config = env.config().clone().remove("oauth", "client_secret_env").set(
+        "oauth",
+        "client_secret_file",
+        secret_file.display().to_string(),
     );
-    env.restart_proxy_with_config(&config);
+    env.restart_proxy_with_config(config);
     let browser = env.browser();
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);
 
     // A new secret in the file: noticed (secrets compare by value), named, not applied.
     let rotated = "rotated-secret-7d1e0b";
-    std::fs::write(&secret_file, rotated).unwrap_or_else(|e| panic!("{e}"));
-    let logged = reload_with(&env, |text| text).await;
+    std::fs::write(&secret_file, rotated).expect("the test's own file");
+    let logged = reload_with(&mut env, |config| config).await;
     let warning = logged.lines().find(|line| line.contains("need a restart")).unwrap_or_default();
     assert!(warning.contains("\"oauth\""), "the oauth section must be named:\n{logged}");
     assert!(!warning.contains("\"server\"") && !warning.contains("\"session\""), "{warning}");
@@ -330,9 +323,8 @@ async fn restart_only_changes_are_reported_and_not_applied() {
     assert!(!env.proxy_log().contains(rotated), "a secret is never logged");
 
     // A new client_id and a new route: the route is applied, the client_id is not.
-    let logged = reload_with(&env, |text| {
-        text.replace(&format!("client_id = \"{CLIENT_ID}\""), "client_id = \"another-api-key\"")
-            + "\n[[route]]\nprefix = \"/shop/\"\nupstream_prefix = \"/v1/\"\nsession = \"required\"\n"
+    let logged = reload_with(&mut env, |config| {
+        config.set("oauth", "client_id", "another-api-key").route("/shop/", "/v1/", "required")
     })
     .await;
     let warning = logged.lines().find(|line| line.contains("need a restart")).unwrap_or_default();

@@ -5,8 +5,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -20,19 +20,22 @@ fn store_key(n: u8) -> String {
     STANDARD.encode([n; 32])
 }
 
-/// A config file: the harness's own, plus a `[store]` table (before the first `[[route]]`,
-/// so it is its own table) with the snapshot in the test directory.
-fn snapshot_config(env: &Env, name: &str, extra_store_keys: &str) -> (PathBuf, PathBuf) {
+/// A config file `name`: the running one plus a `[store]` with the snapshot in the test
+/// directory, its key from `TEST_STORE_KEY`, and `store_keys`. Returns the config's path
+/// and the snapshot's.
+fn snapshot_config(env: &Env, name: &str, store_keys: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let file = env.dir.path().join("sessions.bin");
-    let store = format!(
-        "\n[store]\nsnapshot_file = '{}'\nencryption_key_env = \"TEST_STORE_KEY\"\n{extra_store_keys}\n\n[[route]]\n",
-        file.display()
+    let mut config = env.config().clone().set("store", "snapshot_file", file.display().to_string()).set(
+        "store",
+        "encryption_key_env",
+        "TEST_STORE_KEY",
     );
-    let text = proxy_toml(&env.mock.url, &env.options).replacen("\n[[route]]\n", &store, 1);
-    assert!(text.contains("[store]"), "the harness config changed shape");
-    let config = env.dir.path().join(name);
-    std::fs::write(&config, text).unwrap_or_else(|e| panic!("write {name}: {e}"));
-    (config, file)
+    for (key, value) in store_keys {
+        config = config.set("store", key, *value);
+    }
+    let path = env.dir.path().join(name);
+    config.write(&path);
+    (path, file)
 }
 
 /// Stops the running proxy (SIGKILL) and starts one on `config` with `keys`.
@@ -43,14 +46,16 @@ fn restart_with(env: &mut Env, browser: &mut Browser, config: &Path, keys: &str)
 }
 
 /// SIGTERM, and the exit must be clean (the final snapshot is written before it).
-fn stop_gracefully(env: &mut Env) {
-    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(10));
+async fn stop_gracefully(env: &mut Env) {
+    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "exit status after SIGTERM: {status:?}");
 }
 
-/// Runs tokengate on `config` expecting it to refuse to start: its exit status and stderr.
-fn run_expecting_exit(config: &Path, keys: &str) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+/// Runs tokengate on `config` expecting it to refuse to start: its exit status, stdout
+/// and stderr. Both pipes are drained while it runs (a full pipe would stall it); past
+/// the deadline it is killed by PID and the test fails with what it printed.
+async fn run_expecting_exit(config: &Path, keys: &str) -> (ExitStatus, String, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .arg("--config")
         .arg(config)
         .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
@@ -59,20 +64,33 @@ fn run_expecting_exit(config: &Path, keys: &str) -> (ExitStatus, String, String)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn tokengate: {e}"));
-    let start = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tokengate kept running with an unreadable snapshot");
+        .expect("tokengate starts");
+    let stdout = drain(child.stdout.take().expect("a piped stdout"));
+    let stderr = drain(child.stderr.take().expect("a piped stderr"));
+    let exited = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let status = match exited {
+        Ok(status) => status.expect("the exit status of tokengate"),
+        Err(_) => {
+            child.kill().await.expect("kill tokengate by PID");
+            let stderr = stderr.await.expect("the stderr reader ends");
+            panic!("tokengate kept running with an unreadable snapshot; stderr so far:\n{stderr}");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status, text(&output.stdout), text(&output.stderr))
+    };
+    let stdout = stdout.await.expect("the stdout reader ends");
+    let stderr = stderr.await.expect("the stderr reader ends");
+    (status, stdout, stderr)
+}
+
+/// Reads a child's pipe to its end on its own task, while the child runs.
+fn drain(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let mut pipe = pipe;
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut bytes).await;
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 /// Every proxy log of this test (not only the current proxy's, which the harness checks)
@@ -121,7 +139,7 @@ fn cart_quantity(reply: &Reply) -> u64 {
 async fn snapshot_keeps_a_shopper_and_the_cart_across_a_graceful_restart() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let key = store_key(1);
     restart_with(&mut env, &mut browser, &config, &key);
 
@@ -131,8 +149,8 @@ async fn snapshot_keeps_a_shopper_and_the_cart_across_a_graceful_restart() {
     let cookie = browser.cookie();
     assert!(cookie.is_some());
 
-    stop_gracefully(&mut env);
-    let written = std::fs::metadata(&file).unwrap_or_else(|e| panic!("no snapshot after SIGTERM: {e}"));
+    stop_gracefully(&mut env).await;
+    let written = std::fs::metadata(&file).expect("a snapshot file after SIGTERM");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -157,14 +175,14 @@ async fn snapshot_keeps_a_shopper_and_the_cart_across_a_graceful_restart() {
 async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let (old, new) = (store_key(1), store_key(2));
     restart_with(&mut env, &mut browser, &config, &old);
     assert_eq!(browser.login().await.status, StatusCode::OK);
-    stop_gracefully(&mut env);
-    let sealed = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+    stop_gracefully(&mut env).await;
+    let sealed = std::fs::read(&file).expect("a snapshot file after SIGTERM");
 
-    let (status, stdout, stderr) = run_expecting_exit(&config, &new);
+    let (status, stdout, stderr) = run_expecting_exit(&config, &new).await;
     assert_eq!(status.code(), Some(78), "an unreadable snapshot is a config problem: {stderr}");
     assert!(!stdout.contains("listening"), "it must not serve: {stdout}");
     assert!(stderr.contains(&format!("store.snapshot_file {}", file.display())), "{stderr}");
@@ -176,7 +194,7 @@ async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
     env.proxy = start_proxy(&config, env.dir.path(), &[("TEST_STORE_KEY", &format!("{new},{old}"))]);
     browser.base = format!("http://{}", env.proxy.addr);
     assert_eq!(browser.get("/session").await.json()["authenticated"], true);
-    stop_gracefully(&mut env);
+    stop_gracefully(&mut env).await;
     // Now sealed with the new key alone.
     env.proxy = start_proxy(&config, env.dir.path(), &[("TEST_STORE_KEY", &new)]);
     browser.base = format!("http://{}", env.proxy.addr);
@@ -188,22 +206,22 @@ async fn snapshot_with_a_wrong_key_stops_the_start_and_key_rotation_opens_it() {
 async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_and_keeps_it_aside() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[]);
     let key = store_key(3);
     restart_with(&mut env, &mut browser, &config, &key);
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);
-    stop_gracefully(&mut env);
-    let mut damaged = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+    stop_gracefully(&mut env).await;
+    let mut damaged = std::fs::read(&file).expect("a snapshot file after SIGTERM");
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x20;
-    std::fs::write(&file, &damaged).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, &damaged).expect("the snapshot file is writable");
 
-    let (status, _, stderr) = run_expecting_exit(&config, &key);
+    let (status, _, stderr) = run_expecting_exit(&config, &key).await;
     assert_eq!(status.code(), Some(78), "an unreadable snapshot is a config problem: {stderr}");
     assert!(stderr.contains("the file was damaged or altered"), "{stderr}");
     assert!(stderr.contains("snapshot_on_error"), "the message names the way out: {stderr}");
 
-    let (lenient, _) = snapshot_config(&env, "lenient.toml", "snapshot_on_error = \"empty\"");
+    let (lenient, _) = snapshot_config(&env, "lenient.toml", &[("snapshot_on_error", "empty")]);
     env.proxy = start_proxy(&lenient, env.dir.path(), &[("TEST_STORE_KEY", &key)]);
     browser.base = format!("http://{}", env.proxy.addr);
     let gone = browser.get("/session").await;
@@ -220,7 +238,7 @@ async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_an
 
     // The next write is a fresh snapshot; the kept file is untouched.
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);
-    stop_gracefully(&mut env);
+    stop_gracefully(&mut env).await;
     assert!(file.exists());
     assert_eq!(std::fs::read(&aside[0]).ok(), Some(damaged));
 }
@@ -229,7 +247,7 @@ async fn snapshot_damaged_fails_the_start_or_with_on_error_empty_starts_empty_an
 async fn snapshot_is_written_every_interval_and_survives_a_kill() {
     let mut env = Env::start().await;
     let mut browser = env.browser();
-    let (config, file) = snapshot_config(&env, "snapshot.toml", "snapshot_interval = \"1s\"");
+    let (config, file) = snapshot_config(&env, "snapshot.toml", &[("snapshot_interval", "1s")]);
     let key = store_key(4);
     restart_with(&mut env, &mut browser, &config, &key);
     assert_eq!(browser.post("/session/guest").await.status, StatusCode::OK);

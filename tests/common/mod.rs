@@ -30,6 +30,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+mod config;
+pub use config::ProxyToml;
+
 pub const CLIENT_ID: &str = "test-api-key";
 pub const CLIENT_SECRET: &str = "test-client-secret-5f2a";
 pub const USERNAME: &str = "jdoe@example.com";
@@ -75,18 +78,18 @@ impl Reply {
     }
 }
 
-/// Options for one environment.
+/// Options for one environment: how to start the mock, the proxy's environment, TLS,
+/// and the proxy's config (a [`ProxyToml`]; `Env` points `upstream.base_url` at the mock
+/// unless the test set it, and adds the TLS files). Read like the builder it wraps:
+///
+/// ```ignore
+/// Env::with(Options::default().set("session", "idle_timeout", "2s")).await;
+/// Env::with(Options::default().mock_args(&["--access-ttl", "30"]).set("oauth", "refresh_ahead", "60s")).await;
+/// Env::with(Options { mock_tls: true, ..Options::default() }).await;
+/// ```
 #[derive(Debug, Clone)]
 pub struct Options {
     pub mock_args: Vec<String>,
-    pub refresh_ahead: String,
-    pub idle_timeout: String,
-    pub absolute_timeout: String,
-    pub max_sessions: u64,
-    pub guest: String,
-    pub request_timeout: String,
-    pub max_body_bytes: u64,
-    pub extra_toml: String,
     /// Extra environment for the proxy, e.g. `TOKENGATE_SERVER_CSRF=origin` overrides.
     pub proxy_env: Vec<(String, String)>,
     /// The mock serves HTTPS with a self-signed certificate...
@@ -95,29 +98,52 @@ pub struct Options {
     pub trust_mock_certificate: bool,
     /// The proxy serves HTTPS with the same self-signed certificate.
     pub proxy_tls: bool,
-    pub upstream_url: Option<String>,
-    pub shutdown_timeout: String,
+    /// The proxy's config file.
+    pub config: ProxyToml,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             mock_args: Vec::new(),
-            refresh_ahead: "5s".into(),
-            idle_timeout: "1h".into(),
-            absolute_timeout: "1d".into(),
-            max_sessions: 10_000,
-            guest: "lazy".into(),
-            request_timeout: "5s".into(),
-            max_body_bytes: 8 * 1024 * 1024,
-            extra_toml: String::new(),
             proxy_env: Vec::new(),
             mock_tls: false,
             trust_mock_certificate: true,
             proxy_tls: false,
-            upstream_url: None,
-            shutdown_timeout: "10s".into(),
+            config: ProxyToml::harness(),
         }
+    }
+}
+
+impl Options {
+    /// Sets `section.key` in the proxy's config (see [`ProxyToml::set`]).
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.config = self.config.set(section, key, value);
+        self
+    }
+
+    /// Removes `section.key` from the proxy's config (see [`ProxyToml::remove`]).
+    pub fn remove(mut self, section: &str, key: &str) -> Self {
+        self.config = self.config.remove(section, key);
+        self
+    }
+
+    /// Appends a `[[route]]` to the proxy's config.
+    pub fn route(mut self, prefix: &str, upstream_prefix: &str, session: &str) -> Self {
+        self.config = self.config.route(prefix, upstream_prefix, session);
+        self
+    }
+
+    /// Extra command-line arguments for the mock, e.g. `["--access-ttl", "2"]`.
+    pub fn mock_args(mut self, args: &[&str]) -> Self {
+        self.mock_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable for the proxy.
+    pub fn proxy_env(mut self, name: &str, value: &str) -> Self {
+        self.proxy_env.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -150,6 +176,8 @@ pub struct Env {
     pub proxy: Proxy,
     pub dir: tempfile::TempDir,
     pub options: Options,
+    /// What was last written to `proxy.toml`.
+    config: ProxyToml,
     client: HttpClient,
     transcript: Arc<Mutex<Transcript>>,
     leak_check: bool,
@@ -164,7 +192,7 @@ impl Env {
     }
 
     pub async fn with(options: Options) -> Env {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("a temporary directory for the test");
         let certificate =
             (options.mock_tls || options.proxy_tls).then(|| TestCertificate::create(dir.path()));
         let mut mock_args = options.mock_args.clone();
@@ -173,24 +201,24 @@ impl Env {
             mock_args.extend(["--tls-key".into(), cert.key_file.display().to_string()]);
         }
         let mock = start_mock(dir.path(), &mock_args);
-        let upstream = options.upstream_url.clone().unwrap_or_else(|| mock.url.clone());
-        let config_path = dir.path().join("proxy.toml");
-        let mut config = proxy_toml(&upstream, &options);
+        let mut config = options.config.clone();
+        if config.get("upstream", "base_url").is_none() {
+            config = config.set("upstream", "base_url", mock.url.as_str());
+        }
         if let Some(cert) = &certificate {
-            let tls = format!(
-                "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[upstream]\n",
-                cert.cert_file.display(),
-                cert.key_file.display()
-            );
-            let ca = format!("[upstream]\nca_file = \"{}\"\n", cert.cert_file.display());
             if options.proxy_tls {
-                config = config.replacen("[upstream]\n", &tls, 1);
+                config = config.set("server.tls", "cert_file", cert.cert_file.display().to_string()).set(
+                    "server.tls",
+                    "key_file",
+                    cert.key_file.display().to_string(),
+                );
             }
             if options.mock_tls && options.trust_mock_certificate {
-                config = config.replacen("[upstream]\n", &ca, 1);
+                config = config.set("upstream", "ca_file", cert.cert_file.display().to_string());
             }
         }
-        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        let config_path = dir.path().join("proxy.toml");
+        config.write(&config_path);
         let env: Vec<(&str, &str)> =
             options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let proxy = start_proxy(&config_path, dir.path(), &env);
@@ -199,11 +227,29 @@ impl Env {
             proxy,
             dir,
             options,
+            config,
             client: http_client(certificate.as_ref()),
             transcript: Arc::default(),
             leak_check: true,
             allowed_in_responses: Vec::new(),
         }
+    }
+
+    /// The config the proxy runs on (what is in [`Env::config_path`]), to derive a
+    /// variant from: `env.config().clone().set(...)`.
+    pub fn config(&self) -> &ProxyToml {
+        &self.config
+    }
+
+    /// The proxy's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    /// Replaces the proxy's config file (the running proxy reads it on SIGHUP or restart).
+    pub fn write_config(&mut self, config: ProxyToml) {
+        config.write(&self.config_path());
+        self.config = config;
     }
 
     /// A browser with an empty cookie jar.
@@ -223,8 +269,8 @@ impl Env {
             .uri(format!("{}{path}", self.mock.url))
             .header("content-type", "application/json")
             .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("mock control: {e}"));
+            .expect("a valid control request");
+        let response = self.client.request(request).await.expect("the mock's control API answers");
         let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
@@ -243,8 +289,8 @@ impl Env {
             builder = builder.header(*name, *value);
         }
         let request =
-            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("a valid request");
+        let response = self.client.request(request).await.expect("the raw request gets an answer");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -253,8 +299,8 @@ impl Env {
 
     /// The HTTP version a GET to `url` was answered with.
     pub async fn raw_version(&self, url: &str) -> http::Version {
-        let request = Request::get(url).body(Full::new(Bytes::new())).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let request = Request::get(url).body(Full::new(Bytes::new())).expect("a valid GET");
+        let response = self.client.request(request).await.expect("the GET gets an answer");
         response.version()
     }
 
@@ -331,15 +377,14 @@ impl Env {
     /// Stops the proxy (SIGKILL) and starts a new one on the same config.
     pub fn restart_proxy(&mut self) {
         self.proxy.stop();
-        let config = self.dir.path().join("proxy.toml");
         let env: Vec<(&str, &str)> =
             self.options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.proxy = start_proxy(&config, self.dir.path(), &env);
+        self.proxy = start_proxy(&self.config_path(), self.dir.path(), &env);
     }
 
     /// Writes `config` and restarts the proxy on it.
-    pub fn restart_proxy_with_config(&mut self, config: &str) {
-        std::fs::write(self.dir.path().join("proxy.toml"), config).unwrap_or_else(|e| panic!("{e}"));
+    pub fn restart_proxy_with_config(&mut self, config: ProxyToml) {
+        self.write_config(config);
         self.restart_proxy();
     }
 
@@ -378,20 +423,26 @@ impl Proxy {
         }
     }
 
-    /// Sends a signal to the proxy process (by its PID) and waits for it to exit.
-    pub fn signal_and_wait(&mut self, signal: &str, deadline: Duration) -> Option<std::process::ExitStatus> {
+    /// Sends a signal to the proxy process (by its PID) and polls, until `deadline`, for
+    /// its exit status (`None` if it is still running then).
+    pub async fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
         let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-s", signal, &pid]).status();
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let sent = Command::new("kill").args(["-s", signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -s {signal} {pid} failed");
+        let status = eventually(deadline, || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        if status.is_some() {
+            self.child = None;
         }
-        None
+        status
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -468,8 +519,8 @@ impl Browser {
                 builder = builder.header(*name, *value);
             }
         }
-        let request = builder.body(Full::new(body.unwrap_or_default())).unwrap_or_else(|e| panic!("{e}"));
-        let response = self.client.request(request).await.unwrap_or_else(|e| panic!("request to proxy: {e}"));
+        let request = builder.body(Full::new(body.unwrap_or_default())).expect("a valid request");
+        let response = self.client.request(request).await.expect("the proxy answers the browser");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -508,69 +559,9 @@ fn cookie_value(set_cookie: &str) -> Option<String> {
     (name.trim() == COOKIE).then(|| value.trim().to_string())
 }
 
-/// The proxy config every test starts from.
-pub fn proxy_toml(upstream: &str, options: &Options) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-public_origin = "http://shop.test"
-max_body_bytes = {max_body}
-shutdown_timeout = "{shutdown}"
-
-[upstream]
-base_url = "{upstream}"
-connect_timeout = "1s"
-request_timeout = "{request_timeout}"
-
-[oauth]
-client_id = "{CLIENT_ID}"
-client_secret_env = "TEST_CLIENT_SECRET"
-refresh_ahead = "{refresh_ahead}"
-
-[session]
-cookie_name = "{COOKIE}"
-cookie_secure = false
-idle_timeout = "{idle}"
-absolute_timeout = "{absolute}"
-max_sessions = {max_sessions}
-guest = "{guest}"
-
-[log]
-level = "trace"
-
-[[route]]
-prefix = "/api/"
-upstream_prefix = "/v1/"
-session = "required"
-
-[[route]]
-prefix = "/api/public/"
-upstream_prefix = "/v1/debug/"
-session = "none"
-
-[[route]]
-prefix = "/api/maybe/"
-upstream_prefix = "/v1/debug/"
-session = "optional"
-{extra}
-"#,
-        max_body = options.max_body_bytes,
-        shutdown = options.shutdown_timeout,
-        request_timeout = options.request_timeout,
-        refresh_ahead = options.refresh_ahead,
-        idle = options.idle_timeout,
-        absolute = options.absolute_timeout,
-        max_sessions = options.max_sessions,
-        guest = options.guest,
-        extra = options.extra_toml,
-    )
-}
-
 fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
     let issued_tokens_file = dir.join("issued-tokens.txt");
-    let log = std::fs::File::create(dir.join("mock.log")).unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(dir.join("mock.log")).expect("the mock's log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mock"));
     command
         .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
@@ -582,19 +573,19 @@ fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
     let (child, line) = spawn_and_read_line(command, "commerce-mock");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .unwrap_or_else(|| panic!("commerce-mock said {line:?}"))
-        .to_string();
-    let addr = url.split("://").nth(1).unwrap_or("").parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+    let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://") || w.starts_with("https://"))
+    else {
+        panic!("commerce-mock announced no URL: {line:?}");
+    };
+    let url = url.to_string();
+    let addr = url.split("://").nth(1).unwrap_or("").parse().expect("the mock's URL holds an address");
     Mock { child, url, addr, issued_tokens_file }
 }
 
 /// Starts tokengate on `config`, with the test client secret in its environment.
 pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Proxy {
     let log_file = dir.join(format!("proxy-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
-    let log = std::fs::File::create(&log_file).unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(&log_file).expect("the proxy's log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
     command
         .arg("--config")
@@ -609,7 +600,9 @@ pub fn start_proxy(config: &Path, dir: &Path, extra_env: &[(&str, &str)]) -> Pro
     // "tokengate listening on http://A admin http://B"
     let mut urls =
         line.split_whitespace().filter(|w| w.starts_with("http")).filter_map(|w| w.split("://").nth(1));
-    let addr = urls.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("tokengate said {line:?}"));
+    let Some(addr) = urls.next().and_then(|a| a.parse().ok()) else {
+        panic!("tokengate announced no address: {line:?}");
+    };
     let admin = urls.next().and_then(|a| a.parse().ok());
     Proxy { child: Some(child), addr, admin, log_file }
 }
@@ -622,8 +615,8 @@ fn rand_suffix() -> u128 {
 
 /// Spawns `command` and waits (at most 30 s) for its first stdout line.
 fn spawn_and_read_line(mut command: Command, name: &str) -> (Child, String) {
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("{name} has no stdout"));
+    let mut child = command.spawn().expect("the binary under test starts");
+    let stdout = child.stdout.take().expect("a piped stdout");
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -680,7 +673,7 @@ pub fn echoed_headers(reply: &Reply) -> HashMap<String, Value> {
 }
 
 pub fn header_value(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}"))
+    HeaderValue::from_str(value).expect("a valid header value")
 }
 
 /// Runs the futures as concurrent tasks and returns their outputs in order.
@@ -692,7 +685,7 @@ where
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut outputs = Vec::with_capacity(handles.len());
     for handle in handles {
-        outputs.push(handle.await.unwrap_or_else(|e| panic!("task: {e}")));
+        outputs.push(handle.await.expect("the task finishes without panicking"));
     }
     outputs
 }
@@ -713,15 +706,15 @@ fn http_client(certificate: Option<&TestCertificate>) -> HttpClient {
     if let Some(certificate) = certificate {
         let pem = std::fs::read(&certificate.cert_file).unwrap_or_default();
         for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls_pki_types::CertificateDer<'static> = cert.unwrap_or_else(|e| panic!("{e}"));
-            roots.add(cert).unwrap_or_else(|e| panic!("{e}"));
+            let cert: rustls_pki_types::CertificateDer<'static> = cert.expect("a PEM certificate");
+            roots.add(cert).expect("the test certificate is a valid root");
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .unwrap_or_else(|e| panic!("{e}"))
+    .expect("ring supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -743,11 +736,11 @@ impl TestCertificate {
     pub fn create(dir: &Path) -> TestCertificate {
         let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         let rcgen::CertifiedKey { cert, key_pair } =
-            rcgen::generate_simple_self_signed(names).unwrap_or_else(|e| panic!("{e}"));
+            rcgen::generate_simple_self_signed(names).expect("a self-signed certificate");
         let cert_file = dir.join("test-cert.pem");
         let key_file = dir.join("test-key.pem");
-        std::fs::write(&cert_file, cert.pem()).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&key_file, key_pair.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cert_file, cert.pem()).expect("the certificate file is writable");
+        std::fs::write(&key_file, key_pair.serialize_pem()).expect("the key file is writable");
         TestCertificate { cert_file, key_file }
     }
 }

@@ -5,6 +5,8 @@
 //!   GET  /__mock/health        {"ok":true}
 //!   GET  /__mock/stats         counters (see stats.rs)      POST /__mock/stats/reset → 204
 //!   GET|PUT|DELETE /__mock/faults                            current / replace / clear
+//!                              (a replace or clear without `token_hold` releases held
+//!                              token calls)
 //!   POST /__mock/revoke        {"all":true} | {"access_token":".."} → {"revoked":n}
 //!   POST /__mock/expire        {"all":true} | {"access_token":".."} → {"expired":n}
 //!   GET  /__mock/tokens        {"access_tokens":[..],"refresh_tokens":[..]}

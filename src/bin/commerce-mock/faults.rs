@@ -2,11 +2,13 @@
 //! token, access-token and resource handlers consult on every call.
 //!
 //! Handlers take a `snapshot()` (a clone) at the start of a request, so a fault change
-//! never holds a lock across `.await` and a request sees one consistent setting.
+//! never holds a lock across `.await` and a request sees one consistent setting. A
+//! token-endpoint call held by `token_hold` takes its snapshot when the hold is lifted.
 
-use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 /// Upper bound for injected latencies: long enough for any timeout test, short enough
 /// that a typo cannot wedge a test run for hours.
@@ -31,6 +33,14 @@ pub struct Faults {
     pub token_status: Option<u16>,
     /// Delay before the token endpoint answers.
     pub token_latency_ms: u64,
+    /// Token-endpoint calls are counted, then wait until this is switched off (by a PUT
+    /// or DELETE of the faults; at most `MAX_LATENCY_MS`). A test holds a refresh in
+    /// flight this way for as long as it needs, without guessing a latency.
+    pub token_hold: bool,
+    /// 200 token bodies report this `expires_in` instead of `--access-ttl`; the token's
+    /// real lifetime at the mock is unchanged. A token can look expired to the client
+    /// while the API still takes it.
+    pub expires_in: Option<u64>,
     /// The token endpoint drops the connection without answering.
     pub token_close: bool,
     /// Refresh grants answer 400 `invalid_grant`; the refresh token stays valid.
@@ -58,6 +68,8 @@ impl Default for Faults {
         Faults {
             token_status: None,
             token_latency_ms: 0,
+            token_hold: false,
+            expires_in: None,
             token_close: false,
             reject_refresh: false,
             resource_status: None,
@@ -105,27 +117,38 @@ pub async fn delay(latency_ms: u64) {
     }
 }
 
-/// The live fault settings, shared by all connections.
-#[derive(Default)]
+/// The live fault settings, shared by all connections. A watch channel, so a call held
+/// by `token_hold` wakes when the settings change instead of polling them.
 pub struct FaultSwitch {
-    current: Mutex<Faults>,
+    current: watch::Sender<Faults>,
+}
+
+impl Default for FaultSwitch {
+    fn default() -> Self {
+        FaultSwitch { current: watch::Sender::new(Faults::default()) }
+    }
 }
 
 impl FaultSwitch {
     /// A copy of the current settings.
     pub fn snapshot(&self) -> Faults {
-        self.lock().clone()
+        self.current.borrow().clone()
     }
 
-    /// Replaces all settings at once.
+    /// Replaces all settings at once (and releases held calls if `token_hold` is off).
     pub fn replace(&self, faults: Faults) {
-        *self.lock() = faults;
+        self.current.send_replace(faults);
     }
 
-    /// A poisoned lock only means another request panicked mid-update of plain data;
-    /// the settings are still usable, so recover instead of failing every request.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Faults> {
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Waits while `token_hold` is on (at most `MAX_LATENCY_MS`), then returns the
+    /// settings of that moment.
+    pub async fn after_token_hold(&self) -> Faults {
+        let mut changes = self.current.subscribe();
+        let released = changes.wait_for(|faults| !faults.token_hold);
+        if let Ok(Ok(faults)) = tokio::time::timeout(Duration::from_millis(MAX_LATENCY_MS), released).await {
+            return faults.clone();
+        }
+        self.snapshot()
     }
 }
 
@@ -144,6 +167,22 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected() {
         assert!(serde_json::from_str::<Faults>(r#"{"token_stauts":503}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_held_token_call_waits_for_the_hold_to_be_lifted_and_sees_the_new_settings() {
+        let switch = std::sync::Arc::new(FaultSwitch::default());
+        assert_eq!(switch.after_token_hold().await, Faults::default(), "no hold: no wait");
+        switch.replace(Faults { token_hold: true, ..Faults::default() });
+        let held = tokio::spawn({
+            let switch = std::sync::Arc::clone(&switch);
+            async move { switch.after_token_hold().await }
+        });
+        // Another change that keeps the hold on does not release it.
+        switch.replace(Faults { token_hold: true, token_latency_ms: 1, ..Faults::default() });
+        let released = Faults { expires_in: Some(0), ..Faults::default() };
+        switch.replace(released.clone());
+        assert_eq!(held.await.expect("the held call ends"), released);
     }
 
     #[test]

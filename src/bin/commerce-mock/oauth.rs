@@ -192,11 +192,11 @@ async fn token_endpoint(app: &App, request: Request<Incoming>) -> Result<MockRes
         return Ok(method_not_allowed("POST, OPTIONS"));
     }
     app.stats.bump(Counter::TokenTotal);
-    let faults = app.faults.snapshot();
     let call = TokenCall::read(request).await;
     if let Some(counter) = call.as_ref().ok().and_then(|call| call.grant.counter()) {
         app.stats.bump(counter);
     }
+    let faults = app.faults.after_token_hold().await;
     delay(faults.token_latency_ms).await;
     if faults.token_close {
         app.stats.bump(Counter::TokenFailed);
@@ -301,8 +301,9 @@ fn refresh(app: &App, params: &Params, faults: &Faults) -> Result<TokenPair, Tok
         .ok_or(TokenError::InvalidGrant(BAD_REFRESH_TOKEN))
 }
 
-/// The 200 body, shaped by the `wrap_token` and `expires_in_string` faults.
+/// The 200 body, shaped by the `wrap_token`, `expires_in` and `expires_in_string` faults.
 fn token_success(pair: &TokenPair, access_ttl_secs: u64, faults: &Faults) -> MockResponse {
+    let access_ttl_secs = faults.expires_in.unwrap_or(access_ttl_secs);
     let expires_in = if faults.expires_in_string {
         Value::from(access_ttl_secs.to_string())
     } else {
