@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine and runs every stage:
-#   1. packages (apt: curl, ca-certificates; the Docker engine comes in stage 4)
+#   1. packages (apt: curl, ca-certificates, redis-server for the Redis tests, which start
+#      their own servers; the Docker engine comes in stage 4)
 #   2. cargo fmt --check and cargo clippy --all-targets -D warnings
 #   3. unit and integration tests (cargo nextest: real tokengate + commerce-mock processes)
 #   4. a real browser (Debian's headless Chromium) drives the demo storefront end to end
@@ -15,9 +16,14 @@ stage() { printf '\n== [%4ss] %s\n' "$((SECONDS - T0))" "$*"; }
 stage "1. packages"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for p in curl ca-certificates; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p"); done
+  for p in curl ca-certificates redis-server; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p"); done
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Where the package starts the system's redis (no policy-rc.d), stop it: the tests
+    # start their own servers on free ports.
+    if [[ " ${need[*]} " == *" redis-server "* ]] && service redis-server status >/dev/null 2>&1; then
+      service redis-server stop >/dev/null
+    fi
   fi
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
