@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::SessionRateLimit;
 use crate::server::{self, ServeOptions};
 use crate::session::{Parts, Sessions, Settings};
-use crate::store::{snapshot, MemoryStore, Store};
+use crate::store::{snapshot, MemoryStore, RedisStore, Store};
 use crate::telemetry;
 use crate::tokens::DigitalRiverClient;
 use crate::upstream;
@@ -132,13 +132,21 @@ fn assemble(config: Config) -> Result<Assembled, RunError> {
         .map_err(RunError::Config)?,
     );
     // 4. The store, with the snapshot loaded into it.
-    let store = Arc::new(match fixed.store.kind {
+    let store = Arc::new(match &fixed.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new(fixed.session.max_sessions)),
+        StoreKind::Redis(redis) => {
+            Store::Redis(RedisStore::connect(redis, fixed.session.idle_timeout).map_err(RunError::Config)?)
+        }
     });
     snapshot::load_into(&store, &fixed.store).map_err(RunError::Config)?;
     // 5. The session core and the request path.
     let sessions = Arc::new(Sessions::new(Parts {
-        settings: Settings::new(&fixed.session, &fixed.oauth),
+        settings: match &fixed.store.kind {
+            StoreKind::Redis(redis) => {
+                Settings::new(&fixed.session, &fixed.oauth).with_lock_lease(redis.lock_lease)
+            }
+            StoreKind::Memory => Settings::new(&fixed.session, &fixed.oauth),
+        },
         store: Arc::clone(&store),
         tokens,
         rate_limit: SessionRateLimit::new(&fixed.rate_limit),

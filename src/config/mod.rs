@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
-use crate::secret::{ClientSecret, EncryptionKey};
+use crate::secret::{ClientSecret, EncryptionKey, SecretString};
 
 pub use validate::validate;
 
@@ -238,9 +238,33 @@ pub struct SessionConfig {
 }
 
 /// Which session store backs the sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
+    /// In this process (one replica), optionally kept across restarts by a snapshot.
     Memory,
+    /// Shared by every replica through Redis (or Valkey): single server, Cluster or
+    /// Sentinel, by the URL's scheme.
+    Redis(RedisConfig),
+}
+
+/// `[store] kind = "redis"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// The server URL (it may hold a password): `redis://`, `rediss://` (TLS),
+    /// `redis-cluster://…?node=…`, `redis-sentinel://…?sentinelServiceName=…`.
+    pub url: SecretString,
+    /// The first key seals records; every key opens them (rotation).
+    pub keys: Vec<EncryptionKey>,
+    /// Connections kept open to each server (commands go round-robin).
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for one command's answer; past it the request gets 503.
+    pub command_timeout: Duration,
+    /// Prefix of every key tokengate writes (several deployments can share a server).
+    pub key_prefix: String,
+    /// How long a replica's refresh lock lives unless renewed; its holder renews it
+    /// every third of this while the token call runs, so a dead holder's lock frees itself.
+    pub lock_lease: Duration,
 }
 
 /// `[store]`.

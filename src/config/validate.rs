@@ -15,6 +15,7 @@ use super::raw::{
     RawUpstream,
 };
 use super::*;
+use crate::secret::SecretString;
 
 /// Collects problems while building the typed config.
 struct Checker<'e> {
@@ -443,19 +444,35 @@ fn session(checker: &mut Checker, raw: RawSession) -> SessionConfig {
 
 fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
     let kind = match raw.kind.as_deref().unwrap_or("memory") {
-        "memory" => StoreKind::Memory,
-        "redis" => {
-            checker.error("store.kind", "\"redis\" is not supported by this build yet; use \"memory\"");
+        "memory" => {
+            for (key, set) in [
+                ("store.url_env", raw.url_env.is_some()),
+                ("store.pool_size", raw.pool_size.is_some()),
+                ("store.key_prefix", raw.key_prefix.is_some()),
+                ("store.lock_lease", raw.lock_lease.is_some()),
+            ] {
+                if set {
+                    checker.error(key, "is for kind = \"redis\"");
+                }
+            }
             StoreKind::Memory
         }
+        "redis" => StoreKind::Redis(redis(checker, &raw)),
         other => {
-            checker.error("store.kind", format!("{other:?} is not one of [\"memory\"]"));
+            checker.error("store.kind", format!("{other:?} is not one of [\"memory\", \"redis\"]"));
             StoreKind::Memory
         }
     };
-    let snapshot = raw.snapshot_file.map(|file| SnapshotConfig {
+    if raw.snapshot_file.is_some() && kind != StoreKind::Memory {
+        checker.error("store.snapshot_file", "is for kind = \"memory\" (Redis keeps its own data)");
+    }
+    let snapshot = raw.snapshot_file.filter(|_| kind == StoreKind::Memory).map(|file| SnapshotConfig {
         file: PathBuf::from(file),
-        keys: encryption_keys(checker, raw.encryption_key_env.as_deref()),
+        keys: encryption_keys(
+            checker,
+            raw.encryption_key_env.as_deref(),
+            "snapshot_file (the snapshot is sealed)",
+        ),
         interval: checker.duration("store.snapshot_interval", raw.snapshot_interval.as_deref(), "5m"),
         on_error: checker.choice(
             "store.snapshot_on_error",
@@ -467,10 +484,53 @@ fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
     StoreConfig { kind, snapshot }
 }
 
+/// `[store]` for Redis: the URL from `url_env` (default `TOKENGATE_REDIS_URL`), checked by
+/// the client's own parser (the message never repeats the URL: it may hold a password),
+/// and the keys that seal records.
+fn redis(checker: &mut Checker, raw: &RawStore) -> RedisConfig {
+    let variable = raw.url_env.clone().unwrap_or_else(|| "TOKENGATE_REDIS_URL".to_string());
+    let url = match (checker.env)(&variable).filter(|v| !v.trim().is_empty()) {
+        Some(url) => {
+            if let Err(error) = fred::types::config::Config::from_url(url.trim()) {
+                checker.error(
+                    "store.url_env",
+                    format!("{variable} is not a Redis URL the client accepts: {}", error.kind().to_str()),
+                );
+            }
+            url.trim().to_string()
+        }
+        None => {
+            checker.error("store.url_env", format!("the environment variable {variable} is not set"));
+            String::new()
+        }
+    };
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "tokengate".to_string());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        checker.error("store.key_prefix", "must be non-empty, without braces or spaces");
+    }
+    let lock_lease = checker.duration("store.lock_lease", raw.lock_lease.as_deref(), "10s");
+    if lock_lease < Duration::from_millis(300) {
+        checker.error("store.lock_lease", "must be at least 300ms (it is renewed every third of it)");
+    }
+    RedisConfig {
+        url: SecretString::new(url),
+        keys: encryption_keys(
+            checker,
+            raw.encryption_key_env.as_deref(),
+            "kind = \"redis\" (records are sealed)",
+        ),
+        pool_size: bounded(checker, "store.pool_size", raw.pool_size, 4, 1, 256),
+        connect_timeout: checker.duration("store.connect_timeout", raw.connect_timeout.as_deref(), "2s"),
+        command_timeout: checker.duration("store.command_timeout", raw.command_timeout.as_deref(), "1s"),
+        key_prefix,
+        lock_lease,
+    }
+}
+
 /// Reads the comma-separated, standard-base64, 32-byte keys from the named variable.
-fn encryption_keys(checker: &mut Checker, variable: Option<&str>) -> Vec<EncryptionKey> {
+fn encryption_keys(checker: &mut Checker, variable: Option<&str>, needed_by: &str) -> Vec<EncryptionKey> {
     let Some(variable) = variable else {
-        checker.error("store.encryption_key_env", "is required with snapshot_file (the snapshot is sealed)");
+        checker.error("store.encryption_key_env", format!("is required with {needed_by}"));
         return Vec::new();
     };
     let Some(value) = (checker.env)(variable).filter(|v| !v.trim().is_empty()) else {
@@ -916,5 +976,27 @@ mod tests {
             let errors = Config::from_toml(&route(bad), &env).err().unwrap_or_default();
             assert!(errors.iter().any(|e| e.key == "route[0].extra_methods"), "{bad}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn the_redis_store_needs_its_url_and_keys_and_refuses_a_snapshot() {
+        let text = "[oauth]\nclient_id = \"key\"\n[store]\nkind = \"redis\"\nsnapshot_file = \"/tmp/x\"\n";
+        let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in ["store.url_env", "store.encryption_key_env", "store.snapshot_file"] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        let with = |name: &str| match name {
+            "TOKENGATE_REDIS_URL" => Some("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001".to_string()),
+            "STORE_KEY" => Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_string()),
+            other => env(other),
+        };
+        let text = "[oauth]\nclient_id = \"key\"\n[store]\nkind = \"redis\"\nencryption_key_env = \"STORE_KEY\"\nlock_lease = \"3s\"\n";
+        let config = Config::from_toml(text, &with).expect("a valid redis config");
+        let StoreKind::Redis(redis) = &config.fixed.store.kind else { panic!("redis") };
+        assert_eq!(redis.lock_lease, Duration::from_secs(3));
+        assert_eq!((redis.pool_size, redis.key_prefix.as_str()), (4, "tokengate"));
+        let debug = format!("{:?}", config.fixed.store);
+        assert!(!debug.contains("7000"), "the URL may hold a password: {debug}");
     }
 }

@@ -78,6 +78,8 @@ pub struct Settings {
     pub guest: GuestMode,
     /// A session's last-seen time is written at most this often, not on every request.
     pub touch_every_secs: u64,
+    /// The lease of a shared store's refresh lock (renewed while the token call runs).
+    pub lock_lease: Duration,
 }
 
 impl Settings {
@@ -91,7 +93,14 @@ impl Settings {
             refresh_wait: oauth.refresh_wait_timeout,
             guest: session.guest,
             touch_every_secs: (idle_secs / 100).clamp(1, 60),
+            lock_lease: Duration::from_secs(10),
         }
+    }
+
+    /// The same, with a shared store's refresh-lock lease.
+    pub fn with_lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease;
+        self
     }
 }
 

@@ -13,6 +13,7 @@
 //! and otherwise the renewed tokens are used.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 
@@ -83,6 +84,8 @@ impl<T: TokenService> Sessions<T> {
             clock: self.clock,
             key,
             current: current.record,
+            lease: self.settings.lock_lease,
+            patience: self.settings.refresh_wait,
         };
         // The task owns the lock: it finishes (and stores what the API rotated) even if
         // every request waiting for it is dropped.
@@ -102,10 +105,97 @@ struct RefreshCall<T> {
     clock: Clock,
     key: SessionKey,
     current: Arc<SessionRecord>,
+    /// The shared store's lock lease, renewed every third of it while the call runs.
+    lease: Duration,
+    /// How long to wait for another replica's refresh before giving up (503).
+    patience: Duration,
+}
+
+/// How often a replica waiting for another replica's refresh reads the record back.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// What taking the shared refresh lock came to.
+enum Locked {
+    /// This replica holds it and must refresh.
+    Held(u64),
+    /// Another replica refreshed meanwhile: its tokens.
+    Refreshed(Arc<SessionRecord>),
 }
 
 impl<T: TokenService> RefreshCall<T> {
+    /// With a store shared by replicas, the call runs under the session's lock in the
+    /// store (taken with `SET NX PX`, renewed while the call runs, released after the
+    /// write); a replica that finds the lock held reads the winner's tokens back instead
+    /// of refreshing again. A store failure is a clear 503, never a wait for a lock.
     async fn run(self) -> Result<Arc<SessionRecord>, Error> {
+        if !self.store.is_shared() {
+            return self.refresh().await;
+        }
+        let token = match self.lock_or_wait().await? {
+            Locked::Held(token) => token,
+            Locked::Refreshed(record) => return Ok(record),
+        };
+        // Someone may have finished between our read and our lock.
+        let outcome = match self.store.get(&self.key).await.map_err(store_error) {
+            Ok(Some(stored)) if stored.record.generation != self.current.generation => Ok(stored.record),
+            Ok(Some(_)) => {
+                tokio::select! {
+                    outcome = self.refresh() => outcome,
+                    () = self.renew_lease(token) => Err(Error::Internal("the lease renewal stopped")),
+                }
+            }
+            Ok(None) => Err(Error::SessionExpired),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = self.store.unlock_refresh(&self.key, token).await {
+            // It expires by its lease.
+            tracing::debug!(%error, "could not release a refresh lock");
+        }
+        outcome
+    }
+
+    /// Takes the session's lock, or waits (reading the record back) until the holder's
+    /// tokens land or its lease runs out, within `patience`.
+    async fn lock_or_wait(&self) -> Result<Locked, Error> {
+        let token: u64 = rand::random();
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            if self.store.lock_refresh(&self.key, token, self.lease).await.map_err(store_error)? {
+                return Ok(Locked::Held(token));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::TokenServiceUnavailable("another replica's refresh took too long".into()));
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            match self.store.get(&self.key).await.map_err(store_error)? {
+                Some(stored) if stored.record.generation != self.current.generation => {
+                    return Ok(Locked::Refreshed(stored.record))
+                }
+                Some(_) => {}
+                None => return Err(Error::SessionExpired),
+            }
+        }
+    }
+
+    /// Renews the lease every third of it for as long as it is polled; if the lease is
+    /// lost, the call goes on: the fenced write keeps a stale result out.
+    async fn renew_lease(&self, token: u64) {
+        let every = self.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.store.renew_refresh_lock(&self.key, token, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(session = ?self.key, "the refresh lock's lease was lost mid-call");
+                    std::future::pending::<()>().await;
+                }
+                Err(error) => tracing::warn!(%error, "could not renew the refresh lock"),
+            }
+        }
+    }
+
+    /// The token call and the fenced write of its result.
+    async fn refresh(&self) -> Result<Arc<SessionRecord>, Error> {
         let current = &self.current;
         let Some(refresh_token) = &current.refresh_token else {
             // Nothing to refresh with and the API refused the token: the session is over.
@@ -179,6 +269,8 @@ pub(super) mod tests_support {
             clock: sessions.clock,
             key,
             current,
+            lease: sessions.settings.lock_lease,
+            patience: sessions.settings.refresh_wait,
         };
         call.run().await
     }

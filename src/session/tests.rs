@@ -170,6 +170,7 @@ fn harness_with(tokens: FakeTokens, hosted_login: Option<HostedLogin>) -> Harnes
             refresh_wait: Duration::from_secs(30),
             guest: GuestMode::Lazy,
             touch_every_secs: 1,
+            lock_lease: Duration::from_secs(10),
         },
         store: Arc::clone(&store),
         tokens: Arc::clone(&tokens),

@@ -7,6 +7,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
@@ -292,6 +293,33 @@ impl SessionStore for MemoryStore {
             .iter()
             .map(|entry| (*entry.key(), Arc::clone(&entry.record), entry.last_seen.load(Ordering::Relaxed)))
             .collect())
+    }
+
+    /// One process: the session core's in-process lock is the whole lock.
+    async fn lock_refresh(
+        &self,
+        _key: &SessionKey,
+        _token: u64,
+        _lease: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn renew_refresh_lock(
+        &self,
+        _key: &SessionKey,
+        _token: u64,
+        _lease: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn unlock_refresh(&self, _key: &SessionKey, _token: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 
     /// Keeps each session's `last_seen`; stops at `max_sessions` (put the ones to keep

@@ -20,15 +20,18 @@
 //! successor ([`Removal::Moved`]) and ends it too.
 
 pub mod memory;
+pub mod redis;
 pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::secret::{AccessToken, RefreshToken};
 use crate::session_id::SessionKey;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// How long a rotated-away or logged-out key keeps its mark: long enough for any request
 /// that was in flight at the time to finish.
@@ -235,6 +238,35 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Sessions read back from a snapshot, until `max_sessions`; returns how many went in.
     fn import(&self, entries: Vec<Exported>) -> Result<usize, StoreError>;
+
+    /// Takes the session's refresh lock for `lease` under `token`: `Ok(false)` when
+    /// another holder has it, `Err` when the store failed (never a wait for a lock that
+    /// will not come). A store used by one process answers `true`: the session core's
+    /// in-process lock already makes the refresh single-flight.
+    fn lock_refresh(
+        &self,
+        key: &SessionKey,
+        token: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Extends a lock `token` still holds; `false` when it was lost (expired, taken).
+    fn renew_refresh_lock(
+        &self,
+        key: &SessionKey,
+        token: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Releases a lock `token` still holds (never another holder's).
+    fn unlock_refresh(
+        &self,
+        key: &SessionKey,
+        token: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether other processes share this store (the refresh then takes its lock).
+    fn is_shared(&self) -> bool;
 }
 
 /// The configured backend. An enum rather than a trait object: no allocation per call,
@@ -242,6 +274,7 @@ pub trait SessionStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Store {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 /// Forwards a trait method to the backend.
@@ -249,6 +282,7 @@ macro_rules! each_backend {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
             Store::Memory($store) => $call,
+            Store::Redis($store) => $call,
         }
     };
 }
@@ -323,5 +357,26 @@ impl SessionStore for Store {
 
     fn import(&self, entries: Vec<Exported>) -> Result<usize, StoreError> {
         each_backend!(self, store => store.import(entries))
+    }
+
+    async fn lock_refresh(&self, key: &SessionKey, token: u64, lease: Duration) -> Result<bool, StoreError> {
+        each_backend!(self, store => store.lock_refresh(key, token, lease).await)
+    }
+
+    async fn renew_refresh_lock(
+        &self,
+        key: &SessionKey,
+        token: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        each_backend!(self, store => store.renew_refresh_lock(key, token, lease).await)
+    }
+
+    async fn unlock_refresh(&self, key: &SessionKey, token: u64) -> Result<(), StoreError> {
+        each_backend!(self, store => store.unlock_refresh(key, token).await)
+    }
+
+    fn is_shared(&self) -> bool {
+        each_backend!(self, store => store.is_shared())
     }
 }

@@ -1,0 +1,472 @@
+//! The Redis store: sessions shared by every replica, sealed at rest, forgotten by Redis
+//! itself when abandoned.
+//!
+//! **Keys.** One session is a hash `<prefix>:{<hex of its SessionKey>}` with fields `g`
+//! (generation, in clear so a script can compare it), `d` (the sealed record), `t` (last
+//! use, Unix seconds) and `a` (absolute end). Beside it, in the same hash slot (the `{…}`
+//! tag), `…:mark` (what became of a key a login rotated or a logout ended) and `…:lock`
+//! (the refresh lock). A pending hosted login is `<prefix>:{<hex of SHA-256(state)>}:state`.
+//! So every script touches one slot, and a Redis Cluster runs it on one node. A dump holds
+//! hashes of cookie values and states, times, generations, and sealed bytes: nothing that
+//! opens without the encryption key (`sealed`).
+//!
+//! **Expiry.** A session's TTL is the idle timeout capped by its absolute end; `touch`
+//! slides it (and `t`) without rewriting the record. Redis forgets abandoned sessions;
+//! `sweep` has nothing to do.
+//!
+//! **Writes.** Every change is one Lua script on one key's slot: insert only if absent,
+//! replace and remove only at the expected generation (the fence), take-and-mark for
+//! logout and rotation. A rotation writes the new session first (its own slot), then takes
+//! the old key; if the old key was marked by a concurrent login or logout, the new session
+//! is deleted again and the rotation is a conflict.
+//!
+//! **The refresh lock.** `SET …:lock <token> NX PX <lease>`; renewed and released only by
+//! its holder (scripts compare the token); a holder that dies lets it expire.
+//!
+//! What is per replica: `counts()` (Redis is not counted; the sessions gauge stays 0),
+//! `has_room()` (always true: size Redis with `maxmemory` instead of `max_sessions`).
+
+mod sealed;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Pool;
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use fred::types::{Expiration, SetOptions, Value};
+
+use super::{
+    Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionRecord, SessionStore,
+    StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+};
+use crate::config::RedisConfig;
+use crate::secret::EncryptionKey;
+
+pub use sealed::Unsealed;
+
+/// Insert only if absent; set the TTL. KEYS: session. ARGV: g, d, t, a, ttl_ms.
+const INSERT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'g', ARGV[1], 'd', ARGV[2], 't', ARGV[3], 'a', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1";
+
+/// Compare-and-set on the generation. KEYS: session. ARGV: expected g, new g, new d.
+/// Returns {1} done, {0} missing, {2, d, t, g} stale.
+const REPLACE: &str = r"
+local g = redis.call('HGET', KEYS[1], 'g')
+if not g then return {0} end
+if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd'), redis.call('HGET', KEYS[1], 't')} end
+redis.call('HSET', KEYS[1], 'g', ARGV[2], 'd', ARGV[3])
+return {1}";
+
+/// Compare-and-delete on the generation. KEYS: session. ARGV: expected g.
+const REMOVE_IF: &str = r"
+local g = redis.call('HGET', KEYS[1], 'g')
+if not g then return {0} end
+if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd'), redis.call('HGET', KEYS[1], 't')} end
+redis.call('DEL', KEYS[1])
+return {1}";
+
+/// Slides the idle TTL, capped by the absolute end. KEYS: session. ARGV: now, idle_ms.
+const TOUCH: &str = r"
+local a = redis.call('HGET', KEYS[1], 'a')
+if not a then return 0 end
+local left = (tonumber(a) - tonumber(ARGV[1])) * 1000
+if left <= 0 then redis.call('DEL', KEYS[1]) return 0 end
+redis.call('HSET', KEYS[1], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[2]), left))
+return 1";
+
+/// Takes a session out and leaves a mark. KEYS: session, mark. ARGV: mark value, mark ms.
+/// Returns {1, d} taken, {2, mark} already marked, {0} absent.
+const TAKE_LEAVING_MARK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local d = redis.call('HGET', KEYS[1], 'd')
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {1, d}
+end
+local m = redis.call('GET', KEYS[2])
+if m then return {2, m} end
+return {0}";
+
+/// Renews a lock its holder still holds. KEYS: lock. ARGV: token, lease ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+/// Releases a lock its holder still holds. KEYS: lock. ARGV: token.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// What a `:mark` key holds after a logout.
+const ENDED: &str = "ended";
+
+/// Sessions in Redis.
+pub struct RedisStore {
+    pool: Pool,
+    keys: Vec<EncryptionKey>,
+    prefix: String,
+    idle_ms: u64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on the server `config` names, with `idle` as the sliding TTL. Connects in
+    /// the background and keeps reconnecting: a Redis that is down at start makes
+    /// `/readyz` and session calls fail (503) until it is back, it does not stop the start.
+    pub fn connect(config: &RedisConfig, idle: Duration) -> Result<Self, String> {
+        let fred_config = FredConfig::from_url(config.url.expose())
+            .map_err(|error| format!("store.url_env: not a usable Redis URL ({})", error.kind().to_str()))?;
+        let (connect_timeout, command_timeout) = (config.connect_timeout, config.command_timeout);
+        let pool = fred::types::Builder::from_config(fred_config)
+            .with_connection_config(|connection| {
+                connection.connection_timeout = connect_timeout;
+                connection.internal_command_timeout = command_timeout;
+            })
+            .with_performance_config(|performance| performance.default_command_timeout = command_timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_pool(config.pool_size)
+            .map_err(|error| format!("store: cannot build the Redis client: {}", error.details()))?;
+        pool.connect();
+        Ok(Self {
+            pool,
+            keys: config.keys.clone(),
+            prefix: config.key_prefix.clone(),
+            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn session_key(&self, key: &SessionKey) -> String {
+        format!("{}:{{{}}}", self.prefix, hex(&key.0))
+    }
+
+    fn mark_key(&self, key: &SessionKey) -> String {
+        format!("{}:{{{}}}:mark", self.prefix, hex(&key.0))
+    }
+
+    fn lock_key(&self, key: &SessionKey) -> String {
+        format!("{}:{{{}}}:lock", self.prefix, hex(&key.0))
+    }
+
+    fn state_key(&self, state: &StateKey) -> String {
+        format!("{}:{{{}}}:state", self.prefix, hex(state))
+    }
+
+    /// Runs a script by its hash, loading it on the node first when it is not cached.
+    async fn script(
+        &self,
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
+        let hash = fred::util::sha1_hash(lua);
+        match self.pool.evalsha::<Value, _, _, _>(hash.as_str(), keys.clone(), args.clone()).await {
+            Ok(value) => Ok(value),
+            Err(error) if error.details().contains("NOSCRIPT") => {
+                self.pool.eval::<Value, _, _, _>(lua, keys, args).await.map_err(unavailable)
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    fn open(&self, sealed: &[u8], key: &SessionKey) -> Result<SessionRecord, StoreError> {
+        sealed::open_record(sealed, key, &self.keys)
+            .map_err(|error| StoreError::Unavailable(format!("a session record does not open: {error}")))
+    }
+
+    fn seal(&self, record: &SessionRecord, key: &SessionKey) -> Result<Vec<u8>, StoreError> {
+        sealed::seal_record(record, key, &self.keys)
+            .map_err(|error| StoreError::Unavailable(format!("cannot seal a session record: {error}")))
+    }
+
+    /// The stored record and last use from a script's `{2, d, t}` answer.
+    fn stale(&self, parts: &[Value], key: &SessionKey) -> Result<Arc<SessionRecord>, StoreError> {
+        let sealed = parts.get(1).and_then(bytes_of).ok_or_else(|| garbage("stale record"))?;
+        Ok(Arc::new(self.open(&sealed, key)?))
+    }
+
+    fn ttl_ms(&self, record: &SessionRecord, now: u64) -> u64 {
+        let left = record.absolute_expires_at.saturating_sub(now).saturating_mul(1000);
+        self.idle_ms.min(left).max(1)
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        let fields: Vec<Value> =
+            fred::interfaces::HashesInterface::hmget(&self.pool, self.session_key(key), vec!["d", "t"])
+                .await
+                .map_err(unavailable)?;
+        let Some(sealed) = fields.first().and_then(bytes_of) else { return Ok(None) };
+        let last_seen = fields.get(1).and_then(number_of).unwrap_or(0);
+        Ok(Some(StoredSession { record: Arc::new(self.open(&sealed, key)?), last_seen }))
+    }
+
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
+        let sealed = self.seal(&record, &key)?;
+        let args = vec![
+            Value::from(record.generation.to_string()),
+            Value::Bytes(sealed.into()),
+            Value::from(now.to_string()),
+            Value::from(record.absolute_expires_at.to_string()),
+            Value::from(self.ttl_ms(&record, now).to_string()),
+        ];
+        match number_of(&self.script(INSERT, vec![self.session_key(&key)], args).await?) {
+            Some(1) => Ok(()),
+            _ => Err(StoreError::Unavailable("a new session's key was already taken".into())),
+        }
+    }
+
+    async fn replace(
+        &self,
+        key: &SessionKey,
+        expected_generation: u64,
+        record: Arc<SessionRecord>,
+    ) -> Result<Swap, StoreError> {
+        let sealed = self.seal(&record, key)?;
+        let args = vec![
+            Value::from(expected_generation.to_string()),
+            Value::from(record.generation.to_string()),
+            Value::Bytes(sealed.into()),
+        ];
+        let answer = self.script(REPLACE, vec![self.session_key(key)], args).await?;
+        self.swap(&answer, key)
+    }
+
+    async fn touch(&self, key: &SessionKey, now: u64) -> Result<(), StoreError> {
+        let args = vec![Value::from(now.to_string()), Value::from(self.idle_ms.to_string())];
+        self.script(TOUCH, vec![self.session_key(key)], args).await.map(drop)
+    }
+
+    async fn end(&self, key: &SessionKey, now: u64) -> Result<Removal, StoreError> {
+        let _ = now;
+        let args = vec![Value::from(ENDED), Value::from((MARK_SECS * 1000).to_string())];
+        let answer =
+            self.script(TAKE_LEAVING_MARK, vec![self.session_key(key), self.mark_key(key)], args).await?;
+        let parts = array_of(&answer)?;
+        match parts.first().and_then(number_of) {
+            Some(1) => {
+                let sealed = parts.get(1).and_then(bytes_of).ok_or_else(|| garbage("ended record"))?;
+                Ok(Removal::Removed(Arc::new(self.open(&sealed, key)?)))
+            }
+            Some(2) => Ok(match parts.get(1).and_then(bytes_of).as_deref().and_then(successor) {
+                Some(next) => Removal::Moved(next),
+                None => Removal::Absent,
+            }),
+            _ => Ok(Removal::Absent),
+        }
+    }
+
+    async fn remove_if(&self, key: &SessionKey, expected_generation: u64) -> Result<Swap, StoreError> {
+        let args = vec![Value::from(expected_generation.to_string())];
+        let answer = self.script(REMOVE_IF, vec![self.session_key(key)], args).await?;
+        self.swap(&answer, key)
+    }
+
+    async fn rotate(
+        &self,
+        old: Option<&SessionKey>,
+        new: SessionKey,
+        record: Arc<SessionRecord>,
+        now: u64,
+    ) -> Result<Rotation, StoreError> {
+        // The new session first (its own slot; nobody knows its id yet), so that whoever
+        // follows the old key's mark finds it.
+        self.insert(new, record, now).await?;
+        let Some(old) = old else { return Ok(Rotation::Done { previous: None }) };
+        let moved = format!("moved:{}", hex(&new.0));
+        let args = vec![Value::from(moved), Value::from((MARK_SECS * 1000).to_string())];
+        let answer =
+            self.script(TAKE_LEAVING_MARK, vec![self.session_key(old), self.mark_key(old)], args).await;
+        let parts = match answer.and_then(|answer| array_of(&answer)) {
+            Ok(parts) => parts,
+            Err(error) => {
+                // Nothing was rotated: the new session must not stay behind.
+                let _ = self.pool.del::<i64, _>(self.session_key(&new)).await;
+                return Err(error);
+            }
+        };
+        match parts.first().and_then(number_of) {
+            Some(1) => {
+                let previous = match parts.get(1).and_then(bytes_of) {
+                    Some(sealed) => self.open(&sealed, old).ok().map(Arc::new),
+                    None => None,
+                };
+                Ok(Rotation::Done { previous })
+            }
+            Some(2) => {
+                let _ = self.pool.del::<i64, _>(self.session_key(&new)).await;
+                Ok(Rotation::Conflict)
+            }
+            _ => Ok(Rotation::Done { previous: None }),
+        }
+    }
+
+    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
+        let sealed = sealed::seal_pending(&pending, &state, &self.keys)
+            .map_err(|error| StoreError::Unavailable(format!("cannot seal a pending login: {error}")))?;
+        let now = crate::clock::Clock::System.now();
+        let ms = pending.expires_at.saturating_sub(now).saturating_mul(1000).max(1);
+        let expiry = Expiration::PX(i64::try_from(ms).unwrap_or(i64::MAX));
+        let _: Value = self
+            .pool
+            .set(self.state_key(&state), Value::Bytes(sealed.into()), Some(expiry), None, false)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
+        let value: Value = self.pool.getdel(self.state_key(state)).await.map_err(unavailable)?;
+        let Some(sealed) = bytes_of(&value) else { return Ok(None) };
+        sealed::open_pending(&sealed, state, &self.keys)
+            .map(Some)
+            .map_err(|error| StoreError::Unavailable(format!("a pending login does not open: {error}")))
+    }
+
+    async fn sweep(&self, _now: u64, _idle_before: u64) -> Result<usize, StoreError> {
+        // Redis expires sessions, marks and states by their TTLs.
+        Ok(0)
+    }
+
+    fn counts(&self) -> SessionCounts {
+        SessionCounts::default()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.ping::<Value>(None).await.map(drop).map_err(unavailable)
+    }
+
+    fn export(&self) -> Result<Vec<Exported>, StoreError> {
+        Err(StoreError::Unsupported("Redis keeps its own data; there is no snapshot"))
+    }
+
+    fn import(&self, _entries: Vec<Exported>) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported("Redis keeps its own data; there is no snapshot"))
+    }
+
+    async fn lock_refresh(&self, key: &SessionKey, token: u64, lease: Duration) -> Result<bool, StoreError> {
+        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let answer: Value = self
+            .pool
+            .set(self.lock_key(key), token.to_string(), Some(Expiration::PX(ms)), Some(SetOptions::NX), false)
+            .await
+            .map_err(unavailable)?;
+        // "OK" when set; nil when another holder has it.
+        Ok(!answer.is_null())
+    }
+
+    async fn renew_refresh_lock(
+        &self,
+        key: &SessionKey,
+        token: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let args = vec![Value::from(token.to_string()), Value::from(lease.as_millis().to_string())];
+        let answer = self.script(RENEW, vec![self.lock_key(key)], args).await?;
+        Ok(number_of(&answer) == Some(1))
+    }
+
+    async fn unlock_refresh(&self, key: &SessionKey, token: u64) -> Result<(), StoreError> {
+        self.script(UNLOCK, vec![self.lock_key(key)], vec![Value::from(token.to_string())]).await.map(drop)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+impl RedisStore {
+    /// A `{1}` / `{0}` / `{2, d, t}` script answer as a [`Swap`].
+    fn swap(&self, answer: &Value, key: &SessionKey) -> Result<Swap, StoreError> {
+        let parts = array_of(answer)?;
+        match parts.first().and_then(number_of) {
+            Some(1) => Ok(Swap::Done),
+            Some(0) => Ok(Swap::Missing),
+            Some(2) => Ok(Swap::Stale(self.stale(&parts, key)?)),
+            _ => Err(garbage("compare-and-set answer")),
+        }
+    }
+}
+
+fn unavailable(error: fred::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("redis: {:?}: {}", error.kind(), error.details()))
+}
+
+fn garbage(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("redis answered an unexpected {what}"))
+}
+
+fn array_of(value: &Value) -> Result<Vec<Value>, StoreError> {
+    match value {
+        Value::Array(items) => Ok(items.clone()),
+        _ => Err(garbage("script answer")),
+    }
+}
+
+fn bytes_of(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Bytes(bytes) => Some(bytes.to_vec()),
+        Value::String(text) => Some(text.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+fn number_of(value: &Value) -> Option<u64> {
+    match value {
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        Value::String(text) => text.parse().ok(),
+        Value::Bytes(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The successor a `moved:<hex>` mark names.
+fn successor(mark: &[u8]) -> Option<SessionKey> {
+    let hex_text = std::str::from_utf8(mark).ok()?.strip_prefix("moved:")?;
+    let mut key = [0u8; 32];
+    if hex_text.len() != 64 {
+        return None;
+    }
+    for (index, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex_text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(SessionKey(key))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_mark_names_its_successor() {
+        let key = SessionKey([0xab; 32]);
+        let mark = format!("moved:{}", hex(&key.0));
+        assert_eq!(successor(mark.as_bytes()), Some(key));
+        assert_eq!(successor(b"ended"), None);
+        assert_eq!(successor(b"moved:zz"), None);
+    }
+}
