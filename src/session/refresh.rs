@@ -7,6 +7,10 @@
 //! mid-refresh cannot abandon a refresh token the API has already rotated (the same
 //! problem hyper-util's pool singleton solves by passing the baton).
 //!
+//! **Across replicas.** On a store shared by replicas, the task also takes the session's
+//! lock in the store, renews its lease while the call runs, and releases it after the
+//! write; a replica that finds it held reads the winner's tokens back (`RefreshCall::run`).
+//!
 //! **Fenced writes.** The new record is written with a compare-and-set on the
 //! generation the refresh started from, so a writer with a stale view never overwrites
 //! a newer record; a dead grant deletes the session only if nobody renewed it meanwhile,

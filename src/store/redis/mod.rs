@@ -462,6 +462,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_documented_url_form_is_accepted() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://user:pass@127.0.0.1:6379/2",
+            "rediss://redis.example:6380",
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",
+            "redis-sentinel://127.0.0.1:26379?sentinelServiceName=mymaster&node=127.0.0.1:26380",
+        ] {
+            assert!(FredConfig::from_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
     fn a_moved_mark_names_its_successor() {
         let key = SessionKey([0xab; 32]);
         let mark = format!("moved:{}", hex(&key.0));
