@@ -332,3 +332,31 @@ async fn a_redis_cluster_keeps_each_session_on_one_node_and_serves_every_step() 
     assert!(keys.iter().any(|key| key.ends_with(":mark")), "the login left a mark: {keys:?}");
     assert_eq!(other.post("/session/logout").await.status, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn each_use_slides_the_idle_ttl_without_resealing_the_record() {
+    // idle 200 s: a use slides the TTL at most every 2 s (idle/100).
+    let redis = RedisServer::start();
+    let options = on_redis(&redis.url()).set("session", "idle_timeout", "200s");
+    let env = Env::with(options).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let session = redis
+        .keys()
+        .into_iter()
+        .find(|key| key.starts_with("tokengate:{") && key.ends_with('}'))
+        .expect("the session's hash");
+    let sealed_before = redis.command(&["HGET", session.as_str(), "d"]).as_bytes().map(<[u8]>::to_vec);
+    let created = std::time::Instant::now();
+    // Keep using the session until a use after the 2 s mark has pushed the TTL back up to
+    // nearly the whole idle timeout.
+    let slid = eventually(Duration::from_secs(15), || async {
+        assert_eq!(browser.get("/session").await.status, StatusCode::OK);
+        let ttl = redis.pttl(&session);
+        (created.elapsed() > Duration::from_millis(2500) && ttl > 199_000).then_some(ttl)
+    })
+    .await;
+    assert!(slid.is_some(), "the TTL never slid back up: {} ms", redis.pttl(&session));
+    let sealed_after = redis.command(&["HGET", session.as_str(), "d"]).as_bytes().map(<[u8]>::to_vec);
+    assert_eq!(sealed_before, sealed_after, "sliding the TTL must not rewrite the sealed record");
+}
