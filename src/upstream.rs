@@ -30,11 +30,7 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, String> {
     http.set_nodelay(true);
     http.set_keepalive(Some(std::time::Duration::from_secs(60)));
 
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS setup: {error}"))?
-        .with_root_certificates(root_store(config)?)
-        .with_no_client_auth();
+    let tls = tls_client_config(config.ca_file.as_deref(), "upstream.ca_file")?;
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -50,18 +46,32 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-fn root_store(config: &UpstreamConfig) -> Result<RootCertStore, String> {
+/// A rustls client config (ring) trusting the compiled-in Mozilla roots plus `ca_file`;
+/// `key` names the config key in messages. Shared by the upstream client and the Redis
+/// store, so both trust the same way.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+    key: &str,
+) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS setup: {error}"))?
+        .with_root_certificates(root_store(ca_file, key)?)
+        .with_no_client_auth())
+}
+
+fn root_store(ca_file: Option<&std::path::Path>, key: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let Some(path) = &config.ca_file else { return Ok(roots) };
+    let Some(path) = ca_file else { return Ok(roots) };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|error| format!("upstream.ca_file {}: {error}", path.display()))?
+        .map_err(|error| format!("{key} {}: {error}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("upstream.ca_file {}: {error}", path.display()))?;
+        .map_err(|error| format!("{key} {}: {error}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("upstream.ca_file {}: no certificates in it", path.display()));
+        return Err(format!("{key} {}: no certificates in it", path.display()));
     }
     for cert in certs {
-        roots.add(cert).map_err(|error| format!("upstream.ca_file {}: {error}", path.display()))?;
+        roots.add(cert).map_err(|error| format!("{key} {}: {error}", path.display()))?;
     }
     Ok(roots)
 }

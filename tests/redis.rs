@@ -360,3 +360,39 @@ async fn each_use_slides_the_idle_ttl_without_resealing_the_record() {
     let sealed_after = redis.command(&["HGET", session.as_str(), "d"]).as_bytes().map(<[u8]>::to_vec);
     assert_eq!(sealed_before, sealed_after, "sliding the TTL must not rewrite the sealed record");
 }
+
+#[tokio::test]
+async fn rediss_works_with_the_servers_ca_and_is_refused_without_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let certificate = TestCertificate::create(dir.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let cert = certificate.cert_file.display().to_string();
+    let key = certificate.key_file.display().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let env = Env::with(on_redis(&url).set("store", "ca_file", cert.clone())).await;
+    let browser = env.browser();
+    let reply = browser.post("/session/guest").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session is in Redis, over TLS");
+    assert!(redis.keys().iter().any(|key| key.starts_with("tokengate:{")), "written through the TLS port");
+
+    // Without the CA the self-signed server is not trusted: no session, a clear 503.
+    let untrusting = Env::with(on_redis(&url)).await;
+    let refused = untrusting.browser().post("/session/guest").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
+    assert_eq!(refused.error_code().as_deref(), Some("store_unavailable"));
+}

@@ -26,6 +26,7 @@ fn store(url: &str) -> RedisStore {
         command_timeout: Duration::from_secs(1),
         key_prefix: "tgtest".into(),
         lock_lease: Duration::from_secs(1),
+        ca_file: None,
     };
     RedisStore::connect(&config, Duration::from_secs(3600)).expect("a store")
 }

@@ -265,6 +265,8 @@ pub struct RedisConfig {
     /// How long a replica's refresh lock lives unless renewed; its holder renews it
     /// every third of this while the token call runs, so a dead holder's lock frees itself.
     pub lock_lease: Duration,
+    /// Certificates trusted for `rediss://` besides the compiled-in Mozilla roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[store]`.

@@ -172,6 +172,7 @@ schema! {
             command_timeout: Str,
             key_prefix: Str,
             lock_lease: Str,
+            ca_file: Str,
             snapshot_file: Str,
             snapshot_interval: Str,
             snapshot_on_error: Str,

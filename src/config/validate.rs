@@ -450,6 +450,7 @@ fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
                 ("store.pool_size", raw.pool_size.is_some()),
                 ("store.key_prefix", raw.key_prefix.is_some()),
                 ("store.lock_lease", raw.lock_lease.is_some()),
+                ("store.ca_file", raw.ca_file.is_some()),
             ] {
                 if set {
                     checker.error(key, "is for kind = \"redis\"");
@@ -512,7 +513,12 @@ fn redis(checker: &mut Checker, raw: &RawStore) -> RedisConfig {
     if lock_lease < Duration::from_millis(300) {
         checker.error("store.lock_lease", "must be at least 300ms (it is renewed every third of it)");
     }
+    let ca_file = raw.ca_file.as_ref().map(PathBuf::from);
+    if let Some(path) = ca_file.as_ref().filter(|path| !path.is_file()) {
+        checker.error("store.ca_file", format!("{} is not a readable file", path.display()));
+    }
     RedisConfig {
+        ca_file,
         url: SecretString::new(url),
         keys: encryption_keys(
             checker,

@@ -124,8 +124,13 @@ impl RedisStore {
     /// the background and keeps reconnecting: a Redis that is down at start makes
     /// `/readyz` and session calls fail (503) until it is back, it does not stop the start.
     pub fn connect(config: &RedisConfig, idle: Duration) -> Result<Self, String> {
-        let fred_config = FredConfig::from_url(config.url.expose())
+        let mut fred_config = FredConfig::from_url(config.url.expose())
             .map_err(|error| format!("store.url_env: not a usable Redis URL ({})", error.kind().to_str()))?;
+        if fred_config.tls.is_some() {
+            // rediss://: the same trust as the upstream client (Mozilla roots + ca_file).
+            let tls = crate::upstream::tls_client_config(config.ca_file.as_deref(), "store.ca_file")?;
+            fred_config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+        }
         let (connect_timeout, command_timeout) = (config.connect_timeout, config.command_timeout);
         let pool = fred::types::Builder::from_config(fred_config)
             .with_connection_config(|connection| {
