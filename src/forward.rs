@@ -351,6 +351,49 @@ pub fn describe_client_error(error: &hyper_util::client::legacy::Error) -> Strin
 mod tests {
     use super::*;
 
+    fn forwarder() -> Forwarder {
+        let upstream = crate::config::UpstreamConfig {
+            base: BaseUrl {
+                scheme: http::uri::Scheme::HTTP,
+                authority: http::uri::Authority::from_static("127.0.0.1:9"),
+                path: String::new(),
+            },
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            ca_file: None,
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+        };
+        let client = crate::upstream::build_client(&upstream).expect("a client");
+        Forwarder::new(
+            client,
+            upstream.base,
+            Duration::from_secs(1),
+            Some("https://shop.example"),
+            Arc::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn bodies_kept_for_replays_share_one_bounded_budget() {
+        let forwarder = forwarder();
+        let per_body = REPLAY_LIMIT_BYTES;
+        let fits = usize::try_from(REPLAY_BUDGET_BYTES / per_body).expect("a small count");
+        let held: Vec<_> = (0..fits).map(|_| forwarder.reserve_replay(per_body)).collect();
+        assert!(held.iter().all(Option::is_some), "the budget holds {fits} full replay bodies");
+        assert!(forwarder.reserve_replay(per_body).is_none(), "one more streams instead");
+        assert!(forwarder.reserve_replay(1).is_none(), "not even a byte is left");
+        drop(held);
+        assert!(forwarder.reserve_replay(per_body).is_some(), "finished calls give their share back");
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_public_origins() {
+        let forwarder = forwarder();
+        assert_eq!(forwarder.forwarded_host.as_ref().map(|h| h.to_str().unwrap_or("")), Some("shop.example"));
+        assert_eq!(forwarder.forwarded_proto, "https");
+    }
+
     #[test]
     fn the_bearer_header_is_sensitive() {
         let header = bearer(&AccessToken::new("abc")).expect("a token is a header value");
