@@ -11,224 +11,43 @@
 //   E2E_ARTIFACTS (screenshot folder, default ./artifacts next to this file),
 //   E2E_MOCK_FAULTS='{"echo_token":true}' sets mock faults first (the leak check must then fail).
 // Exit code 0 when every step passed, 1 otherwise. scripts/e2e.sh starts the demo and runs this.
+// The browser launch, the recorder, the leak scanner and the page helpers are in lib.mjs.
 
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import {
+  SHOPPER, WAIT_MS, check, createRecorder, createSteps, findLeaks, header, lastAnswerJson,
+  launchBrowser, logStartsWith, loopbackOrigin, mockClient, startWatchdog, text, waitUntil,
+} from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BASE = loopbackOrigin(process.env.TOKENGATE_URL || process.argv[2], 'TOKENGATE_URL');
 const MOCK = loopbackOrigin(process.env.MOCK_URL || process.argv[3], 'MOCK_URL');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 90_000);
-const WAIT_MS = 15_000; // any single wait for the page
 const ARTIFACTS = path.resolve(process.env.E2E_ARTIFACTS || path.join(HERE, 'artifacts'));
-const SHOPPER = 'jdoe@example.com';
 
-/** Accepts only an http URL on the loopback interface: this test talks to nothing else. */
-function loopbackOrigin(value, name) {
-  if (!value) fail(`${name} is not set (pass it in the environment or as an argument)`);
-  let url;
-  try { url = new URL(value); } catch { fail(`${name} is not a URL: ${value}`); }
-  if (url.protocol !== 'http:' || url.hostname !== '127.0.0.1') fail(`${name} must be http://127.0.0.1:PORT, got ${value}`);
-  return url.origin;
-}
+const watchdog = startWatchdog(TOTAL_MS);
 
-function fail(message) {
-  console.error(`e2e: ${message}`);
-  process.exit(1);
-}
-
-class AssertionError extends Error {}
-function check(condition, message) {
-  if (!condition) throw new AssertionError(message);
-}
-
-// A hard upper bound for the whole run, whatever hangs.
-const watchdog = setTimeout(() => {
-  console.error(`e2e: FAILED: the whole run exceeded ${TOTAL_MS} ms`);
-  process.exit(1);
-}, TOTAL_MS);
-watchdog.unref();
-
-// ---------------------------------------------------------------------------------------
-// What the browser saw and sent, recorded from outside the page (CDP), for the leak check.
-
-const responses = []; // { url, status, method, headers: [{name,value}], body: string|null }
-const requests = []; //  { url, method, headers: [{name,value}], postData }
-const snapshots = []; // { label, html, documentCookie, localStorage, sessionStorage, cookies }
-const pendingRecords = new Set();
-const pageErrors = [];
-
-function track(promise) {
-  pendingRecords.add(promise);
-  promise.finally(() => pendingRecords.delete(promise));
-}
-
-async function recordResponse(response) {
-  const request = response.request();
-  const entry = { url: response.url(), status: response.status(), method: request.method(), headers: [], body: null };
-  responses.push(entry);
-  entry.headers = await response.headersArray(); // raw lines, Set-Cookie included
-  const redirect = entry.status >= 300 && entry.status < 400 && entry.status !== 304;
-  if (redirect) {
-    entry.body = ''; // Chromium keeps no body for redirects; their headers (Location) are checked
-    return;
-  }
-  try {
-    entry.body = (await response.body()).toString('utf8');
-  } catch (error) {
-    entry.bodyError = String(error.message || error).split('\n')[0];
-  }
-}
-
-async function recordRequest(request) {
-  const entry = { url: request.url(), method: request.method(), headers: [], postData: request.postData() || '' };
-  requests.push(entry);
-  entry.headers = await request.headersArray();
-}
-
-async function settleRecords() {
-  while (pendingRecords.size > 0) await Promise.allSettled([...pendingRecords]);
-}
-
-// ---------------------------------------------------------------------------------------
-// Helpers that read the page as a shopper sees it.
-
-const text = (page, selector) => page.locator(selector).innerText();
-
-async function pageState(page) {
-  return page.evaluate(() => ({
-    state: document.getElementById('state').textContent,
-    cartCount: document.getElementById('cart-count').textContent,
-    cartRows: [...document.querySelectorAll('#cart tr')].map((row) => row.innerText.replace(/\s+/g, ' ').trim()),
-    log: document.getElementById('log').textContent.slice(0, 300),
-  }));
-}
-
-/** Polls the page until `predicate(arg)` holds; on time-out, says what the page showed. */
-async function waitUntil(page, description, predicate, arg) {
-  try {
-    await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 50 });
-  } catch (error) {
-    let shown = '(page unreadable)';
-    try { shown = JSON.stringify(await pageState(page)); } catch { /* keep the placeholder */ }
-    throw new AssertionError(`timed out after ${WAIT_MS} ms waiting for ${description}; the page shows ${shown}`);
-  }
-}
-
-/** True once the "Last answer" panel shows `prefix` (the page's last call and its status). */
-function logStartsWith(prefix) {
-  return document.getElementById('log').textContent.startsWith(prefix);
-}
-
-/** The JSON body in the "Last answer" panel. */
-async function lastAnswerJson(page) {
-  const log = await text(page, '#log');
-  return JSON.parse(log.slice(log.indexOf('\n') + 1));
-}
-
-async function sessionCookies(context) {
-  return (await context.cookies(BASE)).filter((cookie) => cookie.value !== '');
-}
-
-async function snapshot(context, page, label) {
-  const inPage = await page.evaluate(() => {
-    const dump = (storage) => Object.fromEntries(Array.from({ length: storage.length }, (_, i) => [storage.key(i), storage.getItem(storage.key(i))]));
-    return { documentCookie: document.cookie, localStorage: dump(window.localStorage), sessionStorage: dump(window.sessionStorage) };
-  });
-  const entry = { label, html: await page.content(), ...inPage, cookies: await context.cookies() };
-  snapshots.push(entry);
-  return entry;
-}
-
-/** The recorded responses for `method path` on the proxy, in order. */
-function answersTo(method, pathname) {
-  return responses.filter((r) => r.method === method && new URL(r.url).pathname === pathname);
-}
-
-/** "STATUS body" of the last recorded answer to `method path`, for failure messages. */
-function lastAnswer(method, pathname) {
-  const last = answersTo(method, pathname).at(-1);
-  return last ? `${method} ${pathname} answered ${last.status} ${(last.body ?? '').slice(0, 160)}` : `no answer to ${method} ${pathname} recorded`;
-}
-
-const header = (entry, name) => entry.headers.filter((h) => h.name.toLowerCase() === name).map((h) => h.value);
-
-// ---------------------------------------------------------------------------------------
-// The leak scanner: every needle, case-insensitively, in every haystack.
-
-function haystacks() {
-  const list = [];
-  for (const r of responses) {
-    list.push({ where: `response ${r.status} ${r.method} ${r.url}`, text: `${r.url}\n${r.headers.map((h) => `${h.name}: ${h.value}`).join('\n')}\n\n${r.body ?? ''}` });
-  }
-  for (const r of requests) {
-    list.push({ where: `request ${r.method} ${r.url}`, text: `${r.url}\n${r.headers.map((h) => `${h.name}: ${h.value}`).join('\n')}\n\n${r.postData}` });
-  }
-  for (const s of snapshots) {
-    list.push({ where: `page HTML (${s.label})`, text: s.html });
-    list.push({ where: `document.cookie (${s.label})`, text: s.documentCookie });
-    list.push({ where: `localStorage (${s.label})`, text: JSON.stringify(s.localStorage) });
-    list.push({ where: `sessionStorage (${s.label})`, text: JSON.stringify(s.sessionStorage) });
-    list.push({ where: `cookie jar (${s.label})`, text: s.cookies.map((c) => `${c.name}=${c.value}`).join('\n') });
-  }
-  return list.map((h) => ({ where: h.where, text: h.text.toLowerCase() }));
-}
-
-/**
- * Each needle ({ label, value }) is looked for whole and by its last 48 characters (a
- * truncated leak; the mock's tokens share leading characters, never trailing ones).
- */
-function findLeaks(needles, stacks) {
-  const found = [];
-  for (const { label, value } of needles) {
-    const whole = value.toLowerCase();
-    const tail = whole.length > 48 ? whole.slice(-48) : whole;
-    for (const stack of stacks) {
-      if (stack.text.includes(whole) || stack.text.includes(tail)) {
-        found.push(`${label} (…${value.slice(-8)}) in ${stack.where}`);
-      }
-    }
-  }
-  return found;
-}
-
-async function mockJson(method, pathname, body) {
-  const response = await fetch(MOCK + pathname, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(10_000),
-  });
-  check(response.ok, `${method} ${MOCK}${pathname} answered ${response.status}`);
-  return response.json();
-}
+// What the browser saw and sent (lib.mjs records it from outside the page, over CDP).
+const recorder = createRecorder(BASE);
+const { responses, requests, snapshots, pageErrors } = recorder;
+const settleRecords = () => recorder.settle();
+const snapshot = (context, page, label) => recorder.snapshot(context, page, label);
+const sessionCookies = (context) => recorder.sessionCookies(context);
+const answersTo = (method, pathname) => recorder.answersTo(method, pathname);
+const lastAnswer = (method, pathname) => recorder.lastAnswer(method, pathname);
+const haystacks = () => recorder.haystacks();
+const mockJson = mockClient(MOCK);
 
 // ---------------------------------------------------------------------------------------
 // The scenario.
 
-const t0 = Date.now();
-const results = []; // { name, ms, ok, error }
-const facts = {}; // what the summary prints
+const { step, results, facts, summary } = createSteps();
 let browserContext;
 let page;
 let userDataDir;
-
-async function step(name, body) {
-  const start = Date.now();
-  try {
-    await body();
-    results.push({ name, ms: Date.now() - start, ok: true });
-    console.log(`  ok    ${name} (${Date.now() - start} ms)`);
-  } catch (error) {
-    results.push({ name, ms: Date.now() - start, ok: false, error });
-    console.log(`  FAIL  ${name} (${Date.now() - start} ms)\n        ${error instanceof AssertionError ? error.message : error.stack || error}`);
-    throw error;
-  }
-}
 
 async function main() {
   console.log(`e2e: storefront ${BASE}, commerce-mock ${MOCK}, browser ${CHROMIUM}`);
@@ -240,30 +59,11 @@ async function main() {
     console.log(`e2e: mock faults set: ${JSON.stringify(faults)} (negative run: a leak must be found)`);
   }
 
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tokengate-e2e-profile-'));
-  browserContext = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    viewport: { width: 1100, height: 1000 },
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Nothing but 127.0.0.1 resolves, so no stray connection can leave the machine.
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    ],
-  });
+  ({ context: browserContext, userDataDir } = await launchBrowser(CHROMIUM));
   facts.browser = browserContext.browser()?.version() ?? '(unknown)';
-  browserContext.setDefaultTimeout(WAIT_MS);
-  browserContext.on('response', (response) => track(recordResponse(response)));
-  browserContext.on('request', (request) => track(recordRequest(request)));
+  recorder.attach(browserContext);
   page = browserContext.pages()[0] ?? (await browserContext.newPage());
-  page.on('pageerror', (error) => pageErrors.push(String(error)));
+  recorder.watch(page);
 
   let cookieName;
   let guestCookie;
@@ -462,13 +262,6 @@ try {
   if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
 }
 
-const STEPS = 8;
-const passed = results.filter((r) => r.ok).length;
-const failed = Math.max(results.length - passed, exitCode === 0 ? 0 : 1);
-const skipped = Math.max(STEPS - passed - failed, 0);
-console.log('\ne2e summary');
-for (const [key, value] of Object.entries(facts)) console.log(`  ${key.padEnd(11)} ${Array.isArray(value) ? value.join(', ') : value}`);
-console.log(`  total       ${Date.now() - t0} ms`);
-console.log(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
+summary(8, exitCode);
 clearTimeout(watchdog);
 process.exit(exitCode);

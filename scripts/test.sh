@@ -7,7 +7,9 @@
 #   4. a real browser (Debian's headless Chromium) drives the demo storefront end to end
 #   5. cargo deny: licenses, bans and sources of every dependency
 #   6. docker compose smoke test: build the image, start the stack, call it, tear it down
-# SKIP_COMPOSE=1 skips stage 6 and SKIP_BROWSER=1 stage 4 (for a quick local loop).
+#   7. several replicas: the compose "replicas" profile (Redis, two replicas, a load balancer)
+#      and a browser journey through it across an access-token refresh (reuses stage 6's image)
+# SKIP_COMPOSE=1 skips stages 6 and 7 and SKIP_BROWSER=1 stage 4 (for a quick local loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -48,5 +50,8 @@ bash scripts/deny.sh
 if [ "${SKIP_COMPOSE:-0}" != 1 ]; then
   stage "6. docker compose smoke test"
   bash scripts/compose-smoke.sh
+
+  stage "7. several replicas behind a load balancer (browser journey)"
+  bash scripts/replicas-e2e.sh
 fi
 stage "all green"
