@@ -45,9 +45,6 @@ use crate::context::{RequestContext, RequestIds, X_REQUEST_ID};
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
 
-/// What a route forwards without being told more.
-const STANDARD_METHODS: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
-
 /// The storefront-facing service: shared by every connection.
 pub struct App {
     /// The settings a SIGHUP may change, swapped whole by a reload (`reload`) and read
@@ -140,7 +137,7 @@ impl App {
         // route names it.
         let method = request.method();
         if !protocol::is_standard_method(method) && !route.extra_methods.contains(method) {
-            return Err(Error::MethodNotAllowed { allow: STANDARD_METHODS });
+            return Err(Error::MethodNotAllowed { allow: protocol::STANDARD_METHODS });
         }
         let live = ctx.live;
         let limits = Limits {

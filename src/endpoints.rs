@@ -177,7 +177,7 @@ async fn authorize(
     let return_to = hosted_login::checked_return_to(return_to.as_deref().unwrap_or("/"))?;
     let (active, new_id) = sessions.session_for_hosted_login(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, new_id.as_ref());
-    let location = sessions.begin_hosted_login(&active, &return_to, ctx.now).await?;
+    let location = sessions.begin_hosted_login(&active, return_to, ctx.now).await?;
     redirect(StatusCode::FOUND, &location)
 }
 

@@ -142,15 +142,32 @@ pub fn state_key(state: &str) -> StateKey {
     Sha256::digest(state.as_bytes()).into()
 }
 
+/// A `return_to` that [`checked_return_to`] accepted and normalised; only it makes one,
+/// so whoever holds one need not check again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnTo(String);
+
+impl ReturnTo {
+    /// The normalised path, query and fragment.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The same, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// A same-origin path, normalised: dot segments resolved (also percent-encoded ones,
 /// as a browser resolves them), then checked to start with exactly one `/`, no
 /// backslash, no control characters or spaces. So `//evil.example`, `/\evil.example`
 /// and `/..//evil.example` (which a browser would resolve to `//evil.example`) are
 /// refused. Returns the normalised path with its query and fragment.
-pub fn checked_return_to(return_to: &str) -> Result<String, Error> {
+pub fn checked_return_to(return_to: &str) -> Result<ReturnTo, Error> {
     let refused = || Error::BadRequest("return_to must be a path on this site, like /cart.");
     if return_to.is_empty() {
-        return Ok("/".to_string());
+        return Ok(ReturnTo("/".to_string()));
     }
     let bytes = return_to.as_bytes();
     if bytes[0] != b'/'
@@ -178,7 +195,7 @@ pub fn checked_return_to(return_to: &str) -> Result<String, Error> {
         normalised.push('#');
         normalised.push_str(fragment);
     }
-    Ok(normalised)
+    Ok(ReturnTo(normalised))
 }
 
 #[cfg(test)]
@@ -207,8 +224,14 @@ mod tests {
 
     #[test]
     fn return_to_is_normalised_before_use() {
-        assert_eq!(checked_return_to("/a/../cart?x=1#top").ok().as_deref(), Some("/cart?x=1#top"));
-        assert_eq!(checked_return_to("/shop/./items").ok().as_deref(), Some("/shop/items"));
-        assert_eq!(checked_return_to("/..").ok().as_deref(), Some("/"));
+        assert_eq!(
+            checked_return_to("/a/../cart?x=1#top").ok().as_ref().map(ReturnTo::as_str),
+            Some("/cart?x=1#top")
+        );
+        assert_eq!(
+            checked_return_to("/shop/./items").ok().as_ref().map(ReturnTo::as_str),
+            Some("/shop/items")
+        );
+        assert_eq!(checked_return_to("/..").ok().as_ref().map(ReturnTo::as_str), Some("/"));
     }
 }

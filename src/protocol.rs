@@ -108,7 +108,10 @@ fn withheld(name: &HeaderName, direction: Direction) -> bool {
     }
 }
 
-/// Whether `method` is one of the methods every route forwards.
+/// The methods every route forwards, as an `Allow` header names them.
+pub const STANDARD_METHODS: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
+
+/// Whether `method` is one of the methods every route forwards ([`STANDARD_METHODS`]).
 pub fn is_standard_method(method: &Method) -> bool {
     matches!(
         *method,
@@ -194,6 +197,14 @@ mod tests {
         assert!(!map.contains_key("set-cookie"));
         assert!(map.contains_key("etag"));
         assert!(map.contains_key("x-forwarded-for"), "responses keep what only requests withhold");
+    }
+
+    #[test]
+    fn the_allow_list_names_exactly_the_standard_methods() {
+        for name in STANDARD_METHODS.split(", ") {
+            assert!(is_standard_method(&name.parse().unwrap_or(Method::TRACE)), "{name}");
+        }
+        assert_eq!(STANDARD_METHODS.split(", ").count(), 7);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{new_session_id, token_service_error, Active, Sessions};
 use crate::callback::CallbackParams;
 use crate::cookie::CookieLookup;
 use crate::error::Error;
-use crate::hosted_login::{self, state_key, STATE_LIFETIME_SECS};
+use crate::hosted_login::{self, state_key, ReturnTo, STATE_LIFETIME_SECS};
 use crate::secret::Password;
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionStore, StoreError};
@@ -146,19 +146,19 @@ impl<T: TokenService> Sessions<T> {
 
     /// Starts a hosted login for `active`: a single-use state bound to the session, kept
     /// in the store, and the API's authorize URL to send the browser to (it may carry
-    /// the guest token: never log it). `return_to` is checked and normalised here.
+    /// the guest token: never log it). The caller checked `return_to` before a guest was
+    /// started for nothing (`hosted_login::checked_return_to`).
     pub async fn begin_hosted_login(
         &self,
         active: &Active,
-        return_to: &str,
+        return_to: ReturnTo,
         now: u64,
     ) -> Result<String, Error> {
         let hosted = self.hosted_login.as_ref().ok_or(Error::NotFound)?;
-        let return_to = hosted_login::checked_return_to(return_to)?;
         let authorize = hosted.authorize(&active.record)?;
         let pending = PendingLogin {
             session_key: active.key,
-            return_to,
+            return_to: return_to.into_string(),
             carried_guest: authorize.carried_guest,
             expires_at: now.saturating_add(STATE_LIFETIME_SECS),
         };

@@ -436,7 +436,8 @@ async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_exp
     let (active, new_id) =
         h.sessions.session_for_hosted_login(&cookie, h.now(), client()).await.expect("the guest is used");
     assert!(new_id.is_none(), "the live guest session is bound, not a new one");
-    let url = h.sessions.begin_hosted_login(&active, "/a/../cart", h.now()).await.expect("starts");
+    let return_to = crate::hosted_login::checked_return_to("/a/../cart").expect("a path on this site");
+    let url = h.sessions.begin_hosted_login(&active, return_to, h.now()).await.expect("starts");
     let state = url::Url::parse(&url)
         .expect("an absolute URL")
         .query_pairs()

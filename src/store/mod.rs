@@ -269,6 +269,32 @@ pub trait SessionStore: Send + Sync + 'static {
     fn is_shared(&self) -> bool;
 }
 
+/// A 32-byte key (a session key, a state's hash) as 64 lowercase hex digits, as the
+/// snapshot and the Redis key layout write it.
+pub(crate) fn to_hex(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(64);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
+}
+
+/// The 32 bytes [`to_hex`] wrote, or `None` for anything else.
+pub(crate) fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
 /// The configured backend. An enum rather than a trait object: no allocation per call,
 /// and the request path is compiled for each backend.
 #[derive(Debug)]

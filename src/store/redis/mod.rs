@@ -37,8 +37,8 @@ use fred::types::config::{Config as FredConfig, ReconnectPolicy};
 use fred::types::{Expiration, SetOptions, Value};
 
 use super::{
-    Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionRecord, SessionStore,
-    StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+    from_hex, to_hex, Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionRecord,
+    SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
 };
 use crate::config::RedisConfig;
 use crate::secret::EncryptionKey;
@@ -53,11 +53,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1";
 
 /// Compare-and-set on the generation. KEYS: session. ARGV: expected g, new g, new d.
-/// Returns {1} done, {0} missing, {2, d, t, g} stale.
+/// Returns {1} done, {0} missing, {2, d} stale (with the newer record).
 const REPLACE: &str = r"
 local g = redis.call('HGET', KEYS[1], 'g')
 if not g then return {0} end
-if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd'), redis.call('HGET', KEYS[1], 't')} end
+if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd')} end
 redis.call('HSET', KEYS[1], 'g', ARGV[2], 'd', ARGV[3])
 return {1}";
 
@@ -65,7 +65,7 @@ return {1}";
 const REMOVE_IF: &str = r"
 local g = redis.call('HGET', KEYS[1], 'g')
 if not g then return {0} end
-if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd'), redis.call('HGET', KEYS[1], 't')} end
+if g ~= ARGV[1] then return {2, redis.call('HGET', KEYS[1], 'd')} end
 redis.call('DEL', KEYS[1])
 return {1}";
 
@@ -151,19 +151,19 @@ impl RedisStore {
     }
 
     fn session_key(&self, key: &SessionKey) -> String {
-        format!("{}:{{{}}}", self.prefix, hex(&key.0))
+        format!("{}:{{{}}}", self.prefix, to_hex(&key.0))
     }
 
     fn mark_key(&self, key: &SessionKey) -> String {
-        format!("{}:{{{}}}:mark", self.prefix, hex(&key.0))
+        format!("{}:{{{}}}:mark", self.prefix, to_hex(&key.0))
     }
 
     fn lock_key(&self, key: &SessionKey) -> String {
-        format!("{}:{{{}}}:lock", self.prefix, hex(&key.0))
+        format!("{}:{{{}}}:lock", self.prefix, to_hex(&key.0))
     }
 
     fn state_key(&self, state: &StateKey) -> String {
-        format!("{}:{{{}}}:state", self.prefix, hex(state))
+        format!("{}:{{{}}}:state", self.prefix, to_hex(state))
     }
 
     /// Runs a script by its hash, loading it on the node first when it is not cached.
@@ -193,7 +193,7 @@ impl RedisStore {
             .map_err(|error| StoreError::Unavailable(format!("cannot seal a session record: {error}")))
     }
 
-    /// The stored record and last use from a script's `{2, d, t}` answer.
+    /// The newer record from a script's `{2, d}` answer.
     fn stale(&self, parts: &[Value], key: &SessionKey) -> Result<Arc<SessionRecord>, StoreError> {
         let sealed = parts.get(1).and_then(bytes_of).ok_or_else(|| garbage("stale record"))?;
         Ok(Arc::new(self.open(&sealed, key)?))
@@ -256,8 +256,8 @@ impl SessionStore for RedisStore {
         self.script(TOUCH, vec![self.session_key(key)], args).await.map(drop)
     }
 
-    async fn end(&self, key: &SessionKey, now: u64) -> Result<Removal, StoreError> {
-        let _ = now;
+    /// The mark lives `MARK_SECS` by Redis's clock; `now` is not needed.
+    async fn end(&self, key: &SessionKey, _now: u64) -> Result<Removal, StoreError> {
         let args = vec![Value::from(ENDED), Value::from((MARK_SECS * 1000).to_string())];
         let answer =
             self.script(TAKE_LEAVING_MARK, vec![self.session_key(key), self.mark_key(key)], args).await?;
@@ -292,7 +292,7 @@ impl SessionStore for RedisStore {
         // follows the old key's mark finds it.
         self.insert(new, record, now).await?;
         let Some(old) = old else { return Ok(Rotation::Done { previous: None }) };
-        let moved = format!("moved:{}", hex(&new.0));
+        let moved = format!("moved:{}", to_hex(&new.0));
         let args = vec![Value::from(moved), Value::from((MARK_SECS * 1000).to_string())];
         let answer =
             self.script(TAKE_LEAVING_MARK, vec![self.session_key(old), self.mark_key(old)], args).await;
@@ -323,9 +323,8 @@ impl SessionStore for RedisStore {
     async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
         let sealed = sealed::seal_pending(&pending, &state, &self.keys)
             .map_err(|error| StoreError::Unavailable(format!("cannot seal a pending login: {error}")))?;
-        let now = crate::clock::Clock::System.now();
-        let ms = pending.expires_at.saturating_sub(now).saturating_mul(1000).max(1);
-        let expiry = Expiration::PX(i64::try_from(ms).unwrap_or(i64::MAX));
+        // Redis forgets it at its own end (Unix seconds), whatever the clocks say meanwhile.
+        let expiry = Expiration::EXAT(i64::try_from(pending.expires_at).unwrap_or(i64::MAX));
         let _: Value = self
             .pool
             .set(self.state_key(&state), Value::Bytes(sealed.into()), Some(expiry), None, false)
@@ -395,7 +394,7 @@ impl SessionStore for RedisStore {
 }
 
 impl RedisStore {
-    /// A `{1}` / `{0}` / `{2, d, t}` script answer as a [`Swap`].
+    /// A `{1}` / `{0}` / `{2, d}` script answer as a [`Swap`].
     fn swap(&self, answer: &Value, key: &SessionKey) -> Result<Swap, StoreError> {
         let parts = array_of(answer)?;
         match parts.first().and_then(number_of) {
@@ -441,25 +440,7 @@ fn number_of(value: &Value) -> Option<u64> {
 
 /// The successor a `moved:<hex>` mark names.
 fn successor(mark: &[u8]) -> Option<SessionKey> {
-    let hex_text = std::str::from_utf8(mark).ok()?.strip_prefix("moved:")?;
-    let mut key = [0u8; 32];
-    if hex_text.len() != 64 {
-        return None;
-    }
-    for (index, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex_text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(SessionKey(key))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    text
+    from_hex(std::str::from_utf8(mark).ok()?.strip_prefix("moved:")?).map(SessionKey)
 }
 
 #[cfg(test)]
@@ -482,7 +463,7 @@ mod tests {
     #[test]
     fn a_moved_mark_names_its_successor() {
         let key = SessionKey([0xab; 32]);
-        let mark = format!("moved:{}", hex(&key.0));
+        let mark = format!("moved:{}", to_hex(&key.0));
         assert_eq!(successor(mark.as_bytes()), Some(key));
         assert_eq!(successor(b"ended"), None);
         assert_eq!(successor(b"moved:zz"), None);

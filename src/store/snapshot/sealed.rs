@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::{AccessToken, EncryptionKey, RefreshToken};
-use crate::store::{SessionKey, SessionKind, SessionRecord};
+use crate::store::{from_hex, to_hex, SessionKey, SessionKind, SessionRecord};
 
 const MAGIC: &[u8; 8] = b"TGSESS\r\n";
 const VERSION: u16 = 1;
@@ -288,22 +288,6 @@ fn describe(error: &serde_json::Error) -> String {
     format!("{:?} error at line {} column {}", error.classify(), error.line(), error.column())
 }
 
-fn to_hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<[u8; 32]> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
-    let mut bytes = [0u8; 32];
-    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(bytes)
-}
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
