@@ -416,6 +416,14 @@ impl Drop for Env {
     }
 }
 
+/// A proxy a test started (an `Env`'s or an extra replica) is stopped by PID when it goes
+/// out of scope, even when the test fails.
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Proxy {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
