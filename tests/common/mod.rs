@@ -32,6 +32,7 @@ use serde_json::Value;
 
 mod config;
 pub use config::ProxyToml;
+pub mod oidc;
 pub mod redis;
 
 pub const CLIENT_ID: &str = "test-api-key";
