@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine and runs every stage:
 #   1. packages (apt: curl, ca-certificates, redis-server for the Redis tests, which start
-#      their own servers; the Docker engine comes in stage 4)
+#      their own servers; the Docker engine comes in stage 4), and `npm ci` in tests/oidc: the
+#      OpenID Connect tests start a real provider, oidc-provider from npm (Node.js >= 20 needed)
 #   2. cargo fmt --check and cargo clippy --all-targets -D warnings
 #   3. unit and integration tests (cargo nextest: real tokengate + commerce-mock processes)
 #   4. a real browser (Debian's headless Chromium) drives the demo storefront end to end
@@ -31,6 +32,9 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+command -v node >/dev/null && command -v npm >/dev/null \
+  || { echo "test.sh: node and npm are needed (Node.js >= 20) for the OpenID provider in tests/oidc" >&2; exit 1; }
+timeout 300 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 stage "2. fmt and clippy"
 cargo fmt --check
