@@ -179,3 +179,22 @@ fn issued_tokens_are_all_recorded() {
     assert_eq!(access, vec![first.access_token.clone(), second.access_token.clone()]);
     assert_eq!(refresh.len(), 2);
 }
+
+#[test]
+fn an_external_reference_id_is_one_authenticated_shopper_created_on_first_use() {
+    let mut store = store();
+    let guest = store.mint_anonymous();
+    let guest_session = live(&mut store, &guest.access_token).session_id;
+    let first = store.login_external("shop-1", Some(&guest.access_token)).expect("login");
+    let view = live(&mut store, &first.access_token);
+    assert_eq!(view.session_id, guest_session, "the guest session transitioned");
+    assert_eq!(view.external_reference_id.as_deref(), Some("shop-1"));
+    assert_eq!(view.user.as_deref(), Some("erid:shop-1"));
+    assert!(is_unknown(&mut store, &guest.access_token));
+    let again = store.login_external("shop-1", None).expect("login");
+    assert_eq!(live(&mut store, &again.access_token).user_id, view.user_id);
+    let other = store.login_external("shop-2", None).expect("login");
+    assert_ne!(live(&mut store, &other.access_token).user_id, view.user_id);
+    let shopper_as_limited = store.login_external("shop-3", Some(&again.access_token));
+    assert!(shopper_as_limited.is_err(), "only a guest token can be carried over");
+}
