@@ -28,6 +28,7 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
 const WIDGET: u64 = 5104501700;
 
 /// A running mock, killed by PID when dropped.
@@ -77,6 +78,9 @@ impl Mock {
         for variable in ["MOCK_REFRESH_TTL", "MOCK_USERS", "MOCK_ISSUED_TOKENS_FILE", "MOCK_URL"] {
             command.env_remove(variable);
         }
+        for variable in ["MOCK_REDIRECT_URIS", "MOCK_ANY_REDIRECT_URI"] {
+            command.env_remove(variable);
+        }
         let mut child = command.spawn().expect("start commerce-mock");
         let base = match read_ready_line(&mut child) {
             Ok(base) => base,
@@ -113,9 +117,16 @@ impl Mock {
         }
     }
 
+    /// A GET with a bearer token, asking for JSON (resources answer XML otherwise).
     async fn get(&self, path: &str, token: &str) -> Reply {
         let bearer = format!("bearer {token}");
-        self.call(Method::GET, path, &[("authorization", &bearer)], "").await
+        self.call(Method::GET, path, &[("authorization", &bearer), ("accept", JSON)], "").await
+    }
+
+    /// A POST with a bearer token, asking for JSON.
+    async fn post(&self, path: &str, token: &str) -> Reply {
+        let bearer = format!("bearer {token}");
+        self.call(Method::POST, path, &[("authorization", &bearer), ("accept", JSON)], "").await
     }
 
     /// `POST /oauth20/token` with the default client's Basic credentials.
@@ -245,6 +256,11 @@ fn login_form(limited_token: Option<&str>) -> String {
     form(&pairs)
 }
 
+/// The token endpoint's answer to an unknown, revoked or expired refresh token.
+static DEAD_REFRESH_TOKEN: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"error":"invalid_token","error_description":"The refresh token is invalid or expired."}),
+);
+
 fn first_error(body: &Value) -> &Value {
     &body["errors"]["error"][0]
 }
@@ -309,9 +325,8 @@ async fn client_authentication_errors_use_the_flat_shape() {
 async fn login_with_limited_token_carries_the_guest_cart() {
     let mock = Mock::start(&[]);
     let (guest, _) = mock.guest().await;
-    let bearer = format!("bearer {guest}");
     let path = format!("/v1/shoppers/me/carts/active/line-items?productId={WIDGET}&quantity=2");
-    let added = mock.call(Method::POST, &path, &[("authorization", &bearer)], "").await;
+    let added = mock.post(&path, &guest).await;
     assert_eq!(added.status, StatusCode::OK);
     let cart = added.json();
     assert_eq!(cart["cart"]["totalItemsInCart"], "2");
@@ -359,8 +374,12 @@ async fn refresh_rotates_and_kills_the_old_pair() {
     assert_eq!(mock.get("/v1/shoppers/me", &access).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(mock.get("/v1/shoppers/me", &new_access).await.status, StatusCode::OK);
     let reused = mock.token(&form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])).await;
-    assert_eq!(reused.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reused.json(), json!({"error":"invalid_grant","error_description":"Invalid refresh token"}));
+    assert_eq!(
+        reused.status,
+        StatusCode::UNAUTHORIZED,
+        "a dead refresh token is a 401, as the API answers it"
+    );
+    assert_eq!(reused.json(), DEAD_REFRESH_TOKEN.clone());
 }
 
 #[tokio::test]
@@ -383,13 +402,14 @@ async fn access_token_info_on_both_spellings_and_delete_revokes_the_pair() {
     assert_eq!(first_error(&error)["code"], "invalid_token");
     assert!(text(&first_error(&error)["relation"]).ends_with("/AccessTokensResource"));
     let refreshed = mock.token(&form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])).await;
-    assert_eq!(refreshed.status, StatusCode::BAD_REQUEST, "DELETE also revoked the refresh token");
+    assert_eq!(refreshed.status, StatusCode::UNAUTHORIZED, "DELETE also revoked the refresh token");
+    assert_eq!(refreshed.json(), DEAD_REFRESH_TOKEN.clone());
 }
 
 #[tokio::test]
 async fn resource_401_bodies_say_why() {
     let mock = Mock::start(&[]);
-    let missing = mock.call(Method::GET, "/v1/shoppers/me", &[], "").await;
+    let missing = mock.call(Method::GET, "/v1/shoppers/me", &[("accept", JSON)], "").await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     assert_eq!(missing.header("content-type"), Some("application/json"));
     assert_eq!(first_error(&missing.json())["description"], "Missing token");
@@ -542,7 +562,7 @@ async fn issued_tokens_file_lists_every_token_before_the_response() {
 
 #[tokio::test]
 async fn hosted_login_redirects_with_the_token_in_the_fragment() {
-    let mock = Mock::start(&[]);
+    let mock = Mock::start(&["--redirect-uri", "http://127.0.0.1:9/session/callback?s=1"]);
     let (guest, _) = mock.guest().await;
     let query = form(&[
         ("client_id", "demo-api-key"),
@@ -642,4 +662,402 @@ async fn healthcheck_reports_health_and_sigterm_exits_zero() {
     server.await.expect("fake server");
 
     assert_eq!(mock.terminate().code(), Some(0));
+}
+
+/// `POST /oauth20/token` with no Authorization header: a public client.
+async fn public_token(mock: &Mock, path: &str, form: &str) -> Reply {
+    mock.call(Method::POST, path, &[("content-type", FORM)], form).await
+}
+
+fn erid_form(reference: &str, limited_token: Option<&str>) -> String {
+    let mut pairs = vec![("grant_type", "client_credentials"), ("dr_external_reference_id", reference)];
+    if let Some(token) = limited_token {
+        pairs.push(("dr_limited_token", token));
+    }
+    form(&pairs)
+}
+
+#[tokio::test]
+async fn client_hosted_shopper_is_authenticated_and_carries_the_guest_cart() {
+    let mock = Mock::start(&[]);
+    let (guest, _) = mock.guest().await;
+    let added =
+        mock.post(&format!("/v1/shoppers/me/carts/active?productId={WIDGET}&quantity=3"), &guest).await;
+    let cart_id = text(&added.json()["cart"]["id"]);
+
+    let bad_limited = mock.token(&erid_form("shop-42", Some("feedface"))).await;
+    assert_eq!(bad_limited.json()["error"], "dr_limited_token_invalid");
+    let signed_in = mock.token(&erid_form("shop-42", Some(&guest))).await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", String::from_utf8_lossy(&signed_in.body));
+    let shopper = text(&signed_in.json()["access_token"]);
+    assert!(signed_in.json()["refresh_token"].is_string(), "the API's example answer has one");
+
+    let info = mock.get("/oauth20/access-tokens", &shopper).await.json();
+    assert_eq!(info["authenticated"], "true");
+    assert_eq!(info["externalReferenceId"], "shop-42");
+    assert!(info["userId"].is_u64());
+    assert_eq!(info["cartId"].to_string(), cart_id, "the guest's cart carried over");
+    let me = mock.get("/v1/shoppers/me", &shopper).await.json();
+    let user_id = text(&me["shopper"]["id"]);
+    assert!(user_id.parse::<u64>().is_ok(), "a real shopper id, not Anonymous: {user_id}");
+    assert_eq!(me["shopper"]["externalReferenceId"], "shop-42");
+    let cart = mock.get("/v1/shoppers/me/carts/active", &shopper).await.json();
+    assert_eq!(cart["cart"]["totalItemsInCart"], "3");
+    assert_eq!(
+        mock.get("/v1/shoppers/me", &guest).await.status,
+        StatusCode::UNAUTHORIZED,
+        "guest transitioned"
+    );
+
+    let again = mock.token(&erid_form("shop-42", None)).await;
+    let again = text(&again.json()["access_token"]);
+    assert_eq!(
+        mock.get("/v1/shoppers/me", &again).await.json()["shopper"]["id"],
+        user_id.as_str(),
+        "same id"
+    );
+    let later_cart = mock.get("/v1/shoppers/me/carts/active", &again).await.json();
+    assert_eq!(text(&later_cart["cart"]["id"]), cart_id, "the shopper's cart stays the shopper's");
+    let other = mock.token(&erid_form("shop-43", None)).await;
+    let other = text(&other.json()["access_token"]);
+    assert_ne!(mock.get("/v1/shoppers/me", &other).await.json()["shopper"]["id"], user_id.as_str());
+
+    let no_reference = mock.token("grant_type=client_credentials").await;
+    let anonymous = text(&no_reference.json()["access_token"]);
+    assert_eq!(mock.get("/oauth20/access-tokens", &anonymous).await.json()["authenticated"], "false");
+}
+
+#[tokio::test]
+async fn a_public_client_may_not_sign_in_a_client_hosted_shopper() {
+    let mock = Mock::start(&[]);
+    let by_param = format!("{}&client_id=demo-api-key", erid_form("shop-42", None));
+    let refused = public_token(&mock, "/oauth20/token", &by_param).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.json()["error"], "unauthorized_client");
+    let empty_secret = format!("Basic {}", encoded("demo-api-key:"));
+    let headers = [("authorization", empty_secret.as_str()), ("content-type", FORM)];
+    let refused = mock.call(Method::POST, "/oauth20/token", &headers, &erid_form("shop-42", None)).await;
+    assert_eq!(refused.json()["error"], "unauthorized_client");
+    let stats = mock.stats().await;
+    assert_eq!(stats["token_calls"]["failed"], 2);
+}
+
+#[tokio::test]
+async fn public_clients_use_the_legacy_forms() {
+    let mock = Mock::start(&[]);
+    let literal =
+        "client_id=demo-api-key&grant_type=password&username=anonymous&password=anonymous&ts=1700000000000";
+    let minted = public_token(&mock, "/oauth20/token", literal).await;
+    assert_eq!(minted.status, StatusCode::OK, "{}", String::from_utf8_lossy(&minted.body));
+    let access = text(&minted.json()["access_token"]);
+    assert_eq!(mock.get("/oauth20/access-tokens", &access).await.json()["authenticated"], "false");
+    assert_eq!(mock.stats().await["token_calls"]["anonymous"], 1, "counted as an anonymous grant");
+
+    let in_query = public_token(&mock, "/oauth20/token?grant_type=password&client_id=demo-api-key", "").await;
+    assert_eq!(in_query.status, StatusCode::OK);
+    let refresh = text(&in_query.json()["refresh_token"]);
+    let refresh_form =
+        form(&[("grant_type", "refresh_token"), ("client_id", "demo-api-key"), ("refresh_token", &refresh)]);
+    let refreshed = public_token(&mock, "/oauth20/token", &refresh_form).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "refresh with client_id");
+
+    let unknown = public_token(&mock, "/oauth20/token", "client_id=nope&grant_type=password").await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.json()["error"], "invalid_client");
+    let nobody = public_token(&mock, "/oauth20/token", "grant_type=password").await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(nobody.json()["error"], "invalid_client");
+    let not_literal = "client_id=demo-api-key&grant_type=password&username=anonymous&password=YW5vbnltb3Vz";
+    let rejected = public_token(&mock, "/oauth20/token", not_literal).await;
+    assert_eq!(rejected.json()["error"], "invalid_grant", "only the literal pair is the anonymous login");
+}
+
+#[tokio::test]
+async fn dead_refresh_tokens_get_the_apis_401() {
+    let mock = Mock::start(&["--refresh-ttl", "0"]);
+    let (_, expired) = mock.guest().await;
+    let refresh = |token: &str| form(&[("grant_type", "refresh_token"), ("refresh_token", token)]);
+    for token in [expired.as_str(), "feedface"] {
+        let reply = mock.token(&refresh(token)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        assert_eq!(reply.json(), DEAD_REFRESH_TOKEN.clone());
+    }
+    mock.control(Method::PUT, "/__mock/faults", json!({"error_shape": "nested"})).await;
+    let nested = mock.token(&refresh("feedface")).await;
+    assert_eq!(nested.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(first_error(&nested.json())["code"], "invalid_token");
+
+    let mock = Mock::start(&[]);
+    let (_, revoked) = mock.guest().await;
+    mock.control(Method::POST, "/__mock/revoke", json!({"all": true})).await;
+    let reply = mock.token(&refresh(&revoked)).await;
+    assert_eq!((reply.status, reply.json()), (StatusCode::UNAUTHORIZED, DEAD_REFRESH_TOKEN.clone()));
+}
+
+fn authorize_query(redirect_uri: &str, response_type: &str, state: Option<&str>) -> String {
+    let mut pairs =
+        vec![("client_id", "demo-api-key"), ("redirect_uri", redirect_uri), ("response_type", response_type)];
+    if let Some(state) = state {
+        pairs.push(("state", state));
+    }
+    form(&pairs)
+}
+
+const UNREGISTERED: &str = "redirect_uri does not match a redirect URI configured for the client";
+
+#[tokio::test]
+async fn authorize_accepts_only_registered_redirect_uris() {
+    let mock = Mock::start(&[]);
+    for registered in ["http://127.0.0.1:8080/session/callback", "http://localhost:8080/session/callback"] {
+        let page = mock
+            .call(
+                Method::GET,
+                &format!("/oauth20/authorize?{}", authorize_query(registered, "token", None)),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{registered} is registered by default");
+    }
+    for unregistered in [
+        "http://127.0.0.1:8080/session/callback?state=abc",
+        "http://127.0.0.1:8080/session/callback/",
+        "http://127.0.0.1:8081/session/callback",
+        "https://evil.example/session/callback",
+    ] {
+        let query = authorize_query(unregistered, "token", Some("s1"));
+        let refused = mock.call(Method::GET, &format!("/oauth20/authorize?{query}"), &[], "").await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{unregistered}");
+        assert!(refused.header("location").is_none(), "never redirects to {unregistered}");
+        assert_eq!(refused.json(), json!({"error": "invalid_request", "error_description": UNREGISTERED}));
+        let credentials = form(&[("username", "jdoe@example.com"), ("password", "p4ssw0rd!")]);
+        let headers = [("content-type", FORM)];
+        let posted = mock
+            .call(Method::POST, "/oauth20/authorize/login", &headers, &format!("{query}&{credentials}"))
+            .await;
+        assert_eq!(posted.status, StatusCode::BAD_REQUEST, "the login form checks it too");
+        assert!(posted.header("location").is_none());
+    }
+
+    let own = Mock::start(&[
+        "--redirect-uri",
+        "http://shop.test/session/callback",
+        "--redirect-uri",
+        "https://b.test/cb",
+    ]);
+    for (uri, expected) in [
+        ("http://shop.test/session/callback", StatusCode::OK),
+        ("https://b.test/cb", StatusCode::OK),
+        ("http://127.0.0.1:8080/session/callback", StatusCode::BAD_REQUEST),
+    ] {
+        let reply = own
+            .call(
+                Method::GET,
+                &format!("/oauth20/authorize?{}", authorize_query(uri, "token", None)),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, expected, "{uri}: the option replaces the defaults");
+    }
+
+    let open = Mock::start(&["--any-redirect-uri"]);
+    let anywhere = authorize_query("https://anywhere.example/cb?x=1", "token", None);
+    let page = open.call(Method::GET, &format!("/oauth20/authorize?{anywhere}"), &[], "").await;
+    assert_eq!(page.status, StatusCode::OK, "--any-redirect-uri turns the check off");
+}
+
+#[tokio::test]
+async fn the_redirect_uri_list_can_come_from_the_environment() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(MOCK_BINARY);
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .env("MOCK_REDIRECT_URIS", "http://a.test/cb,http://b.test/cb")
+        .env_remove("MOCK_ANY_REDIRECT_URI")
+        .env_remove("MOCK_CLIENT_ID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(directory.path().join("mock.log")).expect("log file"));
+    let mut child = command.spawn().expect("start commerce-mock");
+    let base = read_ready_line(&mut child).expect("ready line");
+    let mock = Mock {
+        child: Some(child),
+        base,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        directory,
+    };
+    for (uri, expected) in [
+        ("http://a.test/cb", StatusCode::OK),
+        ("http://b.test/cb", StatusCode::OK),
+        ("http://127.0.0.1:8080/session/callback", StatusCode::BAD_REQUEST),
+    ] {
+        let reply = mock
+            .call(
+                Method::GET,
+                &format!("/oauth20/authorize?{}", authorize_query(uri, "token", None)),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, expected, "{uri}");
+    }
+}
+
+fn fragment_of(reply: &Reply) -> (String, Vec<(String, String)>) {
+    let location = reply.header("location").expect("a redirect");
+    let (target, fragment) = location.split_once('#').expect("a fragment");
+    (target.to_owned(), form_urlencoded::parse(fragment.as_bytes()).into_owned().collect())
+}
+
+fn value_of(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone())
+}
+
+#[tokio::test]
+async fn state_comes_back_as_its_own_fragment_parameter() {
+    let mock = Mock::start(&["--redirect-uri", "http://shop.test/session/callback"]);
+    let state = "a b&c=d/é";
+    let query = authorize_query("http://shop.test/session/callback", "token", Some(state));
+    let credentials = form(&[("username", "jdoe@example.com"), ("password", "p4ssw0rd!")]);
+    let headers = [("content-type", FORM)];
+    let done = mock
+        .call(Method::POST, "/oauth20/authorize/login", &headers, &format!("{query}&{credentials}"))
+        .await;
+    assert_eq!(done.status, StatusCode::FOUND);
+    let (target, pairs) = fragment_of(&done);
+    assert_eq!(target, "http://shop.test/session/callback", "the registered URI, untouched");
+    let names: Vec<&str> = pairs.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["access_token", "token_type", "expires_in", "state"]);
+    assert_eq!(value_of(&pairs, "state").as_deref(), Some(state));
+    assert_eq!(value_of(&pairs, "expires_in").as_deref(), Some("86397"));
+
+    let code_flow = authorize_query("http://shop.test/session/callback", "code", Some("s2"));
+    let refused = mock.call(Method::GET, &format!("/oauth20/authorize?{code_flow}"), &[], "").await;
+    assert_eq!(refused.status, StatusCode::FOUND);
+    let (_, pairs) = fragment_of(&refused);
+    assert_eq!(value_of(&pairs, "error").as_deref(), Some("unsupported_response_type"));
+    assert!(value_of(&pairs, "error_description").is_some());
+    assert_eq!(value_of(&pairs, "state").as_deref(), Some("s2"));
+
+    let stateless = authorize_query("http://shop.test/session/callback", "token", None);
+    let done = mock
+        .call(Method::POST, "/oauth20/authorize/login", &headers, &format!("{stateless}&{credentials}"))
+        .await;
+    assert!(value_of(&fragment_of(&done).1, "state").is_none(), "no state given, none sent");
+}
+
+#[tokio::test]
+async fn resources_answer_xml_unless_json_is_asked_for() {
+    let mock = Mock::start(&[]);
+    let (access, _) = mock.guest().await;
+    let bearer = format!("bearer {access}");
+    let plain = mock.call(Method::GET, "/v1/shoppers/me", &[("authorization", &bearer)], "").await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.header("content-type"), Some("application/xml"));
+    let xml = String::from_utf8_lossy(&plain.body).into_owned();
+    assert!(xml.starts_with("<?xml version=\"1.0\""), "{xml}");
+    assert!(
+        xml.contains("<shopper><uri>") && xml.contains("<id>Anonymous</id>") && xml.ends_with("</shopper>"),
+        "{xml}"
+    );
+    let browser_default = [("authorization", bearer.as_str()), ("accept", "*/*")];
+    let star = mock.call(Method::GET, "/v1/shoppers/me", &browser_default, "").await;
+    assert_eq!(star.header("content-type"), Some("application/xml"), "*/* gets the API's default");
+
+    let add = format!("/v1/shoppers/me/carts/active?productId={WIDGET}");
+    let cart = mock.call(Method::POST, &add, &[("authorization", &bearer)], "").await;
+    let xml = String::from_utf8_lossy(&cart.body).into_owned();
+    assert!(
+        xml.contains("<lineItems><lineItem><id>") && xml.contains("<totalItemsInCart>1</totalItemsInCart>"),
+        "{xml}"
+    );
+
+    for (path, headers) in [
+        (
+            "/v1/shoppers/me",
+            vec![("authorization", bearer.as_str()), ("accept", "text/html, application/json;q=0.9")],
+        ),
+        ("/v1/shoppers/me?format=json", vec![("authorization", bearer.as_str())]),
+        ("/v1/shoppers/me.json", vec![("authorization", bearer.as_str())]),
+    ] {
+        let reply = mock.call(Method::GET, path, &headers, "").await;
+        assert_eq!(reply.header("content-type"), Some("application/json"), "{path}");
+        assert_eq!(reply.json()["shopper"]["id"], "Anonymous");
+    }
+
+    let refused = mock.call(Method::GET, "/v1/shoppers/me", &[("authorization", "bearer dead")], "").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.header("content-type"), Some("application/xml"));
+    let xml = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(xml.ends_with("<errors><error><relation>https://developers.digitalriver.com/v1/shoppers/ShoppersResource</relation><code>invalid_token</code><description>Invalid token for specified shopper</description></error></errors>"), "{xml}");
+
+    let echo = mock.call(Method::GET, "/v1/debug/echo", &[("authorization", &bearer)], "").await;
+    assert_eq!(echo.header("content-type"), Some("application/json"), "the mock's debug endpoints stay JSON");
+    let info = mock.call(Method::GET, "/oauth20/access-tokens", &[("authorization", &bearer)], "").await;
+    assert_eq!(info.header("content-type"), Some("application/json"), "OAuth endpoints stay JSON");
+    let dead =
+        mock.call(Method::GET, "/oauth20/access-tokens", &[("authorization", "bearer dead")], "").await;
+    assert_eq!(dead.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn resource_401_faults_answer_before_the_token_is_read() {
+    let mock = Mock::start(&[]);
+    let (access, _) = mock.guest().await;
+    mock.control(Method::PUT, "/__mock/faults", json!({"resource_401": "invalid_client"})).await;
+    let reply = mock.get("/v1/shoppers/me", &access).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.header("www-authenticate").is_none());
+    assert_eq!(first_error(&reply.json())["code"], "invalid_client");
+    assert_eq!(first_error(&reply.json())["description"], "Request Contains Invalid Client ID");
+    let bearer = format!("bearer {access}");
+    let xml = mock.call(Method::GET, "/v1/shoppers/me", &[("authorization", &bearer)], "").await;
+    assert!(String::from_utf8_lossy(&xml.body).contains("<code>invalid_client</code>"));
+
+    mock.control(Method::PUT, "/__mock/faults", json!({"resource_401": "site_mismatch"})).await;
+    let reply = mock.get("/v1/shoppers/me/carts/active", &access).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer error=\"invalid_request\""));
+    assert_eq!(first_error(&reply.json())["code"], "invalid_request");
+    assert_eq!(first_error(&reply.json())["description"], "Request Site ID does not match Token Site ID");
+
+    let counted = json!({"resource_401": "bearer_invalid_token", "resource_401_count": 1});
+    mock.control(Method::PUT, "/__mock/faults", counted).await;
+    let reply = mock.get("/v1/shoppers/me", &access).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+    assert!(reply.body.is_empty() && reply.header("content-type").is_none());
+    assert_eq!(mock.get("/v1/shoppers/me", &access).await.status, StatusCode::OK, "the count ran out");
+
+    mock.get("/v1/shoppers/me", "dead").await;
+    let stats = mock.stats().await;
+    assert_eq!(
+        stats["resource_401_kinds"],
+        json!({"invalid_token": 1, "invalid_client": 2, "site_mismatch": 1, "bearer_invalid_token": 1})
+    );
+    assert_eq!(stats["resource_401"], 1, "resource_401 still counts only refused tokens");
+    let unknown = mock.control(Method::PUT, "/__mock/faults", json!({"resource_401": "teapot"})).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_query_token_is_a_credential_and_is_counted() {
+    let mock = Mock::start(&[]);
+    let (access, _) = mock.guest().await;
+    let by_query =
+        mock.call(Method::GET, &format!("/v1/shoppers/me?token={access}"), &[("accept", JSON)], "").await;
+    assert_eq!(by_query.status, StatusCode::OK);
+    let echo = mock.call(Method::GET, &format!("/v1/debug/echo?token={access}"), &[], "").await;
+    assert_eq!(echo.json()["credential"], "query_token");
+    let bearer = format!("bearer {access}");
+    let both = mock.call(Method::GET, "/v1/debug/echo?token=other", &[("authorization", &bearer)], "").await;
+    assert_eq!(both.json()["credential"], "bearer", "the bearer header wins");
+    mock.get("/v1/shoppers/me", &access).await;
+    let stats = mock.stats().await;
+    assert_eq!(stats["resource_credential"], json!({"bearer": 2, "query_token": 2}));
+    assert_eq!(stats["query_token_seen"], 3);
+    let info = mock.call(Method::GET, &format!("/oauth20/access-tokens?token={access}"), &[], "").await;
+    assert_eq!(info.json()["authenticated"], "false");
 }

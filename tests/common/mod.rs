@@ -460,8 +460,9 @@ impl Proxy {
     }
 }
 
-/// A browser: keeps our cookie, sends `X-CSRF: 1` on unsafe methods by default, and
-/// records every response for the leak check.
+/// A browser: keeps our cookie, sends `X-CSRF: 1` on unsafe methods and
+/// `Accept: application/json` by default (the API answers XML otherwise, as the real one
+/// does), and records every response for the leak check.
 #[derive(Clone)]
 pub struct Browser {
     client: HttpClient,
@@ -507,8 +508,8 @@ impl Browser {
             .await
     }
 
-    /// Sends a request with our cookie and `X-CSRF: 1` on unsafe methods, plus `headers`
-    /// (a header given here replaces the default).
+    /// Sends a request with our cookie, `Accept: application/json`, and `X-CSRF: 1` on
+    /// unsafe methods, plus `headers` (a header given here replaces the default).
     pub async fn send(
         &self,
         method: Method,
@@ -520,6 +521,9 @@ impl Browser {
         let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
         if method != Method::GET && method != Method::HEAD && !has("x-csrf") {
             builder = builder.header("x-csrf", "1");
+        }
+        if !has("accept") {
+            builder = builder.header("accept", "application/json");
         }
         if let (Some(cookie), false) = (self.cookie(), has("cookie")) {
             builder = builder.header("cookie", format!("{COOKIE}={cookie}"));
@@ -569,6 +573,10 @@ fn cookie_value(set_cookie: &str) -> Option<String> {
     (name.trim() == COOKIE).then(|| value.trim().to_string())
 }
 
+/// The redirect URI the mock registers for the client: the harness's `public_origin`
+/// (`http://shop.test`, see `config.rs`) plus `/session/callback`.
+pub const REDIRECT_URI: &str = "http://shop.test/session/callback";
+
 fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
     let issued_tokens_file = dir.join("issued-tokens.txt");
     let log = std::fs::File::create(dir.join("mock.log")).expect("the mock's log file");
@@ -576,6 +584,9 @@ fn start_mock(dir: &Path, extra_args: &[String]) -> Mock {
     command
         .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
         .args(["--user", &format!("{USERNAME}:{PASSWORD}"), "--user", "other@example.com:0ther-pass"])
+        .args(["--redirect-uri", REDIRECT_URI])
+        .env_remove("MOCK_REDIRECT_URIS")
+        .env_remove("MOCK_ANY_REDIRECT_URI")
         .arg("--issued-tokens-file")
         .arg(&issued_tokens_file)
         .args(extra_args)

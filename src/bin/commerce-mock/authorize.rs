@@ -113,6 +113,7 @@ enum AuthorizeError {
     InvalidClient,
     MissingRedirectUri,
     BadRedirectUri,
+    UnregisteredRedirectUri,
 }
 
 impl AuthorizeError {
@@ -134,11 +135,17 @@ impl AuthorizeError {
                 StatusCode::BAD_REQUEST,
                 "redirect_uri must be an absolute http or https URL without a fragment",
             ),
+            AuthorizeError::UnregisteredRedirectUri => invalid_request(
+                StatusCode::BAD_REQUEST,
+                "redirect_uri does not match a redirect URI configured for the client",
+            ),
         }
     }
 }
 
-/// Client first (DR authenticates the app before anything else), then the redirect URI.
+/// Client first (DR authenticates the app before anything else), then the redirect URI:
+/// absolute, and (unless `--any-redirect-uri`) exactly one registered for the client
+/// (reference §7, F1: the string as registered, no added query).
 fn validate(app: &App, params: &Params) -> Result<AuthorizeRequest, AuthorizeError> {
     let client_id = param(params, "client_id").unwrap_or_default();
     if client_id != app.settings.client_id {
@@ -147,6 +154,9 @@ fn validate(app: &App, params: &Params) -> Result<AuthorizeRequest, AuthorizeErr
     let redirect_uri = match param(params, "redirect_uri") {
         None | Some("") => return Err(AuthorizeError::MissingRedirectUri),
         Some(uri) if !is_absolute_http_url(uri) => return Err(AuthorizeError::BadRedirectUri),
+        Some(uri) if !is_registered(app.settings.redirect_uris.as_deref(), uri) => {
+            return Err(AuthorizeError::UnregisteredRedirectUri)
+        }
         Some(uri) => uri.to_owned(),
     };
     let optional = |name| param(params, name).filter(|value| !value.is_empty()).map(str::to_owned);
@@ -157,6 +167,12 @@ fn validate(app: &App, params: &Params) -> Result<AuthorizeRequest, AuthorizeErr
         state: optional("state"),
         limited_token: optional("dr_limited_token"),
     })
+}
+
+/// Exact string comparison, as the API's "must match a redirect URI configured for the
+/// client"; `None` (the check is off) accepts any.
+fn is_registered(registered: Option<&[String]>, uri: &str) -> bool {
+    registered.is_none_or(|list| list.iter().any(|entry| entry == uri))
 }
 
 /// RFC 6749 §3.1.2: absolute, no fragment. Whitespace and control characters would make
@@ -246,6 +262,16 @@ mod tests {
         assert!(!is_absolute_http_url("https://a.example/#frag"));
         assert!(!is_absolute_http_url("https://a.example/\r\nX: y"));
         assert!(!is_absolute_http_url("ftp://a.example/"));
+    }
+
+    #[test]
+    fn registered_redirect_uris_match_exactly() {
+        let list = vec!["http://shop.test/session/callback".to_owned()];
+        assert!(is_registered(Some(&list), "http://shop.test/session/callback"));
+        assert!(!is_registered(Some(&list), "http://shop.test/session/callback?state=x"));
+        assert!(!is_registered(Some(&list), "http://shop.test/session/callback/"));
+        assert!(!is_registered(Some(&list), "HTTP://shop.test/session/callback"));
+        assert!(is_registered(None, "http://anything.example/"));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub async fn echo(request: Request<Incoming>, caller: &Caller) -> Outcome {
         "body_len": body_len,
         "body_sha256": body_sha256,
         "token": token_kind,
+        "credential": caller.credential.name(),
     }))
 }
 

@@ -5,6 +5,7 @@
 //! never holds a lock across `.await` and a request sees one consistent setting. A
 //! token-endpoint call held by `token_hold` takes its snapshot when the hold is lifted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,31 @@ pub enum ErrorShape {
     Flat,
     /// `{"errors":{"error":[{"code":..,"description":..}]}}` (seen from older gateways).
     Nested,
+}
+
+/// A resource 401 that is not about the caller's token (the `resource_401` fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource401 {
+    /// Body code `invalid_client`, "Request Contains Invalid Client ID".
+    InvalidClient,
+    /// `WWW-Authenticate: Bearer error="invalid_request"`, body code `invalid_request`,
+    /// "Request Site ID does not match Token Site ID".
+    SiteMismatch,
+    /// `WWW-Authenticate: Bearer error="invalid_token"` and an empty body: about the
+    /// token, but with nothing to read but the header.
+    BearerInvalidToken,
+}
+
+impl Resource401 {
+    /// The name used in the fault settings and the stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource401::InvalidClient => "invalid_client",
+            Resource401::SiteMismatch => "site_mismatch",
+            Resource401::BearerInvalidToken => "bearer_invalid_token",
+        }
+    }
 }
 
 /// Every fault the mock can inject. Missing JSON fields take their default (off).
@@ -47,6 +73,11 @@ pub struct Faults {
     pub reject_refresh: bool,
     /// `/v1/*` answers this status.
     pub resource_status: Option<u16>,
+    /// `/v1/*` answers this 401 before looking at the token.
+    pub resource_401: Option<Resource401>,
+    /// Only this many calls get the `resource_401` answer (counted from when the faults
+    /// were set); unset: every call.
+    pub resource_401_count: Option<u64>,
     /// Delay before any `/v1/*` answer.
     pub resource_latency_ms: u64,
     /// GET/DELETE access-tokens answer this status.
@@ -73,6 +104,8 @@ impl Default for Faults {
             token_close: false,
             reject_refresh: false,
             resource_status: None,
+            resource_401: None,
+            resource_401_count: None,
             resource_latency_ms: 0,
             access_token_status: None,
             error_shape: ErrorShape::Flat,
@@ -121,11 +154,13 @@ pub async fn delay(latency_ms: u64) {
 /// by `token_hold` wakes when the settings change instead of polling them.
 pub struct FaultSwitch {
     current: watch::Sender<Faults>,
+    /// How many more calls get the `resource_401` answer.
+    resource_401_left: AtomicU64,
 }
 
 impl Default for FaultSwitch {
     fn default() -> Self {
-        FaultSwitch { current: watch::Sender::new(Faults::default()) }
+        FaultSwitch { current: watch::Sender::new(Faults::default()), resource_401_left: AtomicU64::new(0) }
     }
 }
 
@@ -137,7 +172,23 @@ impl FaultSwitch {
 
     /// Replaces all settings at once (and releases held calls if `token_hold` is off).
     pub fn replace(&self, faults: Faults) {
+        let left = match faults.resource_401 {
+            Some(_) => faults.resource_401_count.unwrap_or(u64::MAX),
+            None => 0,
+        };
+        self.resource_401_left.store(left, Ordering::SeqCst);
         self.current.send_replace(faults);
+    }
+
+    /// The injected resource 401 this call gets, if any; uses up one of
+    /// `resource_401_count`.
+    pub fn take_resource_401(&self, faults: &Faults) -> Option<Resource401> {
+        let kind = faults.resource_401?;
+        let taken = self
+            .resource_401_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        taken.then_some(kind)
     }
 
     /// Waits while `token_hold` is on (at most `MAX_LATENCY_MS`), then returns the
@@ -183,6 +234,19 @@ mod tests {
         let released = Faults { expires_in: Some(0), ..Faults::default() };
         switch.replace(released.clone());
         assert_eq!(held.await.expect("the held call ends"), released);
+    }
+
+    #[test]
+    fn a_counted_resource_401_runs_out() {
+        let switch = FaultSwitch::default();
+        let faults: Faults =
+            serde_json::from_str(r#"{"resource_401":"site_mismatch","resource_401_count":2}"#)
+                .expect("valid");
+        switch.replace(faults.clone());
+        let taken: Vec<_> = (0..3).map(|_| switch.take_resource_401(&faults)).collect();
+        assert_eq!(taken, [Some(Resource401::SiteMismatch), Some(Resource401::SiteMismatch), None]);
+        switch.replace(Faults::default());
+        assert_eq!(switch.take_resource_401(&Faults::default()), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod shopper;
 mod state;
 mod stats;
 mod tls;
+mod xml;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -98,6 +99,20 @@ struct ServeOptions {
         hide_env_values = true
     )]
     users: Vec<UserSpec>,
+    /// A redirect URI registered for the client: `GET /oauth20/authorize` refuses any
+    /// `redirect_uri` that is not one of these, compared as exact strings (repeatable;
+    /// MOCK_REDIRECT_URIS is comma-separated). The defaults are the demo's.
+    #[arg(
+        long = "redirect-uri",
+        value_name = "URI",
+        env = "MOCK_REDIRECT_URIS",
+        value_delimiter = ',',
+        default_values = ["http://127.0.0.1:8080/session/callback", "http://localhost:8080/session/callback"]
+    )]
+    redirect_uris: Vec<String>,
+    /// Accept any absolute http(s) `redirect_uri` (turns the registered-URI check off).
+    #[arg(long, env = "MOCK_ANY_REDIRECT_URI")]
+    any_redirect_uri: bool,
     /// Append every issued access and refresh token to this file, one per line.
     #[arg(long, env = "MOCK_ISSUED_TOKENS_FILE")]
     issued_tokens_file: Option<PathBuf>,
@@ -140,6 +155,8 @@ pub struct Settings {
     pub access_ttl_secs: u64,
     /// Where issued tokens are appended, if anywhere.
     pub issued_tokens_file: Option<PathBuf>,
+    /// The registered redirect URIs; `None` accepts any (`--any-redirect-uri`).
+    pub redirect_uris: Option<Vec<String>>,
 }
 
 /// Everything shared by all connections.
@@ -230,6 +247,7 @@ fn build_app(options: &ServeOptions) -> Result<App, String> {
         client_secret: options.client_secret.clone(),
         access_ttl_secs: options.access_ttl,
         issued_tokens_file: options.issued_tokens_file.clone(),
+        redirect_uris: (!options.any_redirect_uri).then(|| options.redirect_uris.clone()),
     };
     Ok(App { settings, faults: FaultSwitch::default(), stats: Stats::default(), store: Mutex::new(store) })
 }

@@ -59,6 +59,11 @@ pub enum TokenError {
     InvalidGrant(&'static str),
     /// `dr_limited_token` is not a live anonymous access token.
     LimitedTokenInvalid,
+    /// A public client asked for a confidential-only grant (client-hosted shopper).
+    UnauthorizedClient,
+    /// The refresh token is unknown, revoked or expired: 401 `invalid_token`, as the API
+    /// answers it (reference §3.3d, F5), not RFC 6749's `invalid_grant`.
+    RefreshTokenDead,
     /// The `token_status` fault.
     Injected(StatusCode),
     /// The issued-tokens file could not be written.
@@ -68,11 +73,14 @@ pub enum TokenError {
 impl TokenError {
     fn status(self) -> StatusCode {
         match self {
-            TokenError::InvalidClient | TokenError::InvalidRequest => StatusCode::UNAUTHORIZED,
+            TokenError::InvalidClient | TokenError::InvalidRequest | TokenError::RefreshTokenDead => {
+                StatusCode::UNAUTHORIZED
+            }
             TokenError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             TokenError::UnsupportedGrantType
             | TokenError::InvalidGrant(_)
-            | TokenError::LimitedTokenInvalid => StatusCode::BAD_REQUEST,
+            | TokenError::LimitedTokenInvalid
+            | TokenError::UnauthorizedClient => StatusCode::BAD_REQUEST,
             TokenError::Injected(status) => status,
             TokenError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +93,8 @@ impl TokenError {
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::InvalidGrant(_) => "invalid_grant",
             TokenError::LimitedTokenInvalid => "dr_limited_token_invalid",
+            TokenError::UnauthorizedClient => "unauthorized_client",
+            TokenError::RefreshTokenDead => "invalid_token",
             TokenError::Injected(_) => "temporarily_unavailable",
             TokenError::ServerError => "server_error",
         }
@@ -98,6 +108,10 @@ impl TokenError {
             TokenError::UnsupportedGrantType => "The authorization grant type is not supported",
             TokenError::InvalidGrant(description) => description,
             TokenError::LimitedTokenInvalid => "The limited token is invalid, expired, or revoked",
+            TokenError::UnauthorizedClient => {
+                "The client-hosted shopper grant needs a confidential client (Basic key and secret)"
+            }
+            TokenError::RefreshTokenDead => "The refresh token is invalid or expired.",
             TokenError::Injected(_) => "injected fault",
             TokenError::ServerError => "The server could not record the issued token",
         }
@@ -138,11 +152,15 @@ enum Grant {
 }
 
 impl Grant {
-    /// `password` without a `username` parameter is DR's anonymous (guest) token.
+    /// `password` without a `username` parameter is DR's anonymous (guest) token, and so
+    /// is the literal `username=anonymous&password=anonymous` (not base64) that DR's own
+    /// HTML5 client sends (reference §3.3a, F7).
     fn classify(params: &Params) -> Grant {
+        let literal_anonymous =
+            param(params, "username") == Some("anonymous") && param(params, "password") == Some("anonymous");
         match param(params, "grant_type") {
             None | Some("") => Grant::Missing,
-            Some("password") if param(params, "username").is_none() => Grant::Anonymous,
+            Some("password") if param(params, "username").is_none() || literal_anonymous => Grant::Anonymous,
             Some("password") => Grant::Login,
             Some("refresh_token") => Grant::Refresh,
             Some("client_credentials") => Grant::ClientCredentials,
@@ -228,38 +246,62 @@ fn grant_tokens(app: &App, call: &TokenCall, faults: &Faults) -> Result<TokenPai
     if let Some(status) = faults.token_status {
         return Err(TokenError::Injected(status_or_500(status)));
     }
-    if !client_is_valid(&app.settings, call.authorization.as_ref(), &call.params) {
+    let client = client_of(&app.settings, call.authorization.as_ref(), &call.params);
+    if client == Client::Invalid {
         return Err(TokenError::InvalidClient);
     }
     match call.grant {
         Grant::Missing => Err(TokenError::InvalidRequest),
         Grant::Unsupported => Err(TokenError::UnsupportedGrantType),
-        Grant::Anonymous => Ok(app.store().mint_anonymous(None)),
-        Grant::ClientCredentials => {
-            let reference = param(&call.params, "dr_external_reference_id")
-                .filter(|reference| !reference.is_empty())
-                .map(str::to_owned);
-            Ok(app.store().mint_anonymous(reference))
-        }
+        Grant::Anonymous => Ok(app.store().mint_anonymous()),
+        Grant::ClientCredentials => client_credentials(app, &call.params, client),
         Grant::Login => password_login(app, &call.params),
         Grant::Refresh => refresh(app, &call.params, faults),
     }
 }
 
+/// How the caller of the token endpoint authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Client {
+    /// Basic with the API key and the secret.
+    Confidential,
+    /// Basic with the API key and an empty secret, or a `client_id` parameter alone.
+    Public,
+    /// Unknown key, wrong secret, malformed Basic, or no client at all.
+    Invalid,
+}
+
 /// Basic credentials win when present (even if malformed); otherwise a public app's
 /// `client_id` parameter. Following the reference (§3.1), a Basic header with an empty
 /// secret is a public app and is accepted too.
-fn client_is_valid(settings: &Settings, authorization: Option<&HeaderValue>, params: &Params) -> bool {
+fn client_of(settings: &Settings, authorization: Option<&HeaderValue>, params: &Params) -> Client {
+    let known = |id: &str| constant_time_eq(id.as_bytes(), settings.client_id.as_bytes());
     match authorization.and_then(basic_credentials) {
-        Some(Some((id, secret))) => {
-            constant_time_eq(id.as_bytes(), settings.client_id.as_bytes())
-                && (secret.is_empty()
-                    || constant_time_eq(secret.as_bytes(), settings.client_secret.as_bytes()))
+        Some(Some((id, secret))) if known(&id) && secret.is_empty() => Client::Public,
+        Some(Some((id, secret)))
+            if known(&id) && constant_time_eq(secret.as_bytes(), settings.client_secret.as_bytes()) =>
+        {
+            Client::Confidential
         }
-        Some(None) => false,
-        None => param(params, "client_id")
-            .is_some_and(|id| constant_time_eq(id.as_bytes(), settings.client_id.as_bytes())),
+        Some(_) => Client::Invalid,
+        None if param(params, "client_id").is_some_and(known) => Client::Public,
+        None => Client::Invalid,
     }
+}
+
+/// With `dr_external_reference_id`: the client-hosted shopper, an authenticated token,
+/// confidential clients only (reference §3.3c, F6), the guest's cart carried over by
+/// `dr_limited_token`. Without: a guest token, as DR's Postman collection uses it.
+fn client_credentials(app: &App, params: &Params, client: Client) -> Result<TokenPair, TokenError> {
+    let reference = param(params, "dr_external_reference_id").filter(|reference| !reference.is_empty());
+    let Some(reference) = reference else {
+        return Ok(app.store().mint_anonymous());
+    };
+    if client != Client::Confidential {
+        return Err(TokenError::UnauthorizedClient);
+    }
+    let limited_token = param(params, "dr_limited_token").filter(|token| !token.is_empty());
+    app.store().login_external(reference, limited_token).map_err(|_| TokenError::LimitedTokenInvalid)
 }
 
 /// `None`: not a Basic header. `Some(None)`: Basic but undecodable.
@@ -296,9 +338,7 @@ fn refresh(app: &App, params: &Params, faults: &Faults) -> Result<TokenPair, Tok
         return Err(TokenError::InvalidGrant(BAD_REFRESH_TOKEN));
     }
     let refresh_token = param(params, "refresh_token").unwrap_or_default();
-    app.store()
-        .refresh(refresh_token, faults.rotate_refresh)
-        .ok_or(TokenError::InvalidGrant(BAD_REFRESH_TOKEN))
+    app.store().refresh(refresh_token, faults.rotate_refresh).ok_or(TokenError::RefreshTokenDead)
 }
 
 /// The 200 body, shaped by the `wrap_token`, `expires_in` and `expires_in_string` faults.
@@ -434,6 +474,7 @@ mod tests {
             client_secret: "secret".to_owned(),
             access_ttl_secs: 60,
             issued_tokens_file: None,
+            redirect_uris: None,
         }
     }
 
@@ -445,19 +486,21 @@ mod tests {
     #[test]
     fn basic_auth_needs_matching_id_and_secret() {
         let params = Params::new();
-        assert!(client_is_valid(&settings(), Some(&basic("key:secret")), &params));
-        assert!(client_is_valid(&settings(), Some(&basic("key:")), &params));
-        assert!(!client_is_valid(&settings(), Some(&basic("key:wrong")), &params));
-        assert!(!client_is_valid(&settings(), Some(&basic("other:secret")), &params));
+        assert_eq!(client_of(&settings(), Some(&basic("key:secret")), &params), Client::Confidential);
+        assert_eq!(client_of(&settings(), Some(&basic("key:")), &params), Client::Public);
+        assert_eq!(client_of(&settings(), Some(&basic("key:wrong")), &params), Client::Invalid);
+        assert_eq!(client_of(&settings(), Some(&basic("other:secret")), &params), Client::Invalid);
+        assert_eq!(client_of(&settings(), Some(&basic("other:")), &params), Client::Invalid);
     }
 
     #[test]
     fn malformed_basic_is_not_rescued_by_client_id_param() {
         let params = parse_form(b"client_id=key");
         let garbage = HeaderValue::from_static("Basic !!!");
-        assert!(!client_is_valid(&settings(), Some(&garbage), &params));
-        assert!(client_is_valid(&settings(), None, &params));
-        assert!(!client_is_valid(&settings(), None, &parse_form(b"client_id=nope")));
+        assert_eq!(client_of(&settings(), Some(&garbage), &params), Client::Invalid);
+        assert_eq!(client_of(&settings(), None, &params), Client::Public);
+        assert_eq!(client_of(&settings(), None, &parse_form(b"client_id=nope")), Client::Invalid);
+        assert_eq!(client_of(&settings(), None, &Params::new()), Client::Invalid);
     }
 
     #[test]
@@ -467,6 +510,10 @@ mod tests {
         assert_eq!(Grant::classify(&login), Grant::Login);
         assert_eq!(Grant::classify(&parse_form(b"grant_type=")), Grant::Missing);
         assert_eq!(Grant::classify(&parse_form(b"grant_type=code")), Grant::Unsupported);
+        let literal = parse_form(b"grant_type=password&username=anonymous&password=anonymous");
+        assert_eq!(Grant::classify(&literal), Grant::Anonymous);
+        let half = parse_form(b"grant_type=password&username=anonymous&password=x");
+        assert_eq!(Grant::classify(&half), Grant::Login);
     }
 
     #[test]

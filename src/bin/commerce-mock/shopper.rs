@@ -2,24 +2,27 @@
 //! cart and adding line items, plus routing to the debug endpoints in `debug.rs`.
 //!
 //! Every request passes the same gate in order: count, injected latency, injected
-//! status, live access token (bearer header or `?token=`). Every answer carries
-//! `x-dr-requestid`; every success also carries a `JSESSIONID` cookie, so tests can
-//! check that the proxy drops upstream `Set-Cookie`. Answers are always JSON.
+//! status, injected 401, live access token (bearer header or `?token=`, counted by
+//! which). Every answer carries `x-dr-requestid`; every success also carries a
+//! `JSESSIONID` cookie, so tests can check that the proxy drops upstream `Set-Cookie`.
+//! Answers are XML unless the request asks for JSON (`xml.rs`), as the real API's are;
+//! the mock's own `/v1/debug/*` endpoints always answer JSON.
 
-use http::header::{HeaderName, HOST, SET_COOKIE};
+use http::header::{HeaderName, HOST, SET_COOKIE, WWW_AUTHENTICATE};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::carts::{product, Cart, CartError, CATALOG};
 use crate::debug;
-use crate::faults::{delay, Faults};
+use crate::faults::{delay, Faults, Resource401};
 use crate::respond::{
-    api_path, json, param, query_params, random_hex, request_token, resource_error, set_dynamic,
-    status_or_500, MockResponse, Params,
+    api_path, empty, json, param, query_params, random_hex, request_token, resource_error, set_dynamic,
+    set_static, status_or_500, MockResponse, Params, TokenSource,
 };
 use crate::state::{AccessLookup, SessionView};
 use crate::stats::Counter;
+use crate::xml::{into_xml, Format};
 use crate::App;
 
 /// Relation names used in error bodies.
@@ -32,6 +35,27 @@ pub struct Caller {
     pub token: String,
     /// Its session.
     pub session: SessionView,
+    /// Where the token came from.
+    pub credential: Credential,
+}
+
+/// Where a resource call's access token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// `Authorization: bearer`.
+    Bearer,
+    /// `?token=`.
+    QueryToken,
+}
+
+impl Credential {
+    /// The name `/v1/debug/echo` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Credential::Bearer => "bearer",
+            Credential::QueryToken => "query_token",
+        }
+    }
 }
 
 /// What a resource produced; JSON successes are decorated (leak fault) before sending.
@@ -47,36 +71,89 @@ pub enum Outcome {
 /// Handles any `/v1/*` request.
 pub async fn handle(app: &App, request: Request<Incoming>) -> MockResponse {
     app.stats.bump(Counter::ResourceCalls);
+    let query = query_params(request.uri());
+    let path = request.uri().path();
+    let debug = path.starts_with("/v1/debug/");
+    let format = if debug { Format::Json } else { Format::of(path, request.headers(), &query) };
     let faults = app.faults.snapshot();
     delay(faults.resource_latency_ms).await;
-    let mut response = gate_and_route(app, request, &faults).await;
+    let mut response = gate_and_route(app, request, &query, &faults).await;
+    if format == Format::Xml {
+        response = into_xml(response).await;
+    }
     set_dynamic(&mut response, HeaderName::from_static("x-dr-requestid"), &random_hex(16));
     response
 }
 
-async fn gate_and_route(app: &App, request: Request<Incoming>, faults: &Faults) -> MockResponse {
+async fn gate_and_route(
+    app: &App,
+    request: Request<Incoming>,
+    query: &Params,
+    faults: &Faults,
+) -> MockResponse {
     if let Some(status) = faults.resource_status {
         return resource_error(status_or_500(status), SHOPPERS, "injected_fault", "injected fault");
     }
-    let query = query_params(request.uri());
-    let caller = match authenticate(app, &request, &query) {
+    if let Some(kind) = app.faults.take_resource_401(faults) {
+        return injected_401(app, kind);
+    }
+    let caller = match authenticate(app, &request, query) {
         Ok(caller) => caller,
         Err(description) => {
             app.stats.bump(Counter::Resource401);
             return resource_error(StatusCode::UNAUTHORIZED, SHOPPERS, "invalid_token", description);
         }
     };
-    let outcome = route(app, request, &query, &caller).await;
+    let outcome = route(app, request, query, &caller).await;
     finish(outcome, &caller, faults)
 }
 
-/// The description says why, as DR's 401 bodies do.
+/// The `resource_401` fault: a 401 the API sends for reasons other than a dead token
+/// (reference §9.3, F2), or one whose only sign is the `WWW-Authenticate` header.
+fn injected_401(app: &App, kind: Resource401) -> MockResponse {
+    let status = StatusCode::UNAUTHORIZED;
+    let (counter, mut response) = match kind {
+        Resource401::InvalidClient => (
+            Counter::Resource401InvalidClient,
+            resource_error(status, SHOPPERS, "invalid_client", "Request Contains Invalid Client ID"),
+        ),
+        Resource401::SiteMismatch => {
+            let description = "Request Site ID does not match Token Site ID";
+            let mut response = resource_error(status, SHOPPERS, "invalid_request", description);
+            set_static(&mut response, WWW_AUTHENTICATE, "Bearer error=\"invalid_request\"");
+            (Counter::Resource401SiteMismatch, response)
+        }
+        Resource401::BearerInvalidToken => {
+            let mut response = empty(status);
+            set_static(&mut response, WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"");
+            (Counter::Resource401BearerInvalidToken, response)
+        }
+    };
+    app.stats.bump(counter);
+    set_static(&mut response, http::header::CACHE_CONTROL, "no-store");
+    response
+}
+
+/// The description says why, as DR's 401 bodies do. Counts which credential was used
+/// and whether a `token` query parameter came at all (a proxy should drop a browser's).
 fn authenticate(app: &App, request: &Request<Incoming>, query: &Params) -> Result<Caller, &'static str> {
+    if param(query, "token").is_some() {
+        app.stats.bump(Counter::QueryTokenSeen);
+    }
     let source = request_token(request.headers(), query);
+    match source {
+        TokenSource::Bearer(_) => app.stats.bump(Counter::CredentialBearer),
+        TokenSource::Query(_) => app.stats.bump(Counter::CredentialQuery),
+        TokenSource::Missing => {}
+    }
+    let credential = match source {
+        TokenSource::Query(_) => Credential::QueryToken,
+        _ => Credential::Bearer,
+    };
     let token = source.token().ok_or("Missing token")?;
     let lookup = app.store().lookup_access(token);
     match lookup {
-        AccessLookup::Live(session) => Ok(Caller { token: token.to_owned(), session }),
+        AccessLookup::Live(session) => Ok(Caller { token: token.to_owned(), session, credential }),
         AccessLookup::Expired => Err("Session expired"),
         AccessLookup::Unknown => Err("Invalid token for specified shopper"),
     }
@@ -105,7 +182,7 @@ async fn route(app: &App, request: Request<Incoming>, query: &Params, caller: &C
                 "method-not-allowed",
                 "Method not allowed",
             );
-            crate::respond::set_static(&mut response, http::header::ALLOW, allow);
+            set_static(&mut response, http::header::ALLOW, allow);
             Outcome::Failed(response)
         }
         _ => Outcome::Failed(resource_error(
@@ -157,17 +234,20 @@ fn shopper_me(request: &Request<Incoming>, session: &SessionView) -> Value {
             header.to_str().ok().map(str::to_owned)
         })
         .unwrap_or_else(|| "127.0.0.1".to_owned());
-    let id = match session.user {
-        Some(_) => session.user_id.to_string(),
-        None => "Anonymous".to_owned(),
+    // A client-hosted shopper has no DR-held user name (the mock keeps no shopper record).
+    let (id, username) = match (&session.user, &session.external_reference_id) {
+        (None, _) => ("Anonymous".to_owned(), None),
+        (Some(_), Some(_)) => (session.user_id.to_string(), None),
+        (Some(name), None) => (session.user_id.to_string(), Some(name.clone())),
     };
     json!({"shopper": {
         "uri": format!("http://{host}/v1/shoppers/me"),
         "id": id,
-        "username": session.user,
+        "username": username,
+        "externalReferenceId": session.external_reference_id,
         "firstName": null,
         "lastName": null,
-        "emailAddress": session.user,
+        "emailAddress": username,
         "locale": "en_US",
         "currency": "USD",
     }})

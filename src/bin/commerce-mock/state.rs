@@ -61,9 +61,9 @@ pub struct SessionView {
     pub session_id: u64,
     /// DR user id (set for anonymous sessions too, as DR does).
     pub user_id: u64,
-    /// The shopper's login name, `None` for a guest.
+    /// The shopper's login name (`erid:<id>` for a client-hosted shopper), `None` for a guest.
     pub user: Option<String>,
-    /// From `dr_external_reference_id`, if the client-credentials grant sent one.
+    /// A client-hosted shopper's `dr_external_reference_id`.
     pub external_reference_id: Option<String>,
     /// The session's cart, once one exists.
     pub cart_id: Option<u64>,
@@ -107,6 +107,15 @@ struct Pair {
     refresh_expires: Instant,
 }
 
+/// Who a session belongs to once signed in: a configured user (by name) or a
+/// client-hosted shopper (by external reference id).
+struct Account {
+    /// The user name, or `erid:<id>`: owns the shopper's cart across sessions.
+    key: String,
+    user_id: u64,
+    external_reference_id: Option<String>,
+}
+
 /// All mutable mock state. Lock it, call one method, drop the lock.
 pub struct Store {
     access_ttl: Duration,
@@ -117,6 +126,8 @@ pub struct Store {
     by_access: HashMap<String, u64>,
     by_refresh: HashMap<String, u64>,
     carts: Carts,
+    /// External reference id → user id of the client-hosted shoppers seen so far.
+    external_shoppers: HashMap<String, u64>,
     // Every token ever issued, for `/__mock/tokens`; it grows by design (test tool).
     issued_access: Vec<String>,
     issued_refresh: Vec<String>,
@@ -129,6 +140,7 @@ pub struct Store {
 /// `ANONYMOUS_USER_ID_BASE` upwards (DR gives guests a user id too).
 const SHOPPER_USER_ID_BASE: u64 = 495_174_262_412;
 const ANONYMOUS_USER_ID_BASE: u64 = 600_000_000_000;
+const EXTERNAL_USER_ID_BASE: u64 = 700_000_000_000;
 
 impl Store {
     /// An empty world with the given shoppers and token lifetimes.
@@ -142,6 +154,7 @@ impl Store {
             by_access: HashMap::new(),
             by_refresh: HashMap::new(),
             carts: Carts::default(),
+            external_shoppers: HashMap::new(),
             issued_access: Vec::new(),
             issued_refresh: Vec::new(),
             next_session_id: 63_293_199_710,
@@ -165,26 +178,59 @@ impl Store {
         }
     }
 
-    /// A new guest session with a token pair (anonymous password grant, client credentials).
-    pub fn mint_anonymous(&mut self, external_reference_id: Option<String>) -> TokenPair {
-        let session_id = self.new_session(None, external_reference_id);
+    /// A new guest session with a token pair (anonymous password grant, client
+    /// credentials without an external reference id).
+    pub fn mint_anonymous(&mut self) -> TokenPair {
+        let session_id = self.new_session(None);
         self.mint_pair(session_id, Issue::WithRefresh)
     }
 
-    /// Logs a shopper in (credentials already verified). With a limited token, that guest
-    /// session transitions: it keeps its id, gains the user, its cart carries over, and
-    /// its old tokens die. Without one, a fresh session picks up the user's saved cart.
+    /// Logs a configured shopper in (credentials already verified); see `sign_in`.
     pub fn login(
         &mut self,
         name: &str,
         limited_token: Option<&str>,
         issue: Issue,
     ) -> Result<TokenPair, LimitedTokenInvalid> {
+        let account =
+            Account { key: name.to_owned(), user_id: self.user_id_of(name), external_reference_id: None };
+        self.sign_in(&account, limited_token, issue)
+    }
+
+    /// Signs in the client-hosted shopper with this external reference id (the
+    /// `client_credentials` grant with `dr_external_reference_id`). The same id is always
+    /// the same shopper; unlike the real API, the shopper is created on first use instead
+    /// of needing `POST /v1/shoppers` first.
+    pub fn login_external(
+        &mut self,
+        external_reference_id: &str,
+        limited_token: Option<&str>,
+    ) -> Result<TokenPair, LimitedTokenInvalid> {
+        let next = EXTERNAL_USER_ID_BASE + self.external_shoppers.len() as u64;
+        let user_id = *self.external_shoppers.entry(external_reference_id.to_owned()).or_insert(next);
+        let account = Account {
+            // Configured user names never contain ':', so this key cannot collide.
+            key: format!("erid:{external_reference_id}"),
+            user_id,
+            external_reference_id: Some(external_reference_id.to_owned()),
+        };
+        self.sign_in(&account, limited_token, Issue::WithRefresh)
+    }
+
+    /// With a limited token, that guest session transitions: it keeps its id, gains the
+    /// shopper, its cart carries over, and its old tokens die. Without one, a fresh
+    /// session picks up the shopper's saved cart.
+    fn sign_in(
+        &mut self,
+        account: &Account,
+        limited_token: Option<&str>,
+        issue: Issue,
+    ) -> Result<TokenPair, LimitedTokenInvalid> {
         let session_id = match limited_token {
-            Some(token) => self.transition_guest(token, name)?,
+            Some(token) => self.transition_guest(token, account)?,
             None => {
-                let session_id = self.new_session(Some(name), None);
-                let cart_id = self.carts.user_cart(name);
+                let session_id = self.new_session(Some(account));
+                let cart_id = self.carts.user_cart(&account.key);
                 if let Some(session) = self.sessions.get_mut(&session_id) {
                     session.cart_id = cart_id;
                 }
@@ -336,7 +382,11 @@ impl Store {
 
     /// Validates the limited token, kills the guest's tokens and hands the session (and
     /// its cart) to the user.
-    fn transition_guest(&mut self, limited_token: &str, name: &str) -> Result<u64, LimitedTokenInvalid> {
+    fn transition_guest(
+        &mut self,
+        limited_token: &str,
+        account: &Account,
+    ) -> Result<u64, LimitedTokenInvalid> {
         let now = Instant::now();
         let pair = self
             .by_access
@@ -351,18 +401,19 @@ impl Store {
         // Take the session out while its pairs go, or `remove_pair` would forget it.
         let mut session = self.sessions.remove(&session_id).ok_or(LimitedTokenInvalid)?;
         self.remove_pairs_of_session(session_id);
-        session.cart_id = self.carts.carry_over(session.cart_id, name);
-        session.user = Some(name.to_owned());
-        session.user_id = self.user_id_of(name);
+        session.cart_id = self.carts.carry_over(session.cart_id, &account.key);
+        session.user = Some(account.key.clone());
+        session.user_id = account.user_id;
+        session.external_reference_id.clone_from(&account.external_reference_id);
         self.sessions.insert(session_id, session);
         Ok(session_id)
     }
 
-    fn new_session(&mut self, user: Option<&str>, external_reference_id: Option<String>) -> u64 {
+    fn new_session(&mut self, account: Option<&Account>) -> u64 {
         let session_id = self.next_session_id;
         self.next_session_id += 1;
-        let user_id = match user {
-            Some(name) => self.user_id_of(name),
+        let user_id = match account {
+            Some(account) => account.user_id,
             None => {
                 self.next_anonymous_user_id += 1;
                 self.next_anonymous_user_id
@@ -371,8 +422,8 @@ impl Store {
         let now = SystemTime::now();
         let session = Session {
             user_id,
-            user: user.map(str::to_owned),
-            external_reference_id,
+            user: account.map(|account| account.key.clone()),
+            external_reference_id: account.and_then(|account| account.external_reference_id.clone()),
             cart_id: None,
             created_on: now,
             last_accessed: now,

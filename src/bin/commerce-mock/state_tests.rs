@@ -39,7 +39,7 @@ fn refresh_of(pair: &TokenPair) -> &str {
 #[test]
 fn tokens_are_lowercase_hex_of_dr_lengths_with_shared_prefix() {
     let mut store = store();
-    let pair = store.mint_anonymous(None);
+    let pair = store.mint_anonymous();
     let refresh = refresh_of(&pair);
     assert_eq!(pair.access_token.len(), 160);
     assert_eq!(refresh.len(), 176);
@@ -52,7 +52,7 @@ fn tokens_are_lowercase_hex_of_dr_lengths_with_shared_prefix() {
 #[test]
 fn refresh_rotation_kills_old_refresh_and_access_token() {
     let mut store = store();
-    let first = store.mint_anonymous(None);
+    let first = store.mint_anonymous();
     let session_id = live(&mut store, &first.access_token).session_id;
     let second = store.refresh(refresh_of(&first), true).expect("refresh works");
     assert_ne!(second.access_token, first.access_token);
@@ -65,7 +65,7 @@ fn refresh_rotation_kills_old_refresh_and_access_token() {
 #[test]
 fn refresh_without_rotation_returns_same_refresh_token() {
     let mut store = store();
-    let first = store.mint_anonymous(None);
+    let first = store.mint_anonymous();
     let second = store.refresh(refresh_of(&first), false).expect("refresh works");
     assert_eq!(refresh_of(&second), refresh_of(&first));
     assert!(is_unknown(&mut store, &first.access_token));
@@ -86,7 +86,7 @@ fn base64_password_check_rejects_plain_password() {
 #[test]
 fn login_with_limited_token_carries_cart_and_kills_guest_tokens() {
     let mut store = store();
-    let guest = store.mint_anonymous(None);
+    let guest = store.mint_anonymous();
     let guest_session = live(&mut store, &guest.access_token).session_id;
     let cart = store.add_to_cart(guest_session, WIDGET, 2).expect("added");
     let shopper = store
@@ -107,7 +107,7 @@ fn user_cart_persists_across_logins_and_merges_guest_lines() {
     let first = store.login("jdoe@example.com", None, Issue::WithRefresh).expect("login");
     let first_session = live(&mut store, &first.access_token).session_id;
     let owned = store.add_to_cart(first_session, WIDGET, 1).expect("added");
-    let guest = store.mint_anonymous(None);
+    let guest = store.mint_anonymous();
     let guest_session = live(&mut store, &guest.access_token).session_id;
     store.add_to_cart(guest_session, WIDGET, 3).expect("added");
     let second =
@@ -131,7 +131,7 @@ fn limited_token_must_be_live_and_anonymous() {
 #[test]
 fn revocation_kills_the_whole_pair() {
     let mut store = store();
-    let pair = store.mint_anonymous(None);
+    let pair = store.mint_anonymous();
     assert!(store.revoke_pair_of(&pair.access_token));
     assert!(is_unknown(&mut store, &pair.access_token));
     assert!(store.refresh(refresh_of(&pair), true).is_none());
@@ -142,8 +142,8 @@ fn revocation_kills_the_whole_pair() {
 #[test]
 fn revoke_all_counts_live_pairs() {
     let mut store = store();
-    let first = store.mint_anonymous(None);
-    store.mint_anonymous(None);
+    let first = store.mint_anonymous();
+    store.mint_anonymous();
     assert_eq!(store.live_sessions(), 2);
     assert_eq!(store.revoke_all(), 2);
     assert!(is_unknown(&mut store, &first.access_token));
@@ -153,7 +153,7 @@ fn revoke_all_counts_live_pairs() {
 #[test]
 fn expire_marks_access_tokens_only() {
     let mut store = store();
-    let pair = store.mint_anonymous(None);
+    let pair = store.mint_anonymous();
     assert_eq!(store.expire_all_access(), 1);
     assert!(matches!(store.lookup_access(&pair.access_token), AccessLookup::Expired));
     assert_eq!(store.live_sessions(), 1, "the refresh token keeps the session alive");
@@ -166,16 +166,35 @@ fn expire_marks_access_tokens_only() {
 #[test]
 fn zero_ttl_tokens_are_born_expired() {
     let mut store = store_with_ttl(Duration::ZERO);
-    let pair = store.mint_anonymous(None);
+    let pair = store.mint_anonymous();
     assert!(matches!(store.lookup_access(&pair.access_token), AccessLookup::Expired));
 }
 
 #[test]
 fn issued_tokens_are_all_recorded() {
     let mut store = store();
-    let first = store.mint_anonymous(None);
+    let first = store.mint_anonymous();
     let second = store.refresh(refresh_of(&first), true).expect("refresh");
     let (access, refresh) = store.issued_tokens();
     assert_eq!(access, vec![first.access_token.clone(), second.access_token.clone()]);
     assert_eq!(refresh.len(), 2);
+}
+
+#[test]
+fn an_external_reference_id_is_one_authenticated_shopper_created_on_first_use() {
+    let mut store = store();
+    let guest = store.mint_anonymous();
+    let guest_session = live(&mut store, &guest.access_token).session_id;
+    let first = store.login_external("shop-1", Some(&guest.access_token)).expect("login");
+    let view = live(&mut store, &first.access_token);
+    assert_eq!(view.session_id, guest_session, "the guest session transitioned");
+    assert_eq!(view.external_reference_id.as_deref(), Some("shop-1"));
+    assert_eq!(view.user.as_deref(), Some("erid:shop-1"));
+    assert!(is_unknown(&mut store, &guest.access_token));
+    let again = store.login_external("shop-1", None).expect("login");
+    assert_eq!(live(&mut store, &again.access_token).user_id, view.user_id);
+    let other = store.login_external("shop-2", None).expect("login");
+    assert_ne!(live(&mut store, &other.access_token).user_id, view.user_id);
+    let shopper_as_limited = store.login_external("shop-3", Some(&again.access_token));
+    assert!(shopper_as_limited.is_err(), "only a guest token can be carried over");
 }

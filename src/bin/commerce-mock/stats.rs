@@ -35,10 +35,22 @@ pub enum Counter {
     ResourceCalls,
     /// `/v1/*` requests rejected for a missing, invalid or expired token.
     Resource401,
+    /// `/v1/*` answered by the `resource_401: invalid_client` fault.
+    Resource401InvalidClient,
+    /// `/v1/*` answered by the `resource_401: site_mismatch` fault.
+    Resource401SiteMismatch,
+    /// `/v1/*` answered by the `resource_401: bearer_invalid_token` fault.
+    Resource401BearerInvalidToken,
+    /// `/v1/*` requests whose token came from the `Authorization: bearer` header.
+    CredentialBearer,
+    /// `/v1/*` requests whose token came from the `?token=` query parameter.
+    CredentialQuery,
+    /// `/v1/*` requests that carried a `token` query parameter at all (used or not).
+    QueryTokenSeen,
 }
 
 /// Derived from the last variant so adding a counter cannot index out of bounds.
-const COUNTER_COUNT: usize = Counter::Resource401 as usize + 1;
+const COUNTER_COUNT: usize = Counter::QueryTokenSeen as usize + 1;
 
 /// All counters.
 #[derive(Default)]
@@ -81,6 +93,17 @@ impl Stats {
             "authorize_login": self.get(Counter::AuthorizeLogin),
             "resource_calls": self.get(Counter::ResourceCalls),
             "resource_401": self.get(Counter::Resource401),
+            "resource_401_kinds": {
+                "invalid_token": self.get(Counter::Resource401),
+                "invalid_client": self.get(Counter::Resource401InvalidClient),
+                "site_mismatch": self.get(Counter::Resource401SiteMismatch),
+                "bearer_invalid_token": self.get(Counter::Resource401BearerInvalidToken),
+            },
+            "resource_credential": {
+                "bearer": self.get(Counter::CredentialBearer),
+                "query_token": self.get(Counter::CredentialQuery),
+            },
+            "query_token_seen": self.get(Counter::QueryTokenSeen),
             "live_sessions": live_sessions,
         })
     }
