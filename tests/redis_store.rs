@@ -12,7 +12,8 @@ use tokengate::config::RedisConfig;
 use tokengate::secret::{AccessToken, EncryptionKey, RefreshToken, SecretString};
 use tokengate::session_id::SessionKey;
 use tokengate::store::{
-    RedisStore, Removal, Rotation, SessionKind, SessionRecord, SessionStore, StoreError, Swap,
+    identity_key, RedisStore, Removal, Rotation, SessionKind, SessionRecord, SessionStore, StoreError, Swap,
+    MAX_SESSIONS_PER_IDENTITY,
 };
 
 const NOW: u64 = 1_900_000_000;
@@ -168,4 +169,29 @@ async fn a_stopped_redis_is_an_error_at_once_not_a_wait() {
     assert!(matches!(store.get(&key(1)).await, Err(StoreError::Unavailable(_))));
     let lock = store.lock_refresh(&key(1), 1, Duration::from_secs(1)).await;
     assert!(matches!(lock, Err(StoreError::Unavailable(_))), "a failure, not \"held by another\": {lock:?}");
+}
+
+#[tokio::test]
+async fn an_identity_finds_its_sessions_from_any_replica_and_stays_bounded() {
+    let redis = RedisServer::start();
+    let (one, two) = (store(&redis.url()), store(&redis.url()));
+    ready(&one).await;
+    ready(&two).await;
+    let alice = identity_key("sub", "https://id.example", "alice");
+    let bob = identity_key("sub", "https://id.example", "bob");
+    one.link_identity(alice, key(1), NOW + 60, NOW).await.expect("answers");
+    two.link_identity(alice, key(2), NOW + 60, NOW).await.expect("answers");
+    one.link_identity(alice, key(2), NOW + 60, NOW).await.expect("linking twice is one link");
+    let mut found = two.sessions_of(&alice).await.expect("answers");
+    found.sort_by_key(|key| key.0);
+    assert_eq!(found, vec![key(1), key(2)]);
+    assert!(one.sessions_of(&bob).await.expect("answers").is_empty(), "identities never mix");
+    for n in 0..(MAX_SESSIONS_PER_IDENTITY + 6) {
+        let n = u8::try_from(n + 10).expect("small");
+        one.link_identity(bob, key(n), NOW + 60, NOW).await.expect("answers");
+    }
+    let found = two.sessions_of(&bob).await.expect("answers");
+    assert_eq!(found.len(), MAX_SESSIONS_PER_IDENTITY, "the set is capped");
+    let newest = key(u8::try_from(MAX_SESSIONS_PER_IDENTITY + 15).expect("small"));
+    assert!(found.contains(&newest), "the newest link is always kept");
 }

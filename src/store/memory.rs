@@ -13,8 +13,9 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
 use super::{
-    Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionKind, SessionRecord,
-    SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+    Exported, IdentityKey, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionKind,
+    SessionRecord, SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+    MAX_SESSIONS_PER_IDENTITY,
 };
 
 /// Pending hosted logins kept at most; beyond this new ones are refused until the sweep.
@@ -27,6 +28,8 @@ pub struct MemoryStore {
     /// Keys rotated away or logged out moments ago (see [`Mark`]).
     marks: DashMap<SessionKey, Mark, KeyHasher>,
     pending: DashMap<StateKey, PendingLogin>,
+    /// Sessions by the provider identity they signed in as, each with its absolute end.
+    identities: DashMap<IdentityKey, Vec<(SessionKey, u64)>, KeyHasher>,
     max_sessions: usize,
     guests: AtomicUsize,
     shoppers: AtomicUsize,
@@ -86,6 +89,7 @@ impl MemoryStore {
             map: DashMap::with_hasher(KeyHasher),
             marks: DashMap::with_hasher(KeyHasher),
             pending: DashMap::new(),
+            identities: DashMap::with_hasher(KeyHasher),
             max_sessions,
             guests: AtomicUsize::new(0),
             shoppers: AtomicUsize::new(0),
@@ -258,6 +262,30 @@ impl SessionStore for MemoryStore {
         Ok(self.pending.remove(state).map(|(_, pending)| pending))
     }
 
+    async fn link_identity(
+        &self,
+        identity: IdentityKey,
+        session: SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut links = self.identities.entry(identity).or_default();
+        links.retain(|(key, until)| *key != session && *until > now);
+        if links.len() >= MAX_SESSIONS_PER_IDENTITY {
+            links.remove(0);
+        }
+        links.push((session, until));
+        Ok(())
+    }
+
+    async fn sessions_of(&self, identity: &IdentityKey) -> Result<Vec<SessionKey>, StoreError> {
+        Ok(self
+            .identities
+            .get(identity)
+            .map(|links| links.iter().map(|(key, _)| *key).collect())
+            .unwrap_or_default())
+    }
+
     async fn sweep(&self, now: u64, idle_before: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
         self.map.retain(|_, entry| {
@@ -271,6 +299,10 @@ impl SessionStore for MemoryStore {
         });
         self.marks.retain(|_, mark| mark.until > now);
         self.pending.retain(|_, pending| pending.expires_at > now);
+        self.identities.retain(|_, links| {
+            links.retain(|(key, until)| *until > now && self.map.contains_key(key));
+            !links.is_empty()
+        });
         Ok(removed)
     }
 
@@ -497,5 +529,27 @@ mod tests {
         assert_eq!(store.import(entries).expect("imports"), 2);
         assert_eq!(store.counts().guests, 2);
         assert!(generation_of(&store, 3).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn identities_find_their_sessions_until_they_end() {
+        let store = MemoryStore::new(10);
+        let alice = crate::store::identity_key("sid", "https://id.example", "s-1");
+        store.insert(key(1), record(SessionKind::Shopper, 1000), 10).await.expect("room");
+        store.link_identity(alice, key(1), 1000, 10).await.expect("links");
+        store.link_identity(alice, key(2), 50, 10).await.expect("links");
+        store.link_identity(alice, key(1), 1000, 10).await.expect("linking twice is one link");
+        assert_eq!(store.sessions_of(&alice).await.expect("answers"), vec![key(2), key(1)]);
+        let other = crate::store::identity_key("sub", "https://id.example", "s-1");
+        assert!(store.sessions_of(&other).await.expect("answers").is_empty(), "sid and sub never mix");
+        // The sweep drops links past their end and links to sessions that are gone.
+        store.sweep(100, 0).await.expect("sweeps");
+        assert_eq!(store.sessions_of(&alice).await.expect("answers"), vec![key(1)]);
+        for n in 0..u8::try_from(MAX_SESSIONS_PER_IDENTITY + 3).expect("small") {
+            store.link_identity(alice, key(n + 10), 1000, 10).await.expect("links");
+        }
+        let links = store.sessions_of(&alice).await.expect("answers");
+        assert_eq!(links.len(), MAX_SESSIONS_PER_IDENTITY, "bounded");
+        assert!(!links.contains(&key(1)), "the oldest link went first");
     }
 }

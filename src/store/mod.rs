@@ -142,6 +142,27 @@ pub struct PendingLogin {
 /// The key a pending login is stored under: SHA-256 of its `state`.
 pub type StateKey = [u8; 32];
 
+/// The key sessions of one identity at an OpenID provider are indexed under, for
+/// back-channel logout: SHA-256 of what names it (see [`identity_key`]). The store never
+/// holds the `sub` or `sid` itself.
+pub type IdentityKey = [u8; 32];
+
+/// Most sessions one identity keeps indexed; past it the oldest link is dropped (a user
+/// with more live sessions than this is signed out of the older ones by their timeouts).
+pub const MAX_SESSIONS_PER_IDENTITY: usize = 64;
+
+/// The [`IdentityKey`] of a `sid` or `sub` claim value from `issuer`. `kind` is `"sid"` or
+/// `"sub"`, so equal values of the two claims never share a key.
+pub fn identity_key(kind: &str, issuer: &str, value: &str) -> IdentityKey {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [kind, issuer, value] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize().into()
+}
+
 /// One session as exported for a snapshot: key, record, last use.
 pub type Exported = (SessionKey, Arc<SessionRecord>, u64);
 
@@ -222,6 +243,24 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         state: &StateKey,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
+
+    /// Notes that `session` belongs to `identity` until `until` (its absolute end; `now` is
+    /// the current time), so a
+    /// back-channel logout can find it on any replica.
+    fn link_identity(
+        &self,
+        identity: IdentityKey,
+        session: SessionKey,
+        until: u64,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The sessions linked to `identity` (some may have ended since: the caller ends
+    /// each, and an absent one is no error).
+    fn sessions_of(
+        &self,
+        identity: &IdentityKey,
+    ) -> impl Future<Output = Result<Vec<SessionKey>, StoreError>> + Send;
 
     /// Deletes every session idle since before `idle_before` or past its absolute end,
     /// expired pending logins and rotation marks; returns how many sessions went.
@@ -363,6 +402,20 @@ impl SessionStore for Store {
 
     async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
         each_backend!(self, store => store.take_pending(state).await)
+    }
+
+    async fn link_identity(
+        &self,
+        identity: IdentityKey,
+        session: SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        each_backend!(self, store => store.link_identity(identity, session, until, now).await)
+    }
+
+    async fn sessions_of(&self, identity: &IdentityKey) -> Result<Vec<SessionKey>, StoreError> {
+        each_backend!(self, store => store.sessions_of(identity).await)
     }
 
     async fn sweep(&self, now: u64, idle_before: u64) -> Result<usize, StoreError> {

@@ -5,7 +5,9 @@
 //! (generation, in clear so a script can compare it), `d` (the sealed record), `t` (last
 //! use, Unix seconds) and `a` (absolute end). Beside it, in the same hash slot (the `{…}`
 //! tag), `…:mark` (what became of a key a login rotated or a logout ended) and `…:lock`
-//! (the refresh lock). A pending hosted login is `<prefix>:{<hex of SHA-256(state)>}:state`.
+//! (the refresh lock). The sessions one provider identity signed in (for back-channel
+//! logout) are a set `<prefix>:{<hex of its IdentityKey>}:sessions` of session key hex,
+//! capped and expiring with the latest linked session. A pending hosted login is `<prefix>:{<hex of SHA-256(state)>}:state`.
 //! So every script touches one slot, and a Redis Cluster runs it on one node. A dump holds
 //! hashes of cookie values and states, times, generations, and sealed bytes: nothing that
 //! opens without the encryption key (`sealed`).
@@ -32,13 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface};
 use fred::types::config::{Config as FredConfig, ReconnectPolicy};
 use fred::types::{Expiration, SetOptions, Value};
 
 use super::{
-    from_hex, to_hex, Exported, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionRecord,
-    SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+    from_hex, to_hex, Exported, IdentityKey, PendingLogin, Removal, Rotation, SessionCounts, SessionKey,
+    SessionRecord, SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
+    MAX_SESSIONS_PER_IDENTITY,
 };
 use crate::config::RedisConfig;
 use crate::secret::EncryptionKey;
@@ -102,6 +105,22 @@ const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// Links a session to an identity: adds it to the identity's set, keeps the set no
+/// larger than ARGV[4] (dropping arbitrary old members) and alive until the latest
+/// linked session's end. KEYS: identity set. ARGV: session hex, until, now, max members.
+const LINK_IDENTITY: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local extra = redis.call('SCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then
+  for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[1], extra + 1)) do
+    if member ~= ARGV[1] and extra > 0 then redis.call('SREM', KEYS[1], member) extra = extra - 1 end
+  end
+end
+local want = tonumber(ARGV[2]) - tonumber(ARGV[3])
+if want < 1 then want = 1 end
+if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
+return 1";
+
 /// What a `:mark` key holds after a logout.
 const ENDED: &str = "ended";
 
@@ -164,6 +183,10 @@ impl RedisStore {
 
     fn state_key(&self, state: &StateKey) -> String {
         format!("{}:{{{}}}:state", self.prefix, to_hex(state))
+    }
+
+    fn identity_key(&self, identity: &IdentityKey) -> String {
+        format!("{}:{{{}}}:sessions", self.prefix, to_hex(identity))
     }
 
     /// Runs a script by its hash, loading it on the node first when it is not cached.
@@ -339,6 +362,28 @@ impl SessionStore for RedisStore {
         sealed::open_pending(&sealed, state, &self.keys)
             .map(Some)
             .map_err(|error| StoreError::Unavailable(format!("a pending login does not open: {error}")))
+    }
+
+    async fn link_identity(
+        &self,
+        identity: IdentityKey,
+        session: SessionKey,
+        until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(to_hex(&session.0)),
+            Value::from(i64::try_from(until).unwrap_or(i64::MAX)),
+            Value::from(i64::try_from(now).unwrap_or(i64::MAX)),
+            Value::from(i64::try_from(MAX_SESSIONS_PER_IDENTITY).unwrap_or(i64::MAX)),
+        ];
+        self.script(LINK_IDENTITY, vec![self.identity_key(&identity)], args).await.map(drop)
+    }
+
+    async fn sessions_of(&self, identity: &IdentityKey) -> Result<Vec<SessionKey>, StoreError> {
+        let members: Vec<String> =
+            self.pool.smembers(self.identity_key(identity)).await.map_err(unavailable)?;
+        Ok(members.iter().filter_map(|member| from_hex(member)).map(SessionKey).collect())
     }
 
     async fn sweep(&self, _now: u64, _idle_before: u64) -> Result<usize, StoreError> {
