@@ -32,6 +32,7 @@ pub mod error;
 pub mod callback;
 pub mod clock;
 pub mod hosted_login;
+pub mod oidc;
 pub mod session;
 pub mod session_id;
 pub mod store;

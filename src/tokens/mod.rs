@@ -10,6 +10,7 @@
 //! session core use a fake.
 
 pub mod digitalriver;
+pub mod oauth2;
 
 use std::future::Future;
 
