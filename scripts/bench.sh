@@ -447,7 +447,7 @@ leg_runs_payload() { # leg payload
 
 path_of() { # payload → path under /v1 (or /api)
   case "$1" in
-    json) echo "shoppers/me" ;;
+    json) echo "shoppers/me.json" ;;
     big) echo "debug/bytes?n=$BIG_BYTES" ;;
     *) die "unknown payload $1" ;;
   esac

@@ -24,12 +24,13 @@ const DEMO_SECRET: &str = "demo-secret";
 
 /// Runs commerce-mock and the proxy on `listen` until `shutdown`.
 pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), String> {
-    let (mut mock, mock_url) = start_mock().await?;
-    // Bind first: with port 0 the origin the page is served from is only known now.
+    // Bind first: with port 0 the origin the page is served from is only known now, and
+    // the mock must register exactly that origin's callback as the redirect URI.
     let public = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
     let listen = public.local_addr().map_err(|error| error.to_string())?;
+    let (mut mock, mock_url) = start_mock(listen).await?;
     let config = demo_config(listen, &mock_url)?;
     let listeners = runtime::Listeners { public, admin: None };
     let result = runtime::run_on(config, listeners, shutdown, |bound| {
@@ -174,8 +175,9 @@ fn without_cargo_library_paths(value: &OsStr, profile_dir: &Path) -> Option<OsSt
     std::env::join_paths(&entries[first_own..]).ok()
 }
 
-/// Starts the sibling `commerce-mock` binary and reads the URL it announces.
-async fn start_mock() -> Result<(Child, String), String> {
+/// Starts the sibling `commerce-mock` binary, with the callback of the demo on `listen`
+/// as its registered redirect URI, and reads the URL it announces.
+async fn start_mock(listen: SocketAddr) -> Result<(Child, String), String> {
     let exe = std::env::current_exe().map_err(|error| format!("cannot find own binary: {error}"))?;
     let mock_path = exe.with_file_name(format!("commerce-mock{}", std::env::consts::EXE_SUFFIX));
     build_mock_with_cargo(&exe).await?;
@@ -187,6 +189,7 @@ async fn start_mock() -> Result<(Child, String), String> {
     }
     let mut child = Command::new(&mock_path)
         .args(["--listen", "127.0.0.1:0", "--client-id", "demo-api-key", "--client-secret", DEMO_SECRET])
+        .args(["--redirect-uri", &format!("http://{listen}/session/callback")])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .kill_on_drop(true)
