@@ -17,7 +17,7 @@ use zeroize::Zeroize;
 
 /// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
 /// is compared, and the differences are folded together before the one branch.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

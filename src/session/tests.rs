@@ -449,7 +449,7 @@ async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_exp
             access_token: AccessToken::new("hosted-shopper-token"),
             expires_in: Some(ACCESS_TTL),
         },
-        state: state.to_string(),
+        state: Some(state.to_string()),
     };
     let end = h.sessions.complete_hosted_login(&cookie, callback(&state), h.now()).await.expect("completes");
     let HostedEnd::SignedIn { id, active, return_to } = end else { panic!("signed in: {end:?}") };
@@ -476,4 +476,40 @@ async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_exp
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(matches!(h.sessions.ensure_fresh(&active, h.now()).await, Err(Error::SessionExpired)));
     assert_eq!(h.tokens.refreshes(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hosted_login_is_found_by_the_session_and_a_wrong_echoed_state_ends_it() {
+    let h = harness_with(FakeTokens::new(Duration::ZERO), Some(hosted_login()));
+    let (_, cookie) = h.guest().await;
+    let (active, _) = h.sessions.session_for_hosted_login(&cookie, h.now(), client()).await.expect("guest");
+    let start = |h: &Harness, active: &Active| {
+        let sessions = Arc::clone(&h.sessions);
+        let (active, now) = (active.clone(), h.now());
+        async move {
+            let return_to = crate::hosted_login::checked_return_to("/").expect("a path");
+            sessions.begin_hosted_login(&active, return_to, now).await.expect("starts")
+        }
+    };
+    let callback = |state: Option<&str>| crate::callback::CallbackParams {
+        outcome: crate::callback::CallbackOutcome::Token {
+            access_token: AccessToken::new("hosted-shopper-token"),
+            expires_in: Some(ACCESS_TTL),
+        },
+        state: state.map(str::to_string),
+    };
+    let url = start(&h, &active).await;
+    assert!(url.contains("redirect_uri=https%3A%2F%2Fshop.example%2Fsession%2Fcallback&"), "{url}");
+    let wrong = h.sessions.complete_hosted_login(&cookie, callback(Some("not-the-state")), h.now()).await;
+    assert!(matches!(wrong, Err(Error::InvalidState)), "{wrong:?}");
+    let after = h.sessions.complete_hosted_login(&cookie, callback(None), h.now()).await;
+    assert!(matches!(after, Err(Error::InvalidState)), "a wrong state ended the pending login: {after:?}");
+
+    // A second authorize replaces the first; without an echoed state the session alone binds it.
+    start(&h, &active).await;
+    start(&h, &active).await;
+    let end = h.sessions.complete_hosted_login(&cookie, callback(None), h.now()).await.expect("completes");
+    assert!(matches!(end, HostedEnd::SignedIn { .. }), "{end:?}");
+    let other = h.sessions.complete_hosted_login(&CookieLookup::Absent, callback(None), h.now()).await;
+    assert!(matches!(other, Err(Error::InvalidState)), "no cookie, no pending login: {other:?}");
 }
