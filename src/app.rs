@@ -113,7 +113,14 @@ impl App {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         ctx.route = target.label();
-        if target.is_protected() {
+        if matches!(target, Target::Endpoint(Endpoint::External)) {
+            // Server to server: the secret proves the caller, not CSRF rules; browsers are
+            // refused before the secret is looked at. Off (404) without `[client_hosted]`.
+            if ctx.fixed.client_hosted.is_none() {
+                return Err(Error::NotFound);
+            }
+            guard::refuse_browsers(request.headers())?;
+        } else if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
             guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;

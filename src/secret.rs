@@ -113,6 +113,10 @@ secret_newtype!(
     ClientSecret
 );
 secret_newtype!(
+    /// The storefront server's secret for `POST /session/external` (client-hosted shoppers).
+    StorefrontSecret
+);
+secret_newtype!(
     /// A shopper's password, held only for the duration of one login call.
     Password
 );

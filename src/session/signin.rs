@@ -1,4 +1,5 @@
-//! Signing in and out: the password login, the hosted login's two halves, logout.
+//! Signing in and out: the password login, the storefront's own sign-in (client-hosted),
+//! the hosted login's two halves, logout.
 //!
 //! Every sign-in ends in [`Sessions::become_shopper`]: the new tokens go under a new id
 //! (the old cookie stops working at once) by one store rotation. Races on one cookie
@@ -66,6 +67,43 @@ impl<T: TokenService> Sessions<T> {
             }
         })?;
         self.become_shopper(cookie_key(cookie).as_ref(), tokens, now).await
+    }
+
+    /// Signs in a shopper the storefront's server vouches for (client-hosted): the shopper
+    /// token for `external_reference_id`, carrying over the cart of `session` when it is a
+    /// live guest, under a new id (the old one stops working at once). An absent or
+    /// unknown `session` gets a fresh shopper session. The id is personal data: never log it.
+    pub async fn login_external(
+        &self,
+        session: &CookieLookup,
+        external_reference_id: &str,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<(SessionId, Active), Error> {
+        self.rate_limit.check(client)?;
+        let current = self.live_session(session, now).await?;
+        if current.is_none() && !self.store.has_room() {
+            return Err(Error::SessionsFull);
+        }
+        let guest_token = current
+            .as_ref()
+            .filter(|active| active.record.kind == SessionKind::Guest)
+            .map(|active| &active.record.access_token);
+        let tokens = match self.tokens.login_external(external_reference_id, guest_token).await {
+            // An expired guest token must not stop the sign-in; only the cart is lost.
+            Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => {
+                self.tokens.login_external(external_reference_id, None).await
+            }
+            other => other,
+        }
+        .map_err(|error| {
+            if error.is_grant_rejected() {
+                Error::InvalidCredentials
+            } else {
+                token_service_error(error)
+            }
+        })?;
+        self.become_shopper(cookie_key(session).as_ref(), tokens, now).await
     }
 
     /// Gives the browser a shopper session holding `tokens` under a new id, replacing
