@@ -39,6 +39,7 @@ use crate::protocol;
 use crate::router::{self, Endpoint, Target};
 use crate::session::{Active, Resolution, Sessions};
 use crate::store::{SessionKind, SessionRecord};
+use crate::unauthorized;
 
 pub use crate::context::ConnInfo;
 use crate::context::{RequestContext, RequestIds, X_REQUEST_ID};
@@ -112,7 +113,14 @@ impl App {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         ctx.route = target.label();
-        if target.is_protected() {
+        if matches!(target, Target::Endpoint(Endpoint::External)) {
+            // Server to server: the secret proves the caller, not CSRF rules; browsers are
+            // refused before the secret is looked at. Off (404) without `[client_hosted]`.
+            if ctx.fixed.client_hosted.is_none() {
+                return Err(Error::NotFound);
+            }
+            guard::refuse_browsers(request.headers())?;
+        } else if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
             guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;
@@ -152,7 +160,6 @@ impl App {
             None => None,
         };
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
-        let response = forward::clean_response(response);
         match record {
             Some(record) => {
                 let deadline = ctx.fixed.upstream.request_timeout;
@@ -179,33 +186,58 @@ impl App {
         Ok(active)
     }
 
-    /// Step 6: send; on an upstream 401 to a token that looked valid, refresh once and
-    /// replay once (when the body was kept). Returns the answer and the tokens it was
-    /// sent with, for the leak guard.
+    /// Step 6: send; on an upstream 401 about the token (`unauthorized`) to a token that
+    /// looked valid, refresh once and replay once (when the body was kept); any other 401
+    /// goes back as it came. Returns the cleaned answer and the tokens it was sent with,
+    /// for the leak guard.
     async fn forward(
         &self,
         ctx: &mut RequestContext<'_>,
         prepared: Prepared,
         active: Option<&Active>,
         record: Option<Arc<SessionRecord>>,
-    ) -> Result<(Response<Incoming>, Option<Arc<SessionRecord>>), Error> {
+    ) -> Result<(Response<Body>, Option<Arc<SessionRecord>>), Error> {
         let watch = prepared.watch();
         let token = record.as_ref().map(|record| &record.access_token);
         let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
         else {
             let response = self.forwarder.send(prepared.into_request(token)?, &watch, ctx).await?;
-            return Ok((response, record));
+            return Ok((forward::clean_response(response.map(Body::Stream)), record));
         };
         let first = self.forwarder.send(prepared.to_request(token)?, &watch, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return Ok((first, record));
+            return Ok((forward::clean_response(first.map(Body::Stream)), record));
+        }
+        let (first, about_token) = self.read_unauthorized(ctx, first).await?;
+        if !about_token {
+            tracing::debug!(request_id = ctx.request_id_str(), "upstream 401 not about the token; passed on");
+            return Ok((forward::clean_response(first), record));
         }
         drop(first);
         tracing::debug!(request_id = ctx.request_id_str(), "upstream 401; refreshing once and replaying");
         let fresh = self.sessions.refresh(active.key, sent_with.generation).await?;
         let replay =
             self.forwarder.send(prepared.into_request(Some(&fresh.access_token))?, &watch, ctx).await?;
-        Ok((replay, Some(fresh)))
+        Ok((forward::clean_response(replay.map(Body::Stream)), Some(fresh)))
+    }
+
+    /// Reads the start of a 401's body (at most `unauthorized::MAX_READ_BYTES`, within
+    /// the request deadline) to tell whether it is about the token; returns the response
+    /// rebuilt from what was read and the rest of the stream.
+    async fn read_unauthorized(
+        &self,
+        ctx: &RequestContext<'_>,
+        response: Response<Incoming>,
+    ) -> Result<(Response<Body>, bool), Error> {
+        let (parts, incoming) = response.into_parts();
+        let limit = unauthorized::MAX_READ_BYTES as u64;
+        let read =
+            tokio::time::timeout(ctx.fixed.upstream.request_timeout, forward::read_up_to(incoming, limit))
+                .await
+                .map_err(|_| Error::UpstreamTimeout)?
+                .map_err(|error| Error::UpstreamUnavailable(format!("reading a 401: {error}")))?;
+        let about_token = unauthorized::is_about_the_token(&parts.headers, read.bytes());
+        Ok((Response::from_parts(parts, read.into_body()), about_token))
     }
 
     /// Step 7: the only place an error becomes a response; then the cookie, the request

@@ -4,8 +4,10 @@
 //! (`#access_token=…&token_type=bearer&expires_in=…&state=…`) or an error
 //! (`#error=…&error_description=…`). The same parameters may arrive in a query string
 //! or a form posted by the callback page. Parsing is strict: repeated parameters, an
-//! oversized input, a token with characters no token has, or a missing `state` are
-//! refused, because this input comes straight from the browser.
+//! oversized input, a token or a state with characters no token has are refused,
+//! because this input comes straight from the browser. `state` may be absent: the API
+//! is not documented to echo it, and the pending login is found through the session
+//! cookie (`Sessions::complete_hosted_login`); when it is present it must match.
 
 use crate::secret::AccessToken;
 
@@ -16,8 +18,9 @@ pub const MAX_CALLBACK_BYTES: usize = 8 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct CallbackParams {
     pub outcome: CallbackOutcome,
-    /// The single-use value tokengate put into the authorize request.
-    pub state: String,
+    /// The single-use value tokengate put into the authorize request, when the API
+    /// echoed it.
+    pub state: Option<String>,
 }
 
 /// A token, or the API's error code.
@@ -34,8 +37,8 @@ pub enum CallbackError {
     TooLarge,
     #[error("a callback parameter is repeated")]
     Repeated,
-    #[error("the callback has no state")]
-    MissingState,
+    #[error("the callback's state is malformed")]
+    MalformedState,
     #[error("the callback has neither a token nor an error")]
     MissingToken,
     #[error("a callback parameter is malformed")]
@@ -64,7 +67,9 @@ pub fn parse_callback_query(input: &str) -> Result<CallbackParams, CallbackError
             return Err(CallbackError::Repeated);
         }
     }
-    let state = state.filter(|s| is_token_like(s, 256)).ok_or(CallbackError::MissingState)?;
+    if state.as_ref().is_some_and(|state| !is_token_like(state, 256)) {
+        return Err(CallbackError::MalformedState);
+    }
     let outcome = match (access_token, error) {
         (Some(token), None) => {
             if !is_token_like(&token, 4096) {
@@ -98,7 +103,7 @@ mod tests {
     fn reads_a_token_callback() {
         let parsed = parse_callback_query("access_token=ab12&token_type=bearer&expires_in=86397&state=s1")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parsed.state, "s1");
+        assert_eq!(parsed.state.as_deref(), Some("s1"));
         assert_eq!(
             parsed.outcome,
             CallbackOutcome::Token { access_token: AccessToken::new("ab12"), expires_in: Some(86397) }
@@ -113,10 +118,20 @@ mod tests {
     }
 
     #[test]
+    fn a_callback_without_state_is_read_the_state_left_to_the_session() {
+        let parsed =
+            parse_callback_query("access_token=ab12&expires_in=60").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.state, None);
+        assert!(matches!(parsed.outcome, CallbackOutcome::Token { .. }));
+    }
+
+    #[test]
     fn refuses_what_a_browser_should_never_send() {
         let cases = [
             ("access_token=a&access_token=b&state=s", CallbackError::Repeated),
-            ("access_token=a", CallbackError::MissingState),
+            ("access_token=a&state=s&state=t", CallbackError::Repeated),
+            ("access_token=a&state=", CallbackError::MalformedState),
+            ("access_token=a&state=a%0Ab", CallbackError::MalformedState),
             ("state=s", CallbackError::MissingToken),
             ("access_token=a%0Ab&state=s", CallbackError::Malformed),
             ("access_token=a&expires_in=soon&state=s", CallbackError::Malformed),

@@ -1,5 +1,5 @@
 //! The storefront-facing `/session*` endpoints: JSON (or form) in, JSON out, plus the
-//! hosted login's redirects.
+//! hosted login's redirects and the storefront server's `POST /session/external`.
 //!
 //! Each one parses its input, runs one whole operation of the session core
 //! ([`Sessions`]) and renders the answer; the cookie it sets goes through the request
@@ -14,14 +14,15 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::body::Body;
 use crate::context::RequestContext;
-use crate::cookie;
+use crate::cookie::{self, CookieLookup};
 use crate::error::Error;
 use crate::hosted_login::{self, HostedLogin, CALLBACK_SCRIPT};
 use crate::router::Endpoint;
-use crate::secret::Password;
+use crate::secret::{constant_time_eq, Password, StorefrontSecret};
 use crate::session::{Active, HostedEnd, Sessions};
 use crate::session_id::SessionId;
 use crate::store::SessionKind;
@@ -42,7 +43,9 @@ pub async fn handle(
     let allowed = match endpoint {
         Endpoint::Session | Endpoint::Authorize => request.method() == Method::GET,
         Endpoint::Callback => request.method() == Method::GET || request.method() == Method::POST,
-        Endpoint::Guest | Endpoint::Login | Endpoint::Logout => request.method() == Method::POST,
+        Endpoint::Guest | Endpoint::Login | Endpoint::Logout | Endpoint::External => {
+            request.method() == Method::POST
+        }
     };
     if !allowed {
         return Err(Error::MethodNotAllowed { allow: allowed_methods(endpoint) });
@@ -54,6 +57,7 @@ pub async fn handle(
         Endpoint::Logout => logout(ctx, sessions).await,
         Endpoint::Authorize => authorize(&request, ctx, sessions).await,
         Endpoint::Callback => callback(request, ctx, sessions).await,
+        Endpoint::External => external(request, ctx, sessions).await,
     }
 }
 
@@ -62,7 +66,7 @@ fn allowed_methods(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Session | Endpoint::Authorize => "GET",
         Endpoint::Callback => "GET, POST",
-        Endpoint::Guest | Endpoint::Login | Endpoint::Logout => "POST",
+        Endpoint::Guest | Endpoint::Login | Endpoint::Logout | Endpoint::External => "POST",
     }
 }
 
@@ -152,6 +156,69 @@ fn form_field(body: &[u8], field: &str) -> Option<String> {
 
 fn parse_form(body: &[u8]) -> Option<LoginForm> {
     Some(LoginForm { username: form_field(body, "username")?, password: form_field(body, "password")? })
+}
+
+#[derive(Deserialize)]
+struct ExternalSignIn {
+    /// The browser's session cookie value, to carry its guest cart over.
+    session: Option<String>,
+    external_reference_id: String,
+}
+
+/// Longest `external_reference_id` accepted.
+const MAX_EXTERNAL_REFERENCE_ID_BYTES: usize = 256;
+
+/// `POST /session/external`: the storefront's server, having signed the shopper in with
+/// its own identity system, names the shopper (`external_reference_id`) and the browser's
+/// session; the session becomes a shopper session under a new id, whose `Set-Cookie` the
+/// storefront passes on (it is in the header and in the body's `set_cookie`). Browsers
+/// were refused before this runs (`guard::refuse_browsers`).
+async fn external(
+    request: Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
+    let config = ctx.fixed.client_hosted.as_ref().ok_or(Error::NotFound)?;
+    check_storefront_secret(request.headers(), &config.secret)?;
+    let (_, body) = read_form_body(request).await?;
+    let input = serde_json::from_slice::<ExternalSignIn>(&body).map_err(|_| {
+        Error::BadRequest("Send {\"session\": \"...\", \"external_reference_id\": \"...\"} as JSON.")
+    })?;
+    let id = input.external_reference_id.as_str();
+    if id.trim().is_empty() || id.len() > MAX_EXTERNAL_REFERENCE_ID_BYTES || id.chars().any(char::is_control)
+    {
+        return Err(Error::BadRequest("external_reference_id must be 1 to 256 bytes of printable text."));
+    }
+    // A session that is absent, malformed or unknown: a fresh shopper session.
+    let session = input
+        .session
+        .as_deref()
+        .and_then(SessionId::parse)
+        .map_or(CookieLookup::Absent, CookieLookup::Present);
+    let (new_id, active) = sessions.login_external(&session, id, ctx.now, ctx.client_ip()).await?;
+    remember_cookie(ctx, sessions, &active, Some(&new_id));
+    let mut body = info_body(sessions, &active);
+    let set_cookie = ctx.set_cookie.as_ref().and_then(|value| value.to_str().ok()).unwrap_or_default();
+    body["set_cookie"] = serde_json::Value::from(set_cookie);
+    Ok(json(StatusCode::OK, body))
+}
+
+/// `Authorization: Bearer <secret>`, compared as SHA-256 digests in constant time (so
+/// neither the content nor the length of the secret shows in the timing).
+fn check_storefront_secret(headers: &http::HeaderMap, secret: &StorefrontSecret) -> Result<(), Error> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, presented)| presented.trim())
+        .ok_or(Error::Unauthorized)?;
+    let digest = |text: &str| Sha256::digest(text.as_bytes());
+    if constant_time_eq(&digest(presented), &digest(secret.expose())) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
 }
 
 /// `POST /session/logout`: 204 and a clearing cookie, also when there is no session.

@@ -42,6 +42,12 @@ pub enum Error {
     CsrfRequired,
     #[error("origin not allowed")]
     OriginRejected,
+    /// A server-to-server endpoint's caller did not prove itself (`WWW-Authenticate: Bearer`).
+    #[error("unauthorized")]
+    Unauthorized,
+    /// A server-to-server endpoint was called by what looks like a browser.
+    #[error("a browser may not call this endpoint")]
+    BrowserForbidden,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     #[error("bad request: {0}")]
@@ -76,9 +82,11 @@ impl Error {
     /// The HTTP status the contract gives this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::NoSession | Error::SessionExpired | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Error::NoSession | Error::SessionExpired | Error::InvalidCredentials | Error::Unauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
             Error::InvalidState | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::CsrfRequired | Error::OriginRejected => StatusCode::FORBIDDEN,
+            Error::CsrfRequired | Error::OriginRejected | Error::BrowserForbidden => StatusCode::FORBIDDEN,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -94,13 +102,15 @@ impl Error {
     }
 
     /// Every code [`Error::code`] can return (metrics make a counter for each at start).
-    pub const CODES: [&'static str; 19] = [
+    pub const CODES: [&'static str; 21] = [
         "no_session",
         "session_expired",
         "invalid_credentials",
         "invalid_state",
         "csrf_required",
         "origin_rejected",
+        "unauthorized",
+        "browser_forbidden",
         "rate_limited",
         "bad_request",
         "not_found",
@@ -125,6 +135,8 @@ impl Error {
             Error::InvalidState => "invalid_state",
             Error::CsrfRequired => "csrf_required",
             Error::OriginRejected => "origin_rejected",
+            Error::Unauthorized => "unauthorized",
+            Error::BrowserForbidden => "browser_forbidden",
             Error::RateLimited { .. } => "rate_limited",
             Error::BadRequest(_) => "bad_request",
             Error::NotFound => "not_found",
@@ -150,6 +162,8 @@ impl Error {
             Error::InvalidState => "The login callback's state is missing, unknown or already used.",
             Error::CsrfRequired => "Unsafe requests must carry the header X-CSRF: 1.",
             Error::OriginRejected => "The request's Origin is not allowed.",
+            Error::Unauthorized => "Send the storefront secret as Authorization: Bearer <secret>.",
+            Error::BrowserForbidden => "This endpoint is for the storefront's server, not for browsers.",
             Error::RateLimited { .. } => "Too many new sessions from this client. Retry later.",
             Error::BadRequest(why) => why,
             Error::NotFound => "Nothing is served at this path.",
@@ -209,6 +223,9 @@ impl Error {
             Error::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
+            Error::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             _ => {}
         }
         response
@@ -229,6 +246,8 @@ mod tests {
             (Error::InvalidState, 400, "invalid_state"),
             (Error::CsrfRequired, 403, "csrf_required"),
             (Error::OriginRejected, 403, "origin_rejected"),
+            (Error::Unauthorized, 401, "unauthorized"),
+            (Error::BrowserForbidden, 403, "browser_forbidden"),
             (Error::RateLimited { retry_after: Duration::from_secs(3) }, 429, "rate_limited"),
             (Error::BadRequest("x"), 400, "bad_request"),
             (Error::NotFound, 404, "not_found"),

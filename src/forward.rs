@@ -180,7 +180,10 @@ impl Forwarder {
             let upload = Upload::new(None, incoming, limits.max_body_bytes, Arc::clone(&watch));
             return Ok((PreparedBody::Streaming(upload), watch, None));
         };
-        match read_up_to(incoming, keep).await? {
+        let read = read_up_to(incoming, keep)
+            .await
+            .map_err(|_| Error::BadRequest("The request body could not be read."))?;
+        match read {
             Read::Whole(bytes) => Ok((PreparedBody::Buffered(bytes), UploadWatch::finished(), Some(permit))),
             Read::Prefix(_, _) if keep == limits.max_body_bytes => Err(Error::PayloadTooLarge),
             // Longer than a replay may hold: stream it, the part read first.
@@ -206,8 +209,7 @@ impl Forwarder {
         path_and_query.push_str(&route.upstream_prefix);
         path_and_query.push_str(rest);
         if let Some(query) = uri.query() {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
+            push_query_without_token(&mut path_and_query, query);
         }
         Uri::builder()
             .scheme(self.base.scheme.clone())
@@ -301,18 +303,77 @@ fn bearer(token: &AccessToken) -> Result<HeaderValue, Error> {
     Ok(header)
 }
 
-enum Read {
+/// A body read up to a limit.
+pub enum Read {
     /// The whole body, at most the asked-for size.
     Whole(Bytes),
     /// The body is longer: what was read, and the rest of the stream.
     Prefix(Bytes, Incoming),
 }
 
+impl Read {
+    /// The bytes read.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Read::Whole(bytes) | Read::Prefix(bytes, _) => bytes,
+        }
+    }
+
+    /// The body again, whole: what was read, then the rest of the stream.
+    pub fn into_body(self) -> Body {
+        match self {
+            Read::Whole(bytes) => Body::full(bytes),
+            Read::Prefix(bytes, rest) => Body::Prefixed(Some(bytes), rest),
+        }
+    }
+}
+
+/// Appends `?query` without any `token` parameter (the API takes `?token=` as a
+/// credential, so a browser must not choose one). Every other parameter goes on byte for
+/// byte, in order; a name is compared after percent-decoding, so `%74oken` goes too.
+fn push_query_without_token(out: &mut String, query: &str) {
+    let kept: Vec<&str> = query.split('&').filter(|pair| !names_token(pair)).collect();
+    if kept.is_empty() {
+        return;
+    }
+    out.push('?');
+    out.push_str(&kept.join("&"));
+}
+
+fn names_token(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or("");
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_decode(name.as_bytes());
+    decoded.as_ref() == b"token"
+}
+
+/// Percent-decodes `input` (a `%` not followed by two hex digits stays as it is).
+fn percent_decode(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !input.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match (input[i], input.get(i + 1).copied().and_then(hex), input.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(0));
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Reads a body whole if it is at most `limit` bytes, else returns what was read so far.
-async fn read_up_to(mut incoming: Incoming, limit: u64) -> Result<Read, Error> {
+pub async fn read_up_to(mut incoming: Incoming, limit: u64) -> Result<Read, hyper::Error> {
     let mut buffer = BytesMut::new();
     while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|_| Error::BadRequest("The request body could not be read."))?;
+        let frame = frame?;
         let Ok(data) = frame.into_data() else { continue };
         buffer.extend_from_slice(&data);
         if buffer.len() as u64 > limit {
@@ -323,10 +384,9 @@ async fn read_up_to(mut incoming: Incoming, limit: u64) -> Result<Read, Error> {
 }
 
 /// The upstream response as the browser may see it.
-pub fn clean_response(response: Response<Incoming>) -> Response<Body> {
-    let (mut parts, incoming) = response.into_parts();
-    protocol::strip(&mut parts.headers, Direction::Response);
-    Response::from_parts(parts, Body::Stream(incoming))
+pub fn clean_response(mut response: Response<Body>) -> Response<Body> {
+    protocol::strip(response.headers_mut(), Direction::Response);
+    response
 }
 
 /// Short words for a client error, for logs: never a URL with a query or a header.
@@ -392,6 +452,21 @@ mod tests {
         let forwarder = forwarder();
         assert_eq!(forwarder.forwarded_host.as_ref().map(|h| h.to_str().unwrap_or("")), Some("shop.example"));
         assert_eq!(forwarder.forwarded_proto, "https");
+    }
+
+    #[test]
+    fn a_token_parameter_is_dropped_and_every_other_kept_byte_for_byte() {
+        let forwarded = |query: &str| {
+            let mut out = String::from("/v1/x");
+            push_query_without_token(&mut out, query);
+            out
+        };
+        assert_eq!(forwarded("token=abc&x=1"), "/v1/x?x=1");
+        assert_eq!(forwarded("a=%2F&token=abc&b=+&c"), "/v1/x?a=%2F&b=+&c");
+        assert_eq!(forwarded("%74oken=abc&tokens=1&TOKEN=2&x=1&token"), "/v1/x?tokens=1&TOKEN=2&x=1");
+        assert_eq!(forwarded("token=abc"), "/v1/x");
+        assert_eq!(forwarded("x=1&&y=2"), "/v1/x?x=1&&y=2");
+        assert_eq!(forwarded(""), "/v1/x?");
     }
 
     #[test]

@@ -19,6 +19,12 @@
 //!    callback page posts a plain form. Its single-use `state`, bound to the session,
 //!    is what proves it (rule 1 still applies).
 //!
+//! 4. `POST /session/external` is for the storefront's server only: rules 0 to 2 do not
+//!    apply (its secret proves the caller), but anything that looks like a browser
+//!    (`Origin`, `Sec-Fetch-Site`, `Sec-Fetch-Mode` or a `Cookie` header) is refused with
+//!    403 `browser_forbidden` before the secret is even looked at
+//!    ([`refuse_browsers`]), so no page can make a browser choose an external reference id.
+//!
 //! Deployment caveat: these rules assume the storefront and tokengate share an origin
 //! (tokengate serves the API under the shop's own host). They never read sessions.
 
@@ -56,6 +62,19 @@ pub fn check(
         Ok(())
     } else {
         Err(Error::CsrfRequired)
+    }
+}
+
+/// Rule 4: refuses a request that carries what browsers send and servers do not.
+pub fn refuse_browsers(headers: &HeaderMap) -> Result<(), Error> {
+    let browser_headers = [http::header::ORIGIN, http::header::COOKIE];
+    let looks_like_a_browser = browser_headers.iter().any(|name| headers.contains_key(name))
+        || headers.contains_key("sec-fetch-site")
+        || headers.contains_key("sec-fetch-mode");
+    if looks_like_a_browser {
+        Err(Error::BrowserForbidden)
+    } else {
+        Ok(())
     }
 }
 
@@ -147,6 +166,22 @@ mod tests {
         // The callback arrives by a cross-site redirect from the API's login page.
         let redirected = headers(&[("sec-fetch-site", "cross-site")]);
         assert!(check(&Method::GET, &redirected, &allowed(), CsrfMode::Header, true).is_ok());
+    }
+
+    #[test]
+    fn server_to_server_calls_refuse_anything_like_a_browser() {
+        assert!(refuse_browsers(&headers(&[("authorization", "Bearer s")])).is_ok());
+        for browser in [
+            ("origin", "https://shop.example.com"),
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+            ("cookie", "a=b"),
+        ] {
+            assert!(
+                matches!(refuse_browsers(&headers(&[browser])), Err(Error::BrowserForbidden)),
+                "{browser:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,23 +3,27 @@
 //!
 //! This module holds the flow's fixed parts (the authorize URL, the callback page and its
 //! CSP, parameter parsing, `return_to` checks); the session core drives it and keeps the
-//! pending states in the store (`Sessions::begin_hosted_login`,
+//! pending logins in the store (`Sessions::begin_hosted_login`,
 //! `Sessions::complete_hosted_login`), so any replica can finish a login another began.
 //!
-//! 1. `authorize` binds a single-use `state` (256 random bits) to the browser's session
-//!    (a guest is started if there is none) and redirects to the API's authorize page with
-//!    `response_type=token`, the state both as `state` and inside `redirect_uri` (the API
-//!    is not documented to echo `state`), and, with `authorize_carry_guest`, the guest
-//!    token as `dr_limited_token` so the cart carries over. That URL is the one place a
-//!    token is shown to the browser, by Digital River's design.
-//! 2. The API redirects to `/session/callback?state=…#access_token=…`. The fragment never
-//!    reaches a server, so `callback` answers with a tiny no-store page whose script posts
-//!    the fragment back and wipes it from the address bar at once.
-//! 3. The posted callback is checked (state known, unexpired, bound to this session, used
-//!    once), the session becomes a shopper session under a new id, the carried guest token
+//! 1. `authorize` makes a single-use `state` (256 random bits), keeps a pending login
+//!    under the browser's session (a guest is started if there is none; a new login
+//!    replaces the session's earlier one) and redirects to the API's authorize page with
+//!    `response_type=token`, `state` as its own parameter, `redirect_uri` exactly
+//!    `public_origin` + `/session/callback` (the API accepts only a redirect URI
+//!    registered for the client, so it is the same for every login), and, with
+//!    `authorize_carry_guest`, the guest token as `dr_limited_token` so the cart carries
+//!    over. That URL is the one place a token is shown to the browser, by Digital River's
+//!    design.
+//! 2. The API redirects to `/session/callback#access_token=…` (with `state` where it
+//!    echoes it). The fragment never reaches a server, so `callback` answers with a tiny
+//!    no-store page whose script posts the fragment back and wipes it from the address bar.
+//! 3. The posted callback is checked: the cookie's live session has a pending login
+//!    (unexpired; taken, so used once), and a `state` the API echoed equals the pending
+//!    one. The session becomes a shopper session under a new id, the carried guest token
 //!    is revoked, and the browser is sent on to `return_to` (a same-origin path).
 //!
-//! Pending states live in the store for ten minutes; they are swept with the sessions.
+//! Pending logins live in the store for ten minutes; they are swept with the sessions.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -43,7 +47,7 @@ document.getElementById('v').value=h;f.submit();";
 /// A started login: the state to keep, and where to send the browser.
 #[derive(Debug)]
 pub struct Authorize {
-    /// The key to keep the pending login under.
+    /// SHA-256 of the state sent to the API, for the pending login.
     pub state: StateKey,
     /// The API's authorize URL (may carry the guest token: never log it).
     pub url: String,
@@ -89,11 +93,9 @@ impl HostedLogin {
         let state = URL_SAFE_NO_PAD.encode(random);
         let carried_guest =
             (self.carry_guest && record.kind == SessionKind::Guest).then(|| record.access_token.clone());
-        let mut redirect_uri = query_builder(&self.callback_url);
-        redirect_uri.append_pair("state", &state);
         let mut url = query_builder(&self.authorize_url);
         url.append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", &redirect_uri.finish())
+            .append_pair("redirect_uri", &self.callback_url)
             .append_pair("response_type", "token")
             .append_pair("state", &state);
         if let Some(token) = &carried_guest {
@@ -103,7 +105,7 @@ impl HostedLogin {
     }
 
     /// Parses a callback (a query string or the posted fragment, with the `state` from the
-    /// callback URL's query when the fragment has none).
+    /// callback URL's query when the fragment has none; there may be none at all).
     pub fn parse(&self, parameters: &str, query_state: Option<&str>) -> Result<CallbackParams, Error> {
         let has_state = form_urlencoded::parse(parameters.as_bytes()).any(|(name, _)| name == "state");
         let combined = match query_state {
@@ -137,9 +139,16 @@ fn query_builder(base: &str) -> form_urlencoded::Serializer<'static, String> {
     form_urlencoded::Serializer::for_suffix(format!("{base}?"), start)
 }
 
-/// The store key of a state: its SHA-256 (the store never holds the state itself).
+/// The SHA-256 of a state (the store never holds the state itself).
 pub fn state_key(state: &str) -> StateKey {
     Sha256::digest(state.as_bytes()).into()
+}
+
+/// Whether a callback's `state` is the one of `pending` (a hash of it), compared in
+/// constant time. A callback without a state matches: the API is not documented to echo
+/// it, and the pending login was found through the session cookie.
+pub fn state_matches(echoed: Option<&str>, pending: &StateKey) -> bool {
+    echoed.is_none_or(|state| crate::secret::constant_time_eq(&state_key(state), pending))
 }
 
 /// A `return_to` that [`checked_return_to`] accepted and normalised; only it makes one,
@@ -201,6 +210,14 @@ pub fn checked_return_to(return_to: &str) -> Result<ReturnTo, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echoed_state_must_match_and_a_missing_one_is_left_to_the_session() {
+        let pending = state_key("s1");
+        assert!(state_matches(Some("s1"), &pending));
+        assert!(!state_matches(Some("s2"), &pending));
+        assert!(state_matches(None, &pending));
+    }
 
     #[test]
     fn return_to_must_stay_on_this_site() {

@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod cookie;
 pub mod endpoints;
 pub mod forward;
+pub mod unauthorized;
 pub mod protocol;
 pub mod leak_guard;
 pub mod body;

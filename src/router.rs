@@ -22,6 +22,8 @@ pub enum Endpoint {
     Authorize,
     /// `GET` or `POST /session/callback`
     Callback,
+    /// `POST /session/external`: the storefront's server signs a shopper in.
+    External,
 }
 
 /// Where a request goes.
@@ -46,6 +48,7 @@ impl<'a> Target<'a> {
             Target::Endpoint(Endpoint::Logout) => "/session/logout",
             Target::Endpoint(Endpoint::Authorize) => "/session/authorize",
             Target::Endpoint(Endpoint::Callback) => "/session/callback",
+            Target::Endpoint(Endpoint::External) => "/session/external",
             Target::Route(route) => &route.label,
             Target::DemoPage => "/",
             Target::UnsafePath => "(unsafe path)",
@@ -68,6 +71,7 @@ pub fn all_labels(routes: &[Route]) -> Vec<&str> {
         "/session/logout",
         "/session/authorize",
         "/session/callback",
+        "/session/external",
         "/",
         "(unsafe path)",
         "(not found)",
@@ -85,6 +89,7 @@ pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<
         "/session/logout" => return Target::Endpoint(Endpoint::Logout),
         "/session/authorize" => return Target::Endpoint(Endpoint::Authorize),
         "/session/callback" => return Target::Endpoint(Endpoint::Callback),
+        "/session/external" => return Target::Endpoint(Endpoint::External),
         "/" | "/index.html" if demo_page => return Target::DemoPage,
         _ => {}
     }

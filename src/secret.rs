@@ -17,7 +17,7 @@ use zeroize::Zeroize;
 
 /// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
 /// is compared, and the differences are folded together before the one branch.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -111,6 +111,10 @@ secret_newtype!(
 secret_newtype!(
     /// The API client secret (the password half of HTTP Basic at the token endpoint).
     ClientSecret
+);
+secret_newtype!(
+    /// The storefront server's secret for `POST /session/external` (client-hosted shoppers).
+    StorefrontSecret
 );
 secret_newtype!(
     /// A shopper's password, held only for the duration of one login call.

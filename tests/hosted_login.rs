@@ -1,6 +1,8 @@
-//! The API's hosted login through `/session/authorize` and `/session/callback`: state bound
-//! to the session and used once, the fragment posted back by the callback page, the id
-//! rotated, the carried guest token revoked, and `return_to` kept on this site.
+//! The API's hosted login through `/session/authorize` and `/session/callback`: the
+//! registered `redirect_uri` (the same for every login), the pending login found through
+//! the session cookie and used once, an echoed state checked, the fragment posted back by
+//! the callback page, the id rotated, the carried guest token revoked, and `return_to`
+//! kept on this site.
 
 mod common;
 
@@ -84,15 +86,17 @@ async fn hosted_login_carries_the_cart_rotates_the_id_and_revokes_the_guest_toke
     assert_eq!(params.get("client_id").map(String::as_str), Some(CLIENT_ID));
     let state = params.get("state").cloned().unwrap_or_default();
     assert!(state.len() >= 43, "state must carry 256 random bits");
-    assert!(
-        params.get("redirect_uri").is_some_and(|uri| uri.contains(&state)),
-        "state rides in redirect_uri"
+    assert_eq!(
+        params.get("redirect_uri").map(String::as_str),
+        Some("http://shop.test/session/callback"),
+        "redirect_uri is exactly the registered one: public_origin + /session/callback, no query"
     );
     let guest_token = params.get("dr_limited_token").cloned().unwrap_or_default();
     assert!(!guest_token.is_empty());
 
     let (callback, fragment) = sign_in_at_the_api(&mut env, &location, PASSWORD).await;
-    assert!(callback.starts_with("/session/callback?state="), "{callback}");
+    assert_eq!(callback, "/session/callback", "the API redirects to the registered URI");
+    assert!(query_of(&format!("?{fragment}")).get("state") == Some(&state), "the mock echoes state");
     let page = browser.get(&callback).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.headers["cache-control"], "no-store");
@@ -137,6 +141,79 @@ async fn a_callback_from_another_browser_is_refused() {
     let stolen = post_fragment(&attacker, &callback, &fragment).await;
     assert_eq!(stolen.error_code().as_deref(), Some("invalid_state"));
     assert_eq!(attacker.get("/session").await.json()["authenticated"], false);
+}
+
+/// Starts a hosted login in `browser` and signs in at the API; the callback's fragment.
+async fn signed_in_fragment(env: &mut Env, browser: &Browser) -> String {
+    let start = browser.get("/session/authorize?return_to=/account").await;
+    assert_eq!(start.status, StatusCode::FOUND);
+    let location = start.headers["location"].to_str().unwrap_or_default().to_string();
+    let (callback, fragment) = sign_in_at_the_api(env, &location, PASSWORD).await;
+    assert_eq!(callback, "/session/callback");
+    fragment
+}
+
+/// `fragment` with its `state` replaced (or dropped, for `None`).
+fn with_state(fragment: &str, state: Option<&str>) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form_urlencoded::parse(fragment.as_bytes()) {
+        if name != "state" {
+            out.append_pair(&name, &value);
+        }
+    }
+    if let Some(state) = state {
+        out.append_pair("state", state);
+    }
+    out.finish()
+}
+
+#[tokio::test]
+async fn a_wrong_state_is_refused_and_ends_the_pending_login() {
+    let mut env = Env::start().await;
+    let browser = env.browser();
+    let fragment = signed_in_fragment(&mut env, &browser).await;
+    let wrong = post_fragment(&browser, "/session/callback", &with_state(&fragment, Some("forged"))).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong.error_code().as_deref(), Some("invalid_state"));
+    let right = post_fragment(&browser, "/session/callback", &fragment).await;
+    assert_eq!(right.error_code().as_deref(), Some("invalid_state"), "the pending login is gone");
+    assert_eq!(browser.get("/session").await.json()["authenticated"], false);
+}
+
+#[tokio::test]
+async fn a_callback_without_state_is_bound_by_the_session_cookie() {
+    let mut env = Env::start().await;
+    let browser = env.browser();
+    let fragment = signed_in_fragment(&mut env, &browser).await;
+    let guest_cookie = browser.cookie();
+    let done = post_fragment(&browser, "/session/callback", &with_state(&fragment, None)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+    assert_eq!(done.headers["location"], "/account");
+    assert_ne!(browser.cookie(), guest_cookie);
+    assert_eq!(browser.get("/session").await.json()["authenticated"], true);
+}
+
+#[tokio::test]
+async fn a_callback_without_a_cookie_or_with_another_browsers_is_refused() {
+    let mut env = Env::start().await;
+    let victim = env.browser();
+    let fragment = signed_in_fragment(&mut env, &victim).await;
+    let stateless = with_state(&fragment, None);
+    let cookieless = victim.fresh();
+    let reply = post_fragment(&cookieless, "/session/callback", &stateless).await;
+    assert_eq!(reply.error_code().as_deref(), Some("invalid_state"));
+    assert!(cookieless.cookie().is_none(), "no session is made for a callback");
+    let other = victim.fresh();
+    other.post("/session/guest").await;
+    let reply = post_fragment(&other, "/session/callback", &stateless).await;
+    assert_eq!(
+        reply.error_code().as_deref(),
+        Some("invalid_state"),
+        "the other browser has no pending login"
+    );
+    assert_eq!(other.get("/session").await.json()["authenticated"], false);
+    let done = post_fragment(&victim, "/session/callback", &fragment).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "the victim's own login is untouched");
 }
 
 #[tokio::test]

@@ -196,7 +196,7 @@ async fn a_dump_of_redis_holds_no_token_cookie_or_secret() {
             assert!(!key.contains(secret.as_str()) && !value.contains(secret.as_str()), "a secret in {key}");
         }
     }
-    assert!(dump.iter().any(|(key, _)| key.ends_with(":state")), "the pending login is shared: {dump:?}");
+    assert!(dump.iter().any(|(key, _)| key.ends_with(":pending")), "the pending login is shared: {dump:?}");
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
-use crate::secret::{ClientSecret, EncryptionKey, SecretString};
+use crate::secret::{ClientSecret, EncryptionKey, SecretString, StorefrontSecret};
 
 pub use validate::validate;
 
@@ -73,6 +73,17 @@ pub struct Fixed {
     pub rate_limit: RateLimitConfig,
     /// `log.format`: the subscriber is installed once.
     pub log_format: LogFormat,
+    /// `[client_hosted]`, when the storefront signs shoppers in itself; `None` turns
+    /// `POST /session/external` off (404).
+    pub client_hosted: Option<ClientHostedConfig>,
+}
+
+/// `[client_hosted]`: what proves a call to `POST /session/external` comes from the
+/// storefront's server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientHostedConfig {
+    /// From `secret_env` or `secret_file`; sent as `Authorization: Bearer <secret>`.
+    pub secret: StorefrontSecret,
 }
 
 /// The settings a SIGHUP reload applies in place. The request path reads them only
@@ -392,7 +403,7 @@ impl Fixed {
     /// or snapshot key is noticed like any other change.
     pub fn changed_sections(&self, new: &Fixed) -> Vec<&'static str> {
         // Destructured, so that a new field cannot be forgotten here.
-        let Fixed { server, upstream, oauth, session, store, rate_limit, log_format } = self;
+        let Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted } = self;
         let sections = [
             ("server", *server != new.server),
             ("upstream", *upstream != new.upstream),
@@ -401,6 +412,7 @@ impl Fixed {
             ("store", *store != new.store),
             ("rate_limit", *rate_limit != new.rate_limit),
             ("log.format", *log_format != new.log_format),
+            ("client_hosted", *client_hosted != new.client_hosted),
         ];
         sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
     }

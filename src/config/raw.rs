@@ -188,6 +188,11 @@ schema! {
             enabled: Bool,
             max_body_bytes: Int,
         },
+        /// `[client_hosted]`: the storefront's own sign-in (`POST /session/external`).
+        client_hosted: RawClientHosted {
+            secret_env: Str,
+            secret_file: Str,
+        },
         /// `[log]`
         log: RawLog {
             format: Str,

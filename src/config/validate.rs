@@ -11,8 +11,8 @@ use base64::Engine;
 use url::{Host, Url};
 
 use super::raw::{
-    RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer, RawSession, RawStore,
-    RawUpstream,
+    RawClientHosted, RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer,
+    RawSession, RawStore, RawUpstream,
 };
 use super::*;
 use crate::secret::SecretString;
@@ -78,12 +78,13 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let rate_limit = rate_limit(&mut checker, raw.rate_limit);
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
+    let client_hosted = client_hosted(&mut checker, raw.client_hosted);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
     let LiveServer { allowed_origins, csrf, max_body_bytes, trusted_proxy_depth, demo_page } = live_server;
     let mut config = Config {
-        fixed: Fixed { server, upstream, oauth, session, store, rate_limit, log_format },
+        fixed: Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted },
         live: Live {
             allowed_origins,
             csrf,
@@ -392,6 +393,40 @@ fn client_secret(checker: &mut Checker, env_key: Option<String>, file_key: Optio
         }
     };
     ClientSecret::new(value.unwrap_or_default())
+}
+
+/// `[client_hosted]`: absent (both keys unset) is off; else exactly one of `secret_env`
+/// and `secret_file`, naming a non-empty secret.
+fn client_hosted(checker: &mut Checker, raw: RawClientHosted) -> Option<ClientHostedConfig> {
+    let secret = match (raw.secret_env, raw.secret_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            checker.error("client_hosted.secret_env", "set secret_env or secret_file, not both");
+            return None;
+        }
+        (Some(name), None) => {
+            let value = (checker.env)(&name).filter(|value| !value.is_empty());
+            if value.is_none() {
+                checker
+                    .error("client_hosted.secret_env", format!("the environment variable {name} is not set"));
+            }
+            value?
+        }
+        (None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(text) if !text.trim_end_matches(['\r', '\n']).is_empty() => {
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+            Ok(_) => {
+                checker.error("client_hosted.secret_file", format!("{file} is empty"));
+                return None;
+            }
+            Err(error) => {
+                checker.error("client_hosted.secret_file", format!("cannot read {file}: {error}"));
+                return None;
+            }
+        },
+    };
+    Some(ClientHostedConfig { secret: StorefrontSecret::new(secret) })
 }
 
 fn session(checker: &mut Checker, raw: RawSession) -> SessionConfig {

@@ -1,4 +1,5 @@
-//! Signing in and out: the password login, the hosted login's two halves, logout.
+//! Signing in and out: the password login, the storefront's own sign-in (client-hosted),
+//! the hosted login's two halves, logout.
 //!
 //! Every sign-in ends in [`Sessions::become_shopper`]: the new tokens go under a new id
 //! (the old cookie stops working at once) by one store rotation. Races on one cookie
@@ -15,7 +16,7 @@ use super::{new_session_id, token_service_error, Active, Sessions};
 use crate::callback::CallbackParams;
 use crate::cookie::CookieLookup;
 use crate::error::Error;
-use crate::hosted_login::{self, state_key, ReturnTo, STATE_LIFETIME_SECS};
+use crate::hosted_login::{self, state_matches, ReturnTo, STATE_LIFETIME_SECS};
 use crate::secret::Password;
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionStore, StoreError};
@@ -66,6 +67,43 @@ impl<T: TokenService> Sessions<T> {
             }
         })?;
         self.become_shopper(cookie_key(cookie).as_ref(), tokens, now).await
+    }
+
+    /// Signs in a shopper the storefront's server vouches for (client-hosted): the shopper
+    /// token for `external_reference_id`, carrying over the cart of `session` when it is a
+    /// live guest, under a new id (the old one stops working at once). An absent or
+    /// unknown `session` gets a fresh shopper session. The id is personal data: never log it.
+    pub async fn login_external(
+        &self,
+        session: &CookieLookup,
+        external_reference_id: &str,
+        now: u64,
+        client: IpAddr,
+    ) -> Result<(SessionId, Active), Error> {
+        self.rate_limit.check(client)?;
+        let current = self.live_session(session, now).await?;
+        if current.is_none() && !self.store.has_room() {
+            return Err(Error::SessionsFull);
+        }
+        let guest_token = current
+            .as_ref()
+            .filter(|active| active.record.kind == SessionKind::Guest)
+            .map(|active| &active.record.access_token);
+        let tokens = match self.tokens.login_external(external_reference_id, guest_token).await {
+            // An expired guest token must not stop the sign-in; only the cart is lost.
+            Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => {
+                self.tokens.login_external(external_reference_id, None).await
+            }
+            other => other,
+        }
+        .map_err(|error| {
+            if error.is_grant_rejected() {
+                Error::InvalidCredentials
+            } else {
+                token_service_error(error)
+            }
+        })?;
+        self.become_shopper(cookie_key(session).as_ref(), tokens, now).await
     }
 
     /// Gives the browser a shopper session holding `tokens` under a new id, replacing
@@ -144,8 +182,8 @@ impl<T: TokenService> Sessions<T> {
         }
     }
 
-    /// Starts a hosted login for `active`: a single-use state bound to the session, kept
-    /// in the store, and the API's authorize URL to send the browser to (it may carry
+    /// Starts a hosted login for `active`: a pending login with a single-use state, kept
+    /// in the store under the session (replacing an earlier one), and the API's authorize URL to send the browser to (it may carry
     /// the guest token: never log it). The caller checked `return_to` before a guest was
     /// started for nothing (`hosted_login::checked_return_to`).
     pub async fn begin_hosted_login(
@@ -157,21 +195,21 @@ impl<T: TokenService> Sessions<T> {
         let hosted = self.hosted_login.as_ref().ok_or(Error::NotFound)?;
         let authorize = hosted.authorize(&active.record)?;
         let pending = PendingLogin {
-            session_key: active.key,
+            state: authorize.state,
             return_to: return_to.into_string(),
             carried_guest: authorize.carried_guest,
             expires_at: now.saturating_add(STATE_LIFETIME_SECS),
         };
-        self.store.put_pending(authorize.state, pending).await.map_err(|error| match error {
+        self.store.put_pending(active.key, pending).await.map_err(|error| match error {
             StoreError::Full => Error::RateLimited { retry_after: Duration::from_secs(30) },
             other => self.store_error(other),
         })?;
         Ok(authorize.url)
     }
 
-    /// Completes a hosted login from the callback's parameters: the state must be known,
-    /// unexpired and bound to the cookie's session, and any use, even a failed one, ends
-    /// it. A token from the callback is confirmed with the API (a browser could post
+    /// Completes a hosted login from the callback's parameters: the cookie's live session
+    /// must have a pending login, unexpired, and a state the API echoed must be its state.
+    /// Any use, even a failed one, ends it. A token from the callback is confirmed with the API (a browser could post
     /// anything) before the session becomes a shopper's under a new id.
     pub async fn complete_hosted_login(
         &self,
@@ -179,22 +217,21 @@ impl<T: TokenService> Sessions<T> {
         params: CallbackParams,
         now: u64,
     ) -> Result<HostedEnd, Error> {
-        let current = self.live_session(cookie, now).await?;
+        let current = self.live_session(cookie, now).await?.ok_or(Error::InvalidState)?;
         let pending = self
             .store
-            .take_pending(&state_key(&params.state))
+            .take_pending(&current.key)
             .await
             .map_err(|e| self.store_error(e))?
             .ok_or(Error::InvalidState)?;
-        if pending.expires_at <= now || current.as_ref().map(|active| active.key) != Some(pending.session_key)
-        {
+        if pending.expires_at <= now || !state_matches(params.state.as_deref(), &pending.state) {
             return Err(Error::InvalidState);
         }
         let (access_token, expires_in) = match hosted_login::token_of(params) {
             Ok(token) => token,
             Err(code) => {
-                if let (Some(_), Some(active)) = (&pending.carried_guest, &current) {
-                    self.replace_exposed_guest_token(active).await;
+                if pending.carried_guest.is_some() {
+                    self.replace_exposed_guest_token(&current).await;
                 }
                 return Ok(HostedEnd::Failed { return_to: pending.return_to, code });
             }
@@ -208,7 +245,7 @@ impl<T: TokenService> Sessions<T> {
         }
         let expires_in = details.expires_in.or(expires_in).unwrap_or(3600);
         let tokens = TokenSet { access_token, refresh_token: None, expires_in };
-        let (id, active) = self.become_shopper(Some(&pending.session_key), tokens, now).await?;
+        let (id, active) = self.become_shopper(Some(&current.key), tokens, now).await?;
         if let Some(guest_token) = pending.carried_guest {
             // The guest token travelled in a URL: revoke it now that the login is complete.
             if let Err(error) = self.tokens.revoke(&guest_token).await {

@@ -43,6 +43,8 @@ struct FakeTokens {
     /// Login grants come back without a refresh token (like the hosted login).
     login_without_refresh: bool,
     refresh_started: Notify,
+    /// The `limited` token of each external login that succeeded.
+    external_calls: Mutex<Vec<Option<String>>>,
 }
 
 impl FakeTokens {
@@ -56,6 +58,7 @@ impl FakeTokens {
             delay,
             login_without_refresh: false,
             refresh_started: Notify::new(),
+            external_calls: Mutex::new(Vec::new()),
         }
     }
 
@@ -101,6 +104,21 @@ impl TokenService for FakeTokens {
             return Err(TokenError::Rejected { status: 401, code: "invalid_grant".into() });
         }
         Ok(self.issue(!self.login_without_refresh))
+    }
+
+    async fn login_external(
+        &self,
+        external_reference_id: &str,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        if external_reference_id == "unknown" {
+            return Err(TokenError::Rejected { status: 400, code: "invalid_grant".into() });
+        }
+        if limited.is_some_and(|token| self.revoked().iter().any(|revoked| revoked == token.expose())) {
+            return Err(TokenError::Rejected { status: 400, code: "dr_limited_token_invalid".into() });
+        }
+        self.external_calls.lock().expect("not poisoned").push(limited.map(|t| t.expose().to_string()));
+        Ok(self.issue(true))
     }
 
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
@@ -449,7 +467,7 @@ async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_exp
             access_token: AccessToken::new("hosted-shopper-token"),
             expires_in: Some(ACCESS_TTL),
         },
-        state: state.to_string(),
+        state: Some(state.to_string()),
     };
     let end = h.sessions.complete_hosted_login(&cookie, callback(&state), h.now()).await.expect("completes");
     let HostedEnd::SignedIn { id, active, return_to } = end else { panic!("signed in: {end:?}") };
@@ -476,4 +494,71 @@ async fn a_hosted_login_completes_once_and_its_session_lives_until_the_token_exp
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(matches!(h.sessions.ensure_fresh(&active, h.now()).await, Err(Error::SessionExpired)));
     assert_eq!(h.tokens.refreshes(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hosted_login_is_found_by_the_session_and_a_wrong_echoed_state_ends_it() {
+    let h = harness_with(FakeTokens::new(Duration::ZERO), Some(hosted_login()));
+    let (_, cookie) = h.guest().await;
+    let (active, _) = h.sessions.session_for_hosted_login(&cookie, h.now(), client()).await.expect("guest");
+    let start = |h: &Harness, active: &Active| {
+        let sessions = Arc::clone(&h.sessions);
+        let (active, now) = (active.clone(), h.now());
+        async move {
+            let return_to = crate::hosted_login::checked_return_to("/").expect("a path");
+            sessions.begin_hosted_login(&active, return_to, now).await.expect("starts")
+        }
+    };
+    let callback = |state: Option<&str>| crate::callback::CallbackParams {
+        outcome: crate::callback::CallbackOutcome::Token {
+            access_token: AccessToken::new("hosted-shopper-token"),
+            expires_in: Some(ACCESS_TTL),
+        },
+        state: state.map(str::to_string),
+    };
+    let url = start(&h, &active).await;
+    assert!(url.contains("redirect_uri=https%3A%2F%2Fshop.example%2Fsession%2Fcallback&"), "{url}");
+    let wrong = h.sessions.complete_hosted_login(&cookie, callback(Some("not-the-state")), h.now()).await;
+    assert!(matches!(wrong, Err(Error::InvalidState)), "{wrong:?}");
+    let after = h.sessions.complete_hosted_login(&cookie, callback(None), h.now()).await;
+    assert!(matches!(after, Err(Error::InvalidState)), "a wrong state ended the pending login: {after:?}");
+
+    // A second authorize replaces the first; without an echoed state the session alone binds it.
+    start(&h, &active).await;
+    start(&h, &active).await;
+    let end = h.sessions.complete_hosted_login(&cookie, callback(None), h.now()).await.expect("completes");
+    assert!(matches!(end, HostedEnd::SignedIn { .. }), "{end:?}");
+    let other = h.sessions.complete_hosted_login(&CookieLookup::Absent, callback(None), h.now()).await;
+    assert!(matches!(other, Err(Error::InvalidState)), "no cookie, no pending login: {other:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_external_login_carries_the_guest_over_and_rotates_the_id() {
+    let h = harness(FakeTokens::new(Duration::ZERO));
+    let (guest, cookie) = h.guest().await;
+    let (id, active) =
+        h.sessions.login_external(&cookie, "customer-42", h.now(), client()).await.expect("signs in");
+    assert_eq!(active.record.kind, SessionKind::Shopper);
+    assert_ne!(id.key(), guest.key, "a new id");
+    assert!(h.stored(&guest.key).await.is_none(), "the old id is dead at once");
+    let carried = h.tokens.external_calls.lock().expect("not poisoned").clone();
+    assert_eq!(carried, vec![Some("access-0".to_string())], "the guest token is the limited token");
+
+    // No session named: a fresh shopper session, nothing carried.
+    let (_, fresh) = h
+        .sessions
+        .login_external(&CookieLookup::Absent, "customer-43", h.now(), client())
+        .await
+        .expect("signs in");
+    assert_eq!(fresh.record.kind, SessionKind::Shopper);
+    assert_eq!(h.tokens.external_calls.lock().expect("not poisoned").last(), Some(&None));
+
+    // An expired guest token: retried without it.
+    let (guest, cookie) = h.guest().await;
+    h.tokens.revoke(&guest.record.access_token).await.expect("revoked");
+    h.sessions.login_external(&cookie, "customer-44", h.now(), client()).await.expect("retried without");
+    assert_eq!(h.tokens.external_calls.lock().expect("not poisoned").last(), Some(&None));
+
+    let refused = h.sessions.login_external(&CookieLookup::Absent, "unknown", h.now(), client()).await;
+    assert!(matches!(refused, Err(Error::InvalidCredentials)), "{refused:?}");
 }

@@ -14,8 +14,7 @@ use dashmap::DashMap;
 
 use super::{
     Exported, IdentityKey, PendingLogin, Removal, Rotation, SessionCounts, SessionKey, SessionKind,
-    SessionRecord, SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
-    MAX_SESSIONS_PER_IDENTITY,
+    SessionRecord, SessionStore, StoreError, StoredSession, Swap, MARK_SECS, MAX_SESSIONS_PER_IDENTITY,
 };
 
 /// Pending hosted logins kept at most; beyond this new ones are refused until the sweep.
@@ -27,7 +26,7 @@ pub struct MemoryStore {
     map: DashMap<SessionKey, Entry, KeyHasher>,
     /// Keys rotated away or logged out moments ago (see [`Mark`]).
     marks: DashMap<SessionKey, Mark, KeyHasher>,
-    pending: DashMap<StateKey, PendingLogin>,
+    pending: DashMap<SessionKey, PendingLogin>,
     /// Sessions by the provider identity they signed in as, each with its absolute end.
     identities: DashMap<IdentityKey, Vec<(SessionKey, u64)>, KeyHasher>,
     max_sessions: usize,
@@ -250,16 +249,17 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
-        if self.pending.len() >= MAX_PENDING_LOGINS {
+    async fn put_pending(&self, session: SessionKey, pending: PendingLogin) -> Result<(), StoreError> {
+        // A replacement does not grow the map, so it is never refused.
+        if self.pending.len() >= MAX_PENDING_LOGINS && !self.pending.contains_key(&session) {
             return Err(StoreError::Full);
         }
-        self.pending.insert(state, pending);
+        self.pending.insert(session, pending);
         Ok(())
     }
 
-    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
-        Ok(self.pending.remove(state).map(|(_, pending)| pending))
+    async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
+        Ok(self.pending.remove(session).map(|(_, pending)| pending))
     }
 
     async fn link_identity(
@@ -487,20 +487,24 @@ mod tests {
         store.insert(key(2), record(SessionKind::Guest, 50), 90).await.expect("room");
         store.insert(key(3), record(SessionKind::Guest, 1000), 90).await.expect("room");
         let pending = |expires_at| PendingLogin {
-            session_key: key(3),
+            state: [7; 32],
             return_to: "/".into(),
             carried_guest: None,
             expires_at,
         };
-        store.put_pending([1; 32], pending(99)).await.expect("room");
-        store.put_pending([2; 32], pending(200)).await.expect("room");
+        store.put_pending(key(1), pending(99)).await.expect("room");
+        store.put_pending(key(2), pending(200)).await.expect("room");
         let removed = store.sweep(100, 20).await.expect("sweeps");
         assert_eq!(removed, 2);
         assert!(generation_of(&store, 3).await.is_some());
         assert_eq!(store.counts().guests, 1);
-        assert!(store.take_pending(&[1; 32]).await.expect("answers").is_none());
-        assert!(store.take_pending(&[2; 32]).await.expect("answers").is_some());
-        assert!(store.take_pending(&[2; 32]).await.expect("answers").is_none(), "taken once");
+        assert!(store.take_pending(&key(1)).await.expect("answers").is_none());
+        assert!(store.take_pending(&key(2)).await.expect("answers").is_some());
+        assert!(store.take_pending(&key(2)).await.expect("answers").is_none(), "taken once");
+        store.put_pending(key(3), pending(300)).await.expect("room");
+        store.put_pending(key(3), PendingLogin { state: [8; 32], ..pending(300) }).await.expect("room");
+        let taken = store.take_pending(&key(3)).await.expect("answers").map(|pending| pending.state);
+        assert_eq!(taken, Some([8; 32]), "a new pending login of a session replaces the old");
     }
 
     #[tokio::test]

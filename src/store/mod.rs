@@ -1,7 +1,8 @@
 //! Session storage: the [`SessionStore`] trait and its backends.
 //!
 //! A store keeps [`SessionRecord`]s under a [`SessionKey`] (the hash of the cookie
-//! value), and the hosted login's pending states under the hash of the state. It never
+//! value), and the hosted login's pending login beside the session that started it (one
+//! per session, under the same key; the state itself only as its hash). It never
 //! speaks HTTP, never calls the token endpoint and never sees cookies. Records are
 //! immutable and shared as `Arc`s, so a lookup on the memory store costs a
 //! reference-count increment, not a copy of the tokens. Idle time is tracked apart from
@@ -127,11 +128,13 @@ pub enum Removal {
     Absent,
 }
 
-/// A hosted login that went to the API's page and has not come back yet.
+/// A hosted login that went to the API's page and has not come back yet. It is kept
+/// under the key of the session that started it (only that session's cookie finds it),
+/// one per session: a new one replaces the old.
 #[derive(Debug, Clone)]
 pub struct PendingLogin {
-    /// The session that started it; only that session may complete it.
-    pub session_key: SessionKey,
+    /// SHA-256 of the `state` sent to the API; a callback that echoes a state must match.
+    pub state: StateKey,
     /// Where to send the browser afterwards (a checked same-origin path).
     pub return_to: String,
     /// The guest token put into the authorize URL, to revoke once the login completes.
@@ -139,7 +142,7 @@ pub struct PendingLogin {
     pub expires_at: u64,
 }
 
-/// The key a pending login is stored under: SHA-256 of its `state`.
+/// SHA-256 of a hosted login's `state` (the store never holds the state itself).
 pub type StateKey = [u8; 32];
 
 /// The key sessions of one identity at an OpenID provider are indexed under, for
@@ -231,17 +234,18 @@ pub trait SessionStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<Rotation, StoreError>> + Send;
 
-    /// Keeps a pending hosted login under `state` until it is taken or expires.
+    /// Keeps the pending hosted login of `session` until it is taken or expires,
+    /// replacing any earlier one of that session.
     fn put_pending(
         &self,
-        state: StateKey,
+        session: SessionKey,
         pending: PendingLogin,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Takes (and so ends) the pending login under `state`, expired or not.
+    /// Takes (and so ends) the pending login of `session`, expired or not.
     fn take_pending(
         &self,
-        state: &StateKey,
+        session: &SessionKey,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
 
     /// Notes that `session` belongs to `identity` until `until` (its absolute end; `now` is
@@ -396,12 +400,12 @@ impl SessionStore for Store {
         each_backend!(self, store => store.rotate(old, new, record, now).await)
     }
 
-    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
-        each_backend!(self, store => store.put_pending(state, pending).await)
+    async fn put_pending(&self, session: SessionKey, pending: PendingLogin) -> Result<(), StoreError> {
+        each_backend!(self, store => store.put_pending(session, pending).await)
     }
 
-    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
-        each_backend!(self, store => store.take_pending(state).await)
+    async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
+        each_backend!(self, store => store.take_pending(session).await)
     }
 
     async fn link_identity(

@@ -4,7 +4,8 @@
 //! Digital River flavor (wire formats in `shared/reference/commerce-api-oauth.md`):
 //! guest tokens by `grant_type=password` with HTTP Basic `api key:secret`; shopper login by
 //! the password grant with the password encoded as `password_encoding` says and the guest
-//! token as `dr_limited_token`; refresh by `grant_type=refresh_token`; revocation by
+//! token as `dr_limited_token`; a client-hosted shopper by `grant_type=client_credentials`
+//! with `dr_external_reference_id` (and the guest token as `dr_limited_token`); refresh by `grant_type=refresh_token`; revocation by
 //! `DELETE` and session details by `GET` on `access_token_path`.
 //!
 //! Token bodies are read tolerantly (flat or wrapped in `token`, `expires_in` as number or
@@ -203,6 +204,24 @@ impl TokenService for DigitalRiverClient {
             PasswordEncoding::Plain => password.expose(),
         };
         let mut pairs = vec![("grant_type", "password"), ("username", username), ("password", password)];
+        if let Some(token) = limited {
+            pairs.push(("dr_limited_token", token.expose()));
+        }
+        let started = Instant::now();
+        let result = self.token_request_waiting(form(&pairs)).await;
+        self.record(TokenOp::Login, &result, started);
+        result
+    }
+
+    /// `grant_type=client_credentials&dr_external_reference_id=…` (HTTP Basic as for every
+    /// grant), with the guest token as `dr_limited_token` to carry the cart over.
+    async fn login_external(
+        &self,
+        external_reference_id: &str,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        let mut pairs =
+            vec![("grant_type", "client_credentials"), ("dr_external_reference_id", external_reference_id)];
         if let Some(token) = limited {
             pairs.push(("dr_limited_token", token.expose()));
         }

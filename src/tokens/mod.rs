@@ -1,7 +1,8 @@
 //! The token protocol, behind one trait: what the session core asks of a token service.
 //!
 //! [`TokenService`] names the operations (mint a guest token, log a shopper in with a
-//! password, refresh, revoke, confirm a token from the hosted login), [`TokenSet`] and
+//! password or by the storefront's word (client-hosted), refresh, revoke, confirm a token
+//! from the hosted login), [`TokenSet`] and
 //! [`TokenError`] are their results. The session core decides policy from them (only
 //! [`TokenError::is_grant_rejected`] may end a session); it never builds a token request.
 //!
@@ -90,6 +91,15 @@ pub trait TokenService: Send + Sync + 'static {
         &self,
         username: &str,
         password: &Password,
+        limited: Option<&AccessToken>,
+    ) -> impl Future<Output = Result<TokenSet, TokenError>> + Send;
+
+    /// A shopper token for a shopper the storefront signed in with its own identity
+    /// system (client-hosted), named by its `external_reference_id` (personal data: never
+    /// log it); `limited` carries the guest's session and cart over.
+    fn login_external(
+        &self,
+        external_reference_id: &str,
         limited: Option<&AccessToken>,
     ) -> impl Future<Output = Result<TokenSet, TokenError>> + Send;
 

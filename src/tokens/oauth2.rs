@@ -508,6 +508,15 @@ impl TokenService for OAuth2Client {
         Err(unsupported())
     }
 
+    /// No client-hosted shoppers in this flavor: the provider signs shoppers in.
+    async fn login_external(
+        &self,
+        _external_reference_id: &str,
+        _limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        Err(unsupported())
+    }
+
     /// A refresh; a new ID token is validated, then dropped (the trait has no place for
     /// it: round two uses [`OAuth2Client::refresh_tokens`] to keep it).
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {

@@ -5,9 +5,10 @@
 //! (generation, in clear so a script can compare it), `d` (the sealed record), `t` (last
 //! use, Unix seconds) and `a` (absolute end). Beside it, in the same hash slot (the `{…}`
 //! tag), `…:mark` (what became of a key a login rotated or a logout ended) and `…:lock`
-//! (the refresh lock). The sessions one provider identity signed in (for back-channel
-//! logout) are a set `<prefix>:{<hex of its IdentityKey>}:sessions` of session key hex,
-//! capped and expiring with the latest linked session. A pending hosted login is `<prefix>:{<hex of SHA-256(state)>}:state`.
+//! (the refresh lock), and `…:pending` (the session's pending hosted login, at most one).
+//! The sessions one provider identity signed in (for back-channel logout) are a set
+//! `<prefix>:{<hex of its IdentityKey>}:sessions` of session key hex, capped and expiring
+//! with the latest linked session.
 //! So every script touches one slot, and a Redis Cluster runs it on one node. A dump holds
 //! hashes of cookie values and states, times, generations, and sealed bytes: nothing that
 //! opens without the encryption key (`sealed`).
@@ -40,8 +41,7 @@ use fred::types::{Expiration, SetOptions, Value};
 
 use super::{
     from_hex, to_hex, Exported, IdentityKey, PendingLogin, Removal, Rotation, SessionCounts, SessionKey,
-    SessionRecord, SessionStore, StateKey, StoreError, StoredSession, Swap, MARK_SECS,
-    MAX_SESSIONS_PER_IDENTITY,
+    SessionRecord, SessionStore, StoreError, StoredSession, Swap, MARK_SECS, MAX_SESSIONS_PER_IDENTITY,
 };
 use crate::config::RedisConfig;
 use crate::secret::EncryptionKey;
@@ -181,8 +181,8 @@ impl RedisStore {
         format!("{}:{{{}}}:lock", self.prefix, to_hex(&key.0))
     }
 
-    fn state_key(&self, state: &StateKey) -> String {
-        format!("{}:{{{}}}:state", self.prefix, to_hex(state))
+    fn pending_key(&self, key: &SessionKey) -> String {
+        format!("{}:{{{}}}:pending", self.prefix, to_hex(&key.0))
     }
 
     fn identity_key(&self, identity: &IdentityKey) -> String {
@@ -343,23 +343,23 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn put_pending(&self, state: StateKey, pending: PendingLogin) -> Result<(), StoreError> {
-        let sealed = sealed::seal_pending(&pending, &state, &self.keys)
+    async fn put_pending(&self, session: SessionKey, pending: PendingLogin) -> Result<(), StoreError> {
+        let sealed = sealed::seal_pending(&pending, &session, &self.keys)
             .map_err(|error| StoreError::Unavailable(format!("cannot seal a pending login: {error}")))?;
         // Redis forgets it at its own end (Unix seconds), whatever the clocks say meanwhile.
         let expiry = Expiration::EXAT(i64::try_from(pending.expires_at).unwrap_or(i64::MAX));
         let _: Value = self
             .pool
-            .set(self.state_key(&state), Value::Bytes(sealed.into()), Some(expiry), None, false)
+            .set(self.pending_key(&session), Value::Bytes(sealed.into()), Some(expiry), None, false)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn take_pending(&self, state: &StateKey) -> Result<Option<PendingLogin>, StoreError> {
-        let value: Value = self.pool.getdel(self.state_key(state)).await.map_err(unavailable)?;
+    async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
+        let value: Value = self.pool.getdel(self.pending_key(session)).await.map_err(unavailable)?;
         let Some(sealed) = bytes_of(&value) else { return Ok(None) };
-        sealed::open_pending(&sealed, state, &self.keys)
+        sealed::open_pending(&sealed, session, &self.keys)
             .map(Some)
             .map_err(|error| StoreError::Unavailable(format!("a pending login does not open: {error}")))
     }

@@ -8,8 +8,10 @@
 //!
 //! Record plaintext: `kind (1) | access_expires_at | created_at | absolute_expires_at |
 //! generation` (u64 big-endian each) `| access token (u32 length + bytes) | refresh token
-//! (u8 present + u32 length + bytes)`. A pending login: `session key (32) | expires_at |
-//! return_to (u32 + bytes) | carried guest token (u8 present + u32 + bytes)`.
+//! (u8 present + u32 length + bytes)`. A pending login: `SHA-256 of its state (32) |
+//! expires_at | return_to (u32 + bytes) | carried guest token (u8 present + u32 + bytes)`,
+//! sealed with `pending:` + its session's key as associated data, so it never opens as
+//! that session's record (nor the other way round).
 
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::{AeadInPlace, Aes256Gcm, KeyInit};
@@ -128,33 +130,41 @@ pub fn open_record(
     })
 }
 
-/// A pending hosted login, sealed for its state key.
+/// The associated data of a session's pending login.
+fn pending_aad(session: &SessionKey) -> [u8; 40] {
+    let mut aad = [0u8; 40];
+    aad[..8].copy_from_slice(b"pending:");
+    aad[8..].copy_from_slice(&session.0);
+    aad
+}
+
+/// A pending hosted login, sealed for the session that started it.
 pub fn seal_pending(
     pending: &PendingLogin,
-    state: &[u8; 32],
+    session: &SessionKey,
     keys: &[EncryptionKey],
 ) -> Result<Vec<u8>, Unsealed> {
     let mut out = Zeroizing::new(Vec::with_capacity(128 + pending.return_to.len()));
-    out.extend_from_slice(&pending.session_key.0);
+    out.extend_from_slice(&pending.state);
     out.extend_from_slice(&pending.expires_at.to_be_bytes());
     put_bytes(&mut out, pending.return_to.as_bytes());
     put_optional(&mut out, pending.carried_guest.as_ref().map(|t| t.expose().as_bytes()));
-    seal(out, keys, state)
+    seal(out, keys, &pending_aad(session))
 }
 
-/// The pending login sealed for `state`.
+/// The pending login sealed for `session`.
 pub fn open_pending(
     sealed: &[u8],
-    state: &[u8; 32],
+    session: &SessionKey,
     keys: &[EncryptionKey],
 ) -> Result<PendingLogin, Unsealed> {
-    let plaintext = open(sealed, keys, state)?;
+    let plaintext = open(sealed, keys, &pending_aad(session))?;
     let mut reader = Reader(&plaintext);
-    let session_key = SessionKey(reader.array()?);
+    let state = reader.array()?;
     let expires_at = reader.u64()?;
     let return_to = reader.text()?;
     let carried_guest = reader.optional_text()?.map(AccessToken::new);
-    Ok(PendingLogin { session_key, return_to, carried_guest, expires_at })
+    Ok(PendingLogin { state, return_to, carried_guest, expires_at })
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -263,17 +273,19 @@ mod tests {
     #[test]
     fn a_pending_login_round_trips_sealed() {
         let pending = PendingLogin {
-            session_key: SessionKey([3; 32]),
+            state: [3; 32],
             return_to: "/cart".into(),
             carried_guest: Some(AccessToken::new("guest-token-0123456789")),
             expires_at: 99,
         };
-        let sealed = seal_pending(&pending, &[5; 32], &keys(1)).expect("seals");
+        let session = SessionKey([5; 32]);
+        let sealed = seal_pending(&pending, &session, &keys(1)).expect("seals");
         assert!(!String::from_utf8_lossy(&sealed).contains("guest-token"));
-        let opened = open_pending(&sealed, &[5; 32], &keys(1)).expect("opens");
+        let opened = open_pending(&sealed, &session, &keys(1)).expect("opens");
         assert_eq!(opened.return_to, "/cart");
-        assert_eq!(opened.session_key, SessionKey([3; 32]));
+        assert_eq!(opened.state, [3; 32]);
         assert_eq!(opened.carried_guest.as_ref().map(AccessToken::expose), Some("guest-token-0123456789"));
-        assert!(open_pending(&sealed, &[6; 32], &keys(1)).is_err());
+        assert!(open_pending(&sealed, &SessionKey([6; 32]), &keys(1)).is_err());
+        assert!(open_record(&sealed, &session, &keys(1)).is_err(), "never opens as the session's record");
     }
 }
