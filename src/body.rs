@@ -130,8 +130,11 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let hyper_frame = |poll: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
-            poll.map(|frame| frame.map(|frame| frame.map_err(BodyError::from)))
+        // Trailers from the API are dropped: a browser has no use for them, and a page can
+        // read them where the leak guard never looks.
+        let hyper_frame = |poll: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| match poll {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
+            poll => poll.map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
         };
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),

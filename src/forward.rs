@@ -386,6 +386,9 @@ pub async fn read_up_to(mut incoming: Incoming, limit: u64) -> Result<Read, hype
 /// The upstream response as the browser may see it.
 pub fn clean_response(mut response: Response<Body>) -> Response<Body> {
     protocol::strip(response.headers_mut(), Direction::Response);
+    // hyper would write the API's own reason phrase, which a page reads as `statusText`:
+    // the browser gets the standard one for the status, nothing the API chose.
+    response.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
     response
 }
 

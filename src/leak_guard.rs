@@ -1,7 +1,9 @@
 //! The leak guard: the last line of defence if the API ever echoes a session's token.
 //!
-//! Before a forwarded response goes to the browser, its headers are searched for the
-//! session's access and refresh tokens, always. Its body is searched too when it is
+//! Before a forwarded response goes to the browser, its header names and values are
+//! searched for the session's access and refresh tokens, always (the reason phrase and
+//! trailers never reach the browser: `forward::clean_response`, `body`). Its body is
+//! searched too when it is
 //! JSON or text, not compressed, and at most `leak_guard.max_body_bytes` long; larger
 //! bodies stream through unscanned (the scan would have to hold them whole). A scanned
 //! body is read whole before its first byte goes out, within `upstream.request_timeout`
@@ -102,8 +104,21 @@ fn contains_any(haystack: &[u8], secrets: &[memmem::Finder<'_>]) -> bool {
     secrets.iter().any(|secret| haystack.len() >= secret.needle().len() && secret.find(haystack).is_some())
 }
 
+/// Names too: a page reads them through `headers.keys()`.
 fn headers_leak(headers: &HeaderMap, secrets: &[memmem::Finder<'_>]) -> bool {
-    headers.values().any(|value| contains_any(value.as_bytes(), secrets))
+    headers.iter().any(|(name, value)| {
+        name_leaks(name.as_str().as_bytes(), secrets) || contains_any(value.as_bytes(), secrets)
+    })
+}
+
+/// Header names arrive lowercased, so they are compared without case. Names as long as
+/// a token are rare; for the rest the length check is all the work.
+fn name_leaks(name: &[u8], secrets: &[memmem::Finder<'_>]) -> bool {
+    secrets.iter().any(|secret| {
+        let needle = secret.needle();
+        name.len() >= needle.len()
+            && name.windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// JSON or text, uncompressed, and not declared longer than the limit.
@@ -187,6 +202,16 @@ mod tests {
     async fn a_token_in_a_header_is_blocked_whatever_the_body() {
         let mut leaked = response("image/png", "binary");
         leaked.headers_mut().insert("x-debug", http::HeaderValue::from_static("t=access-0123456789abcdef"));
+        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_token_as_a_header_name_is_blocked() {
+        let mut leaked = response("application/json", "{}");
+        leaked.headers_mut().insert(
+            http::HeaderName::from_static("x-access-0123456789abcdef"),
+            http::HeaderValue::from_static("1"),
+        );
         assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
     }
 

@@ -11,8 +11,9 @@
 //!   `X-HTTP-Method-Override`, …), also spelled with underscores (`X_Forwarded_For`),
 //!   which some servers fold into the dashed name. tokengate then writes its own
 //!   `X-Forwarded-For`/`-Proto`/`-Host`.
-//! * **Response headers the browser must not see**: every upstream `Set-Cookie` (the
-//!   browser's only cookie is ours).
+//! * **Response headers the browser must not see**: every upstream `Set-Cookie` and
+//!   `Set-Cookie2` (the browser's only cookie is ours), and `Clear-Site-Data` (an upstream
+//!   must not clear the storefront's cookies and storage).
 //! * **Methods**: GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE; anything else (TRACE,
 //!   PROPFIND, …) only where a route allows it, since it would carry the Bearer.
 //! * **Length**: a body's declared length is hyper's size hint (from `Content-Length`,
@@ -96,7 +97,9 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<&str> {
 
 fn withheld(name: &HeaderName, direction: Direction) -> bool {
     match direction {
-        Direction::Response => name == header::SET_COOKIE,
+        Direction::Response => {
+            name == header::SET_COOKIE || name.as_str() == "set-cookie2" || name.as_str() == "clear-site-data"
+        }
         Direction::Request => {
             let text = name.as_str();
             if text.contains('_') {
@@ -193,8 +196,12 @@ mod tests {
     fn upstream_cookies_never_reach_the_browser_but_other_headers_do() {
         let mut map =
             headers(&[("set-cookie", "upstream=1"), ("x-forwarded-for", "kept"), ("etag", "\"1\"")]);
+        map.insert("set-cookie2", HeaderValue::from_static("legacy=1"));
+        map.insert("clear-site-data", HeaderValue::from_static("\"cookies\", \"storage\""));
         strip(&mut map, Direction::Response);
         assert!(!map.contains_key("set-cookie"));
+        assert!(!map.contains_key("set-cookie2"));
+        assert!(!map.contains_key("clear-site-data"), "an upstream cannot wipe the storefront's cookies");
         assert!(map.contains_key("etag"));
         assert!(map.contains_key("x-forwarded-for"), "responses keep what only requests withhold");
     }

@@ -32,6 +32,7 @@ use serde_json::Value;
 
 mod config;
 pub use config::ProxyToml;
+pub mod hostile;
 pub mod oidc;
 pub mod redis;
 

@@ -1,0 +1,157 @@
+//! A hostile upstream: a small HTTP/1.1 server of the tests' own that plays the API badly
+//! on purpose, so every way a response could carry the session's token to the browser is
+//! a regression test.
+//!
+//! It mints its own tokens at `POST /oauth20/token` (random hex, as the Commerce API's
+//! look) and answers `/v1/hostile/<case>` by writing the caller's Bearer token where the
+//! case says: the reason phrase, a header name, a trailer, … Responses are written byte
+//! by byte as the case gives them (no HTTP library in between, so nothing is "fixed" on
+//! the way out) and every connection is closed after one answer.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The hostile server; stops its accept loop when dropped.
+pub struct Hostile {
+    pub url: String,
+    issued: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hostile {
+    /// Listens on a free loopback port.
+    pub async fn start() -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let tokens = Arc::clone(&issued);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, Arc::clone(&tokens)));
+            }
+        });
+        Hostile { url, issued, task }
+    }
+
+    /// Every token it issued.
+    pub fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What the browser could read of a response: its status line, header names and
+/// values, body and trailers, as one text to search.
+pub fn readable(
+    reason: Option<&str>,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    trailers: Option<&http::HeaderMap>,
+) -> String {
+    let mut text = format!("reason: {}\n", reason.unwrap_or(""));
+    for map in std::iter::once(headers).chain(trailers) {
+        for (name, value) in map {
+            text.push_str(name.as_str());
+            text.push_str(": ");
+            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            text.push('\n');
+        }
+    }
+    text.push_str(&String::from_utf8_lossy(body));
+    text
+}
+
+async fn serve(mut stream: TcpStream, issued: Arc<Mutex<Vec<String>>>) {
+    let Some((path, bearer)) = read_request(&mut stream).await else { return };
+    let answer = if path.starts_with("/oauth20/token") {
+        let (access, refresh) = (random_hex(160), random_hex(176));
+        issued.lock().unwrap_or_else(|e| e.into_inner()).extend([access.clone(), refresh.clone()]);
+        let body = format!(
+            r#"{{"access_token":"{access}","token_type":"bearer","expires_in":86397,"refresh_token":"{refresh}"}}"#
+        );
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+    } else if let Some(case) = path.strip_prefix("/v1/hostile/") {
+        hostile_answer(case, &bearer.unwrap_or_default())
+    } else {
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+    };
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The raw response for `case`, with `token` where the case puts it.
+fn hostile_answer(case: &str, token: &str) -> String {
+    const JSON: &str = "content-type: application/json\r\nconnection: close\r\n";
+    match case {
+        "reason" => format!("HTTP/1.1 200 {token}\r\n{JSON}content-length: 2\r\n\r\n{{}}"),
+        "header-name" => format!("HTTP/1.1 200 OK\r\n{JSON}x-{token}: 1\r\ncontent-length: 2\r\n\r\n{{}}"),
+        "trailer" => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\
+             transfer-encoding: chunked\r\ntrailer: x-leak\r\n\r\n2\r\nok\r\n0\r\nx-leak: {token}\r\n\r\n"
+        ),
+        "cookies" => format!(
+            "HTTP/1.1 200 OK\r\n{JSON}set-cookie: a=1\r\nset-cookie2: b=2\r\n\
+             clear-site-data: \"cookies\", \"storage\"\r\ncontent-length: 2\r\n\r\n{{}}"
+        ),
+        _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+    }
+}
+
+/// The request's path and Bearer token; the body (if any) is read and dropped.
+async fn read_request(stream: &mut TcpStream) -> Option<(String, Option<String>)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buffer.len() > 64 * 1024 {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let path = lines.next()?.split(' ').nth(1)?.to_string();
+    let mut bearer = None;
+    let mut length = 0usize;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("authorization") {
+            bearer = value.split_once(' ').map(|(_, token)| token.to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().unwrap_or(0);
+        }
+    }
+    let mut have = buffer.len() - head_end;
+    while have < length {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            break;
+        }
+        have += read;
+    }
+    Some((path, bearer))
+}
+
+fn random_hex(length: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(length);
+    while text.len() < length {
+        let _ = write!(text, "{:032x}", rand::random::<u128>());
+    }
+    text.truncate(length);
+    text
+}
