@@ -26,7 +26,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, Reporter};
 use crate::config::{Fixed, Live, Route, SessionPolicy};
 use crate::cookie;
 use crate::endpoints;
@@ -160,13 +160,9 @@ impl App {
             None => None,
         };
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
-        match record {
-            Some(record) => {
-                let deadline = ctx.fixed.upstream.request_timeout;
-                LeakGuard::new(live.leak_guard, deadline).inspect(response, &record).await
-            }
-            None => Ok(response),
-        }
+        let reporter = Reporter { metrics: Arc::clone(&self.metrics), request_id: ctx.request_id.clone() };
+        let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
+        guard.inspect(response, record.as_deref(), reporter).await
     }
 
     /// Step 5: the route's session policy applied to the cookie; a guest minted for

@@ -5,6 +5,7 @@
 //! [`Upload`] streamed to the API under the body limit. Using an enum instead of a boxed
 //! trait object keeps the hot path free of an allocation per request.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::Metrics;
+use crate::scan::Scanner;
 
 /// A request or response body.
 #[derive(Debug, Default)]
@@ -29,6 +34,9 @@ pub enum Body {
     Prefixed(Option<Bytes>, Incoming),
     /// A browser's request body on its way to the API.
     Upload(Upload),
+    /// An API response on its way to the browser, watched as it flows: cut off when it
+    /// stalls for the request timeout, and searched for the session's tokens.
+    Watched(Box<Watched>),
 }
 
 /// Why a body stopped.
@@ -40,6 +48,12 @@ pub enum BodyError {
     /// A browser's upload went past `max_body_bytes`.
     #[error("the request body is larger than the limit")]
     TooLarge,
+    /// The API stopped sending a response body for the request timeout.
+    #[error("the response body stalled")]
+    Stalled,
+    /// A response body carried one of the session's tokens; it is cut off.
+    #[error("the response body carried a token")]
+    LeakBlocked,
 }
 
 impl Body {
@@ -145,6 +159,7 @@ impl http_body::Body for Body {
                 None => hyper_frame(Pin::new(incoming).poll_frame(cx)),
             },
             Body::Upload(upload) => upload.poll_upload(cx),
+            Body::Watched(watched) => watched.poll_watched(cx),
         }
     }
 
@@ -155,6 +170,7 @@ impl http_body::Body for Body {
             Body::Stream(incoming) => incoming.is_end_stream(),
             Body::Prefixed(prefix, incoming) => prefix.is_none() && incoming.is_end_stream(),
             Body::Upload(upload) => upload.prefix.is_none() && upload.rest.is_end_stream(),
+            Body::Watched(watched) => watched.first.is_none() && watched.inner.is_end_stream(),
         }
     }
 
@@ -165,6 +181,7 @@ impl http_body::Body for Body {
             Body::Stream(incoming) => incoming.size_hint(),
             Body::Prefixed(prefix, incoming) => with_prefix(prefix.as_ref(), incoming.size_hint()),
             Body::Upload(upload) => with_prefix(upload.prefix.as_ref(), upload.rest.size_hint()),
+            Body::Watched(watched) => with_prefix(watched.first.as_ref(), watched.inner.size_hint()),
         }
     }
 }
@@ -177,4 +194,83 @@ fn with_prefix(prefix: Option<&Bytes>, rest: SizeHint) -> SizeHint {
         hint.set_upper(upper + already);
     }
     hint
+}
+
+/// What a watched body reports to, for the metrics and the security log.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub metrics: Arc<Metrics>,
+    pub request_id: http::HeaderValue,
+}
+
+/// An API response body on its way to the browser (see [`Body::Watched`]). Frames go out
+/// as they arrive, each after it was searched; a body that stops flowing for `idle` is
+/// cut off, and so is one whose frame completes a token. A cut-off body is an error to
+/// hyper, which then resets the connection (HTTP/1.1) or the stream (HTTP/2): the browser
+/// never sees the response complete.
+#[derive(Debug)]
+pub struct Watched {
+    /// A frame read (and searched) before the head went out.
+    first: Option<Bytes>,
+    inner: Body,
+    scanner: Option<Scanner>,
+    idle: std::time::Duration,
+    timer: Pin<Box<Sleep>>,
+    reporter: Reporter,
+}
+
+impl Watched {
+    /// Watches `inner`, which follows `first` (already searched by `scanner`).
+    pub fn new(
+        first: Option<Bytes>,
+        inner: Body,
+        scanner: Option<Scanner>,
+        idle: std::time::Duration,
+        reporter: Reporter,
+    ) -> Self {
+        let timer = Box::pin(tokio::time::sleep(idle));
+        Self { first, inner, scanner, idle, timer, reporter }
+    }
+
+    fn poll_watched(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.reporter.metrics.record_body_stalled();
+                    tracing::warn!(
+                        request_id = self.reporter.request_id.to_str().unwrap_or(""),
+                        "the API stopped sending the response body; cut off"
+                    );
+                    return Poll::Ready(Some(Err(BodyError::Stalled)));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.timer.as_mut().reset(Instant::now() + self.idle);
+                let Some(data) = frame.data_ref() else { return Poll::Ready(Some(Ok(frame))) };
+                if let Some(scanner) = &mut self.scanner {
+                    if scanner.push(data).is_err() {
+                        self.report_leak();
+                        return Poll::Ready(Some(Err(BodyError::LeakBlocked)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn report_leak(&self) {
+        self.reporter.metrics.record_leak_blocked();
+        tracing::warn!(
+            target: "tokengate::security",
+            event = "token_leak_blocked",
+            request_id = self.reporter.request_id.to_str().unwrap_or(""),
+            place = "body",
+            "an upstream response body carried the session's token; the response was cut off"
+        );
+    }
 }

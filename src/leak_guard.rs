@@ -1,40 +1,46 @@
 //! The leak guard: the last line of defence if the API ever echoes a session's token.
 //!
-//! Before a forwarded response goes to the browser, its header names and values are
-//! searched for the session's access and refresh tokens, always (the reason phrase and
-//! trailers never reach the browser: `forward::clean_response`, `body`). Its body is
-//! searched too when it is
-//! JSON or text, not compressed, and at most `leak_guard.max_body_bytes` long; larger
-//! bodies stream through unscanned (the scan would have to hold them whole). A scanned
-//! body is read whole before its first byte goes out, within `upstream.request_timeout`
-//! (504 `upstream_timeout` past it). A hit
-//! replaces the response with 502 `token_leak_blocked` and is logged as a security event
-//! without the token. To keep bodies scannable, forwarding asks the API for uncompressed
-//! responses while the guard is on.
+//! Every forwarded response is checked before and while it goes to the browser:
+//! * its header names and values are searched for the session's access and refresh
+//!   tokens (a hit replaces the response with 502 `token_leak_blocked`); the reason phrase
+//!   and trailers never reach the browser at all (`forward::clean_response`, `body`);
+//! * its body, whatever its type or size, is searched as it streams, in every form a page
+//!   could decode (`scan`): the first frame before the head goes out (a hit there is a
+//!   clean 502), every later frame before it goes out (a hit there cuts the response off:
+//!   the connection or stream is reset, never completed);
+//! * a body tokengate cannot decode (a `Content-Encoding` other than `identity`: forwarding
+//!   asks the API for `identity` while the guard is on) is refused with 502, never passed
+//!   unscanned;
+//! * a body that stops flowing for `upstream.request_timeout` is cut off and counted,
+//!   scanned or not.
+//!
+//! Each hit is logged once as a security event (target `tokengate::security`) without the
+//! token, and counted.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use bytes::Bytes;
+use http::header::CONTENT_ENCODING;
 use http::{HeaderMap, Response};
+use http_body::Body as _;
 use http_body_util::BodyExt;
-use memchr::memmem;
 
-use crate::body::Body;
+use crate::body::{Body, Reporter, Watched};
 use crate::config::LeakGuardConfig;
 use crate::error::Error;
+use crate::scan::{Needles, Scanner};
 use crate::store::SessionRecord;
 
 /// Scans responses for the tokens of the session they answer.
 #[derive(Debug, Clone, Copy)]
 pub struct LeakGuard {
     config: LeakGuardConfig,
-    /// How long the body to scan may take to arrive (`upstream.request_timeout`).
+    /// How long a response body may stall (`upstream.request_timeout`).
     deadline: Duration,
 }
 
 impl LeakGuard {
-    /// A guard configured by `[leak_guard]`, reading a body for at most `deadline`.
+    /// A guard configured by `[leak_guard]`, cutting off bodies that stall for `deadline`.
     pub fn new(config: LeakGuardConfig, deadline: Duration) -> Self {
         Self { config, deadline }
     }
@@ -44,43 +50,46 @@ impl LeakGuard {
         self.config.enabled
     }
 
-    /// Passes `response` through, or fails with `TokenLeakBlocked` if it carries one of
-    /// `record`'s tokens where the guard looks.
+    /// Passes `response` on, watched; fails with `TokenLeakBlocked` if its head or first
+    /// frame carries one of `record`'s tokens. Without a session (or with the guard off)
+    /// only the stall deadline applies.
     pub async fn inspect(
         &self,
         response: Response<Body>,
-        record: &SessionRecord,
+        record: Option<&SessionRecord>,
+        reporter: Reporter,
     ) -> Result<Response<Body>, Error> {
-        if !self.config.enabled {
-            return Ok(response);
-        }
-        let secrets = secrets_of(record);
-        if headers_leak(response.headers(), &secrets) {
+        let needles = record.filter(|_| self.config.enabled).and_then(needles_of);
+        let Some(needles) = needles else {
+            return Ok(response.map(|body| self.watched(None, body, None, reporter)));
+        };
+        if headers_leak(response.headers(), &needles) {
             return Err(blocked("header"));
         }
-        let declared = crate::protocol::declared_length(response.body());
-        if !is_scannable(response.headers(), declared, self.config.max_body_bytes) {
-            return Ok(response);
+        let (parts, mut body) = response.into_parts();
+        if !is_identity(&parts.headers) && !body.is_end_stream() {
+            return Err(Error::UpstreamUnavailable(
+                "the API answered in a content encoding the leak guard cannot decode".into(),
+            ));
         }
-        let (parts, body) = response.into_parts();
-        // The scanned part is held before the first byte goes out: bounded in size above,
-        // in time here, so a trickling API cannot hold the browser's request for ever.
-        let read = tokio::time::timeout(self.deadline, read_prefix(body, self.config.max_body_bytes));
-        match read.await.map_err(|_| Error::UpstreamTimeout)?? {
-            Prefix::Whole(bytes) => {
-                if contains_any(&bytes, &secrets) {
-                    return Err(blocked("body"));
-                }
-                Ok(Response::from_parts(parts, Body::full(bytes)))
-            }
-            // Longer than the limit: what was read is scanned, the rest streams on unscanned.
-            Prefix::Partial(prefix, rest) => {
-                if contains_any(&prefix, &secrets) {
-                    return Err(blocked("body"));
-                }
-                Ok(Response::from_parts(parts, Body::Prefixed(Some(prefix), rest)))
-            }
+        let mut scanner = Scanner::new(needles);
+        let first = tokio::time::timeout(self.deadline, first_data(&mut body))
+            .await
+            .map_err(|_| Error::UpstreamTimeout)??;
+        if let Some(first) = &first {
+            scanner.push(first).map_err(|_| blocked("body"))?;
         }
+        Ok(Response::from_parts(parts, self.watched(first, body, Some(scanner), reporter)))
+    }
+
+    fn watched(
+        &self,
+        first: Option<Bytes>,
+        body: Body,
+        scanner: Option<Scanner>,
+        reporter: Reporter,
+    ) -> Body {
+        Body::Watched(Box::new(Watched::new(first, body, scanner, self.deadline, reporter)))
     }
 }
 
@@ -90,81 +99,43 @@ fn blocked(place: &'static str) -> Error {
     Error::TokenLeakBlocked { place }
 }
 
-/// One searcher per token, built once per response (building one per header value was
-/// most of the guard's cost).
-fn secrets_of(record: &SessionRecord) -> Vec<memmem::Finder<'_>> {
-    let mut secrets = vec![record.access_token.expose().as_bytes()];
-    if let Some(refresh) = &record.refresh_token {
-        secrets.push(refresh.expose().as_bytes());
-    }
-    secrets.into_iter().filter(|secret| secret.len() >= 8).map(memmem::Finder::new).collect()
+/// The session's tokens as needles, built once per response.
+fn needles_of(record: &SessionRecord) -> Option<Needles> {
+    let refresh = record.refresh_token.as_ref().map(|token| token.expose().as_bytes());
+    Needles::new(std::iter::once(record.access_token.expose().as_bytes()).chain(refresh))
 }
 
-fn contains_any(haystack: &[u8], secrets: &[memmem::Finder<'_>]) -> bool {
-    secrets.iter().any(|secret| haystack.len() >= secret.needle().len() && secret.find(haystack).is_some())
-}
-
-/// Names too: a page reads them through `headers.keys()`.
-fn headers_leak(headers: &HeaderMap, secrets: &[memmem::Finder<'_>]) -> bool {
+/// Names too: a page reads them through `headers.keys()`. Names arrive lowercased and
+/// are searched without case.
+fn headers_leak(headers: &HeaderMap, needles: &Needles) -> bool {
     headers.iter().any(|(name, value)| {
-        name_leaks(name.as_str().as_bytes(), secrets) || contains_any(value.as_bytes(), secrets)
+        needles.found_in_ignoring_case(name.as_str().as_bytes()) || needles.found_in(value.as_bytes())
     })
 }
 
-/// Header names arrive lowercased, so they are compared without case. Names as long as
-/// a token are rare; for the rest the length check is all the work.
-fn name_leaks(name: &[u8], secrets: &[memmem::Finder<'_>]) -> bool {
-    secrets.iter().any(|secret| {
-        let needle = secret.needle();
-        name.len() >= needle.len()
-            && name.windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle))
-    })
+/// No `Content-Encoding`, or `identity`.
+fn is_identity(headers: &HeaderMap) -> bool {
+    let mut encodings = headers.get_all(CONTENT_ENCODING).iter();
+    encodings.all(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
-/// JSON or text, uncompressed, and not declared longer than the limit.
-fn is_scannable(headers: &HeaderMap, declared: Option<u64>, max_body_bytes: usize) -> bool {
-    let identity = headers
-        .get(CONTENT_ENCODING)
-        .is_none_or(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let textual = headers.get(CONTENT_TYPE).and_then(|t| t.to_str().ok()).is_none_or(|content_type| {
-        let content_type = content_type.to_ascii_lowercase();
-        content_type.starts_with("text/")
-            || content_type.contains("json")
-            || content_type.contains("xml")
-            || content_type.contains("javascript")
-            || content_type.starts_with("application/x-www-form-urlencoded")
-    });
-    let small = declared.is_none_or(|length| length <= max_body_bytes as u64);
-    identity && textual && small
-}
-
-enum Prefix {
-    /// The whole body, read.
-    Whole(Bytes),
-    /// The body was longer than the limit: what was read, and the rest of the stream.
-    Partial(Bytes, hyper::body::Incoming),
-}
-
-async fn read_prefix(mut body: Body, limit: usize) -> Result<Prefix, Error> {
-    let mut buffer = BytesMut::new();
+/// The first data frame of `body` (trailers before it are skipped), or `None` at its end.
+async fn first_data(body: &mut Body) -> Result<Option<Bytes>, Error> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Error::UpstreamUnavailable("the response body broke off".into()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        buffer.extend_from_slice(&data);
-        if buffer.len() > limit {
-            let rest = match body {
-                Body::Stream(incoming) => incoming,
-                _ => return Ok(Prefix::Whole(buffer.freeze())),
-            };
-            return Ok(Prefix::Partial(buffer.freeze(), rest));
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
         }
     }
-    Ok(Prefix::Whole(buffer.freeze()))
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metrics::Metrics;
     use crate::secret::{AccessToken, RefreshToken};
     use crate::store::SessionKind;
 
@@ -180,56 +151,75 @@ mod tests {
         }
     }
 
-    fn guard() -> LeakGuard {
-        LeakGuard::new(LeakGuardConfig { enabled: true, max_body_bytes: 1024 }, Duration::from_secs(5))
+    fn guard(enabled: bool) -> LeakGuard {
+        LeakGuard::new(LeakGuardConfig { enabled, max_body_bytes: 1024 }, Duration::from_secs(5))
+    }
+
+    fn reporter() -> Reporter {
+        Reporter { metrics: Arc::new(Metrics::default()), request_id: http::HeaderValue::from_static("test") }
     }
 
     fn response(content_type: &'static str, body: &'static str) -> Response<Body> {
         let mut response = Response::new(Body::full(body));
-        response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
         response
     }
 
-    #[tokio::test]
-    async fn a_token_in_a_json_body_is_blocked() {
-        let leaked = response("application/json", r#"{"echo":"access-0123456789abcdef"}"#);
-        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
-        let refresh = response("text/plain", "refresh-0123456789abcdef");
-        assert!(matches!(guard().inspect(refresh, &record()).await, Err(Error::TokenLeakBlocked { .. })));
+    async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
+        let passed = guard.inspect(response, Some(&record()), reporter()).await?;
+        passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
+    }
+
+    fn is_blocked(result: &Result<Bytes, Error>) -> bool {
+        matches!(result, Err(Error::TokenLeakBlocked { .. }))
     }
 
     #[tokio::test]
-    async fn a_token_in_a_header_is_blocked_whatever_the_body() {
+    async fn a_token_in_a_body_of_any_type_is_blocked() {
+        for (content_type, body) in [
+            ("application/json", r#"{"echo":"access-0123456789abcdef"}"#),
+            ("text/plain", "refresh-0123456789abcdef"),
+            ("application/octet-stream", "access-0123456789abcdef"),
+            ("application/pdf", "%PDF access-0123456789abcdef"),
+            ("application/json", r#"{"echo":"\u0061ccess-0123456789abcdef"}"#),
+        ] {
+            assert!(
+                is_blocked(&inspect(guard(true), response(content_type, body)).await),
+                "{content_type}: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_header_name_or_value_is_blocked_whatever_the_body() {
         let mut leaked = response("image/png", "binary");
         leaked.headers_mut().insert("x-debug", http::HeaderValue::from_static("t=access-0123456789abcdef"));
-        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
-    }
-
-    #[tokio::test]
-    async fn a_token_as_a_header_name_is_blocked() {
-        let mut leaked = response("application/json", "{}");
-        leaked.headers_mut().insert(
+        assert!(is_blocked(&inspect(guard(true), leaked).await));
+        let mut named = response("application/json", "{}");
+        named.headers_mut().insert(
             http::HeaderName::from_static("x-access-0123456789abcdef"),
             http::HeaderValue::from_static("1"),
         );
-        assert!(matches!(guard().inspect(leaked, &record()).await, Err(Error::TokenLeakBlocked { .. })));
+        assert!(is_blocked(&inspect(guard(true), named).await));
     }
 
     #[tokio::test]
-    async fn clean_responses_and_unscanned_types_pass_intact() {
-        let clean = guard().inspect(response("application/json", r#"{"ok":true}"#), &record()).await;
-        let body = match clean {
-            Ok(response) => response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
-            Err(error) => panic!("{error}"),
-        };
-        assert_eq!(&body[..], br#"{"ok":true}"#);
-        let binary = response("application/octet-stream", "access-0123456789abcdef");
-        assert!(guard().inspect(binary, &record()).await.is_ok(), "binary bodies are not scanned");
-        let off =
-            LeakGuard::new(LeakGuardConfig { enabled: false, max_body_bytes: 1024 }, Duration::from_secs(5));
-        assert!(off
-            .inspect(response("application/json", "access-0123456789abcdef"), &record())
-            .await
-            .is_ok());
+    async fn an_encoding_the_guard_cannot_read_is_refused() {
+        for encoding in ["gzip", "none", "br"] {
+            let mut encoded = response("application/json", "not really compressed");
+            encoded.headers_mut().insert(CONTENT_ENCODING, http::HeaderValue::from_static(encoding));
+            let result = inspect(guard(true), encoded).await;
+            assert!(matches!(result, Err(Error::UpstreamUnavailable(_))), "{encoding}");
+        }
+    }
+
+    #[tokio::test]
+    async fn clean_responses_pass_intact_and_the_guard_can_be_off() {
+        let clean = inspect(guard(true), response("application/json", r#"{"ok":true}"#)).await;
+        assert_eq!(clean.ok().as_deref(), Some(br#"{"ok":true}"#.as_slice()));
+        let off = inspect(guard(false), response("application/json", "access-0123456789abcdef")).await;
+        assert!(off.is_ok(), "the guard is off");
     }
 }

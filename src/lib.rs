@@ -26,6 +26,7 @@ pub mod forward;
 pub mod unauthorized;
 pub mod protocol;
 pub mod leak_guard;
+pub mod scan;
 pub mod body;
 pub mod error;
 

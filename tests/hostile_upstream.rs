@@ -18,6 +18,8 @@ struct Seen {
     headers: HeaderMap,
     body: bytes::Bytes,
     trailers: Option<HeaderMap>,
+    /// Whether the body ended cleanly (a cut-off one breaks).
+    complete: bool,
 }
 
 async fn call(env: &Env, case: &str) -> Seen {
@@ -37,9 +39,21 @@ async fn call_with(env: &Env, case: &str, http2: bool) -> Seen {
         .get::<hyper::ext::ReasonPhrase>()
         .map(|reason| String::from_utf8_lossy(reason.as_bytes()).to_string());
     let headers = response.headers().clone();
-    let collected = response.into_body().collect().await.expect("the body arrives");
-    let trailers = collected.trailers().cloned();
-    Seen { status, reason, headers, body: collected.to_bytes(), trailers }
+    let mut body = response.into_body();
+    let (mut bytes, mut trailers, mut complete) = (Vec::new(), None, true);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => bytes.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    Seen { status, reason, headers, body: bytes.into(), trailers, complete }
 }
 
 async fn hostile_env(hostile: &Hostile) -> Env {
@@ -101,4 +115,48 @@ async fn an_upstream_cannot_set_or_clear_the_storefronts_cookies() {
     let cookies: Vec<_> = seen.headers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies.len(), 1, "only tokengate's own session cookie: {cookies:?}");
     assert!(cookies[0].to_str().unwrap_or("").starts_with(&format!("{COOKIE}=")));
+}
+
+#[tokio::test]
+async fn a_token_in_any_body_in_any_form_is_blocked() {
+    let hostile = Hostile::start().await;
+    let env = hostile_env(&hostile).await;
+    for case in ["octet-stream", "pdf", "two-types", "json-escaped", "percent", "base64"] {
+        let seen = call(&env, case).await;
+        assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{case}");
+        assert!(String::from_utf8_lossy(&seen.body).contains("token_leak_blocked"), "{case}");
+        assert_no_token(&hostile, &seen, case);
+    }
+}
+
+#[tokio::test]
+async fn an_encoding_the_guard_cannot_decode_is_refused() {
+    let hostile = Hostile::start().await;
+    let env = hostile_env(&hostile).await;
+    for case in ["encoding-none", "gzip"] {
+        let seen = call(&env, case).await;
+        assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{case}");
+        assert!(String::from_utf8_lossy(&seen.body).contains("upstream_unavailable"), "{case}");
+        assert_no_token(&hostile, &seen, case);
+    }
+}
+
+#[tokio::test]
+async fn a_token_after_bytes_went_out_cuts_the_response_off() {
+    let hostile = Hostile::start().await;
+    let env = hostile_env(&hostile).await;
+    // A chunked body with the token after 270 KiB, over both protocols, and a declared
+    // length of 300 KiB (far above what the guard used to scan) with the token at its end.
+    for (case, http2) in [("late", false), ("late", true), ("big-declared", false)] {
+        let seen = call_with(&env, case, http2).await;
+        assert_eq!(seen.status, StatusCode::OK, "{case}: the head went out before the token came");
+        assert!(!seen.complete, "{case}: the response is cut off, never completed (http2: {http2})");
+        assert!(seen.body.len() >= 16 * 1024, "{case}: the harmless part streamed");
+        assert_no_token(&hostile, &seen, case);
+    }
+    let admin = env.proxy.admin.expect("an admin listener");
+    let metrics = env.raw(http::Method::GET, &format!("http://{admin}/metrics"), &[], None).await.text();
+    assert!(metrics.contains("tokengate_token_leaks_blocked_total 3"), "each cut is counted:\n{metrics}");
+    let log = env.proxy_log();
+    assert!(log.contains("token_leak_blocked"), "each cut is logged as a security event");
 }

@@ -257,19 +257,39 @@ async fn return_to_is_normalised_before_it_is_checked() {
 }
 
 #[tokio::test]
-async fn a_scanned_body_that_trickles_in_is_cut_off_at_the_request_timeout() {
+async fn a_scanned_body_streams_and_is_cut_off_when_it_stalls_for_the_request_timeout() {
     let env = Env::with(Options::default().set("upstream", "request_timeout", "500ms")).await;
     let browser = env.browser();
     browser.post("/session/guest").await;
-    // A JSON body the leak guard reads before the first byte goes out; the API sends
-    // 16 KiB, then stalls for 30 s.
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        browser.get("/api/debug/bytes?n=40000&chunked=1&type=json&stall_ms=30000"),
-    )
-    .await
-    .expect("the proxy answers long before the API's stall ends");
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
-    assert_eq!(reply.error_code().as_deref(), Some("upstream_timeout"));
+    // A JSON body the leak guard scans: the API sends 16 KiB, then stalls for 30 s. The
+    // first bytes reach the browser at once; the stall cuts the response off.
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+    let request =
+        Request::get(format!("{}/api/debug/bytes?n=40000&chunked=1&type=json&stall_ms=30000", browser.base))
+            .header("cookie", format!("{COOKIE}={}", browser.cookie().expect("a session")))
+            .header("accept", "application/json")
+            .body(http_body_util::Full::default())
+            .expect("a request");
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("the head arrives long before the API's stall ends")
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first chunk arrives before the stall ends")
+        .expect("a frame")
+        .expect("data");
+    assert!(first.data_ref().is_some_and(|data| !data.is_empty()), "the first bytes streamed");
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the cut comes long before the API's stall ends");
+    assert!(rest.is_err(), "the body is cut off, never completed");
+    assert!(started.elapsed() < Duration::from_secs(25), "bounded by request_timeout, not the API's stall");
+    let admin = env.proxy.admin.expect("an admin listener");
+    let metrics = env.raw(Method::GET, &format!("http://{admin}/metrics"), &[], None).await.text();
+    assert!(metrics.contains("tokengate_response_bodies_stalled_total 1"), "counted:\n{metrics}");
     assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session survives");
 }

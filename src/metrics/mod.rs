@@ -25,6 +25,7 @@
 //! | `tokengate_rejected_requests_total` | counter | `code` (the contract's error code) |
 //! | `tokengate_store_errors_total` | counter | — |
 //! | `tokengate_token_leaks_blocked_total` | counter | — |
+//! | `tokengate_response_bodies_stalled_total` | counter | — |
 //! | `tokengate_open_connections` | gauge | — (storefront listener) |
 //! | `tokengate_build_info` | gauge | `version` |
 
@@ -144,6 +145,7 @@ pub struct Metrics {
     rejected_by_code: HashMap<&'static str, Counter>,
     store_errors: Counter,
     leaks_blocked: Counter,
+    bodies_stalled: Counter,
     open_connections: Gauge,
 }
 
@@ -248,8 +250,14 @@ impl Metrics {
         let leaks_blocked = Counter::default();
         registry.register(
             "token_leaks_blocked",
-            "Responses withheld by the leak guard",
+            "Responses withheld or cut off by the leak guard",
             leaks_blocked.clone(),
+        );
+        let bodies_stalled = Counter::default();
+        registry.register(
+            "response_bodies_stalled",
+            "Response bodies cut off because the API stopped sending for request_timeout",
+            bodies_stalled.clone(),
         );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open storefront connections", open_connections.clone());
@@ -271,6 +279,7 @@ impl Metrics {
             rejected_by_code,
             store_errors,
             leaks_blocked,
+            bodies_stalled,
             open_connections,
         }
     }
@@ -335,6 +344,11 @@ impl Metrics {
     /// A leak-guard hit (a token about to reach the browser was blocked).
     pub fn record_leak_blocked(&self) {
         self.leaks_blocked.inc();
+    }
+
+    /// A response body the API stopped sending for `request_timeout` (cut off).
+    pub fn record_body_stalled(&self) {
+        self.bodies_stalled.inc();
     }
 
     pub fn connection_opened(&self) {

@@ -100,8 +100,50 @@ fn hostile_answer(case: &str, token: &str) -> String {
             "HTTP/1.1 200 OK\r\n{JSON}set-cookie: a=1\r\nset-cookie2: b=2\r\n\
              clear-site-data: \"cookies\", \"storage\"\r\ncontent-length: 2\r\n\r\n{{}}"
         ),
-        _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+        _ => body_answer(case, token).unwrap_or_else(|| {
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+        }),
     }
+}
+
+/// The cases that put the token in the body, in some form, under some headers.
+fn body_answer(case: &str, token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let escaped: String = token.chars().map(|c| format!("\\u{:04x}", u32::from(c))).collect();
+    let percent: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+    let base64 = base64::engine::general_purpose::STANDARD.encode(format!("{{\"t\":\"{token}\"}}"));
+    let (headers, body) = match case {
+        "octet-stream" => ("content-type: application/octet-stream\r\n", token.to_string()),
+        "pdf" => ("content-type: application/pdf\r\n", format!("%PDF-1.7 {token}")),
+        "two-types" => ("content-type: image/png\r\ncontent-type: application/json\r\n", token.to_string()),
+        "encoding-none" => {
+            ("content-type: application/json\r\ncontent-encoding: none\r\n", token.to_string())
+        }
+        "gzip" => ("content-type: application/json\r\ncontent-encoding: gzip\r\n", token.to_string()),
+        "json-escaped" => ("content-type: application/json\r\n", format!("{{\"t\":\"{escaped}\"}}")),
+        "percent" => ("content-type: text/plain\r\n", format!("t={percent}")),
+        "base64" => ("content-type: text/plain\r\n", base64),
+        "big-declared" => {
+            ("content-type: application/json\r\n", format!("{}{token}", " ".repeat(300 * 1024)))
+        }
+        "late" => return Some(late_leak(token)),
+        _ => return None,
+    };
+    Some(format!(
+        "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// A chunked JSON body: 270 KiB of harmless bytes in 16 KiB chunks, then the token.
+fn late_leak(token: &str) -> String {
+    let mut answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string();
+    let filler = "x".repeat(16 * 1024);
+    for _ in 0..17 {
+        answer.push_str(&format!("{:x}\r\n{filler}\r\n", filler.len()));
+    }
+    answer.push_str(&format!("{:x}\r\n{token}\r\n0\r\n\r\n", token.len()));
+    answer
 }
 
 /// The request's path and Bearer token; the body (if any) is read and dropped.

@@ -1,0 +1,253 @@
+//! Searching a response body for a session's tokens as it streams, in every form a page
+//! could turn back into the token.
+//!
+//! **Forms.** A token may come back raw, JSON-escaped (`\/`, or any character as `\u00XX`),
+//! percent-encoded (any character as `%XX`), or base64 / base64url encoded inside a larger
+//! encoded blob. The escapes can be applied to any subset of characters, so they cannot be
+//! listed in advance: each scanned stretch is also searched in a *decoded view* where
+//! `\uXXXX`, `\/`, `\\`, `\"` and `%XX` are undone. Base64 depends on where the token
+//! starts within the 3-byte groups; for each of the three alignments the part of the
+//! encoding that does not depend on the neighbouring bytes is a needle of its own, in the
+//! standard and the URL-safe alphabet.
+//!
+//! **Streaming.** There is no whole-body buffer and no size above which scanning stops:
+//! each frame is searched together with the last [`Scanner::window`] bytes before it (the
+//! longest stretch one encoded token can span), so an occurrence split across frames is
+//! found in the frame that completes it. Bytes go out as soon as their frame is searched;
+//! a hit in a later frame is reported, and the caller ends the response mid-way (the
+//! connection or stream is reset, never completed).
+//!
+//! All needles of a session go into one Aho-Corasick automaton, built once per response,
+//! searched once over the raw bytes and once over the decoded view (only when the stretch
+//! holds a `%` or `\`).
+
+use aho_corasick::AhoCorasick;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+
+/// Shorter secrets are not searched (they would match by chance).
+const MIN_SECRET_LEN: usize = 8;
+
+/// The longest encoding of one character in the forms searched (`\u00XX`).
+const MAX_ESCAPE_LEN: usize = 6;
+
+/// The session's tokens, in every form searched.
+#[derive(Debug, Clone)]
+pub struct Needles {
+    automaton: AhoCorasick,
+    /// The raw secrets alone, without case (header names arrive lowercased).
+    caseless: AhoCorasick,
+    /// The longest raw stretch one occurrence can span.
+    window: usize,
+}
+
+impl Needles {
+    /// The needles for `secrets` (shorter ones than eight bytes are left out); `None` when
+    /// nothing is left to search for.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
+        let raw: Vec<&[u8]> = secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).collect();
+        let longest = raw.iter().map(|secret| secret.len()).max()?;
+        let mut patterns: Vec<Vec<u8>> = raw.iter().map(|secret| secret.to_vec()).collect();
+        patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
+        patterns.sort();
+        patterns.dedup();
+        let automaton = AhoCorasick::new(&patterns).ok()?;
+        let caseless = AhoCorasick::builder().ascii_case_insensitive(true).build(&raw).ok()?;
+        Some(Self { automaton, caseless, window: longest * MAX_ESCAPE_LEN })
+    }
+
+    /// Whether `haystack` holds a secret as it is, in any case (for header names).
+    pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
+        self.caseless.is_match(haystack)
+    }
+
+    /// Whether `haystack` holds a needle, raw or once its escapes are undone.
+    pub fn found_in(&self, haystack: &[u8]) -> bool {
+        if self.automaton.is_match(haystack) {
+            return true;
+        }
+        memchr::memchr2(b'%', b'\\', haystack).is_some() && self.automaton.is_match(&decoded(haystack))
+    }
+}
+
+/// The parts of base64(`secret`) that do not depend on the bytes around it, for each of
+/// the three positions it can start at within a 3-byte group, in both alphabets.
+fn base64_cores(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut cores = Vec::with_capacity(6);
+    for offset in 0..3usize {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(secret);
+        // The first characters mix in the zero padding before the secret; the last ones
+        // the bytes after it. Keep only the characters made of the secret's bits alone.
+        let skip_front = if offset == 0 { 0 } else { offset + 1 };
+        let whole_groups = shifted.len() / 3;
+        let end = whole_groups * 4;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let encoded = engine.encode(&shifted);
+            if end > skip_front + MIN_SECRET_LEN {
+                cores.push(encoded.as_bytes()[skip_front..end].to_vec());
+            }
+        }
+    }
+    cores
+}
+
+/// `haystack` with `\uXXXX` (ASCII), `\/`, `\\`, `\"` and `%XX` undone; everything else
+/// as it is.
+fn decoded(haystack: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut at = 0;
+    while at < haystack.len() {
+        let rest = &haystack[at..];
+        let (byte, used) = match rest {
+            [b'%', high, low, ..] => match hex_pair(*high, *low) {
+                Some(byte) => (byte, 3),
+                None => (b'%', 1),
+            },
+            [b'\\', b'u', a, b, c, d, ..] => match (hex_pair(*a, *b), hex_pair(*c, *d)) {
+                (Some(0), Some(byte)) => (byte, 6),
+                _ => (b'\\', 1),
+            },
+            [b'\\', escaped @ (b'/' | b'\\' | b'"'), ..] => (*escaped, 2),
+            [byte, ..] => (*byte, 1),
+            [] => break,
+        };
+        out.push(byte);
+        at += used;
+    }
+    out
+}
+
+fn hex_pair(high: u8, low: u8) -> Option<u8> {
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    Some(digit(high)? << 4 | digit(low)?)
+}
+
+/// A hit: the body carried one of the session's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit;
+
+/// The search state of one response body.
+#[derive(Debug)]
+pub struct Scanner {
+    needles: Needles,
+    /// The last bytes already searched, searched again with the next frame.
+    overlap: BytesMut,
+}
+
+impl Scanner {
+    pub fn new(needles: Needles) -> Self {
+        Self { needles, overlap: BytesMut::new() }
+    }
+
+    /// How many bytes before a frame are searched with it.
+    pub fn window(&self) -> usize {
+        self.needles.window
+    }
+
+    /// Searches the next frame (with the overlap before it); `Err` on a hit.
+    pub fn push(&mut self, data: &Bytes) -> Result<(), Hit> {
+        let found = if self.overlap.is_empty() {
+            self.needles.found_in(data)
+        } else {
+            self.overlap.extend_from_slice(data);
+            self.needles.found_in(&self.overlap)
+        };
+        if found {
+            return Err(Hit);
+        }
+        self.keep_tail(data);
+        Ok(())
+    }
+
+    /// Keeps the last `window` bytes searched so far for the next frame.
+    fn keep_tail(&mut self, data: &Bytes) {
+        let window = self.window();
+        if data.len() >= window {
+            self.overlap.clear();
+            self.overlap.extend_from_slice(&data[data.len() - window..]);
+        } else if self.overlap.len() > window {
+            // The overlap already ends with `data` (appended in `push`).
+            let excess = self.overlap.len() - window;
+            let _ = self.overlap.split_to(excess);
+        } else if self.overlap.is_empty() {
+            self.overlap.extend_from_slice(data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &[u8] = b"42acc9dd3162322cbdb95801d54d600dfaaf743a";
+
+    fn needles() -> Needles {
+        Needles::new([TOKEN, b"short".as_slice()]).unwrap_or_else(|| panic!("needles"))
+    }
+
+    fn scan(frames: &[&[u8]]) -> Result<(), Hit> {
+        let mut scanner = Scanner::new(needles());
+        frames.iter().try_for_each(|frame| scanner.push(&Bytes::copy_from_slice(frame)))
+    }
+
+    fn json_escaped(text: &[u8]) -> Vec<u8> {
+        text.iter().flat_map(|b| format!("\\u{:04x}", b).into_bytes()).collect()
+    }
+
+    fn percent_encoded(text: &[u8]) -> Vec<u8> {
+        text.iter().flat_map(|b| format!("%{:02X}", b).into_bytes()).collect()
+    }
+
+    #[test]
+    fn every_form_of_the_token_is_found() {
+        let mut forms: Vec<Vec<u8>> = vec![TOKEN.to_vec(), json_escaped(TOKEN), percent_encoded(TOKEN)];
+        for prefix in ["", "a", "ab"] {
+            let mut blob = prefix.as_bytes().to_vec();
+            blob.extend_from_slice(TOKEN);
+            blob.extend_from_slice(b"tail");
+            forms.push(STANDARD_NO_PAD.encode(&blob).into_bytes());
+            forms.push(URL_SAFE_NO_PAD.encode(&blob).into_bytes());
+        }
+        // Half escaped, half not.
+        let mut mixed = TOKEN[..10].to_vec();
+        mixed.extend(json_escaped(&TOKEN[10..20]));
+        mixed.extend(percent_encoded(&TOKEN[20..]));
+        forms.push(mixed);
+        for form in forms {
+            let mut body = br#"{"data":""#.to_vec();
+            body.extend_from_slice(&form);
+            body.extend_from_slice(br#""}"#);
+            assert_eq!(scan(&[&body]), Err(Hit), "{}", String::from_utf8_lossy(&form));
+        }
+    }
+
+    #[test]
+    fn a_token_split_across_frames_is_found_in_the_frame_that_completes_it() {
+        let mut body = vec![b'x'; 300 * 1024];
+        body.extend_from_slice(&json_escaped(TOKEN));
+        for cut in [1, 7, 100, 239] {
+            let split = body.len() - cut;
+            let frames: Vec<&[u8]> = body[..split].chunks(4096).chain([&body[split..]]).collect();
+            assert_eq!(scan(&frames), Err(Hit), "cut {cut} bytes before the end");
+        }
+        let one_byte_frames: Vec<&[u8]> = TOKEN.chunks(1).collect();
+        assert_eq!(scan(&one_byte_frames), Err(Hit), "one byte a frame");
+    }
+
+    #[test]
+    fn clean_bodies_and_near_misses_pass() {
+        assert_eq!(scan(&[br#"{"ok":true}"#]), Ok(()));
+        assert_eq!(scan(&[&TOKEN[..TOKEN.len() - 1], b"%zz\\u12"]), Ok(()), "a prefix is not the token");
+        assert_eq!(scan(&[b"short short"]), Ok(()), "secrets under eight bytes are not searched");
+        let big = vec![b'a'; 1024 * 1024];
+        assert_eq!(scan(&[&big, &big]), Ok(()));
+    }
+
+    #[test]
+    fn the_decoded_view_undoes_only_what_it_should() {
+        assert_eq!(decoded(b"a%41\\u0042\\/\\\\%zz%4"), b"aAB/\\%zz%4".to_vec());
+        assert_eq!(decoded(b"\\u2603"), b"\\u2603".to_vec(), "non-ASCII escapes stay");
+    }
+}
