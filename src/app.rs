@@ -27,6 +27,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{Body, Reporter};
+use crate::codec;
 use crate::config::{Fixed, Live, Route, SessionPolicy};
 use crate::cookie;
 use crate::endpoints;
@@ -151,8 +152,9 @@ impl App {
         let limits = Limits {
             max_body_bytes: live.max_body_bytes,
             replayable: route.session != SessionPolicy::None,
-            identity_encoding: live.leak_guard.enabled,
+            decodable_encodings: live.leak_guard.enabled,
         };
+        let browser_coding = codec::preferred_by(request.headers());
         let prepared = self.forwarder.prepare(request, route, ctx, limits).await?;
         let active = self.session(ctx, route).await?;
         let record = match &active {
@@ -162,7 +164,7 @@ impl App {
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
         let reporter = Reporter { metrics: Arc::clone(&self.metrics), request_id: ctx.request_id.clone() };
         let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
-        guard.inspect(response, record.as_deref(), reporter).await
+        guard.inspect(response, record.as_deref(), browser_coding, reporter).await
     }
 
     /// Step 5: the route's session policy applied to the cookie; a guest minted for

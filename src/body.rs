@@ -16,6 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::codec::{Decoder, Encoder};
 use crate::metrics::Metrics;
 use crate::scan::Scanner;
 
@@ -54,6 +55,9 @@ pub enum BodyError {
     /// A response body carried one of the session's tokens; it is cut off.
     #[error("the response body carried a token")]
     LeakBlocked,
+    /// A response body is not valid in its content encoding.
+    #[error("the response body is not valid in its content encoding")]
+    Corrupt,
 }
 
 impl Body {
@@ -170,7 +174,9 @@ impl http_body::Body for Body {
             Body::Stream(incoming) => incoming.is_end_stream(),
             Body::Prefixed(prefix, incoming) => prefix.is_none() && incoming.is_end_stream(),
             Body::Upload(upload) => upload.prefix.is_none() && upload.rest.is_end_stream(),
-            Body::Watched(watched) => watched.first.is_none() && watched.inner.is_end_stream(),
+            // Only once the stage's tail (an encoder's end) went out, never from the inner
+            // stream alone.
+            Body::Watched(watched) => watched.first.is_none() && watched.ended,
         }
     }
 
@@ -181,6 +187,8 @@ impl http_body::Body for Body {
             Body::Stream(incoming) => incoming.size_hint(),
             Body::Prefixed(prefix, incoming) => with_prefix(prefix.as_ref(), incoming.size_hint()),
             Body::Upload(upload) => with_prefix(upload.prefix.as_ref(), upload.rest.size_hint()),
+            // A decoded or re-encoded body has a length of its own, unknown until its end.
+            Body::Watched(watched) if watched.stage.changes_length() => SizeHint::new(),
             Body::Watched(watched) => with_prefix(watched.first.as_ref(), watched.inner.size_hint()),
         }
     }
@@ -203,74 +211,162 @@ pub struct Reporter {
     pub request_id: http::HeaderValue,
 }
 
+/// What happens to each frame of a response body on its way out: decoded (when the API
+/// compressed it), searched for the session's tokens, and encoded for the browser (or the
+/// API's own bytes passed on when the browser takes their encoding).
+#[derive(Debug, Default)]
+pub struct Stage {
+    pub decoder: Option<Decoder>,
+    pub scanner: Option<Scanner>,
+    pub encoder: Option<Encoder>,
+    /// Send the API's bytes as they came (after searching what they decode to).
+    pub passthrough: bool,
+}
+
+/// Why a stage stopped a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The body carried one of the session's tokens.
+    Leak,
+    /// The body is not valid in its content encoding (or decodes to too much).
+    Corrupt,
+}
+
+impl Stage {
+    /// Whether the bytes that go out differ in length from the API's.
+    pub fn changes_length(&self) -> bool {
+        !self.passthrough && (self.decoder.is_some() || self.encoder.is_some())
+    }
+
+    /// What goes out for one frame from the API.
+    pub fn process(&mut self, raw: &Bytes) -> Result<Bytes, Cut> {
+        let decoded = match &mut self.decoder {
+            Some(decoder) => decoder.push(raw).map_err(|_| Cut::Corrupt)?,
+            None => raw.clone(),
+        };
+        self.out(raw.clone(), decoded)
+    }
+
+    /// What goes out at the end of the body.
+    pub fn finish(&mut self) -> Result<Bytes, Cut> {
+        let decoded = match self.decoder.take() {
+            Some(decoder) => decoder.finish().map_err(|_| Cut::Corrupt)?,
+            None => Bytes::new(),
+        };
+        let mut out = self.out(Bytes::new(), decoded)?.to_vec();
+        if let Some(encoder) = self.encoder.take() {
+            out.extend_from_slice(&encoder.finish().map_err(|_| Cut::Corrupt)?);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn out(&mut self, raw: Bytes, decoded: Bytes) -> Result<Bytes, Cut> {
+        if let Some(scanner) = &mut self.scanner {
+            if !decoded.is_empty() {
+                scanner.push(&decoded).map_err(|_| Cut::Leak)?;
+            }
+        }
+        if self.passthrough {
+            return Ok(raw);
+        }
+        match &mut self.encoder {
+            Some(encoder) if !decoded.is_empty() => encoder.push(&decoded).map_err(|_| Cut::Corrupt),
+            _ => Ok(decoded),
+        }
+    }
+}
+
 /// An API response body on its way to the browser (see [`Body::Watched`]). Frames go out
-/// as they arrive, each after it was searched; a body that stops flowing for `idle` is
-/// cut off, and so is one whose frame completes a token. A cut-off body is an error to
+/// as they arrive, each after its [`Stage`]; a body that stops flowing for `idle` is cut
+/// off, and so is one whose frame completes a token. A cut-off body is an error to
 /// hyper, which then resets the connection (HTTP/1.1) or the stream (HTTP/2): the browser
 /// never sees the response complete.
 #[derive(Debug)]
 pub struct Watched {
-    /// A frame read (and searched) before the head went out.
+    /// Bytes ready to go out (what the first frame became, read before the head went out).
     first: Option<Bytes>,
     inner: Body,
-    scanner: Option<Scanner>,
+    stage: Stage,
+    ended: bool,
     idle: std::time::Duration,
     timer: Pin<Box<Sleep>>,
     reporter: Reporter,
 }
 
 impl Watched {
-    /// Watches `inner`, which follows `first` (already searched by `scanner`).
+    /// Watches `inner`, which follows `first` (already through `stage`).
     pub fn new(
         first: Option<Bytes>,
         inner: Body,
-        scanner: Option<Scanner>,
+        stage: Stage,
         idle: std::time::Duration,
         reporter: Reporter,
     ) -> Self {
         let timer = Box::pin(tokio::time::sleep(idle));
-        Self { first, inner, scanner, idle, timer, reporter }
+        Self { first, inner, stage, ended: false, idle, timer, reporter }
     }
 
     fn poll_watched(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => {
-                if self.timer.as_mut().poll(cx).is_ready() {
-                    self.reporter.metrics.record_body_stalled();
-                    tracing::warn!(
-                        request_id = self.reporter.request_id.to_str().unwrap_or(""),
-                        "the API stopped sending the response body; cut off"
-                    );
-                    return Poll::Ready(Some(Err(BodyError::Stalled)));
-                }
-                Poll::Pending
+        loop {
+            if let Some(first) = self.first.take().filter(|bytes| !bytes.is_empty()) {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                self.timer.as_mut().reset(Instant::now() + self.idle);
-                let Some(data) = frame.data_ref() else { return Poll::Ready(Some(Ok(frame))) };
-                if let Some(scanner) = &mut self.scanner {
-                    if scanner.push(data).is_err() {
-                        self.report_leak();
-                        return Poll::Ready(Some(Err(BodyError::LeakBlocked)));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
+            if self.ended {
+                return Poll::Ready(None);
             }
-            other => other,
+            let outcome = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return self.poll_stall(cx),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.timer.as_mut().reset(Instant::now() + self.idle);
+                    let Some(data) = frame.data_ref() else { continue };
+                    self.stage.process(data)
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    self.stage.finish()
+                }
+            };
+            match outcome {
+                Ok(bytes) => self.first = Some(bytes),
+                Err(cut) => return Poll::Ready(Some(Err(self.report(cut)))),
+            }
         }
     }
 
-    fn report_leak(&self) {
-        self.reporter.metrics.record_leak_blocked();
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.reporter.metrics.record_body_stalled();
         tracing::warn!(
-            target: "tokengate::security",
-            event = "token_leak_blocked",
             request_id = self.reporter.request_id.to_str().unwrap_or(""),
-            place = "body",
-            "an upstream response body carried the session's token; the response was cut off"
+            "the API stopped sending the response body; cut off"
         );
+        Poll::Ready(Some(Err(BodyError::Stalled)))
+    }
+
+    fn report(&self, cut: Cut) -> BodyError {
+        let request_id = self.reporter.request_id.to_str().unwrap_or("");
+        match cut {
+            Cut::Leak => {
+                self.reporter.metrics.record_leak_blocked();
+                tracing::warn!(
+                    target: "tokengate::security",
+                    event = "token_leak_blocked",
+                    request_id,
+                    place = "body",
+                    "an upstream response body carried the session's token; the response was cut off"
+                );
+                BodyError::LeakBlocked
+            }
+            Cut::Corrupt => {
+                tracing::warn!(
+                    request_id,
+                    "the API's response body is not valid in its content encoding; cut off"
+                );
+                BodyError::Corrupt
+            }
+        }
     }
 }

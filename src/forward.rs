@@ -96,8 +96,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Keep a small body for a replay (the call runs with a session's token).
     pub replayable: bool,
-    /// Ask the API for uncompressed bodies, so the leak guard can read them.
-    pub identity_encoding: bool,
+    /// Ask the API only for encodings the leak guard decodes.
+    pub decodable_encodings: bool,
 }
 
 impl Forwarder {
@@ -139,8 +139,9 @@ impl Forwarder {
         let mut headers = parts.headers;
         protocol::strip(&mut headers, Direction::Request);
         self.add_forwarding_headers(&mut headers, ctx);
-        if limits.identity_encoding {
-            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if limits.decodable_encodings {
+            // Only what the leak guard decodes (it refuses anything else).
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip, deflate"));
         }
         // A body trickled in byte by byte would otherwise hold the connection for ever.
         let (body, watch, budget) =

@@ -20,12 +20,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_ENCODING;
-use http::{HeaderMap, Response};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use http::{HeaderMap, HeaderValue, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use crate::body::{Body, Reporter, Watched};
+use crate::body::{Body, Cut, Reporter, Stage, Watched};
+use crate::codec::{self, Coding, Decoder, Encoded, Encoder};
 use crate::config::LeakGuardConfig;
 use crate::error::Error;
 use crate::scan::{Needles, Scanner};
@@ -45,52 +46,122 @@ impl LeakGuard {
         Self { config, deadline }
     }
 
-    /// Whether the guard is on (forwarding then asks for uncompressed bodies).
+    /// Whether the guard is on (forwarding then asks only for encodings it decodes).
     pub fn is_enabled(&self) -> bool {
         self.config.enabled
     }
 
-    /// Passes `response` on, watched; fails with `TokenLeakBlocked` if its head or first
-    /// frame carries one of `record`'s tokens. Without a session (or with the guard off)
-    /// only the stall deadline applies.
+    /// Passes `response` on, watched, decoded for the search and encoded as `browser`
+    /// (the browser's preferred coding) asks; fails with `TokenLeakBlocked` if its head or
+    /// first frame carries one of `record`'s tokens. Without a session there is nothing to
+    /// search for; with the guard off the API's bytes pass as they are (the stall
+    /// deadline applies either way).
     pub async fn inspect(
         &self,
         response: Response<Body>,
         record: Option<&SessionRecord>,
+        browser: Option<Coding>,
         reporter: Reporter,
     ) -> Result<Response<Body>, Error> {
-        let needles = record.filter(|_| self.config.enabled).and_then(needles_of);
-        let Some(needles) = needles else {
-            return Ok(response.map(|body| self.watched(None, body, None, reporter)));
-        };
-        if headers_leak(response.headers(), &needles) {
+        if !self.config.enabled {
+            return Ok(response.map(|body| self.watched(None, body, Stage::default(), reporter)));
+        }
+        let needles = record.and_then(needles_of);
+        if needles.as_ref().is_some_and(|needles| headers_leak(response.headers(), needles)) {
             return Err(blocked("header"));
         }
-        let (parts, mut body) = response.into_parts();
-        if !is_identity(&parts.headers) && !body.is_end_stream() {
-            return Err(Error::UpstreamUnavailable(
-                "the API answered in a content encoding the leak guard cannot decode".into(),
-            ));
+        let (mut parts, mut body) = response.into_parts();
+        if body.is_end_stream() {
+            return Ok(Response::from_parts(parts, self.watched(None, body, Stage::default(), reporter)));
         }
-        let mut scanner = Scanner::new(needles);
+        let mut stage = plan(&mut parts.headers, browser)?;
+        stage.scanner = needles.map(Scanner::new);
         let first = tokio::time::timeout(self.deadline, first_data(&mut body))
             .await
             .map_err(|_| Error::UpstreamTimeout)??;
-        if let Some(first) = &first {
-            scanner.push(first).map_err(|_| blocked("body"))?;
-        }
-        Ok(Response::from_parts(parts, self.watched(first, body, Some(scanner), reporter)))
+        let first = match first {
+            Some(first) => Some(stage.process(&first).map_err(|cut| match cut {
+                Cut::Leak => blocked("body"),
+                Cut::Corrupt => corrupt(),
+            })?),
+            None => None,
+        };
+        Ok(Response::from_parts(parts, self.watched(first, body, stage, reporter)))
     }
 
-    fn watched(
-        &self,
-        first: Option<Bytes>,
-        body: Body,
-        scanner: Option<Scanner>,
-        reporter: Reporter,
-    ) -> Body {
-        Body::Watched(Box::new(Watched::new(first, body, scanner, self.deadline, reporter)))
+    fn watched(&self, first: Option<Bytes>, body: Body, stage: Stage, reporter: Reporter) -> Body {
+        Body::Watched(Box::new(Watched::new(first, body, stage, self.deadline, reporter)))
     }
+}
+
+/// How a body goes from the API's encoding to the browser's, with the headers to match:
+/// the API's bytes as they are when the browser takes their encoding; decoded (and, for a
+/// textual body, encoded as the browser prefers) otherwise. An encoding tokengate cannot
+/// decode is refused: it would pass unsearched.
+fn plan(headers: &mut HeaderMap, browser: Option<Coding>) -> Result<Stage, Error> {
+    let mut stage = Stage::default();
+    let from = match codec::encoding_of(headers) {
+        Encoded::Unreadable => {
+            return Err(Error::UpstreamUnavailable(
+                "the API answered in a content encoding the leak guard cannot decode".into(),
+            ))
+        }
+        Encoded::Identity => None,
+        Encoded::Readable(coding) => Some(coding),
+    };
+    stage.decoder = from.map(Decoder::new);
+    if from.is_some() && from == browser {
+        stage.passthrough = true;
+        return Ok(stage);
+    }
+    let to = browser.filter(|_| is_compressible(headers, from.is_none()));
+    if from.is_none() && to.is_none() {
+        return Ok(stage);
+    }
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(CONTENT_ENCODING);
+    weaken_etag(headers);
+    if let Some(to) = to {
+        headers.insert(CONTENT_ENCODING, to.header_value());
+        stage.encoder = Some(Encoder::new(to));
+    }
+    headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(stage)
+}
+
+/// Textual, and (when `length_is_plain`: the declared length is not a compressed one) not
+/// declared tiny: worth the browser's decoding.
+fn is_compressible(headers: &HeaderMap, length_is_plain: bool) -> bool {
+    let textual = headers.get(CONTENT_TYPE).and_then(|t| t.to_str().ok()).is_some_and(|content_type| {
+        let content_type = content_type.to_ascii_lowercase();
+        content_type.starts_with("text/")
+            || content_type.contains("json")
+            || content_type.contains("xml")
+            || content_type.contains("javascript")
+    });
+    let tiny = length_is_plain
+        && headers
+            .get(CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length < 256);
+    textual && !tiny
+}
+
+/// A strong validator no longer fits bytes tokengate re-encoded.
+fn weaken_etag(headers: &mut HeaderMap) {
+    let Some(etag) = headers.get(ETAG) else { return };
+    if etag.as_bytes().starts_with(b"W/") {
+        return;
+    }
+    let mut weak = b"W/".to_vec();
+    weak.extend_from_slice(etag.as_bytes());
+    if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+        headers.insert(ETAG, weak);
+    }
+}
+
+fn corrupt() -> Error {
+    Error::UpstreamUnavailable("the API's response body is not valid in its content encoding".into())
 }
 
 /// The hit, as an error: logged (as a security event) and counted where every error
@@ -111,12 +182,6 @@ fn headers_leak(headers: &HeaderMap, needles: &Needles) -> bool {
     headers.iter().any(|(name, value)| {
         needles.found_in_ignoring_case(name.as_str().as_bytes()) || needles.found_in(value.as_bytes())
     })
-}
-
-/// No `Content-Encoding`, or `identity`.
-fn is_identity(headers: &HeaderMap) -> bool {
-    let mut encodings = headers.get_all(CONTENT_ENCODING).iter();
-    encodings.all(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 /// The first data frame of `body` (trailers before it are skipped), or `None` at its end.
@@ -168,7 +233,7 @@ mod tests {
     }
 
     async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
-        let passed = guard.inspect(response, Some(&record()), reporter()).await?;
+        let passed = guard.inspect(response, Some(&record()), None, reporter()).await?;
         passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
     }
 
@@ -207,12 +272,37 @@ mod tests {
 
     #[tokio::test]
     async fn an_encoding_the_guard_cannot_read_is_refused() {
-        for encoding in ["gzip", "none", "br"] {
+        for encoding in ["none", "zstd", "gzip, br"] {
             let mut encoded = response("application/json", "not really compressed");
-            encoded.headers_mut().insert(CONTENT_ENCODING, http::HeaderValue::from_static(encoding));
+            encoded.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
             let result = inspect(guard(true), encoded).await;
             assert!(matches!(result, Err(Error::UpstreamUnavailable(_))), "{encoding}");
         }
+        let mut garbage = response("application/json", "not really gzip");
+        garbage.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(matches!(inspect(guard(true), garbage).await, Err(Error::UpstreamUnavailable(_))));
+    }
+
+    fn gzipped(content_type: &'static str, text: &str) -> Response<Body> {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = encoder.write_all(text.as_bytes());
+        let mut response = Response::new(Body::full(encoder.finish().unwrap_or_default()));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        response
+    }
+
+    #[tokio::test]
+    async fn a_compressed_body_is_searched_decoded() {
+        let leaked = gzipped("application/json", r#"{"echo":"access-0123456789abcdef"}"#);
+        assert!(is_blocked(&inspect(guard(true), leaked).await), "gzip hides nothing");
+        let clean = inspect(guard(true), gzipped("application/json", r#"{"ok":true}"#)).await;
+        assert_eq!(
+            clean.ok().as_deref(),
+            Some(br#"{"ok":true}"#.as_slice()),
+            "decoded for a browser without gzip"
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ pub mod unauthorized;
 pub mod protocol;
 pub mod leak_guard;
 pub mod scan;
+pub mod codec;
 pub mod body;
 pub mod error;
 

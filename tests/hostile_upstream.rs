@@ -160,3 +160,112 @@ async fn a_token_after_bytes_went_out_cuts_the_response_off() {
     let log = env.proxy_log();
     assert!(log.contains("token_leak_blocked"), "each cut is logged as a security event");
 }
+
+/// One call with an `Accept-Encoding`, its body decoded as the browser would.
+async fn call_accepting(env: &Env, path: &str, accept_encoding: &str) -> (Seen, Vec<u8>) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::get(format!("{}{path}", env.browser().base))
+        .header("accept-encoding", accept_encoding)
+        .header("accept", "application/json")
+        .body(Full::default())
+        .expect("a request");
+    let response = client.request(request).await.expect("tokengate answers");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let decoded = match headers.get("content-encoding").map(|v| v.as_bytes()) {
+        Some(b"gzip") => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+                .expect("gzip");
+            out
+        }
+        Some(b"br") => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut brotli::Decompressor::new(&bytes[..], 4096), &mut out)
+                .expect("br");
+            out
+        }
+        _ => bytes.to_vec(),
+    };
+    let seen = Seen { status, reason: None, headers, body: bytes, trailers: None, complete: true };
+    (seen, decoded)
+}
+
+#[tokio::test]
+async fn a_compressed_leak_is_blocked_and_a_clean_compressed_body_reaches_the_browser_as_it_asks() {
+    let hostile = Hostile::start().await;
+    let env = hostile_env(&hostile).await;
+    let (leaked, _) = call_accepting(&env, "/api/hostile/gzip-leak", "gzip").await;
+    assert_eq!(leaked.status, StatusCode::BAD_GATEWAY, "gzip hides nothing from the guard");
+    assert_no_token(&hostile, &leaked, "gzip leak");
+    for (accept, expected) in [("gzip", Some("gzip")), ("br", Some("br")), ("identity", None)] {
+        let (seen, decoded) = call_accepting(&env, "/api/hostile/gzip-clean", accept).await;
+        assert_eq!(seen.status, StatusCode::OK, "{accept}");
+        assert_eq!(
+            seen.headers.get("content-encoding").map(|v| v.to_str().unwrap_or("")),
+            expected,
+            "{accept}"
+        );
+        let text = String::from_utf8_lossy(&decoded);
+        assert!(text.starts_with("{\"ok\":\"clean clean"), "{accept}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_browser_gets_gzip_or_br_as_it_asks_and_streaming_survives() {
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "20s")).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let path = "/api/debug/bytes?n=20000&type=json";
+    for (accept, expected) in [("gzip, deflate, br", "br"), ("gzip", "gzip"), ("br;q=0, gzip;q=0.5", "gzip")]
+    {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+        let request = http::Request::get(format!("{}{path}", browser.base))
+            .header("cookie", format!("{COOKIE}={}", browser.cookie().expect("a session")))
+            .header("accept-encoding", accept)
+            .body(Full::default())
+            .expect("a request");
+        let response = client.request(request).await.expect("an answer");
+        assert_eq!(
+            response.headers().get("content-encoding").map(|v| v.to_str().unwrap_or("")),
+            Some(expected)
+        );
+        assert!(response
+            .headers()
+            .get("vary")
+            .is_some_and(|v| v.to_str().unwrap_or("").contains("accept-encoding")));
+        assert!(response.headers().get("content-length").is_none(), "the length changed");
+        let bytes = response.into_body().collect().await.expect("whole").to_bytes();
+        let mut decoded = Vec::new();
+        if expected == "br" {
+            std::io::Read::read_to_end(&mut brotli::Decompressor::new(&bytes[..], 4096), &mut decoded)
+                .expect("br");
+        } else {
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut decoded)
+                .expect("gzip");
+        }
+        assert_eq!(decoded.len(), 20000, "{accept}: every byte, decoded");
+        assert!(bytes.len() < decoded.len(), "{accept}: compressed");
+    }
+    // A compressed stream still streams: the first chunk arrives while the API stalls.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::get(format!(
+        "{}/api/debug/bytes?n=40000&chunked=1&type=json&stall_ms=15000",
+        browser.base
+    ))
+    .header("cookie", format!("{COOKIE}={}", browser.cookie().expect("a session")))
+    .header("accept-encoding", "gzip")
+    .body(Full::default())
+    .expect("a request");
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+        .await
+        .expect("the head arrives before the stall ends")
+        .expect("an answer");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first compressed chunk arrives before the stall ends");
+    assert!(
+        first.is_some_and(|frame| frame.is_ok_and(|frame| frame.data_ref().is_some_and(|d| !d.is_empty())))
+    );
+}

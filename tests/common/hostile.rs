@@ -77,17 +77,18 @@ async fn serve(mut stream: TcpStream, issued: Arc<Mutex<Vec<String>>>) {
             r#"{{"access_token":"{access}","token_type":"bearer","expires_in":86397,"refresh_token":"{refresh}"}}"#
         );
         format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+            .into_bytes()
     } else if let Some(case) = path.strip_prefix("/v1/hostile/") {
         hostile_answer(case, &bearer.unwrap_or_default())
     } else {
-        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
     };
-    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.write_all(&answer).await;
     let _ = stream.shutdown().await;
 }
 
 /// The raw response for `case`, with `token` where the case puts it.
-fn hostile_answer(case: &str, token: &str) -> String {
+fn hostile_answer(case: &str, token: &str) -> Vec<u8> {
     const JSON: &str = "content-type: application/json\r\nconnection: close\r\n";
     match case {
         "reason" => format!("HTTP/1.1 200 {token}\r\n{JSON}content-length: 2\r\n\r\n{{}}"),
@@ -100,14 +101,17 @@ fn hostile_answer(case: &str, token: &str) -> String {
             "HTTP/1.1 200 OK\r\n{JSON}set-cookie: a=1\r\nset-cookie2: b=2\r\n\
              clear-site-data: \"cookies\", \"storage\"\r\ncontent-length: 2\r\n\r\n{{}}"
         ),
-        _ => body_answer(case, token).unwrap_or_else(|| {
-            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
-        }),
+        _ => {
+            return body_answer(case, token).unwrap_or_else(|| {
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+            })
+        }
     }
+    .into_bytes()
 }
 
 /// The cases that put the token in the body, in some form, under some headers.
-fn body_answer(case: &str, token: &str) -> Option<String> {
+fn body_answer(case: &str, token: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let escaped: String = token.chars().map(|c| format!("\\u{:04x}", u32::from(c))).collect();
     let percent: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
@@ -126,13 +130,18 @@ fn body_answer(case: &str, token: &str) -> Option<String> {
         "big-declared" => {
             ("content-type: application/json\r\n", format!("{}{token}", " ".repeat(300 * 1024)))
         }
-        "late" => return Some(late_leak(token)),
+        "late" => return Some(late_leak(token).into_bytes()),
+        "gzip-leak" => return Some(gzip_answer(&format!("{{\"t\":\"{token}\"}}"))),
+        "gzip-clean" => return Some(gzip_answer(&format!("{{\"ok\":\"{}\"}}", "clean ".repeat(100)))),
         _ => return None,
     };
-    Some(format!(
-        "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ))
+    Some(
+        format!(
+            "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 /// A chunked JSON body: 270 KiB of harmless bytes in 16 KiB chunks, then the token.
@@ -196,4 +205,19 @@ fn random_hex(length: usize) -> String {
     }
     text.truncate(length);
     text
+}
+
+/// A real gzip body, declared as such (binary: returned as bytes).
+fn gzip_answer(text: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = encoder.write_all(text.as_bytes());
+    let body = encoder.finish().unwrap_or_default();
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
 }
