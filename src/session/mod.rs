@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::SessionRateLimit;
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{SessionKind, SessionRecord, SessionStore, Store, StoreError, StoredSession};
-use crate::tokens::{DigitalRiverClient, TokenError, TokenService, TokenSet};
+use crate::tokens::{TokenError, TokenService, TokenSet, Tokens};
 
 pub use signin::HostedEnd;
 
@@ -117,7 +117,7 @@ pub struct Parts<T> {
 }
 
 /// The session manager.
-pub struct Sessions<T = DigitalRiverClient> {
+pub struct Sessions<T = Tokens> {
     store: Arc<Store>,
     tokens: Arc<T>,
     settings: Settings,
@@ -267,6 +267,7 @@ impl<T: TokenService> Sessions<T> {
             created_at: now,
             absolute_expires_at: now.saturating_add(self.settings.absolute_secs),
             generation: 0,
+            identity: None,
         }
     }
 

@@ -199,6 +199,7 @@ impl<T: TokenService> Sessions<T> {
             return_to: return_to.into_string(),
             carried_guest: authorize.carried_guest,
             expires_at: now.saturating_add(STATE_LIFETIME_SECS),
+            code_flow: None,
         };
         self.store.put_pending(active.key, pending).await.map_err(|error| match error {
             StoreError::Full => Error::RateLimited { retry_after: Duration::from_secs(30) },

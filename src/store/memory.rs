@@ -386,6 +386,7 @@ mod tests {
             created_at: 0,
             absolute_expires_at,
             generation,
+            identity: None,
         })
     }
 
@@ -491,6 +492,7 @@ mod tests {
             return_to: "/".into(),
             carried_guest: None,
             expires_at,
+            code_flow: None,
         };
         store.put_pending(key(1), pending(99)).await.expect("room");
         store.put_pending(key(2), pending(200)).await.expect("room");

@@ -18,9 +18,6 @@
 //! Errors never hold a token, the code, the verifier or the client secret: only status
 //! codes, OAuth error codes and fixed texts.
 
-// Wired into config, the session core and the endpoints in round two.
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -517,14 +514,28 @@ impl TokenService for OAuth2Client {
         Err(unsupported())
     }
 
-    /// A refresh; a new ID token is validated, then dropped (the trait has no place for
-    /// it: round two uses [`OAuth2Client::refresh_tokens`] to keep it).
+    /// A refresh; a new ID token is validated (without a session's `sub`), then dropped.
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
-        match self.refresh_tokens(refresh_token, None).await {
+        self.refresh_session(refresh_token, None).await
+    }
+
+    /// A session's refresh: a new ID token must name the session's `sub`. An ID token
+    /// that does not validate is a provider fault (503), not a dead grant.
+    async fn refresh_session(&self, refresh_token: &RefreshToken, sub: Option<&str>) -> Result<TokenSet, TokenError> {
+        match self.refresh_tokens(refresh_token, sub).await {
             Ok(answer) => Ok(answer.tokens),
             Err(OAuth2Error::Token(error)) => Err(error),
             Err(error) => Err(TokenError::Unavailable(error.to_string())),
         }
+    }
+
+    /// Both tokens, refresh token first (RFC 7009 §2.1).
+    async fn revoke_all(&self, access: &AccessToken, refresh: Option<&RefreshToken>) -> Result<(), TokenError> {
+        OAuth2Client::revoke_all(self, access, refresh).await
+    }
+
+    fn oidc(&self) -> Option<&OAuth2Client> {
+        Some(self)
     }
 
     /// Revokes the access token (RFC 7009, hint `access_token`).
