@@ -25,16 +25,16 @@ use crate::config::{ClientAuthMethod, Config, Fixed, OidcSettings, StoreKind};
 use crate::forward::Forwarder;
 use crate::hosted_login::HostedLogin;
 use crate::metrics::Metrics;
+use crate::oidc::discovery::{Backoff, EndpointOverrides, ProviderCache};
 use crate::ratelimit::SessionRateLimit;
 use crate::server::{self, ServeOptions};
 use crate::session::{Parts, Sessions, Settings};
 use crate::store::{snapshot, MemoryStore, RedisStore, Store};
 use crate::telemetry;
-use crate::oidc::discovery::{Backoff, EndpointOverrides, ProviderCache};
 use crate::tokens::oauth2::{ClientAuth, OAuth2Settings};
 use crate::tokens::{DigitalRiverClient, OAuth2Client, Tokens};
-use crate::upstream::HttpClient;
 use crate::upstream;
+use crate::upstream::HttpClient;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
 #[derive(Debug, Clone, Copy)]
@@ -207,10 +207,16 @@ fn token_service(
         jwks_refetch_interval: oidc.jwks_refetch_interval,
         jwks_max_age: Duration::from_secs(3600),
     };
-    let client = OAuth2Client::new(http.clone(), Arc::clone(&cache), settings, Clock::System, Arc::clone(metrics))
-        .map_err(RunError::Config)?;
-    let load =
-        ProviderLoad { cache, http: http.clone(), issuer: oidc.issuer.clone(), overrides: overrides(oidc), timeout };
+    let client =
+        OAuth2Client::new(http.clone(), Arc::clone(&cache), settings, Clock::System, Arc::clone(metrics))
+            .map_err(RunError::Config)?;
+    let load = ProviderLoad {
+        cache,
+        http: http.clone(),
+        issuer: oidc.issuer.clone(),
+        overrides: overrides(oidc),
+        timeout,
+    };
     Ok((Tokens::OAuth2(client), Some(load)))
 }
 
@@ -250,7 +256,14 @@ async fn serve(
     // OpenID provider's discovery, retried until it succeeds or we stop).
     let readiness = provider.as_ref().map(|load| Arc::clone(&load.cache));
     let discovery = provider.map(|load| {
-        load.cache.spawn_load(load.http, load.issuer, load.overrides, load.timeout, Backoff::default(), shutdown.clone())
+        load.cache.spawn_load(
+            load.http,
+            load.issuer,
+            load.overrides,
+            load.timeout,
+            Backoff::default(),
+            shutdown.clone(),
+        )
     });
     let options = ServeOptions::from_config(&fixed.server);
     let sweeper =

@@ -12,10 +12,13 @@
 //! | [`Sessions::login`], [`Sessions::logout`] (`signin`) | `/session/login`, `/session/logout` |
 //! | [`Sessions::session_for_hosted_login`], [`Sessions::begin_hosted_login`] (`signin`) | `/session/authorize` |
 //! | [`Sessions::complete_hosted_login`] (`signin`) | `/session/callback` |
+//! | [`Sessions::begin_code_login`], [`Sessions::complete_code_login`] (`code_flow`) | `/session/authorize`, `/session/callback` with `flavor = "oauth2"` |
+//! | [`Sessions::backchannel_logout`] (`code_flow`) | `POST /session/backchannel-logout` |
 //!
 //! It never handles hyper requests or responses, and time comes from the injected
 //! [`Clock`] (the caller passes the request's one `now`).
 
+mod code_flow;
 mod refresh;
 mod signin;
 #[cfg(test)]
@@ -39,6 +42,7 @@ use crate::session_id::{SessionId, SessionKey};
 use crate::store::{SessionKind, SessionRecord, SessionStore, Store, StoreError, StoredSession};
 use crate::tokens::{TokenError, TokenService, TokenSet, Tokens};
 
+pub use code_flow::CodeLoginStart;
 pub use signin::HostedEnd;
 
 /// A live session found (or just made) for a request.
@@ -147,6 +151,11 @@ impl<T: TokenService> Sessions<T> {
             clock: parts.clock,
             metrics: parts.metrics,
         }
+    }
+
+    /// The metrics the session core counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The clock every `now` comes from.

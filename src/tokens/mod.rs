@@ -152,6 +152,8 @@ pub trait TokenService: Send + Sync + 'static {
 
 /// The token service the config chose (`oauth.flavor`), dispatched by `match` (like
 /// `store::Store`), so the session core is `Sessions<Tokens>` in production.
+// One per process, behind an `Arc`: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Tokens {
     DigitalRiver(DigitalRiverClient),
@@ -221,7 +223,11 @@ impl TokenService for Tokens {
         }
     }
 
-    async fn refresh_session(&self, refresh_token: &RefreshToken, sub: Option<&str>) -> Result<TokenSet, TokenError> {
+    async fn refresh_session(
+        &self,
+        refresh_token: &RefreshToken,
+        sub: Option<&str>,
+    ) -> Result<TokenSet, TokenError> {
         match self {
             Tokens::DigitalRiver(client) => client.refresh_session(refresh_token, sub).await,
             Tokens::OAuth2(client) => client.refresh_session(refresh_token, sub).await,

@@ -301,7 +301,12 @@ pub(super) fn open(
             absolute_expires_at: session.absolute_expires_at,
             generation: session.generation,
             identity: session.identity.take().map(|identity| {
-                Arc::new(Identity { sub: identity.sub, sid: identity.sid, name: identity.name, email: identity.email })
+                Arc::new(Identity {
+                    sub: identity.sub,
+                    sid: identity.sid,
+                    name: identity.name,
+                    email: identity.email,
+                })
             }),
         };
         sessions.push((SessionKey(key), Arc::new(record), session.last_seen));
