@@ -126,7 +126,7 @@ impl App {
             if !self.sessions.is_code_flow() {
                 return Err(Error::NotFound);
             }
-            guard::refuse_browsers(request.headers())?;
+            guard::refuse_browser_context(request.headers())?;
         } else if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
