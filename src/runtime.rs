@@ -248,6 +248,8 @@ async fn serve(
     // Before the announcement: from then on a SIGHUP may come, and until the handler is
     // registered its default action would kill the process.
     let hangups = listen_for_hangups();
+    // Sessions restored from a snapshot join the back-channel logout index.
+    sessions.relink_identities(sessions.clock().now()).await;
     // 8. Announce.
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);

@@ -450,3 +450,38 @@ async fn an_invalid_logout_token_ends_nothing() {
     assert_eq!(world.op.stats().await["revocation"], json!({}), "nothing revoked");
     finish(world).await;
 }
+
+#[tokio::test]
+async fn sessions_restored_from_a_snapshot_can_still_be_logged_out_by_the_provider() {
+    let snapshot = tempfile::tempdir().expect("a directory for the snapshot");
+    let file = snapshot.path().join("sessions.bin");
+    let file_name = file.display().to_string();
+    let world = world(OidcOptions::default(), |o| {
+        o.set("store", "snapshot_file", file_name.as_str())
+            .set("store", "encryption_key_env", "TEST_STORE_KEY")
+            .proxy_env("TEST_STORE_KEY", STORE_KEY)
+    })
+    .await;
+    let mut world = world;
+    let mut browser = world.env.browser();
+    let mut agent = sign_in(&world, &browser, "kate@example.com").await;
+    let status = world.env.proxy.signal_and_wait("TERM", Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    world.env.restart_proxy();
+    wait_ready(&world.env, &world.env.proxy).await;
+    browser.base = format!("http://{}", world.env.proxy.addr);
+    let restored = browser.get("/session").await;
+    assert_eq!(
+        restored.json()["user"]["email"],
+        "kate@example.com",
+        "the identity came back with the session"
+    );
+    world.op.update_client(&world.client, &backchannel_uri(&world.env.proxy)).await;
+    log_out_at_provider(&world, &mut agent).await;
+    assert_eq!(
+        browser.get("/session").await.status,
+        StatusCode::UNAUTHORIZED,
+        "found through the rebuilt index"
+    );
+    finish(world).await;
+}

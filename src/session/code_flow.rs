@@ -169,6 +169,21 @@ impl<T: TokenService> Sessions<T> {
         }
     }
 
+    /// Rebuilds the memory store's identity index from its sessions (the snapshot keeps
+    /// sessions, not the index), so sessions restored at start can be logged out by the
+    /// provider too. Nothing to do for a shared store (the index lives in it).
+    pub async fn relink_identities(&self, now: u64) {
+        let Ok(oidc) = self.oidc() else { return };
+        if self.store.is_shared() {
+            return;
+        }
+        let Ok(sessions) = self.store.export() else { return };
+        for (key, record, last_seen) in sessions {
+            let active = Active { key, record, last_seen };
+            self.link_identity(oidc.issuer(), &active, now).await;
+        }
+    }
+
     /// Back-Channel Logout: ends the sessions of `subject` (the `sid`'s when the token
     /// names one, else every session of the `sub`) and revokes their tokens in the
     /// background. Returns how many sessions ended.
