@@ -485,3 +485,48 @@ async fn sessions_restored_from_a_snapshot_can_still_be_logged_out_by_the_provid
     );
     finish(world).await;
 }
+
+#[tokio::test]
+async fn client_secret_post_authenticates_the_exchange_and_the_revocations() {
+    let op = OidcProvider::start(OidcOptions::default());
+    let mut spec = ClientSpec::web(REDIRECT_URI);
+    spec.token_endpoint_auth_method = "client_secret_post".into();
+    let client = op.register_client(spec).await;
+    let env = Env::with(oauth2_options(&op, &client).set("oauth", "client_auth", "post")).await;
+    wait_ready(&env, &env.proxy).await;
+    let world = World { op, client, env };
+    let browser = world.env.browser();
+    sign_in(&world, &browser, "leo@example.com").await;
+    assert_eq!(browser.get("/userinfo").await.status, StatusCode::OK);
+    assert_eq!(browser.post("/session/logout").await.status, StatusCode::NO_CONTENT);
+    let revoked = world.op.stats().await["revocation"].clone();
+    assert_eq!(
+        (revoked["refresh_token"]["200"].clone(), revoked["access_token"]["200"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(tokens_revoked(&world.op).await);
+    finish(world).await;
+}
+
+#[tokio::test]
+async fn before_discovery_succeeds_tokengate_is_not_ready_and_sign_in_is_503() {
+    // Nothing listens on port 1: discovery keeps failing (and retrying).
+    let env = Env::with(
+        Options::default()
+            .set("oauth", "flavor", "oauth2")
+            .set("oauth", "issuer", "http://127.0.0.1:1")
+            .remove("session", "guest")
+            .route("/userinfo", "/me", "required"),
+    )
+    .await;
+    let admin = env.proxy.admin.expect("admin");
+    let ready = env.raw(Method::GET, &format!("http://{admin}/readyz"), &[], None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let browser = env.browser();
+    let reply = browser.get("/session/authorize?return_to=/").await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("token_service_unavailable"))
+    );
+    assert!(reply.headers.get("location").is_none());
+}
