@@ -530,3 +530,25 @@ async fn before_discovery_succeeds_tokengate_is_not_ready_and_sign_in_is_503() {
     );
     assert!(reply.headers.get("location").is_none());
 }
+
+#[tokio::test]
+async fn calls_made_while_the_login_is_under_way_keep_the_pre_login_cookie() {
+    let world = world(OidcOptions::default(), |o| o).await;
+    let browser = world.env.browser();
+    let url = authorize(&browser, "/account").await;
+    let binding = browser.cookie();
+    // Another tab of the shop asks while the shopper is at the provider.
+    let info = browser.get("/session").await;
+    assert_eq!((info.status, info.error_code().as_deref()), (StatusCode::UNAUTHORIZED, Some("no_session")));
+    assert!(!info.clears_cookie(), "the login's binding is not cleared");
+    assert_eq!(browser.get("/userinfo").await.error_code().as_deref(), Some("no_session"));
+    assert_eq!(browser.cookie(), binding);
+    let (callback, _agent) = at_provider(&world.op, &url, "mia@example.com", Consent::Approve).await;
+    assert_eq!(browser.get(&callback).await.status, StatusCode::FOUND);
+    assert_eq!(browser.get("/session").await.json()["user"]["sub"], "mia@example.com");
+    // After the login the binding is an unknown cookie like any other.
+    let stale = browser.fresh();
+    stale.set_cookie(binding);
+    assert_eq!(stale.get("/session").await.error_code().as_deref(), Some("session_expired"));
+    finish(world).await;
+}

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::signin::cookie_key;
-use super::{new_session_id, token_service_error, Active, HostedEnd, Sessions};
+use super::{new_session_id, revoke_in_background, token_service_error, Active, HostedEnd, Sessions};
 use crate::callback::{CodeCallback, CodeOutcome};
 use crate::cookie::CookieLookup;
 use crate::error::Error;
@@ -199,7 +199,7 @@ impl<T: TokenService> Sessions<T> {
         for key in keys {
             if let Some(record) = self.end_session(key, now).await? {
                 ended += 1;
-                revoke_all_in_background(&self.tokens, &record);
+                revoke_in_background(&self.tokens, &record);
             }
         }
         Ok(ended)
@@ -243,15 +243,4 @@ fn exchange_error(error: OAuth2Error) -> Error {
             Error::TokenServiceUnavailable("the token endpoint sent no ID token".into())
         }
     }
-}
-
-/// Revokes both tokens of an ended session in a task of its own.
-fn revoke_all_in_background<T: TokenService>(tokens: &Arc<T>, record: &crate::store::SessionRecord) {
-    let tokens = Arc::clone(tokens);
-    let (access, refresh) = (record.access_token.clone(), record.refresh_token.clone());
-    tokio::spawn(async move {
-        if let Err(error) = tokens.revoke_all(&access, refresh.as_ref()).await {
-            tracing::warn!(%error, "revoking the tokens of a back-channel logout failed");
-        }
-    });
 }

@@ -177,8 +177,9 @@ impl<T: TokenService> Sessions<T> {
             CookieLookup::Present(id) => id,
         };
         let key = id.key();
-        let stored =
-            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
+        let Some(stored) = self.store.get(&key).await.map_err(|e| self.store_error(e))? else {
+            return self.no_session_under(&key).await;
+        };
         if self.is_expired(&stored, now) {
             // Only this generation: a refresh that landed meanwhile does not revive it,
             // and the session is dead by time anyway.
@@ -189,6 +190,16 @@ impl<T: TokenService> Sessions<T> {
             self.store.touch(&key, now).await.map_err(|e| self.store_error(e))?;
         }
         Ok(Some(Active { key, record: stored.record, last_seen: stored.last_seen.max(now) }))
+    }
+
+    /// A cookie whose key holds no session: dead (`SessionExpired`, the cookie is cleared),
+    /// unless it is the code flow's pre-login binding of a login under way, which is no
+    /// session yet but must keep its cookie until the callback (`code_flow`).
+    async fn no_session_under(&self, key: &SessionKey) -> Result<Option<Active>, Error> {
+        if self.is_code_flow() && self.store.has_pending(key).await.map_err(|e| self.store_error(e))? {
+            return Ok(None);
+        }
+        Err(Error::SessionExpired)
     }
 
     /// The cookie's live session, or `None` when there is none or it is dead (a dead
@@ -309,9 +320,9 @@ impl<T: TokenService> Sessions<T> {
         self.store.remove_if(key, generation).await.map(drop).map_err(|e| self.store_error(e))
     }
 
-    /// Revokes a token nobody holds any more, without making anyone wait for it.
+    /// Revokes tokens nobody holds any more, without making anyone wait for it.
     fn revoke_in_background(&self, record: &SessionRecord) {
-        revoke_in_background(&self.tokens, record.access_token.clone());
+        revoke_in_background(&self.tokens, record);
     }
 
     fn store_error(&self, error: StoreError) -> Error {
@@ -322,13 +333,15 @@ impl<T: TokenService> Sessions<T> {
     }
 }
 
-/// Revokes `token` in a task of its own; a failure only means it lives out its natural
-/// life at the API.
-fn revoke_in_background<T: TokenService>(tokens: &Arc<T>, token: crate::secret::AccessToken) {
+/// Revokes a record's tokens (`TokenService::revoke_all`: the access token, and with the
+/// OAuth 2.0 client the refresh token first) in a task of its own; a failure only means
+/// they live out their natural life at the API.
+fn revoke_in_background<T: TokenService>(tokens: &Arc<T>, record: &SessionRecord) {
     let tokens = Arc::clone(tokens);
+    let (access, refresh) = (record.access_token.clone(), record.refresh_token.clone());
     tokio::spawn(async move {
-        if let Err(error) = tokens.revoke(&token).await {
-            tracing::debug!(%error, "revoking an unused token failed");
+        if let Err(error) = tokens.revoke_all(&access, refresh.as_ref()).await {
+            tracing::debug!(%error, "revoking unused tokens failed");
         }
     });
 }

@@ -249,7 +249,7 @@ impl<T: TokenService> RefreshCall<T> {
             Ok(Swap::Stale(newer)) => Ok(newer),
             // Logged out while the call ran: nobody holds the new tokens.
             Ok(Swap::Missing) => {
-                revoke_in_background(&self.tokens, record.access_token.clone());
+                revoke_in_background(&self.tokens, &record);
                 Err(Error::SessionExpired)
             }
             // Kept, not revoked: if the API did not rotate the refresh token, the stored

@@ -262,6 +262,10 @@ impl SessionStore for MemoryStore {
         Ok(self.pending.remove(session).map(|(_, pending)| pending))
     }
 
+    async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
+        Ok(self.pending.contains_key(session))
+    }
+
     async fn link_identity(
         &self,
         identity: IdentityKey,

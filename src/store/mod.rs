@@ -277,6 +277,9 @@ pub trait SessionStore: Send + Sync + 'static {
         session: &SessionKey,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
 
+    /// Whether `session` has a pending login (leaving it in place).
+    fn has_pending(&self, session: &SessionKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Notes that `session` belongs to `identity` until `until` (its absolute end; `now` is
     /// the current time), so a
     /// back-channel logout can find it on any replica.
@@ -435,6 +438,10 @@ impl SessionStore for Store {
 
     async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
         each_backend!(self, store => store.take_pending(session).await)
+    }
+
+    async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
+        each_backend!(self, store => store.has_pending(session).await)
     }
 
     async fn link_identity(
