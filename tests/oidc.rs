@@ -552,3 +552,20 @@ async fn calls_made_while_the_login_is_under_way_keep_the_pre_login_cookie() {
     assert_eq!(stale.get("/session").await.error_code().as_deref(), Some("session_expired"));
     finish(world).await;
 }
+
+#[tokio::test]
+async fn a_logout_token_for_a_previous_login_in_the_same_browser_ends_only_that_login() {
+    let world = world(OidcOptions::default(), |o| o).await;
+    let browser = world.env.browser();
+    let mut first = sign_in(&world, &browser, "nina@example.com").await;
+    // The same browser signs in again as someone else (a new provider session).
+    sign_in(&world, &browser, "omar@example.com").await;
+    assert_eq!(browser.get("/session").await.json()["user"]["sub"], "omar@example.com");
+    log_out_at_provider(&world, &mut first).await;
+    assert_eq!(
+        browser.get("/session").await.json()["user"]["sub"],
+        "omar@example.com",
+        "omar stays signed in"
+    );
+    finish(world).await;
+}

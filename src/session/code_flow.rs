@@ -33,7 +33,8 @@ use crate::oidc::pkce::{self, Nonce, PkceVerifier};
 use crate::secret::constant_time_eq;
 use crate::session_id::SessionId;
 use crate::store::{
-    identity_key, CodeFlowSecrets, Identity, IdentityKey, PendingLogin, SessionKind, SessionStore, StoreError,
+    identity_key, CodeFlowSecrets, Identity, IdentityKey, PendingLogin, Removal, SessionKind, SessionStore,
+    StoreError,
 };
 use crate::tokens::oauth2::OAuth2Error;
 use crate::tokens::{OAuth2Client, TokenError, TokenService};
@@ -197,7 +198,12 @@ impl<T: TokenService> Sessions<T> {
         let keys = self.store.sessions_of(&identity).await.map_err(|e| self.store_error(e))?;
         let mut ended = 0;
         for key in keys {
-            if let Some(record) = self.end_session(key, now).await? {
+            // Only the indexed key itself: a rotation mark on it points at a later login,
+            // which indexed itself (and may be someone else's: a shopper who signed in as
+            // another user in the same browser).
+            if let Removal::Removed(record) =
+                self.store.end(&key, now).await.map_err(|e| self.store_error(e))?
+            {
                 ended += 1;
                 revoke_in_background(&self.tokens, &record);
             }
