@@ -1,7 +1,8 @@
 //! The operator-facing listener, never the public one.
 //!
 //! Endpoints: `GET /healthz` (200 while the process serves), `GET /readyz` (200 when the
-//! store answers and the config is loaded, else 503), `GET /metrics` (Prometheus). It touches the request path only
+//! store answers and, with `flavor = "oauth2"`, the OpenID provider's metadata is loaded;
+//! else 503), `GET /metrics` (Prometheus). It touches the request path only
 //! through the shared store handle.
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use crate::app::ConnInfo;
 use crate::body::Body;
 use crate::metrics::Metrics;
+use crate::oidc::discovery::ProviderCache;
 use crate::server::Handler;
 use crate::store::{SessionStore, Store};
 
@@ -23,12 +25,14 @@ use crate::store::{SessionStore, Store};
 pub struct Admin {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// The OpenID provider's metadata, which must be loaded to be ready (`oauth2`).
+    provider: Option<Arc<ProviderCache>>,
 }
 
 impl Admin {
-    /// Admin endpoints over the store.
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+    /// Admin endpoints over the store (and the provider cache of `flavor = "oauth2"`).
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, provider: Option<Arc<ProviderCache>>) -> Self {
+        Self { store, metrics, provider }
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
@@ -37,6 +41,9 @@ impl Admin {
         }
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.provider.as_ref().is_some_and(|cache| cache.get().is_err()) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "OpenID provider metadata not loaded\n")
+            }
             "/readyz" => match self.store.ping().await {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
                 Err(error) => {

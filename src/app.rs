@@ -121,6 +121,13 @@ impl App {
                 return Err(Error::NotFound);
             }
             guard::refuse_browsers(request.headers())?;
+        } else if matches!(target, Target::Endpoint(Endpoint::BackchannelLogout)) {
+            // Server to server too: the provider's signed logout token proves the caller.
+            // Off (404) without `flavor = "oauth2"`.
+            if !self.sessions.is_code_flow() {
+                return Err(Error::NotFound);
+            }
+            guard::refuse_browser_context(request.headers())?;
         } else if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));

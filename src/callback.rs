@@ -88,6 +88,58 @@ pub fn parse_callback_query(input: &str) -> Result<CallbackParams, CallbackError
     Ok(CallbackParams { outcome, state })
 }
 
+/// What the provider's redirect to `/session/callback` says in the code flow
+/// (`flavor = "oauth2"`): a code or an error, the state, and `iss` when the provider sends
+/// it (RFC 9207).
+#[derive(Debug, PartialEq, Eq)]
+pub struct CodeCallback {
+    pub outcome: CodeOutcome,
+    pub state: Option<String>,
+    pub iss: Option<String>,
+}
+
+/// An authorization code (a secret until redeemed), or the provider's error code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CodeOutcome {
+    Code(crate::tokens::oauth2::AuthorizationCode),
+    Error { code: String },
+}
+
+/// Parses the code flow's callback query, as strictly as [`parse_callback_query`].
+pub fn parse_code_callback(input: &str) -> Result<CodeCallback, CallbackError> {
+    if input.len() > MAX_CALLBACK_BYTES {
+        return Err(CallbackError::TooLarge);
+    }
+    let (mut code, mut state, mut iss, mut error) = (None, None, None, None);
+    for (name, value) in form_urlencoded::parse(input.as_bytes()) {
+        let slot = match name.as_ref() {
+            "code" => &mut code,
+            "state" => &mut state,
+            "iss" => &mut iss,
+            "error" => &mut error,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(CallbackError::Repeated);
+        }
+    }
+    if state.as_ref().is_some_and(|state| !is_token_like(state, 256)) {
+        return Err(CallbackError::MalformedState);
+    }
+    if iss.as_ref().is_some_and(|iss: &String| iss.len() > 2048 || iss.chars().any(char::is_control)) {
+        return Err(CallbackError::Malformed);
+    }
+    let outcome = match (code, error) {
+        (Some(code), None) if is_token_like(&code, 4096) => {
+            CodeOutcome::Code(crate::tokens::oauth2::AuthorizationCode::new(code))
+        }
+        (None, Some(code)) if is_token_like(&code, 64) => CodeOutcome::Error { code },
+        (None, None) => return Err(CallbackError::MissingToken),
+        _ => return Err(CallbackError::Malformed),
+    };
+    Ok(CodeCallback { outcome, state, iss })
+}
+
 /// Non-empty, at most `max` characters of the kinds tokens, states and codes use.
 fn is_token_like(value: &str, max: usize) -> bool {
     !value.is_empty()
@@ -98,6 +150,24 @@ fn is_token_like(value: &str, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_code_callback_strictly() {
+        let parsed =
+            parse_code_callback("code=abc-123&state=s1&iss=http%3A%2F%2F127.0.0.1%3A9").expect("parses");
+        assert_eq!(
+            (parsed.state.as_deref(), parsed.iss.as_deref()),
+            (Some("s1"), Some("http://127.0.0.1:9"))
+        );
+        assert!(matches!(parsed.outcome, CodeOutcome::Code(ref code) if code.expose() == "abc-123"));
+        let denied = parse_code_callback("error=access_denied&state=s1").expect("parses");
+        assert_eq!(denied.outcome, CodeOutcome::Error { code: "access_denied".into() });
+        assert_eq!(parse_code_callback("code=a&code=b"), Err(CallbackError::Repeated));
+        assert_eq!(parse_code_callback("state=s1"), Err(CallbackError::MissingToken));
+        assert_eq!(parse_code_callback("code=a&error=x"), Err(CallbackError::Malformed));
+        assert_eq!(parse_code_callback("code=a%20b"), Err(CallbackError::Malformed));
+        assert_eq!(parse_code_callback("code=a&state=%3Cx%3E"), Err(CallbackError::MalformedState));
+    }
 
     #[test]
     fn reads_a_token_callback() {

@@ -29,6 +29,11 @@ use crate::store::SessionKind;
 
 /// Largest login or callback body read.
 const MAX_FORM_BODY_BYTES: usize = 16 * 1024;
+/// Largest back-channel logout body read (a logout token is a JWT of a few KiB).
+const MAX_LOGOUT_BODY_BYTES: usize = 64 * 1024;
+/// Why `/session/login` and `/session/guest` refuse with `flavor = "oauth2"`.
+const CODE_FLOW_ONLY: &str =
+    "This shop signs shoppers in at its OpenID provider: send the browser to GET /session/authorize.";
 /// How long a login or callback body may take to arrive (it is at most 16 KiB).
 const FORM_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -43,9 +48,11 @@ pub async fn handle(
     let allowed = match endpoint {
         Endpoint::Session | Endpoint::Authorize => request.method() == Method::GET,
         Endpoint::Callback => request.method() == Method::GET || request.method() == Method::POST,
-        Endpoint::Guest | Endpoint::Login | Endpoint::Logout | Endpoint::External => {
-            request.method() == Method::POST
-        }
+        Endpoint::Guest
+        | Endpoint::Login
+        | Endpoint::Logout
+        | Endpoint::External
+        | Endpoint::BackchannelLogout => request.method() == Method::POST,
     };
     if !allowed {
         return Err(Error::MethodNotAllowed { allow: allowed_methods(endpoint) });
@@ -58,6 +65,7 @@ pub async fn handle(
         Endpoint::Authorize => authorize(&request, ctx, sessions).await,
         Endpoint::Callback => callback(request, ctx, sessions).await,
         Endpoint::External => external(request, ctx, sessions).await,
+        Endpoint::BackchannelLogout => backchannel_logout(request, ctx, sessions).await,
     }
 }
 
@@ -66,7 +74,11 @@ fn allowed_methods(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Session | Endpoint::Authorize => "GET",
         Endpoint::Callback => "GET, POST",
-        Endpoint::Guest | Endpoint::Login | Endpoint::Logout | Endpoint::External => "POST",
+        Endpoint::Guest
+        | Endpoint::Login
+        | Endpoint::Logout
+        | Endpoint::External
+        | Endpoint::BackchannelLogout => "POST",
     }
 }
 
@@ -79,6 +91,9 @@ async fn session_info(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Resu
 
 /// `POST /session/guest`: the live session if there is one, else a new guest.
 async fn guest(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Response<Body>, Error> {
+    if sessions.is_code_flow() {
+        return Err(Error::UnsupportedFlow(CODE_FLOW_ONLY));
+    }
     let (active, new_id) = sessions.guest(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, new_id.as_ref());
     Ok(json(StatusCode::OK, info_body(sessions, &active)))
@@ -110,6 +125,9 @@ async fn login(
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
+    if sessions.is_code_flow() {
+        return Err(Error::UnsupportedFlow(CODE_FLOW_ONLY));
+    }
     let form = read_login_form(request).await?;
     let password = Password::new(form.password);
     let (id, active) =
@@ -119,12 +137,16 @@ async fn login(
 }
 
 async fn read_form_body(request: Request<Incoming>) -> Result<(bool, Bytes), Error> {
+    read_body(request, MAX_FORM_BODY_BYTES).await
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(bool, Bytes), Error> {
     let is_form = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
-    let read = Limited::new(request.into_body(), MAX_FORM_BODY_BYTES).collect();
+    let read = Limited::new(request.into_body(), limit).collect();
     let body = tokio::time::timeout(FORM_BODY_TIMEOUT, read)
         .await
         .map_err(|_| Error::RequestTimeout)?
@@ -242,6 +264,15 @@ async fn authorize(
     let return_to = form_urlencoded::parse(query).find(|(name, _)| name == "return_to").map(|(_, v)| v);
     // Refused before a guest token is minted for nothing.
     let return_to = hosted_login::checked_return_to(return_to.as_deref().unwrap_or("/"))?;
+    if sessions.is_code_flow() {
+        let start = sessions.begin_code_login(&ctx.cookie, return_to, ctx.now, ctx.client_ip()).await?;
+        if let Some(id) = &start.binding {
+            // Binds the pending login to this browser; it never becomes a session.
+            let max_age = Duration::from_secs(hosted_login::STATE_LIFETIME_SECS);
+            ctx.set_cookie = Some(cookie::set_session_cookie(&ctx.fixed.session, id, max_age));
+        }
+        return redirect(StatusCode::FOUND, &start.url);
+    }
     let (active, new_id) = sessions.session_for_hosted_login(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, new_id.as_ref());
     let location = sessions.begin_hosted_login(&active, return_to, ctx.now).await?;
@@ -255,6 +286,9 @@ async fn callback(
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
+    if sessions.is_code_flow() {
+        return code_callback(&request, ctx, sessions).await;
+    }
     let hosted = sessions.hosted_login().ok_or(Error::NotFound)?;
     let query = request.uri().query().unwrap_or("").to_string();
     let query_state = form_field(query.as_bytes(), "state");
@@ -278,6 +312,76 @@ async fn callback(
         // the reason from the fragment.
         HostedEnd::Failed { return_to, code } => redirect(status, &format!("{return_to}#login_error={code}")),
     }
+}
+
+/// `GET /session/callback?code=…&state=…&iss=…` (or `?error=…`) in the code flow: the
+/// parameters come in the query; nothing is posted.
+async fn code_callback(
+    request: &Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
+    if request.method() != Method::GET {
+        return Err(Error::MethodNotAllowed { allow: "GET" });
+    }
+    let query = request.uri().query().unwrap_or("");
+    let callback = crate::callback::parse_code_callback(query).map_err(|_| Error::InvalidState)?;
+    match sessions.complete_code_login(&ctx.cookie, callback, ctx.now).await? {
+        HostedEnd::SignedIn { id, active, return_to } => {
+            remember_cookie(ctx, sessions, &active, Some(&id));
+            redirect(StatusCode::FOUND, &return_to)
+        }
+        HostedEnd::Failed { return_to, code } => {
+            redirect(StatusCode::FOUND, &format!("{return_to}#login_error={code}"))
+        }
+    }
+}
+
+/// `POST /session/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0): the
+/// provider's `logout_token` ends the sessions of its `sid` or `sub` on every replica.
+/// 200 `no-store` when valid (also when no session matched); an invalid token is 400
+/// `{"error":"invalid_request"}` as §2.8 says; unavailable keys or store are 503. Browsers
+/// were refused before this runs.
+async fn backchannel_logout(
+    request: Request<Incoming>,
+    ctx: &mut RequestContext<'_>,
+    sessions: &Sessions,
+) -> Result<Response<Body>, Error> {
+    use crate::metrics::BackchannelOutcome;
+    let (_, body) = read_body(request, MAX_LOGOUT_BODY_BYTES).await?;
+    let Some(token) = form_field(&body, "logout_token").filter(|token| !token.is_empty()) else {
+        sessions.metrics().record_backchannel_logout(BackchannelOutcome::Invalid);
+        return Ok(logout_token_refused());
+    };
+    let subject = match sessions.validate_logout_token(&token).await {
+        Ok(subject) => subject,
+        Err(crate::tokens::oauth2::OAuth2Error::Token(error)) => {
+            sessions.metrics().record_backchannel_logout(BackchannelOutcome::Unavailable);
+            return Err(Error::TokenServiceUnavailable(error.to_string()));
+        }
+        Err(error) => {
+            tracing::info!(%error, "back-channel logout token refused");
+            sessions.metrics().record_backchannel_logout(BackchannelOutcome::Invalid);
+            return Ok(logout_token_refused());
+        }
+    };
+    let ended = sessions.backchannel_logout(&subject, ctx.now).await.inspect_err(|_| {
+        sessions.metrics().record_backchannel_logout(BackchannelOutcome::Unavailable);
+    })?;
+    let outcome = if ended > 0 { BackchannelOutcome::Ended } else { BackchannelOutcome::NoSession };
+    sessions.metrics().record_backchannel_logout(outcome);
+    tracing::info!(ended, "back-channel logout");
+    let mut response = Response::new(Body::Empty);
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Back-Channel Logout 1.0 §2.8: 400 with an OAuth-style error body (the provider reads
+/// this, not a browser, so it is the spec's shape, not the contract's).
+fn logout_token_refused() -> Response<Body> {
+    let mut response = json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "invalid_request"}));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn callback_page(hosted: &HostedLogin) -> Response<Body> {
@@ -317,12 +421,21 @@ fn redirect(status: StatusCode, location: &str) -> Result<Response<Body>, Error>
 
 fn info_body(sessions: &Sessions, active: &Active) -> serde_json::Value {
     let times = sessions.times(active);
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "authenticated": active.record.kind == SessionKind::Shopper,
         "kind": active.record.kind.as_str(),
         "access_expires_at": rfc3339(times.access_expires_at),
         "session_expires_at": rfc3339(times.session_expires_at),
-    })
+    });
+    // The ID token's non-secret claims (`flavor = "oauth2"`); never a token, never `sid`.
+    if let Some(identity) = &active.record.identity {
+        body["user"] = serde_json::json!({
+            "sub": identity.sub,
+            "name": identity.name,
+            "email": identity.email,
+        });
+    }
+    body
 }
 
 /// Unix seconds as an RFC 3339 UTC timestamp.

@@ -52,6 +52,9 @@ pub enum Error {
     RateLimited { retry_after: Duration },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A sign-in flow this `oauth.flavor` does not have; the message names the one it has.
+    #[error("unsupported flow: {0}")]
+    UnsupportedFlow(&'static str),
     #[error("not found")]
     NotFound,
     /// `allow` lists the methods the target takes (the `Allow` header).
@@ -85,7 +88,7 @@ impl Error {
             Error::NoSession | Error::SessionExpired | Error::InvalidCredentials | Error::Unauthorized => {
                 StatusCode::UNAUTHORIZED
             }
-            Error::InvalidState | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidState | Error::BadRequest(_) | Error::UnsupportedFlow(_) => StatusCode::BAD_REQUEST,
             Error::CsrfRequired | Error::OriginRejected | Error::BrowserForbidden => StatusCode::FORBIDDEN,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound => StatusCode::NOT_FOUND,
@@ -102,7 +105,7 @@ impl Error {
     }
 
     /// Every code [`Error::code`] can return (metrics make a counter for each at start).
-    pub const CODES: [&'static str; 21] = [
+    pub const CODES: [&'static str; 22] = [
         "no_session",
         "session_expired",
         "invalid_credentials",
@@ -113,6 +116,7 @@ impl Error {
         "browser_forbidden",
         "rate_limited",
         "bad_request",
+        "unsupported_flow",
         "not_found",
         "method_not_allowed",
         "payload_too_large",
@@ -139,6 +143,7 @@ impl Error {
             Error::BrowserForbidden => "browser_forbidden",
             Error::RateLimited { .. } => "rate_limited",
             Error::BadRequest(_) => "bad_request",
+            Error::UnsupportedFlow(_) => "unsupported_flow",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
@@ -165,7 +170,7 @@ impl Error {
             Error::Unauthorized => "Send the storefront secret as Authorization: Bearer <secret>.",
             Error::BrowserForbidden => "This endpoint is for the storefront's server, not for browsers.",
             Error::RateLimited { .. } => "Too many new sessions from this client. Retry later.",
-            Error::BadRequest(why) => why,
+            Error::BadRequest(why) | Error::UnsupportedFlow(why) => why,
             Error::NotFound => "Nothing is served at this path.",
             Error::MethodNotAllowed { .. } => "This method is not allowed here.",
             Error::PayloadTooLarge => "The request body is too large.",
@@ -250,6 +255,7 @@ mod tests {
             (Error::BrowserForbidden, 403, "browser_forbidden"),
             (Error::RateLimited { retry_after: Duration::from_secs(3) }, 429, "rate_limited"),
             (Error::BadRequest("x"), 400, "bad_request"),
+            (Error::UnsupportedFlow("x"), 400, "unsupported_flow"),
             (Error::NotFound, 404, "not_found"),
             (Error::PayloadTooLarge, 413, "payload_too_large"),
             (Error::RequestTimeout, 408, "request_timeout"),

@@ -78,6 +78,20 @@ pub fn refuse_browsers(headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
+/// The same for the OpenID provider's back-channel logout: a server-side `fetch` (Node's
+/// undici, as `oidc-provider` uses) sends `Sec-Fetch-Mode: cors` by the Fetch standard, so
+/// only what a browser adds and a server does not is refused: `Origin` or `Cookie` on
+/// the request, or `Sec-Fetch-Site`, which every current browser sends on every request.
+pub fn refuse_browser_context(headers: &HeaderMap) -> Result<(), Error> {
+    let browser_headers = [http::header::ORIGIN, http::header::COOKIE];
+    if browser_headers.iter().any(|name| headers.contains_key(name)) || headers.contains_key("sec-fetch-site")
+    {
+        Err(Error::BrowserForbidden)
+    } else {
+        Ok(())
+    }
+}
+
 fn is_allowed(origin: &str, allowed_origins: &[String]) -> bool {
     allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
 }

@@ -84,6 +84,11 @@ impl HostedLogin {
         })
     }
 
+    /// The `redirect_uri`: exactly `public_origin` + `/session/callback`.
+    pub fn callback_url(&self) -> &str {
+        &self.callback_url
+    }
+
     /// A new state and the API authorize URL for a session holding `record`.
     pub fn authorize(&self, record: &SessionRecord) -> Result<Authorize, Error> {
         let mut random = [0u8; 32];

@@ -213,6 +213,7 @@ mod tests {
             created_at: 0,
             absolute_expires_at: 0,
             generation: 0,
+            identity: None,
         }
     }
 

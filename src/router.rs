@@ -24,6 +24,9 @@ pub enum Endpoint {
     Callback,
     /// `POST /session/external`: the storefront's server signs a shopper in.
     External,
+    /// `POST /session/backchannel-logout`: the OpenID provider's logout token
+    /// (`flavor = "oauth2"`).
+    BackchannelLogout,
 }
 
 /// Where a request goes.
@@ -49,6 +52,7 @@ impl<'a> Target<'a> {
             Target::Endpoint(Endpoint::Authorize) => "/session/authorize",
             Target::Endpoint(Endpoint::Callback) => "/session/callback",
             Target::Endpoint(Endpoint::External) => "/session/external",
+            Target::Endpoint(Endpoint::BackchannelLogout) => "/session/backchannel-logout",
             Target::Route(route) => &route.label,
             Target::DemoPage => "/",
             Target::UnsafePath => "(unsafe path)",
@@ -72,6 +76,7 @@ pub fn all_labels(routes: &[Route]) -> Vec<&str> {
         "/session/authorize",
         "/session/callback",
         "/session/external",
+        "/session/backchannel-logout",
         "/",
         "(unsafe path)",
         "(not found)",
@@ -90,6 +95,7 @@ pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<
         "/session/authorize" => return Target::Endpoint(Endpoint::Authorize),
         "/session/callback" => return Target::Endpoint(Endpoint::Callback),
         "/session/external" => return Target::Endpoint(Endpoint::External),
+        "/session/backchannel-logout" => return Target::Endpoint(Endpoint::BackchannelLogout),
         "/" | "/index.html" if demo_page => return Target::DemoPage,
         _ => {}
     }

@@ -21,17 +21,20 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::app::App;
 use crate::clock::Clock;
-use crate::config::{Config, Fixed, StoreKind};
+use crate::config::{ClientAuthMethod, Config, Fixed, OidcSettings, StoreKind};
 use crate::forward::Forwarder;
 use crate::hosted_login::HostedLogin;
 use crate::metrics::Metrics;
+use crate::oidc::discovery::{Backoff, EndpointOverrides, ProviderCache};
 use crate::ratelimit::SessionRateLimit;
 use crate::server::{self, ServeOptions};
 use crate::session::{Parts, Sessions, Settings};
 use crate::store::{snapshot, MemoryStore, RedisStore, Store};
 use crate::telemetry;
-use crate::tokens::DigitalRiverClient;
+use crate::tokens::oauth2::{ClientAuth, OAuth2Settings};
+use crate::tokens::{DigitalRiverClient, OAuth2Client, Tokens};
 use crate::upstream;
+use crate::upstream::HttpClient;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +89,17 @@ struct Assembled {
     sessions: Arc<Sessions>,
     app: Arc<App>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The OpenID provider's metadata and how to load it (`flavor = "oauth2"`).
+    provider: Option<ProviderLoad>,
+}
+
+/// What the background discovery of `flavor = "oauth2"` needs.
+struct ProviderLoad {
+    cache: Arc<ProviderCache>,
+    http: HttpClient,
+    issuer: String,
+    overrides: EndpointOverrides,
+    timeout: Duration,
 }
 
 /// Runs the proxy until `shutdown` is cancelled: assembles every part (failing before a
@@ -119,18 +133,9 @@ fn assemble(config: Config) -> Result<Assembled, RunError> {
     let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&live.routes)));
     // 2. The pooled upstream client (the CA file is read here).
     let http = upstream::build_client(&fixed.upstream).map_err(RunError::Config)?;
-    // 3. The token service.
-    let tokens = Arc::new(
-        DigitalRiverClient::new(
-            http.clone(),
-            &fixed.upstream.base,
-            &fixed.oauth,
-            fixed.upstream.request_timeout,
-            fixed.rate_limit.token_concurrency,
-            Arc::clone(&metrics),
-        )
-        .map_err(RunError::Config)?,
-    );
+    // 3. The token service (with the OpenID provider's cache, loaded once serving).
+    let (tokens, provider) = token_service(&fixed, &http, &metrics)?;
+    let tokens = Arc::new(tokens);
     // 4. The store, with the snapshot loaded into it.
     let store = Arc::new(match &fixed.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new(fixed.session.max_sessions)),
@@ -164,7 +169,65 @@ fn assemble(config: Config) -> Result<Assembled, RunError> {
     let app = Arc::new(App::new(fixed.clone(), live, Arc::clone(&sessions), forwarder, Arc::clone(&metrics)));
     // 6. The TLS acceptor, when the listener serves HTTPS.
     let tls = fixed.server.tls.as_ref().map(crate::tls::acceptor).transpose().map_err(RunError::Config)?;
-    Ok(Assembled { fixed, source, metrics, store, sessions, app, tls })
+    Ok(Assembled { fixed, source, metrics, store, sessions, app, tls, provider })
+}
+
+/// The token service `oauth.flavor` names; for `"oauth2"` also its provider cache (empty
+/// until discovery, started by `serve`, succeeds).
+fn token_service(
+    fixed: &Fixed,
+    http: &HttpClient,
+    metrics: &Arc<Metrics>,
+) -> Result<(Tokens, Option<ProviderLoad>), RunError> {
+    let timeout = fixed.upstream.request_timeout;
+    let Some(oidc) = &fixed.oauth.oidc else {
+        let client = DigitalRiverClient::new(
+            http.clone(),
+            &fixed.upstream.base,
+            &fixed.oauth,
+            timeout,
+            fixed.rate_limit.token_concurrency,
+            Arc::clone(metrics),
+        )
+        .map_err(RunError::Config)?;
+        return Ok((Tokens::DigitalRiver(client), None));
+    };
+    let cache = Arc::new(ProviderCache::new());
+    let settings = OAuth2Settings {
+        issuer: oidc.issuer.clone(),
+        client_id: fixed.oauth.client_id.clone(),
+        client_secret: fixed.oauth.client_secret.clone(),
+        client_auth: match oidc.client_auth {
+            ClientAuthMethod::Basic => ClientAuth::Basic,
+            ClientAuthMethod::Post => ClientAuth::Post,
+        },
+        scope: oidc.scope.clone(),
+        request_timeout: timeout,
+        concurrency: fixed.rate_limit.token_concurrency,
+        jwks_refetch_interval: oidc.jwks_refetch_interval,
+        jwks_max_age: Duration::from_secs(3600),
+    };
+    let client =
+        OAuth2Client::new(http.clone(), Arc::clone(&cache), settings, Clock::System, Arc::clone(metrics))
+            .map_err(RunError::Config)?;
+    let load = ProviderLoad {
+        cache,
+        http: http.clone(),
+        issuer: oidc.issuer.clone(),
+        overrides: overrides(oidc),
+        timeout,
+    };
+    Ok((Tokens::OAuth2(client), Some(load)))
+}
+
+/// The configured endpoint paths that replace discovery's.
+fn overrides(oidc: &OidcSettings) -> EndpointOverrides {
+    EndpointOverrides {
+        authorization_endpoint: oidc.authorize_path.clone(),
+        token_endpoint: oidc.token_path.clone(),
+        revocation_endpoint: oidc.revocation_path.clone(),
+        ..EndpointOverrides::default()
+    }
 }
 
 /// Steps 8–10: announces, serves with the background tasks until `shutdown`, drains,
@@ -175,7 +238,7 @@ async fn serve(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), RunError> {
-    let Assembled { fixed, source, metrics, store, sessions, app, tls } = assembled;
+    let Assembled { fixed, source, metrics, store, sessions, app, tls, provider } = assembled;
     let Listeners { public, admin } = listeners;
     let bound = Bound {
         public: public.local_addr().map_err(|error| RunError::Failed(error.to_string()))?,
@@ -185,18 +248,32 @@ async fn serve(
     // Before the announcement: from then on a SIGHUP may come, and until the handler is
     // registered its default action would kill the process.
     let hangups = listen_for_hangups();
+    // Sessions restored from a snapshot join the back-channel logout index.
+    sessions.relink_identities(sessions.clock().now()).await;
     // 8. Announce.
     tracing::info!(public = %bound.public, admin = ?bound.admin, "listening");
     on_bound(bound);
 
-    // 9. Serve, with the sweeper, the reloader and the snapshot writer beside.
+    // 9. Serve, with the sweeper, the reloader and the snapshot writer beside (and the
+    // OpenID provider's discovery, retried until it succeeds or we stop).
+    let readiness = provider.as_ref().map(|load| Arc::clone(&load.cache));
+    let discovery = provider.map(|load| {
+        load.cache.spawn_load(
+            load.http,
+            load.issuer,
+            load.overrides,
+            load.timeout,
+            Backoff::default(),
+            shutdown.clone(),
+        )
+    });
     let options = ServeOptions::from_config(&fixed.server);
     let sweeper =
         tokio::spawn(sweep_forever(Arc::clone(&sessions), fixed.session.sweep_interval, shutdown.clone()));
     let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), source, hangups, shutdown.clone()));
     let snapshot_writer = snapshot::spawn_writer(Arc::clone(&store), &fixed.store, shutdown.clone());
     let admin_task = admin.map(|listener| {
-        let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics)));
+        let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics), readiness));
         tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None, None))
     });
     // 10. Drain (inside `server::serve`), stop the background tasks, write the snapshot.
@@ -205,6 +282,9 @@ async fn serve(
         let _ = task.await;
     }
     let _ = sweeper.await;
+    if let Some(task) = discovery {
+        let _ = task.await;
+    }
     let _ = reloader.await;
     if let Some(writer) = snapshot_writer {
         let _ = writer.await;

@@ -41,6 +41,7 @@ fn record(generation: u64, token: &str) -> Arc<SessionRecord> {
         created_at: NOW,
         absolute_expires_at: NOW + 86_400,
         generation,
+        identity: None,
     })
 }
 

@@ -192,7 +192,38 @@ pub struct BaseUrl {
 /// Which token protocol the upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
+    /// Digital River's Commerce API dialect (guest tokens, password grant, implicit
+    /// hosted login, client-hosted shoppers).
     DigitalRiver,
+    /// Standard OAuth 2.0 / OpenID Connect: authorization code with PKCE and `nonce`,
+    /// refresh, RFC 7009 revocation, Back-Channel Logout 1.0.
+    OAuth2,
+}
+
+/// How the client authenticates at the provider's token and revocation endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// `client_secret_basic`.
+    Basic,
+    /// `client_secret_post`.
+    Post,
+}
+
+/// `[oauth]` keys of `flavor = "oauth2"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OidcSettings {
+    /// The provider's issuer identifier (discovery is read from it).
+    pub issuer: String,
+    pub client_auth: ClientAuthMethod,
+    /// Space-separated scopes asked for at the authorization endpoint.
+    pub scope: String,
+    /// Endpoints overriding discovery (`token_path`, `authorize_path`, `revocation_path`):
+    /// paths on the issuer's origin.
+    pub token_path: Option<String>,
+    pub authorize_path: Option<String>,
+    pub revocation_path: Option<String>,
+    /// An unknown signing key id refetches the provider's JWKS at most this often.
+    pub jwks_refetch_interval: Duration,
 }
 
 /// How the password grant sends the shopper's password.
@@ -218,6 +249,8 @@ pub struct OAuthConfig {
     pub refresh_ahead: Duration,
     /// How long a request waits for another request's refresh of the same session.
     pub refresh_wait_timeout: Duration,
+    /// The OpenID provider's settings; `Some` exactly when `flavor` is `OAuth2`.
+    pub oidc: Option<OidcSettings>,
 }
 
 /// The cookie's `SameSite` attribute.

@@ -150,6 +150,11 @@ schema! {
             authorize_path: Str,
             refresh_ahead: Str,
             refresh_wait_timeout: Str,
+            issuer: Str,
+            client_auth: Str,
+            scope: Str,
+            revocation_path: Str,
+            jwks_refetch_interval: Str,
         },
         /// `[session]`
         session: RawSession {

@@ -72,6 +72,7 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let (server, live_server) = server(&mut checker, raw.server);
     let upstream = upstream(&mut checker, raw.upstream);
     let oauth = oauth(&mut checker, raw.oauth, upstream.request_timeout);
+    let guest_given = raw.session.guest.is_some();
     let session = session(&mut checker, raw.session);
     let store = store(&mut checker, raw.store);
     let (log_format, log_level) = log(&mut checker, raw.log);
@@ -79,12 +80,14 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
     let client_hosted = client_hosted(&mut checker, raw.client_hosted);
+    let mut fixed = Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted };
+    oauth2_rules(&mut checker, &mut fixed, guest_given);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
     let LiveServer { allowed_origins, csrf, max_body_bytes, trusted_proxy_depth, demo_page } = live_server;
     let mut config = Config {
-        fixed: Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted },
+        fixed,
         live: Live {
             allowed_origins,
             csrf,
@@ -318,23 +321,38 @@ fn base_url(text: &str) -> Result<BaseUrl, String> {
 }
 
 fn oauth(checker: &mut Checker, raw: RawOAuth, request_timeout: Duration) -> OAuthConfig {
-    let flavor = match raw.flavor.as_deref().unwrap_or("digitalriver") {
-        "digitalriver" => Flavor::DigitalRiver,
-        "oauth2" => {
-            checker
-                .error("oauth.flavor", "\"oauth2\" is not supported by this build yet; use \"digitalriver\"");
-            Flavor::DigitalRiver
-        }
-        other => {
-            checker.error("oauth.flavor", format!("{other:?} is not one of [\"digitalriver\"]"));
-            Flavor::DigitalRiver
+    let flavor = checker.choice(
+        "oauth.flavor",
+        raw.flavor.as_deref(),
+        Flavor::DigitalRiver,
+        &[("digitalriver", Flavor::DigitalRiver), ("oauth2", Flavor::OAuth2)],
+    );
+    let client_id = raw.client_id.clone().unwrap_or_default();
+    if client_id.is_empty() {
+        let what = match flavor {
+            Flavor::DigitalRiver => "is required (your Commerce API key)",
+            Flavor::OAuth2 => "is required (the client id registered at the OpenID provider)",
+        };
+        checker.error("oauth.client_id", what);
+    }
+    let client_secret = client_secret(checker, raw.client_secret_env.clone(), raw.client_secret_file.clone());
+    let oidc = match flavor {
+        Flavor::OAuth2 => Some(oidc_settings(checker, &raw)),
+        Flavor::DigitalRiver => {
+            for (key, given) in [
+                ("oauth.issuer", raw.issuer.is_some()),
+                ("oauth.client_auth", raw.client_auth.is_some()),
+                ("oauth.scope", raw.scope.is_some()),
+                ("oauth.revocation_path", raw.revocation_path.is_some()),
+                ("oauth.jwks_refetch_interval", raw.jwks_refetch_interval.is_some()),
+            ] {
+                if given {
+                    checker.error(key, "applies only to flavor = \"oauth2\"");
+                }
+            }
+            None
         }
     };
-    let client_id = raw.client_id.unwrap_or_default();
-    if client_id.is_empty() {
-        checker.error("oauth.client_id", "is required (your Commerce API key)");
-    }
-    let client_secret = client_secret(checker, raw.client_secret_env, raw.client_secret_file);
     let password_encoding = checker.choice(
         "oauth.password_encoding",
         raw.password_encoding.as_deref(),
@@ -342,11 +360,19 @@ fn oauth(checker: &mut Checker, raw: RawOAuth, request_timeout: Duration) -> OAu
         &[("base64", PasswordEncoding::Base64), ("plain", PasswordEncoding::Plain)],
     );
     let wait_default = humantime::format_duration(request_timeout).to_string();
+    let (token_path, authorize_path) = match flavor {
+        // The overrides of the oauth2 flavor were checked into `oidc`.
+        Flavor::OAuth2 => ("/oauth20/token".to_string(), "/oauth20/authorize".to_string()),
+        Flavor::DigitalRiver => (
+            checker.path("oauth.token_path", raw.token_path, "/oauth20/token"),
+            checker.path("oauth.authorize_path", raw.authorize_path, "/oauth20/authorize"),
+        ),
+    };
     OAuthConfig {
         flavor,
         client_id,
         client_secret,
-        token_path: checker.path("oauth.token_path", raw.token_path, "/oauth20/token"),
+        token_path,
         access_token_path: checker.path(
             "oauth.access_token_path",
             raw.access_token_path,
@@ -354,13 +380,108 @@ fn oauth(checker: &mut Checker, raw: RawOAuth, request_timeout: Duration) -> OAu
         ),
         password_encoding,
         authorize_carry_guest: raw.authorize_carry_guest.unwrap_or(true),
-        authorize_path: checker.path("oauth.authorize_path", raw.authorize_path, "/oauth20/authorize"),
+        authorize_path,
         refresh_ahead: checker.duration("oauth.refresh_ahead", raw.refresh_ahead.as_deref(), "60s"),
         refresh_wait_timeout: checker.duration(
             "oauth.refresh_wait_timeout",
             raw.refresh_wait_timeout.as_deref(),
             &wait_default,
         ),
+        oidc,
+    }
+}
+
+/// The keys of `flavor = "oauth2"`; the Digital River keys are refused with it.
+fn oidc_settings(checker: &mut Checker, raw: &RawOAuth) -> OidcSettings {
+    for (key, given) in [
+        ("oauth.access_token_path", raw.access_token_path.is_some()),
+        ("oauth.password_encoding", raw.password_encoding.is_some()),
+        ("oauth.authorize_carry_guest", raw.authorize_carry_guest.is_some()),
+    ] {
+        if given {
+            checker.error(key, "applies only to flavor = \"digitalriver\" (remove it for \"oauth2\")");
+        }
+    }
+    let issuer = match raw.issuer.as_deref() {
+        None | Some("") => {
+            checker.error("oauth.issuer", "is required with flavor = \"oauth2\" (the provider's issuer URL)");
+            String::new()
+        }
+        Some(text) => match issuer(text) {
+            Ok(issuer) => issuer,
+            Err(message) => {
+                checker.error("oauth.issuer", message);
+                String::new()
+            }
+        },
+    };
+    let client_auth = checker.choice(
+        "oauth.client_auth",
+        raw.client_auth.as_deref(),
+        ClientAuthMethod::Basic,
+        &[("basic", ClientAuthMethod::Basic), ("post", ClientAuthMethod::Post)],
+    );
+    let scope = raw.scope.clone().unwrap_or_else(|| "openid profile email offline_access".to_string());
+    if !scope.split(' ').any(|s| s == "openid") || scope.chars().any(|c| c.is_control() || c == '"') {
+        checker.error("oauth.scope", "must be space-separated scopes including \"openid\"");
+    }
+    let mut override_path =
+        |key: &str, value: &Option<String>| value.clone().map(|value| checker.path(key, Some(value), "/"));
+    let token_path = override_path("oauth.token_path", &raw.token_path);
+    let authorize_path = override_path("oauth.authorize_path", &raw.authorize_path);
+    let revocation_path = override_path("oauth.revocation_path", &raw.revocation_path);
+    OidcSettings {
+        issuer,
+        client_auth,
+        scope,
+        token_path,
+        authorize_path,
+        revocation_path,
+        jwks_refetch_interval: checker.duration(
+            "oauth.jwks_refetch_interval",
+            raw.jwks_refetch_interval.as_deref(),
+            "30s",
+        ),
+    }
+}
+
+/// An issuer identifier: an https URL without query or fragment (http only on a loopback
+/// host, for tests and local providers). Kept exactly as written: the discovery document's
+/// `issuer` and every token's `iss` must equal it.
+fn issuer(text: &str) -> Result<String, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    let local = url.host().map(|host| host.to_owned()).is_some_and(|host| is_local_host(&host));
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => return Err(format!("{text:?} must be https (http only on a loopback host)")),
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("{text:?} must have no query, fragment or user info"));
+    }
+    Ok(text.to_string())
+}
+
+/// Rules across sections for `flavor = "oauth2"`: a `public_origin` (the exact
+/// `redirect_uri`), no guests (`session.guest` defaults to `"off"`; `"lazy"` is refused)
+/// and no `[client_hosted]`.
+fn oauth2_rules(checker: &mut Checker, fixed: &mut Fixed, guest_given: bool) {
+    if fixed.oauth.flavor != Flavor::OAuth2 {
+        return;
+    }
+    if fixed.server.public_origin.is_none() {
+        checker.error(
+            "server.public_origin",
+            "is required with flavor = \"oauth2\" (the redirect_uri is public_origin + /session/callback)",
+        );
+    }
+    if guest_given && fixed.session.guest == GuestMode::Lazy {
+        checker
+            .error("session.guest", "must be \"off\" with flavor = \"oauth2\" (the provider has no guests)");
+    }
+    fixed.session.guest = GuestMode::Off;
+    if fixed.client_hosted.is_some() {
+        checker.error("client_hosted", "is a Digital River feature; remove it with flavor = \"oauth2\"");
     }
 }
 
@@ -1039,5 +1160,51 @@ mod tests {
         assert_eq!((redis.pool_size, redis.key_prefix.as_str()), (4, "tokengate"));
         let debug = format!("{:?}", config.fixed.store);
         assert!(!debug.contains("7000"), "the URL may hold a password: {debug}");
+    }
+
+    const OAUTH2: &str = "[server]\npublic_origin = \"https://shop.example\"\n[oauth]\nflavor = \"oauth2\"\nclient_id = \"shop\"\nissuer = \"https://idp.example/realms/shop\"\n";
+
+    #[test]
+    fn the_oauth2_flavor_gets_its_defaults_and_no_guests() {
+        let config = Config::from_toml(OAUTH2, &env).expect("a valid oauth2 config");
+        let oidc = config.fixed.oauth.oidc.as_ref().expect("oidc settings");
+        assert_eq!(oidc.issuer, "https://idp.example/realms/shop");
+        assert_eq!(oidc.client_auth, ClientAuthMethod::Basic);
+        assert_eq!(oidc.scope, "openid profile email offline_access");
+        assert_eq!(oidc.jwks_refetch_interval, Duration::from_secs(30));
+        assert_eq!(oidc.token_path, None);
+        assert_eq!(config.fixed.session.guest, GuestMode::Off);
+        let text = format!("{OAUTH2}client_auth = \"post\"\ntoken_path = \"/connect/token\"\n");
+        let oidc = Config::from_toml(&text, &env).expect("valid").fixed.oauth.oidc.expect("oidc");
+        assert_eq!(
+            (oidc.client_auth, oidc.token_path.as_deref()),
+            (ClientAuthMethod::Post, Some("/connect/token"))
+        );
+        let local = "[server]\npublic_origin = \"http://localhost:8080\"\n[session]\ncookie_name = \"tg\"\ncookie_secure = false\n[oauth]\nflavor = \"oauth2\"\nclient_id = \"shop\"\nissuer = \"http://127.0.0.1:9000\"\n";
+        assert!(Config::from_toml(local, &env).is_ok(), "http on loopback is allowed");
+    }
+
+    #[test]
+    fn the_oauth2_flavor_refuses_what_it_cannot_do() {
+        let cases = [
+            (
+                "[oauth]\nflavor = \"oauth2\"\nclient_id = \"shop\"\nissuer = \"https://idp.example\"\n",
+                "server.public_origin",
+            ),
+            (&format!("{OAUTH2}[session]\nguest = \"lazy\"\n"), "session.guest"),
+            (
+                &format!("{OAUTH2}[client_hosted]\nsecret_env = \"TOKENGATE_CLIENT_SECRET\"\n"),
+                "client_hosted",
+            ),
+            (&OAUTH2.replace("https://idp.example/realms/shop", "http://idp.example"), "oauth.issuer"),
+            (&OAUTH2.replace("issuer = \"https://idp.example/realms/shop\"\n", ""), "oauth.issuer"),
+            (&format!("{OAUTH2}password_encoding = \"plain\"\n"), "oauth.password_encoding"),
+            (&format!("{OAUTH2}scope = \"profile\"\n"), "oauth.scope"),
+            ("[oauth]\nclient_id = \"key\"\nissuer = \"https://idp.example\"\n", "oauth.issuer"),
+        ];
+        for (text, key) in cases {
+            let errors = Config::from_toml(text, &env).err().unwrap_or_default();
+            assert!(errors.iter().any(|e| e.key == key), "{key}: {errors:?}");
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! | `tokengate_store_errors_total` | counter | — |
 //! | `tokengate_token_leaks_blocked_total` | counter | — |
 //! | `tokengate_response_bodies_stalled_total` | counter | — |
+//! | `tokengate_backchannel_logouts_total` | counter | `result` (`ended`: sessions ended, `none`: no session matched, `invalid`, `unavailable`) |
 //! | `tokengate_open_connections` | gauge | — (storefront listener) |
 //! | `tokengate_build_info` | gauge | `version` |
 
@@ -115,6 +116,33 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// How a back-channel logout ended (`tokengate_backchannel_logouts_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackchannelOutcome {
+    /// A valid logout token ended at least one session.
+    Ended,
+    /// A valid logout token matched no session.
+    NoSession,
+    /// The logout token did not validate (400).
+    Invalid,
+    /// The provider's keys or metadata, or the store, were unavailable (503).
+    Unavailable,
+}
+
+impl BackchannelOutcome {
+    const ALL: [(BackchannelOutcome, &'static str); 4] = [
+        (BackchannelOutcome::Ended, "ended"),
+        (BackchannelOutcome::NoSession, "none"),
+        (BackchannelOutcome::Invalid, "invalid"),
+        (BackchannelOutcome::Unavailable, "unavailable"),
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -147,6 +175,7 @@ pub struct Metrics {
     leaks_blocked: Counter,
     bodies_stalled: Counter,
     open_connections: Gauge,
+    backchannel_logouts: HashMap<BackchannelOutcome, Counter>,
 }
 
 /// The families route handles are made from (kept to make handles for new routes).
@@ -259,6 +288,16 @@ impl Metrics {
             "Response bodies cut off because the API stopped sending for request_timeout",
             bodies_stalled.clone(),
         );
+        let backchannel = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "backchannel_logouts",
+            "OpenID Connect back-channel logout requests, by result",
+            backchannel.clone(),
+        );
+        let backchannel_logouts = BackchannelOutcome::ALL
+            .iter()
+            .map(|(outcome, result)| (*outcome, backchannel.get_or_create(&ResultLabel { result }).clone()))
+            .collect();
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open storefront connections", open_connections.clone());
         let build = Family::<VersionLabel, Gauge>::default();
@@ -281,6 +320,14 @@ impl Metrics {
             leaks_blocked,
             bodies_stalled,
             open_connections,
+            backchannel_logouts,
+        }
+    }
+
+    /// A back-channel logout request and how it ended.
+    pub fn record_backchannel_logout(&self, outcome: BackchannelOutcome) {
+        if let Some(counter) = self.backchannel_logouts.get(&outcome) {
+            counter.inc();
         }
     }
 

@@ -27,9 +27,6 @@
 //! Nothing here touches a session, the store or a browser's request: wiring into the
 //! config, the session core and the endpoints is done by their owners.
 
-// Wired into config, session core and endpoints in round two.
-#![allow(dead_code)]
-
 pub mod discovery;
 pub mod fetch;
 pub mod id_token;

@@ -12,10 +12,13 @@
 //! | [`Sessions::login`], [`Sessions::logout`] (`signin`) | `/session/login`, `/session/logout` |
 //! | [`Sessions::session_for_hosted_login`], [`Sessions::begin_hosted_login`] (`signin`) | `/session/authorize` |
 //! | [`Sessions::complete_hosted_login`] (`signin`) | `/session/callback` |
+//! | [`Sessions::begin_code_login`], [`Sessions::complete_code_login`] (`code_flow`) | `/session/authorize`, `/session/callback` with `flavor = "oauth2"` |
+//! | [`Sessions::backchannel_logout`] (`code_flow`) | `POST /session/backchannel-logout` |
 //!
 //! It never handles hyper requests or responses, and time comes from the injected
 //! [`Clock`] (the caller passes the request's one `now`).
 
+mod code_flow;
 mod refresh;
 mod signin;
 #[cfg(test)]
@@ -37,8 +40,9 @@ use crate::metrics::Metrics;
 use crate::ratelimit::SessionRateLimit;
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{SessionKind, SessionRecord, SessionStore, Store, StoreError, StoredSession};
-use crate::tokens::{DigitalRiverClient, TokenError, TokenService, TokenSet};
+use crate::tokens::{TokenError, TokenService, TokenSet, Tokens};
 
+pub use code_flow::CodeLoginStart;
 pub use signin::HostedEnd;
 
 /// A live session found (or just made) for a request.
@@ -117,7 +121,7 @@ pub struct Parts<T> {
 }
 
 /// The session manager.
-pub struct Sessions<T = DigitalRiverClient> {
+pub struct Sessions<T = Tokens> {
     store: Arc<Store>,
     tokens: Arc<T>,
     settings: Settings,
@@ -149,6 +153,11 @@ impl<T: TokenService> Sessions<T> {
         }
     }
 
+    /// The metrics the session core counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The clock every `now` comes from.
     pub fn clock(&self) -> &Clock {
         &self.clock
@@ -168,8 +177,9 @@ impl<T: TokenService> Sessions<T> {
             CookieLookup::Present(id) => id,
         };
         let key = id.key();
-        let stored =
-            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
+        let Some(stored) = self.store.get(&key).await.map_err(|e| self.store_error(e))? else {
+            return self.no_session_under(&key).await;
+        };
         if self.is_expired(&stored, now) {
             // Only this generation: a refresh that landed meanwhile does not revive it,
             // and the session is dead by time anyway.
@@ -180,6 +190,16 @@ impl<T: TokenService> Sessions<T> {
             self.store.touch(&key, now).await.map_err(|e| self.store_error(e))?;
         }
         Ok(Some(Active { key, record: stored.record, last_seen: stored.last_seen.max(now) }))
+    }
+
+    /// A cookie whose key holds no session: dead (`SessionExpired`, the cookie is cleared),
+    /// unless it is the code flow's pre-login binding of a login under way, which is no
+    /// session yet but must keep its cookie until the callback (`code_flow`).
+    async fn no_session_under(&self, key: &SessionKey) -> Result<Option<Active>, Error> {
+        if self.is_code_flow() && self.store.has_pending(key).await.map_err(|e| self.store_error(e))? {
+            return Ok(None);
+        }
+        Err(Error::SessionExpired)
     }
 
     /// The cookie's live session, or `None` when there is none or it is dead (a dead
@@ -267,6 +287,7 @@ impl<T: TokenService> Sessions<T> {
             created_at: now,
             absolute_expires_at: now.saturating_add(self.settings.absolute_secs),
             generation: 0,
+            identity: None,
         }
     }
 
@@ -299,9 +320,9 @@ impl<T: TokenService> Sessions<T> {
         self.store.remove_if(key, generation).await.map(drop).map_err(|e| self.store_error(e))
     }
 
-    /// Revokes a token nobody holds any more, without making anyone wait for it.
+    /// Revokes tokens nobody holds any more, without making anyone wait for it.
     fn revoke_in_background(&self, record: &SessionRecord) {
-        revoke_in_background(&self.tokens, record.access_token.clone());
+        revoke_in_background(&self.tokens, record);
     }
 
     fn store_error(&self, error: StoreError) -> Error {
@@ -312,13 +333,15 @@ impl<T: TokenService> Sessions<T> {
     }
 }
 
-/// Revokes `token` in a task of its own; a failure only means it lives out its natural
-/// life at the API.
-fn revoke_in_background<T: TokenService>(tokens: &Arc<T>, token: crate::secret::AccessToken) {
+/// Revokes a record's tokens (`TokenService::revoke_all`: the access token, and with the
+/// OAuth 2.0 client the refresh token first) in a task of its own; a failure only means
+/// they live out their natural life at the API.
+fn revoke_in_background<T: TokenService>(tokens: &Arc<T>, record: &SessionRecord) {
     let tokens = Arc::clone(tokens);
+    let (access, refresh) = (record.access_token.clone(), record.refresh_token.clone());
     tokio::spawn(async move {
-        if let Err(error) = tokens.revoke(&token).await {
-            tracing::debug!(%error, "revoking an unused token failed");
+        if let Err(error) = tokens.revoke_all(&access, refresh.as_ref()).await {
+            tracing::debug!(%error, "revoking unused tokens failed");
         }
     });
 }

@@ -206,7 +206,8 @@ impl<T: TokenService> RefreshCall<T> {
             self.store.remove_if(&self.key, current.generation).await.map_err(store_error)?;
             return Err(Error::SessionExpired);
         };
-        match self.tokens.refresh(refresh_token).await {
+        let sub = current.identity.as_ref().map(|identity| identity.sub.as_str());
+        match self.tokens.refresh_session(refresh_token, sub).await {
             Ok(fresh) => {
                 let now = self.clock.now();
                 let record = Arc::new(SessionRecord {
@@ -218,6 +219,7 @@ impl<T: TokenService> RefreshCall<T> {
                     created_at: current.created_at,
                     absolute_expires_at: current.absolute_expires_at,
                     generation: current.generation.wrapping_add(1),
+                    identity: current.identity.clone(),
                 });
                 self.store_fresh(record).await
             }
@@ -247,7 +249,7 @@ impl<T: TokenService> RefreshCall<T> {
             Ok(Swap::Stale(newer)) => Ok(newer),
             // Logged out while the call ran: nobody holds the new tokens.
             Ok(Swap::Missing) => {
-                revoke_in_background(&self.tokens, record.access_token.clone());
+                revoke_in_background(&self.tokens, &record);
                 Err(Error::SessionExpired)
             }
             // Kept, not revoked: if the API did not rotate the refresh token, the stored

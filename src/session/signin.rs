@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::hosted_login::{self, state_matches, ReturnTo, STATE_LIFETIME_SECS};
 use crate::secret::Password;
 use crate::session_id::{SessionId, SessionKey};
-use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionStore, StoreError};
+use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionRecord, SessionStore, StoreError};
 use crate::tokens::{TokenError, TokenService, TokenSet};
 
 /// Rotations a logout follows at most (each is a login that finished moments before).
@@ -66,7 +66,12 @@ impl<T: TokenService> Sessions<T> {
                 token_service_error(error)
             }
         })?;
-        self.become_shopper(cookie_key(cookie).as_ref(), tokens, now).await
+        self.become_shopper(
+            cookie_key(cookie).as_ref(),
+            self.new_record(SessionKind::Shopper, tokens, now),
+            now,
+        )
+        .await
     }
 
     /// Signs in a shopper the storefront's server vouches for (client-hosted): the shopper
@@ -103,19 +108,24 @@ impl<T: TokenService> Sessions<T> {
                 token_service_error(error)
             }
         })?;
-        self.become_shopper(cookie_key(session).as_ref(), tokens, now).await
+        self.become_shopper(
+            cookie_key(session).as_ref(),
+            self.new_record(SessionKind::Shopper, tokens, now),
+            now,
+        )
+        .await
     }
 
     /// Gives the browser a shopper session holding `tokens` under a new id, replacing
     /// the session under `old` (whose id stops working at once). A previous shopper's
     /// tokens are revoked; a guest's were carried over into the new session by the API.
-    async fn become_shopper(
+    pub(super) async fn become_shopper(
         &self,
         old: Option<&SessionKey>,
-        tokens: TokenSet,
+        record: SessionRecord,
         now: u64,
     ) -> Result<(SessionId, Active), Error> {
-        let record = Arc::new(self.new_record(SessionKind::Shopper, tokens, now));
+        let record = Arc::new(record);
         let id = new_session_id()?;
         let key = id.key();
         match self.store.rotate(old, key, Arc::clone(&record), now).await {
@@ -140,22 +150,34 @@ impl<T: TokenService> Sessions<T> {
     /// Ends the cookie's session and revokes its tokens upstream; with a login that
     /// rotated it moments ago, the session that login made too. No session is fine.
     pub async fn logout(&self, cookie: &CookieLookup, now: u64) -> Result<(), Error> {
-        let Some(mut key) = cookie_key(cookie) else { return Ok(()) };
-        for _ in 0..MAX_FOLLOWED_ROTATIONS {
-            match self.store.end(&key, now).await.map_err(|e| self.store_error(e))? {
-                Removal::Removed(record) => {
-                    // Gone locally whatever the API says; a failed revocation only means
-                    // the token lives out its natural life at the API.
-                    if let Err(error) = self.tokens.revoke(&record.access_token).await {
-                        tracing::warn!(%error, "revocation at logout failed; the session is deleted anyway");
-                    }
-                    return Ok(());
-                }
-                Removal::Moved(successor) => key = successor,
-                Removal::Absent => return Ok(()),
+        let Some(key) = cookie_key(cookie) else { return Ok(()) };
+        if let Some(record) = self.end_session(key, now).await? {
+            // Gone locally whatever the API says; a failed revocation only means the
+            // tokens live out their natural life at the API.
+            let refresh = record.refresh_token.as_ref();
+            if let Err(error) = self.tokens.revoke_all(&record.access_token, refresh).await {
+                tracing::warn!(%error, "revocation at logout failed; the session is deleted anyway");
             }
         }
         Ok(())
+    }
+
+    /// Ends the session under `key`, following a login's rotation moments ago to the
+    /// session it made; the record that was ended, if any (its tokens are the caller's to
+    /// revoke).
+    pub(super) async fn end_session(
+        &self,
+        mut key: SessionKey,
+        now: u64,
+    ) -> Result<Option<Arc<SessionRecord>>, Error> {
+        for _ in 0..MAX_FOLLOWED_ROTATIONS {
+            match self.store.end(&key, now).await.map_err(|e| self.store_error(e))? {
+                Removal::Removed(record) => return Ok(Some(record)),
+                Removal::Moved(successor) => key = successor,
+                Removal::Absent => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// The session a hosted login will be bound to: the cookie's live session, or a new
@@ -199,6 +221,7 @@ impl<T: TokenService> Sessions<T> {
             return_to: return_to.into_string(),
             carried_guest: authorize.carried_guest,
             expires_at: now.saturating_add(STATE_LIFETIME_SECS),
+            code_flow: None,
         };
         self.store.put_pending(active.key, pending).await.map_err(|error| match error {
             StoreError::Full => Error::RateLimited { retry_after: Duration::from_secs(30) },
@@ -245,7 +268,8 @@ impl<T: TokenService> Sessions<T> {
         }
         let expires_in = details.expires_in.or(expires_in).unwrap_or(3600);
         let tokens = TokenSet { access_token, refresh_token: None, expires_in };
-        let (id, active) = self.become_shopper(Some(&current.key), tokens, now).await?;
+        let record = self.new_record(SessionKind::Shopper, tokens, now);
+        let (id, active) = self.become_shopper(Some(&current.key), record, now).await?;
         if let Some(guest_token) = pending.carried_guest {
             // The guest token travelled in a URL: revoke it now that the login is complete.
             if let Err(error) = self.tokens.revoke(&guest_token).await {
@@ -265,7 +289,7 @@ impl<T: TokenService> Sessions<T> {
 }
 
 /// The store key the cookie names, live or not.
-fn cookie_key(cookie: &CookieLookup) -> Option<SessionKey> {
+pub(super) fn cookie_key(cookie: &CookieLookup) -> Option<SessionKey> {
     match cookie {
         CookieLookup::Present(id) => Some(id.key()),
         CookieLookup::Absent | CookieLookup::Malformed => None,

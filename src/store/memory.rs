@@ -262,6 +262,10 @@ impl SessionStore for MemoryStore {
         Ok(self.pending.remove(session).map(|(_, pending)| pending))
     }
 
+    async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
+        Ok(self.pending.contains_key(session))
+    }
+
     async fn link_identity(
         &self,
         identity: IdentityKey,
@@ -386,6 +390,7 @@ mod tests {
             created_at: 0,
             absolute_expires_at,
             generation,
+            identity: None,
         })
     }
 
@@ -491,6 +496,7 @@ mod tests {
             return_to: "/".into(),
             carried_guest: None,
             expires_at,
+            code_flow: None,
         };
         store.put_pending(key(1), pending(99)).await.expect("room");
         store.put_pending(key(2), pending(200)).await.expect("room");

@@ -71,6 +71,25 @@ pub struct SessionRecord {
     /// Incremented at every token change, so a waiter can tell whether the tokens it
     /// saw have been refreshed by someone else, and a writer can compare-and-set.
     pub generation: u64,
+    /// Who signed in at the OpenID provider (`flavor = "oauth2"`); `None` otherwise.
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// The non-secret claims of a session's ID token (`flavor = "oauth2"`). Personal data:
+/// its `Debug` shows none of it, and it is never logged. The raw ID token is not kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: String,
+    /// The provider's session id, when the provider sends one (back-channel logout).
+    pub sid: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(<personal data>)")
+    }
 }
 
 /// A record as read from the store, with the time it was last used.
@@ -140,6 +159,16 @@ pub struct PendingLogin {
     /// The guest token put into the authorize URL, to revoke once the login completes.
     pub carried_guest: Option<AccessToken>,
     pub expires_at: u64,
+    /// The code flow's secrets (`flavor = "oauth2"`); `None` for the implicit flow.
+    pub code_flow: Option<CodeFlowSecrets>,
+}
+
+/// What a pending authorization-code login keeps besides its state: the PKCE verifier
+/// (sent only with the code) and the `nonce` (compared with the ID token's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeFlowSecrets {
+    pub verifier: crate::oidc::pkce::PkceVerifier,
+    pub nonce: crate::oidc::pkce::Nonce,
 }
 
 /// SHA-256 of a hosted login's `state` (the store never holds the state itself).
@@ -247,6 +276,9 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         session: &SessionKey,
     ) -> impl Future<Output = Result<Option<PendingLogin>, StoreError>> + Send;
+
+    /// Whether `session` has a pending login (leaving it in place).
+    fn has_pending(&self, session: &SessionKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Notes that `session` belongs to `identity` until `until` (its absolute end; `now` is
     /// the current time), so a
@@ -406,6 +438,10 @@ impl SessionStore for Store {
 
     async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
         each_backend!(self, store => store.take_pending(session).await)
+    }
+
+    async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
+        each_backend!(self, store => store.has_pending(session).await)
     }
 
     async fn link_identity(

@@ -153,23 +153,34 @@ impl DigitalRiverClient {
 
     /// Sends and reads the whole (small) answer, all within `request_timeout`.
     async fn send(&self, request: Request<Body>) -> Result<(StatusCode, Bytes), TokenError> {
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(|error| {
-                TokenError::Unavailable(format!(
-                    "token endpoint: {}",
-                    crate::forward::describe_client_error(&error)
-                ))
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|_| TokenError::Unavailable("token endpoint answer unreadable or too large".into()))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| TokenError::Timeout)?
+        send_bounded(&self.http, request, self.request_timeout, MAX_TOKEN_RESPONSE_BYTES).await
     }
+}
+
+/// Sends `request` and reads at most `limit` bytes of the answer, all within `timeout`
+/// (also the OpenID client's exchanges, `oidc::fetch`).
+pub(crate) async fn send_bounded(
+    http: &HttpClient,
+    request: Request<Body>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), TokenError> {
+    let exchange = async {
+        let response = http.request(request).await.map_err(|error| {
+            TokenError::Unavailable(format!(
+                "token endpoint: {}",
+                crate::forward::describe_client_error(&error)
+            ))
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| TokenError::Unavailable("token endpoint answer unreadable or too large".into()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| TokenError::Timeout)?
 }
 
 impl TokenService for DigitalRiverClient {
@@ -309,7 +320,7 @@ fn parse_token_set(body: &[u8]) -> Result<TokenSet, TokenError> {
 
 /// Turns a non-200 answer into an error: 5xx and 429 are the service's trouble, anything
 /// else a rejection with the code found in either error shape.
-fn classify(status: StatusCode, body: &[u8]) -> TokenError {
+pub(crate) fn classify(status: StatusCode, body: &[u8]) -> TokenError {
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return TokenError::Unavailable(format!("token endpoint answered {}", status.as_u16()));
     }

@@ -6,9 +6,9 @@
 //! [`TokenError`] are their results. The session core decides policy from them (only
 //! [`TokenError::is_grant_rejected`] may end a session); it never builds a token request.
 //!
-//! Implementations: [`digitalriver::DigitalRiverClient`], the Commerce API's dialect.
-//! A standard OAuth 2.0 / OpenID Connect client will be the second. Unit tests of the
-//! session core use a fake.
+//! Implementations: [`digitalriver::DigitalRiverClient`], the Commerce API's dialect, and
+//! [`oauth2::OAuth2Client`], standard OAuth 2.0 / OpenID Connect; [`Tokens`] is the one
+//! the config chose (`oauth.flavor`). Unit tests of the session core use a fake.
 
 pub mod digitalriver;
 pub mod oauth2;
@@ -18,6 +18,7 @@ use std::future::Future;
 use crate::secret::{AccessToken, Password, RefreshToken};
 
 pub use digitalriver::DigitalRiverClient;
+pub use oauth2::OAuth2Client;
 
 /// A fresh pair from the token endpoint.
 #[derive(Debug)]
@@ -119,4 +120,124 @@ pub trait TokenService: Send + Sync + 'static {
         &self,
         access_token: &AccessToken,
     ) -> impl Future<Output = Result<TokenDetails, TokenError>> + Send;
+
+    /// Revokes a session's tokens at logout. By default the access token only (what the
+    /// Commerce API ties to it goes too); the OAuth 2.0 client revokes both (RFC 7009).
+    fn revoke_all(
+        &self,
+        access_token: &AccessToken,
+        refresh_token: Option<&RefreshToken>,
+    ) -> impl Future<Output = Result<(), TokenError>> + Send {
+        let _ = refresh_token;
+        self.revoke(access_token)
+    }
+
+    /// A session's refresh: by default [`TokenService::refresh`]; the OpenID Connect client
+    /// also checks a new ID token's `sub` against the session's `sub`.
+    fn refresh_session(
+        &self,
+        refresh_token: &RefreshToken,
+        sub: Option<&str>,
+    ) -> impl Future<Output = Result<TokenSet, TokenError>> + Send {
+        let _ = sub;
+        self.refresh(refresh_token)
+    }
+
+    /// The OpenID Connect client, for what only the code flow does (authorize, code
+    /// exchange, logout tokens); `None` for every other service.
+    fn oidc(&self) -> Option<&OAuth2Client> {
+        None
+    }
+}
+
+/// The token service the config chose (`oauth.flavor`), dispatched by `match` (like
+/// `store::Store`), so the session core is `Sessions<Tokens>` in production.
+// One per process, behind an `Arc`: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Tokens {
+    DigitalRiver(DigitalRiverClient),
+    OAuth2(OAuth2Client),
+}
+
+impl TokenService for Tokens {
+    async fn mint_guest(&self) -> Result<TokenSet, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.mint_guest().await,
+            Tokens::OAuth2(client) => client.mint_guest().await,
+        }
+    }
+
+    async fn login(
+        &self,
+        username: &str,
+        password: &Password,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.login(username, password, limited).await,
+            Tokens::OAuth2(client) => client.login(username, password, limited).await,
+        }
+    }
+
+    async fn login_external(
+        &self,
+        external_reference_id: &str,
+        limited: Option<&AccessToken>,
+    ) -> Result<TokenSet, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.login_external(external_reference_id, limited).await,
+            Tokens::OAuth2(client) => client.login_external(external_reference_id, limited).await,
+        }
+    }
+
+    async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.refresh(refresh_token).await,
+            Tokens::OAuth2(client) => client.refresh(refresh_token).await,
+        }
+    }
+
+    async fn revoke(&self, access_token: &AccessToken) -> Result<(), TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.revoke(access_token).await,
+            Tokens::OAuth2(client) => client.revoke(access_token).await,
+        }
+    }
+
+    async fn details(&self, access_token: &AccessToken) -> Result<TokenDetails, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.details(access_token).await,
+            Tokens::OAuth2(client) => client.details(access_token).await,
+        }
+    }
+
+    async fn revoke_all(
+        &self,
+        access_token: &AccessToken,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<(), TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.revoke_all(access_token, refresh_token).await,
+            Tokens::OAuth2(client) => TokenService::revoke_all(client, access_token, refresh_token).await,
+        }
+    }
+
+    async fn refresh_session(
+        &self,
+        refresh_token: &RefreshToken,
+        sub: Option<&str>,
+    ) -> Result<TokenSet, TokenError> {
+        match self {
+            Tokens::DigitalRiver(client) => client.refresh_session(refresh_token, sub).await,
+            Tokens::OAuth2(client) => client.refresh_session(refresh_token, sub).await,
+        }
+    }
+
+    fn oidc(&self) -> Option<&OAuth2Client> {
+        match self {
+            Tokens::DigitalRiver(_) => None,
+            Tokens::OAuth2(client) => Some(client),
+        }
+    }
 }

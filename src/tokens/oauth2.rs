@@ -18,9 +18,6 @@
 //! Errors never hold a token, the code, the verifier or the client secret: only status
 //! codes, OAuth error codes and fixed texts.
 
-// Wired into config, the session core and the endpoints in round two.
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,7 +71,7 @@ impl TokenTypeHint {
     }
 }
 
-/// The flavor's settings (from the config, in round two).
+/// The flavor's settings (from `[oauth]`, assembled by `runtime`).
 #[derive(Debug, Clone)]
 pub struct OAuth2Settings {
     pub issuer: String,
@@ -191,6 +188,12 @@ impl OAuth2Client {
             replay: ReplayCache::default(),
             metrics,
         })
+    }
+
+    /// The configured issuer: the `iss` a callback may carry (RFC 9207) and the namespace
+    /// of the identity index.
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
     }
 
     /// The provider's metadata, or `Unavailable` (503) before discovery succeeded.
@@ -487,7 +490,8 @@ fn parse_token_response(body: &[u8]) -> Result<(TokenSet, Option<IdToken>), Toke
 }
 
 /// The refusal for operations this flavor does not have (no guest, no password login):
-/// a 4xx that is not a dead grant (round two maps it to a 400).
+/// a 4xx that is not a dead grant (the endpoints refuse these flows first, with 400
+/// `unsupported_flow`).
 fn unsupported() -> TokenError {
     TokenError::Rejected { status: 400, code: "unsupported_grant_type".into() }
 }
@@ -517,14 +521,36 @@ impl TokenService for OAuth2Client {
         Err(unsupported())
     }
 
-    /// A refresh; a new ID token is validated, then dropped (the trait has no place for
-    /// it: round two uses [`OAuth2Client::refresh_tokens`] to keep it).
+    /// A refresh; a new ID token is validated (without a session's `sub`), then dropped.
     async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
-        match self.refresh_tokens(refresh_token, None).await {
+        self.refresh_session(refresh_token, None).await
+    }
+
+    /// A session's refresh: a new ID token must name the session's `sub`. An ID token
+    /// that does not validate is a provider fault (503), not a dead grant.
+    async fn refresh_session(
+        &self,
+        refresh_token: &RefreshToken,
+        sub: Option<&str>,
+    ) -> Result<TokenSet, TokenError> {
+        match self.refresh_tokens(refresh_token, sub).await {
             Ok(answer) => Ok(answer.tokens),
             Err(OAuth2Error::Token(error)) => Err(error),
             Err(error) => Err(TokenError::Unavailable(error.to_string())),
         }
+    }
+
+    /// Both tokens, refresh token first (RFC 7009 §2.1).
+    async fn revoke_all(
+        &self,
+        access: &AccessToken,
+        refresh: Option<&RefreshToken>,
+    ) -> Result<(), TokenError> {
+        OAuth2Client::revoke_all(self, access, refresh).await
+    }
+
+    fn oidc(&self) -> Option<&OAuth2Client> {
+        Some(self)
     }
 
     /// Revokes the access token (RFC 7009, hint `access_token`).

@@ -187,6 +187,9 @@ pub struct Env {
     /// Tokens a test lets reach the browser on purpose (the hosted login's authorize URL
     /// carries the guest token, by Digital River's design).
     allowed_in_responses: Vec<String>,
+    /// Secrets from elsewhere (an OpenID provider's tokens, its client secret) that must
+    /// reach neither the browser nor the proxy's log, like the mock's tokens.
+    watched: Vec<String>,
 }
 
 impl Env {
@@ -235,6 +238,7 @@ impl Env {
             transcript: Arc::default(),
             leak_check: true,
             allowed_in_responses: Vec::new(),
+            watched: Vec::new(),
         }
     }
 
@@ -339,6 +343,12 @@ impl Env {
         self.allowed_in_responses.push(token.to_string());
     }
 
+    /// Adds secrets the leak check searches for, in what the browser saw and in the log
+    /// (e.g. `OidcProvider::issued_token_values`).
+    pub fn watch_secrets(&mut self, secrets: impl IntoIterator<Item = String>) {
+        self.watched.extend(secrets);
+    }
+
     /// Every token the mock issued so far.
     pub fn issued_tokens(&self) -> Vec<String> {
         read_lines(&self.mock.issued_tokens_file)
@@ -348,7 +358,8 @@ impl Env {
     pub fn find_leaks(&self) -> Vec<String> {
         let transcript = self.transcript.lock().unwrap_or_else(|e| e.into_inner());
         let log = std::fs::read_to_string(&self.proxy.log_file).unwrap_or_default();
-        let tokens = self.issued_tokens();
+        let mut tokens = self.issued_tokens();
+        tokens.extend(self.watched.iter().cloned());
         let mut leaks = Vec::new();
         for token in tokens.iter().filter(|t| t.len() >= 16) {
             let allowed = self.allowed_in_responses.contains(token);

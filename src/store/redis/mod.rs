@@ -364,6 +364,11 @@ impl SessionStore for RedisStore {
             .map_err(|error| StoreError::Unavailable(format!("a pending login does not open: {error}")))
     }
 
+    async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
+        let found: u64 = self.pool.exists(self.pending_key(session)).await.map_err(unavailable)?;
+        Ok(found > 0)
+    }
+
     async fn link_identity(
         &self,
         identity: IdentityKey,

@@ -12,6 +12,11 @@
 //! expires_at | return_to (u32 + bytes) | carried guest token (u8 present + u32 + bytes)`,
 //! sealed with `pending:` + its session's key as associated data, so it never opens as
 //! that session's record (nor the other way round).
+//!
+//! Optional trailing sections (absent in what the Digital River flavor and earlier builds
+//! write, so those values still open): a record's OpenID identity, `u8 1 | sub (u32 +
+//! bytes) | sid | name | email` (each `u8 present + u32 + bytes`); a pending login's code
+//! flow secrets, `u8 1 | PKCE verifier (u32 + bytes) | nonce (u32 + bytes)`.
 
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::{AeadInPlace, Aes256Gcm, KeyInit};
@@ -20,7 +25,10 @@ use zeroize::Zeroizing;
 
 use crate::secret::{AccessToken, EncryptionKey, RefreshToken};
 use crate::session_id::SessionKey;
-use crate::store::{PendingLogin, SessionKind, SessionRecord};
+use std::sync::Arc;
+
+use crate::oidc::pkce::{Nonce, PkceVerifier};
+use crate::store::{CodeFlowSecrets, Identity, PendingLogin, SessionKind, SessionRecord};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -99,6 +107,13 @@ pub fn seal_record(
     }
     put_bytes(&mut out, access);
     put_optional(&mut out, refresh);
+    if let Some(identity) = &record.identity {
+        out.push(1);
+        put_bytes(&mut out, identity.sub.as_bytes());
+        for part in [&identity.sid, &identity.name, &identity.email] {
+            put_optional(&mut out, part.as_deref().map(str::as_bytes));
+        }
+    }
     seal(out, keys, &key.0)
 }
 
@@ -119,6 +134,13 @@ pub fn open_record(
     let (absolute_expires_at, generation) = (reader.u64()?, reader.u64()?);
     let access_token = AccessToken::new(reader.text()?);
     let refresh_token = reader.optional_text()?.map(RefreshToken::new);
+    let identity = if reader.has_section()? {
+        let sub = reader.text()?;
+        let (sid, name, email) = (reader.optional_text()?, reader.optional_text()?, reader.optional_text()?);
+        Some(Arc::new(Identity { sub, sid, name, email }))
+    } else {
+        None
+    };
     Ok(SessionRecord {
         kind,
         access_token,
@@ -127,6 +149,7 @@ pub fn open_record(
         created_at,
         absolute_expires_at,
         generation,
+        identity,
     })
 }
 
@@ -149,6 +172,11 @@ pub fn seal_pending(
     out.extend_from_slice(&pending.expires_at.to_be_bytes());
     put_bytes(&mut out, pending.return_to.as_bytes());
     put_optional(&mut out, pending.carried_guest.as_ref().map(|t| t.expose().as_bytes()));
+    if let Some(secrets) = &pending.code_flow {
+        out.push(1);
+        put_bytes(&mut out, secrets.verifier.expose().as_bytes());
+        put_bytes(&mut out, secrets.nonce.expose().as_bytes());
+    }
     seal(out, keys, &pending_aad(session))
 }
 
@@ -164,7 +192,13 @@ pub fn open_pending(
     let expires_at = reader.u64()?;
     let return_to = reader.text()?;
     let carried_guest = reader.optional_text()?.map(AccessToken::new);
-    Ok(PendingLogin { state, return_to, carried_guest, expires_at })
+    let code_flow = if reader.has_section()? {
+        let verifier = PkceVerifier::new(reader.text()?);
+        Some(CodeFlowSecrets { verifier, nonce: Nonce::new(reader.text()?) })
+    } else {
+        None
+    };
+    Ok(PendingLogin { state, return_to, carried_guest, expires_at, code_flow })
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -213,6 +247,18 @@ impl Reader<'_> {
         String::from_utf8(bytes.to_vec()).map_err(|_| Unsealed::Malformed)
     }
 
+    /// Whether an optional trailing section follows: nothing left is "no" (a value
+    /// written without it), `1` is "yes", anything else is `Malformed`.
+    fn has_section(&mut self) -> Result<bool, Unsealed> {
+        if self.0.is_empty() {
+            return Ok(false);
+        }
+        match self.byte()? {
+            1 => Ok(true),
+            _ => Err(Unsealed::Malformed),
+        }
+    }
+
     fn optional_text(&mut self) -> Result<Option<String>, Unsealed> {
         match self.byte()? {
             0 => Ok(None),
@@ -239,6 +285,7 @@ mod tests {
             created_at: 20,
             absolute_expires_at: 30,
             generation: 4,
+            identity: None,
         }
     }
 
@@ -277,6 +324,7 @@ mod tests {
             return_to: "/cart".into(),
             carried_guest: Some(AccessToken::new("guest-token-0123456789")),
             expires_at: 99,
+            code_flow: None,
         };
         let session = SessionKey([5; 32]);
         let sealed = seal_pending(&pending, &session, &keys(1)).expect("seals");
@@ -287,5 +335,36 @@ mod tests {
         assert_eq!(opened.carried_guest.as_ref().map(AccessToken::expose), Some("guest-token-0123456789"));
         assert!(open_pending(&sealed, &SessionKey([6; 32]), &keys(1)).is_err());
         assert!(open_record(&sealed, &session, &keys(1)).is_err(), "never opens as the session's record");
+        assert!(opened.code_flow.is_none(), "a pending login of the implicit flow has no code-flow section");
+    }
+
+    #[test]
+    fn the_oauth2_sections_round_trip_and_values_without_them_still_open() {
+        let identity = Identity {
+            sub: "alice".into(),
+            sid: Some("sid-1".into()),
+            name: None,
+            email: Some("alice@example.test".into()),
+        };
+        let with = SessionRecord { identity: Some(Arc::new(identity.clone())), ..record() };
+        let key = SessionKey([7; 32]);
+        let opened = open_record(&seal_record(&with, &key, &keys(1)).expect("seals"), &key, &keys(1));
+        assert_eq!(opened.expect("opens").identity.as_deref(), Some(&identity));
+        let without = open_record(&seal_record(&record(), &key, &keys(1)).expect("seals"), &key, &keys(1));
+        assert!(without.expect("opens").identity.is_none());
+        let secrets = CodeFlowSecrets {
+            verifier: PkceVerifier::new("verifier-0123456789-0123456789-0123456789-xyz"),
+            nonce: Nonce::new("nonce-0123456789"),
+        };
+        let pending = PendingLogin {
+            state: [3; 32],
+            return_to: "/".into(),
+            carried_guest: None,
+            expires_at: 99,
+            code_flow: Some(secrets.clone()),
+        };
+        let sealed = seal_pending(&pending, &key, &keys(1)).expect("seals");
+        assert!(!String::from_utf8_lossy(&sealed).contains("verifier-0123"));
+        assert_eq!(open_pending(&sealed, &key, &keys(1)).expect("opens").code_flow, Some(secrets));
     }
 }

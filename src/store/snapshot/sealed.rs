@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::{AccessToken, EncryptionKey, RefreshToken};
-use crate::store::{from_hex, to_hex, SessionKey, SessionKind, SessionRecord};
+use crate::store::{from_hex, to_hex, Identity, SessionKey, SessionKind, SessionRecord};
 
 const MAGIC: &[u8; 8] = b"TGSESS\r\n";
 const VERSION: u16 = 1;
@@ -82,6 +82,22 @@ struct SessionOut<'a> {
     absolute_expires_at: u64,
     generation: u64,
     last_seen: u64,
+    /// The OpenID identity (`flavor = "oauth2"`); absent in files of the other flavor
+    /// and of earlier builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<IdentityRepr>,
+}
+
+/// A session's [`Identity`], as written and read.
+#[derive(Serialize, Deserialize)]
+struct IdentityRepr {
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
 }
 
 /// The plaintext, as read. (No `Debug`: nothing here is for logs.)
@@ -102,6 +118,8 @@ struct SessionIn {
     absolute_expires_at: u64,
     generation: u64,
     last_seen: u64,
+    #[serde(default)]
+    identity: Option<IdentityRepr>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -181,6 +199,12 @@ pub(super) fn seal(entries: &[Entry], key: &EncryptionKey, now: u64) -> Result<V
                 absolute_expires_at: record.absolute_expires_at,
                 generation: record.generation,
                 last_seen: *last_seen,
+                identity: record.identity.as_deref().map(|identity| IdentityRepr {
+                    sub: identity.sub.clone(),
+                    sid: identity.sid.clone(),
+                    name: identity.name.clone(),
+                    email: identity.email.clone(),
+                }),
             })
             .collect(),
     };
@@ -276,6 +300,14 @@ pub(super) fn open(
             created_at: session.created_at,
             absolute_expires_at: session.absolute_expires_at,
             generation: session.generation,
+            identity: session.identity.take().map(|identity| {
+                Arc::new(Identity {
+                    sub: identity.sub,
+                    sid: identity.sid,
+                    name: identity.name,
+                    email: identity.email,
+                })
+            }),
         };
         sessions.push((SessionKey(key), Arc::new(record), session.last_seen));
     }
@@ -308,6 +340,7 @@ pub(super) mod tests {
             created_at: 10,
             absolute_expires_at,
             generation: u64::from(n) * 3,
+            identity: None,
         };
         (SessionKey([n; 32]), Arc::new(record), last_seen)
     }
