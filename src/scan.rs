@@ -17,14 +17,16 @@
 //! a hit in a later frame is reported, and the caller ends the response mid-way (the
 //! connection or stream is reset, never completed).
 //!
-//! All needles of a session go into one Aho-Corasick automaton, built once per response,
-//! searched once over the raw bytes and once over the decoded view (only when the stretch
-//! holds a `%` or `\`).
+//! Each needle is a `memchr::memmem` searcher (SIMD), built once per response: building
+//! a multi-pattern automaton (Aho-Corasick) for a session's handful of long needles costs
+//! hundreds of microseconds to milliseconds, far more than searching a typical body with a
+//! few vectorised passes. Every needle is searched over the raw bytes, and over the decoded
+//! view only when the stretch holds a `%` or `\`.
 
-use aho_corasick::AhoCorasick;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 
 /// Shorter secrets are not searched (they would match by chance).
 const MIN_SECRET_LEN: usize = 8;
@@ -35,9 +37,10 @@ const MAX_ESCAPE_LEN: usize = 6;
 /// The session's tokens, in every form searched.
 #[derive(Debug, Clone)]
 pub struct Needles {
-    automaton: AhoCorasick,
-    /// The raw secrets alone, without case (header names arrive lowercased).
-    caseless: AhoCorasick,
+    finders: Vec<Finder<'static>>,
+    /// The raw secrets alone, compared without case in header names (which arrive
+    /// lowercased).
+    raw: Vec<Vec<u8>>,
     /// The longest raw stretch one occurrence can span.
     window: usize,
 }
@@ -46,28 +49,37 @@ impl Needles {
     /// The needles for `secrets` (shorter ones than eight bytes are left out); `None` when
     /// nothing is left to search for.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
-        let raw: Vec<&[u8]> = secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).collect();
-        let longest = raw.iter().map(|secret| secret.len()).max()?;
-        let mut patterns: Vec<Vec<u8>> = raw.iter().map(|secret| secret.to_vec()).collect();
+        let raw: Vec<Vec<u8>> =
+            secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).map(<[u8]>::to_vec).collect();
+        let longest = raw.iter().map(Vec::len).max()?;
+        let mut patterns: Vec<Vec<u8>> = raw.clone();
         patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
         patterns.sort();
         patterns.dedup();
-        let automaton = AhoCorasick::new(&patterns).ok()?;
-        let caseless = AhoCorasick::builder().ascii_case_insensitive(true).build(&raw).ok()?;
-        Some(Self { automaton, caseless, window: longest * MAX_ESCAPE_LEN })
+        let finders = patterns.iter().map(|pattern| Finder::new(pattern).into_owned()).collect();
+        Some(Self { finders, raw, window: longest * MAX_ESCAPE_LEN })
     }
 
     /// Whether `haystack` holds a secret as it is, in any case (for header names).
     pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
-        self.caseless.is_match(haystack)
+        self.raw.iter().any(|secret| {
+            haystack.len() >= secret.len()
+                && haystack.windows(secret.len()).any(|window| window.eq_ignore_ascii_case(secret))
+        })
     }
 
     /// Whether `haystack` holds a needle, raw or once its escapes are undone.
     pub fn found_in(&self, haystack: &[u8]) -> bool {
-        if self.automaton.is_match(haystack) {
+        if self.matches(haystack) {
             return true;
         }
-        memchr::memchr2(b'%', b'\\', haystack).is_some() && self.automaton.is_match(&decoded(haystack))
+        memchr::memchr2(b'%', b'\\', haystack).is_some() && self.matches(&decoded(haystack))
+    }
+
+    fn matches(&self, haystack: &[u8]) -> bool {
+        self.finders
+            .iter()
+            .any(|finder| haystack.len() >= finder.needle().len() && finder.find(haystack).is_some())
     }
 }
 
