@@ -14,9 +14,9 @@
 #   static  nginx serving fixed answers (bench/upstream.conf.template), so the proxies are
 #           what is measured.
 # Legs: baseline (wrk straight at the upstream, with a valid Bearer), tokengate (release,
-# cookie of a guest session), tokengate with the leak guard off (static upstream, JSON
-# only: the large body is application/octet-stream, which the guard never buffers), and
-# nginx (proxy_pass with keep-alive and a fixed Authorization header).
+# cookie of a guest session), tokengate with the leak guard off (static upstream), nginx
+# (proxy_pass with keep-alive and a fixed Authorization header), and nginx-gzip (the same
+# with gzip on, for the "-gz" payloads).
 #
 # Every process it starts is pinned with taskset and stopped by PID on exit. All traffic
 # is on 127.0.0.1; every wrk run is bounded by -d and by `timeout`.
@@ -25,7 +25,9 @@
 #   BENCH_DURATION [5s]  BENCH_WARMUP [2s]  BENCH_REPEATS [3]  BENCH_CONNECTIONS [32]
 #   BENCH_THREADS [1]    BENCH_BIG_BYTES [1048576]
 #   BENCH_LOAD_CPUS [0]  BENCH_PROXY_CPUS [1]  BENCH_UPSTREAM_CPUS [0]   (taskset lists)
-#   BENCH_UPSTREAMS ["mock static"]   BENCH_PAYLOADS ["json big"]
+#   BENCH_UPSTREAMS ["mock static"]   BENCH_PAYLOADS ["json big json-gz big-gz"]
+#                        (a "-gz" payload is the same call with Accept-Encoding: gzip; nginx-gzip,
+#                        nginx with gzip on, is its comparison leg)
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
 #   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
 #                        on the static upstream (needs perf; prints task-clock etc.)
@@ -54,7 +56,7 @@ UPSTREAMS="${BENCH_UPSTREAMS:-mock static}"
 MAX_OTHER="${BENCH_MAX_OTHER:-5}"
 MAX_STEAL="${BENCH_MAX_STEAL:-10}"
 RETRY_BUDGET="${BENCH_RETRY_BUDGET:-12}"
-PAYLOADS="${BENCH_PAYLOADS:-json big}"
+PAYLOADS="${BENCH_PAYLOADS:-json big json-gz big-gz}"
 CLIENT_ID="demo-api-key"
 CLIENT_SECRET="demo-secret"
 
@@ -172,7 +174,16 @@ WORK="$(mktemp -d /tmp/tokengate-bench.XXXXXX)"
 chmod 755 "$WORK"   # nginx workers run as nobody and must read www/
 mkdir -p "$WORK/tmp" "$WORK/www" "$WORK/runs"
 chmod 1777 "$WORK/tmp"
-head -c "$BIG_BYTES" /dev/zero | tr '\0' 'a' >"$WORK/www/bytes"
+# The large body is JSON (a list of shopper-shaped items, padded to exactly BIG_BYTES), so
+# a "-gz" run compresses it in both proxies, as an API's large answers would be.
+awk -v n="$BIG_BYTES" 'BEGIN {
+  item = "{\"uri\":\"https://api.digitalriver.com/v1/shoppers/me\",\"id\":\"4343434343\",\"locale\":\"en_US\",\"currency\":\"USD\"},"
+  printf "{\"items\":["; used = 10
+  while (used + length(item) + 4 <= n) { printf "%s", item; used += length(item) }
+  printf "{}"; used += 2
+  while (used < n - 2) { printf " "; used++ }
+  printf "]}" }' >"$WORK/www/bytes"
+[[ "$(wc -c <"$WORK/www/bytes")" == "$BIG_BYTES" ]] || die "the large body is not $BIG_BYTES bytes"
 chmod 644 "$WORK/www/bytes"
 cd "$WORK"   # nothing this script runs writes into the work tree
 RESULTS="$WORK/results.tsv"
@@ -283,12 +294,16 @@ start_tokengate() { # leg [env assignments...]
   LEG_PIDS[$leg]="$pid"
 }
 
-start_nginx_proxy() { # leg token
-  local leg="$1" port pid
+start_nginx_proxy() { # leg token [gzip]
+  local leg="$1" port pid gzip="gzip off;"
   port="$(free_port)"
+  # The same policy as tokengate's: JSON and text, level 5, not under 256 bytes.
+  if [[ "${3:-}" == gzip ]]; then
+    gzip="gzip on; gzip_proxied any; gzip_comp_level 5; gzip_min_length 256; gzip_vary on; gzip_types application/json text/plain;"
+  fi
   render "$ROOT/bench/nginx.conf.template" "$WORK/$leg.conf" \
     "WORKDIR=$WORK" "PORT=$port" "UPSTREAM=${UPSTREAM_URL#http://}" \
-    "ACCESS_TOKEN=$2" "WORKERS=$PROXY_WORKERS"
+    "ACCESS_TOKEN=$2" "WORKERS=$PROXY_WORKERS" "GZIP=$gzip"
   taskset -c "$PROXY_CPUS" "$NGINX" -p "$WORK" -c "$WORK/$leg.conf" -g 'daemon off;' \
     >"$WORK/$leg.out" 2>&1 </dev/null &
   pid=$!
@@ -363,28 +378,32 @@ seconds_of() { # "5s" | "2m" → seconds
 # One request with the leg's headers: it must answer 200 with the payload (the JSON's
 # size varies a little with the Host the upstream saw), or the leg would measure error pages.
 check_once() { # url payload headers...
-  local url="$1" payload="$2" got body="$WORK/check-body"
+  local url="$1" payload="$2" got body="$WORK/check-body" decode=()
   shift 2
-  got="$(curl -sS -o "$body" -w '%{http_code} %{size_download}' "$@" "$url")" || die "curl $url failed"
-  case "$payload" in
+  # A "-gz" payload: curl decodes what comes back (the check reads the JSON, not gzip).
+  if [[ "$payload" == *-gz ]]; then decode=(--compressed); fi
+  got="$(curl -sS "${decode[@]}" -o "$body" -w '%{http_code} %{size_download}' "$@" "$url")" || die "curl $url failed"
+  case "${payload%-gz}" in
     json) if [[ "${got%% *}" != 200 ]] || ! grep -q '"shopper"' "$body"; then
       die "$url answered '$got': $(head -c 300 "$body")"
     fi ;;
-    big) [[ "$got" == "200 $BIG_BYTES" ]] || die "$url answered '$got', expected '200 $BIG_BYTES'" ;;
+    big) got="${got%% *} $(wc -c <"$body")" # decoded size (a -gz run transfers fewer bytes)
+      [[ "$got" == "200 $BIG_BYTES" ]] || die "$url answered '$got', expected '200 $BIG_BYTES'" ;;
   esac
 }
 
 # The wrk/curl header arguments of a leg.
-leg_headers() { # leg → sets HEADERS
+leg_headers() { # leg [payload] → sets HEADERS (a "-gz" payload adds Accept-Encoding: gzip)
   HEADERS=()
   if [[ -n "${LEG_HEADER[$1]}" ]]; then HEADERS=(-H "${LEG_HEADER[$1]}"); fi
+  if [[ "${2:-}" == *-gz ]]; then HEADERS+=(-H "Accept-Encoding: gzip"); fi
 }
 
 # Checks a leg once and warms it up (connections, pools, caches).
 warm_leg() { # upstream leg payload
   local upstream="$1" leg="$2" payload="$3" url
   url="${LEG_BASE[$leg]}/$(path_of "$payload")"
-  leg_headers "$leg"
+  leg_headers "$leg" "$payload"
   check_once "$url" "$payload" "${HEADERS[@]}"
   timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$WARMUP" "${HEADERS[@]}" "$url" \
     >"$WORK/runs/$upstream-$leg-$payload-warmup.txt" 2>&1 || die "wrk warm-up failed for $upstream/$leg/$payload"
@@ -396,7 +415,7 @@ measure_run() { # upstream leg payload run
   url="${LEG_BASE[$leg]}/$(path_of "$payload")"
   file="$WORK/runs/$upstream-$leg-$payload-$run.txt"
   proxy_pids="${LEG_PIDS[$leg]}"
-  leg_headers "$leg"
+  leg_headers "$leg" "$payload"
   local p0 s0 u0 p1 s1 u1 other rps p50 p90 p99 requests bad errors secs
   secs="$(seconds_of "$DURATION")"
   local m0 o0 c0 m1 o1 c1
@@ -439,15 +458,20 @@ measure_run() { # upstream leg payload run
     "$upstream" "$leg" "$payload" "$run" "$rps" "$p50" "$p99" "$proxy_us" "$proxy_sys_us" "$proxy_util" "$up_util" "$other" "$steal" "$((bad + errors))")"
 }
 
-# Which legs run with which payload: the leak guard never buffers the large body
-# (application/octet-stream), so the guard-off leg only runs the JSON one.
+# Which legs run with which payload: nginx with gzip on only the "-gz" payloads, plain
+# nginx only the others; every tokengate leg runs every payload (the leak guard scans every
+# body, of any type, as it streams; with gzip asked for, tokengate compresses JSON).
 leg_runs_payload() { # leg payload
-  [[ "$1" != tokengate-noguard || "$2" == json ]]
+  case "$1" in
+    nginx-gzip) [[ "$2" == *-gz ]] ;;
+    nginx) [[ "$2" != *-gz ]] ;;
+    *) true ;;
+  esac
 }
 
-path_of() { # payload → path under /v1 (or /api)
-  case "$1" in
-    json) echo "shoppers/me.json" ;;
+path_of() { # payload → path under /v1 (or /api); a "-gz" payload is the same call asking for gzip
+  case "${1%-gz}" in
+    json) echo "shoppers/me?format=json" ;; # the mock answers XML unless JSON is asked for
     big) echo "debug/bytes?n=$BIG_BYTES" ;;
     *) die "unknown payload $1" ;;
   esac
@@ -502,10 +526,11 @@ for upstream in $UPSTREAMS; do
   LEGS=()
   add_baseline_leg "$token"
   start_tokengate tokengate
-  if [[ "$upstream" == static && " $PAYLOADS " == *" json "* ]]; then
+  if [[ "$upstream" == static ]]; then
     start_tokengate tokengate-noguard TOKENGATE_LEAK_GUARD_ENABLED=false
   fi
   start_nginx_proxy nginx "$token"
+  if [[ " $PAYLOADS " == *-gz* ]]; then start_nginx_proxy nginx-gzip "$token" gzip; fi
   log "legs: ${LEGS[*]} (all running; idle ones cost nothing)"
 
   for payload in $PAYLOADS; do
@@ -564,7 +589,7 @@ for upstream in $UPSTREAMS; do
   for payload in $PAYLOADS; do
     base_rps="$(column_of "$upstream" baseline "$payload" 5 | median)"
     base_p50="$(column_of "$upstream" baseline "$payload" 6 | median)"
-    for leg in baseline tokengate tokengate-noguard nginx; do
+    for leg in baseline tokengate tokengate-noguard nginx nginx-gzip; do
       [[ -n "$(column_of "$upstream" "$leg" "$payload" 5)" ]] || continue
       rps="$(column_of "$upstream" "$leg" "$payload" 5 | median)"
       p50="$(column_of "$upstream" "$leg" "$payload" 6 | median)"
@@ -595,14 +620,16 @@ if awk -F'\t' '$9 > 0 { bad = 1 } END { exit !bad }' "$RESULTS"; then
 fi
 for upstream in $UPSTREAMS; do
   for payload in $PAYLOADS; do
+    ngx=nginx
+    [[ "$payload" == *-gz ]] && ngx=nginx-gzip
     t="$(column_of "$upstream" tokengate "$payload" 5 | median)"
-    n="$(column_of "$upstream" nginx "$payload" 5 | median)"
+    n="$(column_of "$upstream" "$ngx" "$payload" 5 | median)"
     tc="$(column_of "$upstream" tokengate "$payload" 10 | median)"
-    nc="$(column_of "$upstream" nginx "$payload" 10 | median)"
+    nc="$(column_of "$upstream" "$ngx" "$payload" 10 | median)"
     [[ "$t" != nan && "$n" != nan ]] || continue
-    awk -v u="$upstream" -v p="$payload" -v t="$t" -v n="$n" -v tc="$tc" -v nc="$nc" 'BEGIN {
-      printf "%s/%s: tokengate %.0f req/s vs nginx %.0f req/s: tokengate %s (%.2fx); CPU per request %.1f µs vs %.1f µs (%.2fx)\n",
-        u, p, t, n, (t >= n ? "faster" : "slower"), t / n, tc, nc, (nc > 0 ? tc / nc : 0) }'
+    awk -v u="$upstream" -v p="$payload" -v g="$ngx" -v t="$t" -v n="$n" -v tc="$tc" -v nc="$nc" 'BEGIN {
+      printf "%s/%s: tokengate %.0f req/s vs %s %.0f req/s: tokengate %s (%.2fx); CPU per request %.1f µs vs %.1f µs (%.2fx)\n",
+        u, p, t, g, n, (t >= n ? "faster" : "slower"), t / n, tc, nc, (nc > 0 ? tc / nc : 0) }'
   done
 done
 for line in "${PERF_LINES[@]}"; do echo "$line"; done
