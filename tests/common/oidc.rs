@@ -369,7 +369,9 @@ fn spawn_node(mut command: Command, log_file: &Path) -> (Child, String) {
             sink.clear();
         }
     });
-    match receiver.recv_timeout(Duration::from_secs(30)) {
+    // Generous: under a full parallel test run on two cores, node takes a while to load
+    // oidc-provider and make its keys (30 s was once not enough in CI).
+    match receiver.recv_timeout(Duration::from_secs(90)) {
         Ok(line) if line.starts_with("listening on ") => (child, line),
         other => {
             let _ = child.kill();
