@@ -48,28 +48,9 @@ pub enum CallbackError {
 /// Parses `a=b&c=d` callback parameters (a query string, a fragment or a form body,
 /// without the leading `?` or `#`).
 pub fn parse_callback_query(input: &str) -> Result<CallbackParams, CallbackError> {
-    if input.len() > MAX_CALLBACK_BYTES {
-        return Err(CallbackError::TooLarge);
-    }
-    let mut access_token = None;
-    let mut expires_in = None;
-    let mut state = None;
-    let mut error = None;
-    for (name, value) in form_urlencoded::parse(input.as_bytes()) {
-        let slot = match name.as_ref() {
-            "access_token" => &mut access_token,
-            "expires_in" => &mut expires_in,
-            "state" => &mut state,
-            "error" => &mut error,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(CallbackError::Repeated);
-        }
-    }
-    if state.as_ref().is_some_and(|state| !is_token_like(state, 256)) {
-        return Err(CallbackError::MalformedState);
-    }
+    let [access_token, expires_in, state, error] =
+        strict_parameters(input, ["access_token", "expires_in", "state", "error"])?;
+    check_state(state.as_deref())?;
     let outcome = match (access_token, error) {
         (Some(token), None) => {
             if !is_token_like(&token, 4096) {
@@ -107,25 +88,8 @@ pub enum CodeOutcome {
 
 /// Parses the code flow's callback query, as strictly as [`parse_callback_query`].
 pub fn parse_code_callback(input: &str) -> Result<CodeCallback, CallbackError> {
-    if input.len() > MAX_CALLBACK_BYTES {
-        return Err(CallbackError::TooLarge);
-    }
-    let (mut code, mut state, mut iss, mut error) = (None, None, None, None);
-    for (name, value) in form_urlencoded::parse(input.as_bytes()) {
-        let slot = match name.as_ref() {
-            "code" => &mut code,
-            "state" => &mut state,
-            "iss" => &mut iss,
-            "error" => &mut error,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(CallbackError::Repeated);
-        }
-    }
-    if state.as_ref().is_some_and(|state| !is_token_like(state, 256)) {
-        return Err(CallbackError::MalformedState);
-    }
+    let [code, state, iss, error] = strict_parameters(input, ["code", "state", "iss", "error"])?;
+    check_state(state.as_deref())?;
     if iss.as_ref().is_some_and(|iss: &String| iss.len() > 2048 || iss.chars().any(char::is_control)) {
         return Err(CallbackError::Malformed);
     }
@@ -138,6 +102,33 @@ pub fn parse_code_callback(input: &str) -> Result<CodeCallback, CallbackError> {
         _ => return Err(CallbackError::Malformed),
     };
     Ok(CodeCallback { outcome, state, iss })
+}
+
+/// The values of the parameters `names` in `input` (`a=b&c=d`), others ignored: refused
+/// when the input is oversized or one of them is repeated.
+fn strict_parameters<const N: usize>(
+    input: &str,
+    names: [&str; N],
+) -> Result<[Option<String>; N], CallbackError> {
+    if input.len() > MAX_CALLBACK_BYTES {
+        return Err(CallbackError::TooLarge);
+    }
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
+    for (name, value) in form_urlencoded::parse(input.as_bytes()) {
+        let Some(at) = names.iter().position(|wanted| *wanted == name) else { continue };
+        if values[at].replace(value.into_owned()).is_some() {
+            return Err(CallbackError::Repeated);
+        }
+    }
+    Ok(values)
+}
+
+/// A `state`, where there is one, looks like one we made.
+fn check_state(state: Option<&str>) -> Result<(), CallbackError> {
+    match state {
+        Some(state) if !is_token_like(state, 256) => Err(CallbackError::MalformedState),
+        _ => Ok(()),
+    }
 }
 
 /// Non-empty, at most `max` characters of the kinds tokens, states and codes use.

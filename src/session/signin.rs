@@ -17,7 +17,7 @@ use crate::callback::CallbackParams;
 use crate::cookie::CookieLookup;
 use crate::error::Error;
 use crate::hosted_login::{self, state_matches, ReturnTo, STATE_LIFETIME_SECS};
-use crate::secret::Password;
+use crate::secret::{AccessToken, Password};
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{PendingLogin, Removal, Rotation, SessionKind, SessionRecord, SessionStore, StoreError};
 use crate::tokens::{TokenError, TokenService, TokenSet};
@@ -48,24 +48,10 @@ impl<T: TokenService> Sessions<T> {
         // Each attempt counts as a new session: this also slows password guessing.
         self.rate_limit.check(client)?;
         let current = self.live_session(cookie, now).await?;
-        let guest_token = current
-            .as_ref()
-            .filter(|active| active.record.kind == SessionKind::Guest)
-            .map(|active| &active.record.access_token);
-        let tokens = match self.tokens.login(username, password, guest_token).await {
-            // An expired guest token must not stop the login; only the cart is lost.
-            Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => {
-                self.tokens.login(username, password, None).await
-            }
-            other => other,
-        }
-        .map_err(|error| {
-            if error.is_grant_rejected() {
-                Error::InvalidCredentials
-            } else {
-                token_service_error(error)
-            }
-        })?;
+        let tokens = carrying_the_cart(guest_token_of(current.as_ref()), |limited| {
+            self.tokens.login(username, password, limited)
+        })
+        .await?;
         self.become_shopper(
             cookie_key(cookie).as_ref(),
             self.new_record(SessionKind::Shopper, tokens, now),
@@ -90,24 +76,10 @@ impl<T: TokenService> Sessions<T> {
         if current.is_none() && !self.store.has_room() {
             return Err(Error::SessionsFull);
         }
-        let guest_token = current
-            .as_ref()
-            .filter(|active| active.record.kind == SessionKind::Guest)
-            .map(|active| &active.record.access_token);
-        let tokens = match self.tokens.login_external(external_reference_id, guest_token).await {
-            // An expired guest token must not stop the sign-in; only the cart is lost.
-            Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => {
-                self.tokens.login_external(external_reference_id, None).await
-            }
-            other => other,
-        }
-        .map_err(|error| {
-            if error.is_grant_rejected() {
-                Error::InvalidCredentials
-            } else {
-                token_service_error(error)
-            }
-        })?;
+        let tokens = carrying_the_cart(guest_token_of(current.as_ref()), |limited| {
+            self.tokens.login_external(external_reference_id, limited)
+        })
+        .await?;
         self.become_shopper(
             cookie_key(session).as_ref(),
             self.new_record(SessionKind::Shopper, tokens, now),
@@ -286,6 +258,37 @@ impl<T: TokenService> Sessions<T> {
             tracing::warn!(code = error.code(), "could not replace the guest token after a failed login");
         }
     }
+}
+
+/// The guest's token of a live guest session (to carry its cart over at sign-in).
+fn guest_token_of(current: Option<&Active>) -> Option<&AccessToken> {
+    current
+        .filter(|active| active.record.kind == SessionKind::Guest)
+        .map(|active| &active.record.access_token)
+}
+
+/// A sign-in (`call`) with the guest's token as `dr_limited_token`, so its cart carries
+/// over; an expired guest token must not stop it (only the cart is lost), so it is tried
+/// once more without. A dead grant is `invalid_credentials`.
+async fn carrying_the_cart<'a, F, Fut>(
+    guest_token: Option<&'a AccessToken>,
+    call: F,
+) -> Result<TokenSet, Error>
+where
+    F: Fn(Option<&'a AccessToken>) -> Fut,
+    Fut: std::future::Future<Output = Result<TokenSet, TokenError>>,
+{
+    let tokens = match call(guest_token).await {
+        Err(error) if guest_token.is_some() && error.is_limited_token_invalid() => call(None).await,
+        other => other,
+    };
+    tokens.map_err(|error| {
+        if error.is_grant_rejected() {
+            Error::InvalidCredentials
+        } else {
+            token_service_error(error)
+        }
+    })
 }
 
 /// The store key the cookie names, live or not.
