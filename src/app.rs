@@ -34,10 +34,11 @@ use crate::endpoints;
 use crate::error::{Error, Source};
 use crate::forward::{self, Forwarder, Limits, Prepared};
 use crate::guard;
-use crate::leak_guard::LeakGuard;
+use crate::leak_guard::{self, LeakGuard};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::router::{self, Endpoint, Target};
+use crate::scan::NeedleCache;
 use crate::session::{Active, Resolution, Sessions};
 use crate::store::{SessionKind, SessionRecord};
 use crate::unauthorized;
@@ -58,6 +59,8 @@ pub struct App {
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
+    /// The leak guard's searchers, built once per session token generation.
+    needles: NeedleCache,
 }
 
 impl App {
@@ -76,6 +79,7 @@ impl App {
             forwarder,
             metrics,
             request_ids: RequestIds::default(),
+            needles: NeedleCache::default(),
         }
     }
 
@@ -171,7 +175,13 @@ impl App {
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
         let reporter = Reporter { metrics: Arc::clone(&self.metrics), request_id: ctx.request_id.clone() };
         let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
-        guard.inspect(response, record.as_deref(), browser_coding, reporter).await
+        let needles = match (&active, &record) {
+            (Some(active), Some(record)) if guard.is_enabled() => {
+                leak_guard::needles_of(&self.needles, &active.key, record)
+            }
+            _ => None,
+        };
+        guard.inspect(response, needles, browser_coding, reporter).await
     }
 
     /// Step 5: the route's session policy applied to the cookie; a guest minted for

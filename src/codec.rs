@@ -6,9 +6,9 @@
 //! the API still streams to the browser (the price is a little ratio on bodies sent in
 //! many small frames). Nothing holds a whole body.
 //!
-//! Decoded: `gzip` (also `x-gzip`), `deflate` (zlib-wrapped, as RFC 9110 defines it) and
-//! `br`. Encoded for the browser: `br` or `gzip`. Anything else (`zstd`, `compress`, a
-//! made-up `none`) cannot be read, so the leak guard refuses it.
+//! Decoded: `gzip` (also `x-gzip`), `deflate` (zlib-wrapped, as RFC 9110 defines it), `br`
+//! and `zstd`. Encoded for the browser: `br` or `gzip`. Anything else (`compress`, a
+//! made-up `none`, two encodings stacked) cannot be read, so the leak guard refuses it.
 
 use std::io::Write;
 
@@ -25,6 +25,7 @@ pub enum Coding {
     Gzip,
     Deflate,
     Brotli,
+    Zstd,
 }
 
 impl Coding {
@@ -34,6 +35,7 @@ impl Coding {
             Coding::Gzip => "gzip",
             Coding::Deflate => "deflate",
             Coding::Brotli => "br",
+            Coding::Zstd => "zstd",
         })
     }
 }
@@ -65,6 +67,7 @@ pub fn encoding_of(headers: &HeaderMap) -> Encoded {
         "gzip" | "x-gzip" => Encoded::Readable(Coding::Gzip),
         "deflate" => Encoded::Readable(Coding::Deflate),
         "br" => Encoded::Readable(Coding::Brotli),
+        "zstd" => Encoded::Readable(Coding::Zstd),
         _ => Encoded::Unreadable,
     }
 }
@@ -116,6 +119,7 @@ pub enum Decoder {
     Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
     Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(Box<ZstdDecoder>),
 }
 
 impl std::fmt::Debug for Decoder {
@@ -130,6 +134,7 @@ impl Decoder {
             Coding::Gzip => Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
             Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
             Coding::Brotli => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            Coding::Zstd => Decoder::Zstd(Box::new(ZstdDecoder::new())),
         }
     }
 
@@ -152,6 +157,7 @@ impl Decoder {
                 decoder.flush().map_err(corrupt)?;
                 decoder.get_mut()
             }
+            Decoder::Zstd(decoder) => return decoder.push(input),
         };
         take(output)
     }
@@ -163,8 +169,51 @@ impl Decoder {
             Decoder::Gzip(decoder) => decoder.finish().map_err(corrupt)?,
             Decoder::Deflate(decoder) => decoder.finish().map_err(corrupt)?,
             Decoder::Brotli(decoder) => decoder.into_inner().map_err(|_| CodecError::Corrupt)?,
+            Decoder::Zstd(decoder) => return decoder.finish(),
         };
         Ok(Bytes::from(output))
+    }
+}
+
+/// zstd, decoded with the size cap checked as output grows (the C library's streaming
+/// API), so a bomb is stopped before it fills memory.
+pub struct ZstdDecoder {
+    raw: Option<zstd::stream::raw::Decoder<'static>>,
+    /// The library's hint after the last call: 0 once every frame so far is complete.
+    incomplete: usize,
+}
+
+impl ZstdDecoder {
+    fn new() -> Self {
+        // Fails only if the library cannot allocate its context; then every push fails.
+        Self { raw: zstd::stream::raw::Decoder::new().ok(), incomplete: 0 }
+    }
+
+    fn push(&mut self, input: &[u8]) -> Result<Bytes, CodecError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let raw = self.raw.as_mut().ok_or(CodecError::Corrupt)?;
+        let mut input = InBuffer::around(input);
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            out.reserve(32 * 1024);
+            let start = out.len();
+            let mut buffer = OutBuffer::around_pos(&mut out, start);
+            self.incomplete = raw.run(&mut input, &mut buffer).map_err(|_| CodecError::Corrupt)?;
+            let filled = buffer.pos() == buffer.capacity();
+            if out.len() > MAX_DECODED_PER_FRAME {
+                return Err(CodecError::TooLarge);
+            }
+            if input.pos() == input.src.len() && !filled {
+                return Ok(Bytes::from(out));
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Bytes, CodecError> {
+        match self.incomplete {
+            0 => Ok(Bytes::new()),
+            _ => Err(CodecError::Corrupt),
+        }
     }
 }
 
@@ -187,7 +236,8 @@ impl Encoder {
             Coding::Brotli => {
                 Encoder::Brotli(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, 4, 22)))
             }
-            Coding::Gzip | Coding::Deflate => {
+            // Only br and gzip are offered to browsers (`preferred_by`).
+            Coding::Gzip | Coding::Deflate | Coding::Zstd => {
                 Encoder::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5)))
             }
         }
@@ -277,6 +327,32 @@ mod tests {
     fn garbage_in_a_known_encoding_is_corrupt() {
         let mut decoder = Decoder::new(Coding::Gzip);
         assert!(decoder.push(b"this is not gzip at all").is_err());
+        let mut decoder = Decoder::new(Coding::Zstd);
+        assert!(decoder.push(b"this is not zstd at all").is_err());
+    }
+
+    #[test]
+    fn zstd_decodes_as_it_streams_and_a_cut_body_is_corrupt() {
+        let text = br#"{"items":[1,2,3],"note":"zstd from the API"}"#.repeat(200);
+        let body = zstd::stream::encode_all(&text[..], 3).unwrap_or_else(|e| panic!("{e}"));
+        let mut decoder = Decoder::new(Coding::Zstd);
+        let mut out = Vec::new();
+        for chunk in body.chunks(17) {
+            out.extend_from_slice(&decoder.push(chunk).unwrap_or_else(|e| panic!("{e}")));
+        }
+        out.extend_from_slice(&decoder.finish().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(out, text);
+        let mut cut = Decoder::new(Coding::Zstd);
+        let _ = cut.push(&body[..body.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cut.finish(), Err(CodecError::Corrupt)), "a body cut mid-frame");
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_stopped_at_the_cap() {
+        let zeros = vec![0u8; MAX_DECODED_PER_FRAME + 1024];
+        let body = zstd::stream::encode_all(&zeros[..], 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(body.len() < 64 * 1024, "a small body");
+        assert!(matches!(Decoder::new(Coding::Zstd).push(&body), Err(CodecError::TooLarge)));
     }
 
     #[test]
@@ -288,7 +364,8 @@ mod tests {
             ("deflate", Encoded::Readable(Coding::Deflate)),
             ("identity", Encoded::Identity),
             ("none", Encoded::Unreadable),
-            ("zstd", Encoded::Unreadable),
+            ("zstd", Encoded::Readable(Coding::Zstd)),
+            ("compress", Encoded::Unreadable),
             ("gzip, br", Encoded::Unreadable),
         ];
         for (value, expected) in cases {

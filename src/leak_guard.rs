@@ -5,18 +5,20 @@
 //!   tokens (a hit replaces the response with 502 `token_leak_blocked`); the reason phrase
 //!   and trailers never reach the browser at all (`forward::clean_response`, `body`);
 //! * its body, whatever its type or size, is searched as it streams, in every form a page
-//!   could decode (`scan`): the first frame before the head goes out (a hit there is a
+//!   could decode (`scan`, with searchers built once per session token generation and
+//!   kept in a bounded [`NeedleCache`]): the first frame before the head goes out (a hit there is a
 //!   clean 502), every later frame before it goes out (a hit there cuts the response off:
 //!   the connection or stream is reset, never completed);
-//! * a body tokengate cannot decode (a `Content-Encoding` other than `identity`: forwarding
-//!   asks the API for `identity` while the guard is on) is refused with 502, never passed
-//!   unscanned;
+//! * a body is searched decoded (gzip, deflate, br, zstd: `codec`); one tokengate cannot
+//!   decode (`compress`, a made-up coding, codings stacked) is refused with 502, never
+//!   passed unscanned;
 //! * a body that stops flowing for `upstream.request_timeout` is cut off and counted,
 //!   scanned or not.
 //!
 //! Each hit is logged once as a security event (target `tokengate::security`) without the
 //! token, and counted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +31,8 @@ use crate::body::{Body, Cut, Reporter, Stage, Watched};
 use crate::codec::{self, Coding, Decoder, Encoded, Encoder};
 use crate::config::LeakGuardConfig;
 use crate::error::Error;
-use crate::scan::{Needles, Scanner};
+use crate::scan::{NeedleCache, Needles, Scanner};
+use crate::session_id::SessionKey;
 use crate::store::SessionRecord;
 
 /// Scans responses for the tokens of the session they answer.
@@ -53,20 +56,19 @@ impl LeakGuard {
 
     /// Passes `response` on, watched, decoded for the search and encoded as `browser`
     /// (the browser's preferred coding) asks; fails with `TokenLeakBlocked` if its head or
-    /// first frame carries one of `record`'s tokens. Without a session there is nothing to
-    /// search for; with the guard off the API's bytes pass as they are (the stall
-    /// deadline applies either way).
+    /// first frame carries one of the session's tokens (`needles`, from [`needles_of`]).
+    /// Without a session there is nothing to search for; with the guard off the API's
+    /// bytes pass as they are (the stall deadline applies either way).
     pub async fn inspect(
         &self,
         response: Response<Body>,
-        record: Option<&SessionRecord>,
+        needles: Option<Arc<Needles>>,
         browser: Option<Coding>,
         reporter: Reporter,
     ) -> Result<Response<Body>, Error> {
         if !self.config.enabled {
             return Ok(response.map(|body| self.watched(None, body, Stage::default(), reporter)));
         }
-        let needles = record.and_then(needles_of);
         if needles.as_ref().is_some_and(|needles| headers_leak(response.headers(), needles)) {
             return Err(blocked("header"));
         }
@@ -170,10 +172,11 @@ fn blocked(place: &'static str) -> Error {
     Error::TokenLeakBlocked { place }
 }
 
-/// The session's tokens as needles, built once per response.
-fn needles_of(record: &SessionRecord) -> Option<Needles> {
+/// The tokens of session `key` (as `record` holds them) as needles, built once per token
+/// generation and kept in `cache`.
+pub fn needles_of(cache: &NeedleCache, key: &SessionKey, record: &SessionRecord) -> Option<Arc<Needles>> {
     let refresh = record.refresh_token.as_ref().map(|token| token.expose().as_bytes());
-    Needles::new(std::iter::once(record.access_token.expose().as_bytes()).chain(refresh))
+    cache.get(key, record.generation, std::iter::once(record.access_token.expose().as_bytes()).chain(refresh))
 }
 
 /// Names too: a page reads them through `headers.keys()`. Names arrive lowercased and
@@ -197,8 +200,6 @@ async fn first_data(body: &mut Body) -> Result<Option<Bytes>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::metrics::Metrics;
     use crate::secret::{AccessToken, RefreshToken};
@@ -234,7 +235,8 @@ mod tests {
     }
 
     async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
-        let passed = guard.inspect(response, Some(&record()), None, reporter()).await?;
+        let needles = needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record());
+        let passed = guard.inspect(response, needles, None, reporter()).await?;
         passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
     }
 
@@ -273,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_encoding_the_guard_cannot_read_is_refused() {
-        for encoding in ["none", "zstd", "gzip, br"] {
+        for encoding in ["none", "compress", "gzip, br"] {
             let mut encoded = response("application/json", "not really compressed");
             encoded.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
             let result = inspect(guard(true), encoded).await;

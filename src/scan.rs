@@ -17,25 +17,38 @@
 //! a hit in a later frame is reported, and the caller ends the response mid-way (the
 //! connection or stream is reset, never completed).
 //!
-//! Each needle is a `memchr::memmem` searcher (SIMD), built once per response: building
-//! a multi-pattern automaton (Aho-Corasick) for a session's handful of long needles costs
-//! hundreds of microseconds to milliseconds, far more than searching a typical body with a
-//! few vectorised passes. Every needle is searched over the raw bytes, and over the decoded
-//! view only when the stretch holds a `%` or `\`.
+//! **Needles.** Each token is searched by its last [`MAX_NEEDLE_LEN`] bytes: every
+//! occurrence of the whole token holds them, and 32 bytes of a random token (128 bits for
+//! hex, more for base64 or a JWT's signature) never turn up in a body by chance, so the
+//! search finds every full occurrence while its needles, its overlap window and its
+//! building cost stay the same whatever the token's length (a 1 KiB JWT costs what a
+//! 160-character Digital River token costs). Each needle is a `memchr::memmem` searcher
+//! (SIMD); building a multi-pattern automaton (Aho-Corasick) for them costs hundreds of
+//! microseconds to milliseconds, far more than a few vectorised passes over a typical body.
+//! The searchers are built once per session generation and shared by every response of that
+//! generation ([`NeedleCache`]). Every needle is searched over the raw bytes, and over the
+//! decoded view only when the stretch holds a `%` or `\`.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 
+use crate::session_id::SessionKey;
+
 /// Shorter secrets are not searched (they would match by chance).
 const MIN_SECRET_LEN: usize = 8;
+
+/// The bytes of each token searched for: its tail, at most this long.
+pub const MAX_NEEDLE_LEN: usize = 32;
 
 /// The longest encoding of one character in the forms searched (`\u00XX`).
 const MAX_ESCAPE_LEN: usize = 6;
 
-/// The session's tokens, in every form searched.
-#[derive(Debug, Clone)]
+/// The session's tokens, in every form searched. Its `Debug` shows no token byte.
 pub struct Needles {
     finders: Vec<Finder<'static>>,
     /// The raw secrets alone, compared without case in header names (which arrive
@@ -45,12 +58,21 @@ pub struct Needles {
     window: usize,
 }
 
+impl std::fmt::Debug for Needles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Needles").field("searchers", &self.finders.len()).finish_non_exhaustive()
+    }
+}
+
 impl Needles {
     /// The needles for `secrets` (shorter ones than eight bytes are left out); `None` when
     /// nothing is left to search for.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
-        let raw: Vec<Vec<u8>> =
-            secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).map(<[u8]>::to_vec).collect();
+        let raw: Vec<Vec<u8>> = secrets
+            .into_iter()
+            .filter(|secret| secret.len() >= MIN_SECRET_LEN)
+            .map(|secret| tail(secret).to_vec())
+            .collect();
         let longest = raw.iter().map(Vec::len).max()?;
         let mut patterns: Vec<Vec<u8>> = raw.clone();
         patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
@@ -58,6 +80,16 @@ impl Needles {
         patterns.dedup();
         let finders = patterns.iter().map(|pattern| Finder::new(pattern).into_owned()).collect();
         Some(Self { finders, raw, window: longest * MAX_ESCAPE_LEN })
+    }
+
+    /// Whether these are the needles of `secrets` (in the order given to [`Needles::new`]).
+    pub fn are_for<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let mut raw = self.raw.iter();
+        secrets
+            .into_iter()
+            .filter(|secret| secret.len() >= MIN_SECRET_LEN)
+            .all(|secret| raw.next().is_some_and(|needle| needle.as_slice() == tail(secret)))
+            && raw.next().is_none()
     }
 
     /// Whether `haystack` holds a secret as it is, in any case (for header names).
@@ -81,6 +113,71 @@ impl Needles {
             .iter()
             .any(|finder| haystack.len() >= finder.needle().len() && finder.find(haystack).is_some())
     }
+}
+
+/// The last [`MAX_NEEDLE_LEN`] bytes of `secret`.
+fn tail(secret: &[u8]) -> &[u8] {
+    &secret[secret.len().saturating_sub(MAX_NEEDLE_LEN)..]
+}
+
+/// Slots in the [`NeedleCache`]: at about 4 KiB of searchers a session, 16 MiB at most.
+const CACHE_SLOTS: usize = 4096;
+
+/// The needles of recently served sessions, so that a session's searchers are built once
+/// per token generation instead of once per response. Slots are picked by the session key
+/// (a SHA-256 output, already uniform) and read without a lock; a slot holds one session
+/// and a newcomer takes it over, so memory stays bounded whatever the number of sessions
+/// while the sessions in use keep theirs. An entry is used only for the same key, the same
+/// generation *and* the same token tails: needles of a rotated-away token are never used.
+pub struct NeedleCache {
+    slots: Box<[ArcSwapOption<Cached>]>,
+}
+
+struct Cached {
+    key: SessionKey,
+    generation: u64,
+    needles: Arc<Needles>,
+}
+
+impl std::fmt::Debug for NeedleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NeedleCache").field("slots", &self.slots.len()).finish()
+    }
+}
+
+impl Default for NeedleCache {
+    fn default() -> Self {
+        Self { slots: (0..CACHE_SLOTS).map(|_| ArcSwapOption::empty()).collect() }
+    }
+}
+
+impl NeedleCache {
+    /// The needles for the tokens `secrets` of generation `generation` of session `key`,
+    /// from the cache or built (and cached) now; `None` when nothing is long enough to
+    /// search for.
+    pub fn get<'a, I>(&self, key: &SessionKey, generation: u64, secrets: I) -> Option<Arc<Needles>>
+    where
+        I: IntoIterator<Item = &'a [u8]> + Clone,
+    {
+        let slot = &self.slots[slot_of(key)];
+        if let Some(cached) = slot.load().as_ref() {
+            if cached.key == *key
+                && cached.generation == generation
+                && cached.needles.are_for(secrets.clone())
+            {
+                return Some(Arc::clone(&cached.needles));
+            }
+        }
+        let needles = Arc::new(Needles::new(secrets)?);
+        slot.store(Some(Arc::new(Cached { key: *key, generation, needles: Arc::clone(&needles) })));
+        Some(needles)
+    }
+}
+
+fn slot_of(key: &SessionKey) -> usize {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key.0[..8]);
+    (u64::from_le_bytes(first) % CACHE_SLOTS as u64) as usize
 }
 
 /// The parts of base64(`secret`) that do not depend on the bytes around it, for each of
@@ -143,13 +240,13 @@ pub struct Hit;
 /// The search state of one response body.
 #[derive(Debug)]
 pub struct Scanner {
-    needles: Needles,
+    needles: Arc<Needles>,
     /// The last bytes already searched, searched again with the next frame.
     overlap: BytesMut,
 }
 
 impl Scanner {
-    pub fn new(needles: Needles) -> Self {
+    pub fn new(needles: Arc<Needles>) -> Self {
         Self { needles, overlap: BytesMut::new() }
     }
 
@@ -200,7 +297,7 @@ mod tests {
     }
 
     fn scan(frames: &[&[u8]]) -> Result<(), Hit> {
-        let mut scanner = Scanner::new(needles());
+        let mut scanner = Scanner::new(Arc::new(needles()));
         frames.iter().try_for_each(|frame| scanner.push(&Bytes::copy_from_slice(frame)))
     }
 
@@ -255,6 +352,58 @@ mod tests {
         assert_eq!(scan(&[b"short short"]), Ok(()), "secrets under eight bytes are not searched");
         let big = vec![b'a'; 1024 * 1024];
         assert_eq!(scan(&[&big, &big]), Ok(()));
+    }
+
+    #[test]
+    fn a_long_token_is_found_by_its_tail_in_every_form() {
+        // A pseudo-random token (no repeats, unlike a periodic pattern) of a JWT's size.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-_";
+        let jwt: Vec<u8> = (0..1024)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                alphabet[(state >> 33) as usize % alphabet.len()]
+            })
+            .collect();
+        let needles = Arc::new(Needles::new([jwt.as_slice()]).unwrap_or_else(|| panic!("needles")));
+        let mut scanner = Scanner::new(Arc::clone(&needles));
+        assert_eq!(
+            scanner.window(),
+            MAX_NEEDLE_LEN * MAX_ESCAPE_LEN,
+            "the window does not grow with the token"
+        );
+        for form in [
+            jwt.clone(),
+            json_escaped(&jwt),
+            percent_encoded(&jwt),
+            STANDARD_NO_PAD.encode(&jwt).into_bytes(),
+        ] {
+            let mut scanner = Scanner::new(Arc::clone(&needles));
+            assert_eq!(scanner.push(&Bytes::from(form)), Err(Hit));
+        }
+        assert_eq!(scanner.push(&Bytes::copy_from_slice(&jwt[..1000])), Ok(()), "a head without the tail");
+    }
+
+    #[test]
+    fn needles_show_no_token_in_debug() {
+        let shown = format!("{:?}", Scanner::new(Arc::new(needles())));
+        assert!(!shown.contains("42acc9dd"), "{shown}");
+    }
+
+    #[test]
+    fn the_cache_builds_once_per_generation_and_never_serves_other_tokens() {
+        let cache = NeedleCache::default();
+        let key = SessionKey([1; 32]);
+        let first = cache.get(&key, 1, [TOKEN]).unwrap_or_else(|| panic!("needles"));
+        let again = cache.get(&key, 1, [TOKEN]).unwrap_or_else(|| panic!("needles"));
+        assert!(Arc::ptr_eq(&first, &again), "same session, same generation: built once");
+        let other: &[u8] = b"99acc9dd3162322cbdb95801d54d600dfaaf7400";
+        let rotated = cache.get(&key, 1, [other]).unwrap_or_else(|| panic!("needles"));
+        assert!(!Arc::ptr_eq(&first, &rotated), "other tokens under the same generation are rebuilt");
+        assert!(rotated.found_in(other) && !rotated.found_in(TOKEN));
+        let next = cache.get(&key, 2, [other]).unwrap_or_else(|| panic!("needles"));
+        assert!(!Arc::ptr_eq(&rotated, &next), "a new generation is rebuilt");
+        assert!(cache.get(&SessionKey([2; 32]), 2, [b"short".as_slice()]).is_none());
     }
 
     #[test]

@@ -133,7 +133,7 @@ async fn a_token_in_any_body_in_any_form_is_blocked() {
 async fn an_encoding_the_guard_cannot_decode_is_refused() {
     let hostile = Hostile::start().await;
     let env = hostile_env(&hostile).await;
-    for case in ["encoding-none", "gzip"] {
+    for case in ["encoding-none", "gzip", "compress"] {
         let seen = call(&env, case).await;
         assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{case}");
         assert!(String::from_utf8_lossy(&seen.body).contains("upstream_unavailable"), "{case}");
@@ -195,19 +195,23 @@ async fn call_accepting(env: &Env, path: &str, accept_encoding: &str) -> (Seen, 
 async fn a_compressed_leak_is_blocked_and_a_clean_compressed_body_reaches_the_browser_as_it_asks() {
     let hostile = Hostile::start().await;
     let env = hostile_env(&hostile).await;
-    let (leaked, _) = call_accepting(&env, "/api/hostile/gzip-leak", "gzip").await;
-    assert_eq!(leaked.status, StatusCode::BAD_GATEWAY, "gzip hides nothing from the guard");
-    assert_no_token(&hostile, &leaked, "gzip leak");
-    for (accept, expected) in [("gzip", Some("gzip")), ("br", Some("br")), ("identity", None)] {
-        let (seen, decoded) = call_accepting(&env, "/api/hostile/gzip-clean", accept).await;
-        assert_eq!(seen.status, StatusCode::OK, "{accept}");
+    for encoding in ["gzip", "zstd"] {
+        let (leaked, _) = call_accepting(&env, &format!("/api/hostile/{encoding}-leak"), "gzip").await;
+        assert_eq!(leaked.status, StatusCode::BAD_GATEWAY, "{encoding} hides nothing from the guard");
+        assert_no_token(&hostile, &leaked, encoding);
+    }
+    let cases = [("gzip", "gzip", Some("gzip")), ("gzip", "br", Some("br")), ("gzip", "identity", None)];
+    let zstd = [("zstd", "gzip", Some("gzip")), ("zstd", "br", Some("br")), ("zstd", "zstd", None)];
+    for (encoding, accept, expected) in cases.into_iter().chain(zstd) {
+        let (seen, decoded) = call_accepting(&env, &format!("/api/hostile/{encoding}-clean"), accept).await;
+        assert_eq!(seen.status, StatusCode::OK, "{encoding} for {accept}");
         assert_eq!(
             seen.headers.get("content-encoding").map(|v| v.to_str().unwrap_or("")),
             expected,
-            "{accept}"
+            "{encoding} for {accept}"
         );
         let text = String::from_utf8_lossy(&decoded);
-        assert!(text.starts_with("{\"ok\":\"clean clean"), "{accept}: {text}");
+        assert!(text.starts_with("{\"ok\":\"clean clean"), "{encoding} for {accept}: {text}");
     }
 }
 

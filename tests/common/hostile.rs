@@ -133,6 +133,9 @@ fn body_answer(case: &str, token: &str) -> Option<Vec<u8>> {
         "late" => return Some(late_leak(token).into_bytes()),
         "gzip-leak" => return Some(gzip_answer(&format!("{{\"t\":\"{token}\"}}"))),
         "gzip-clean" => return Some(gzip_answer(&format!("{{\"ok\":\"{}\"}}", "clean ".repeat(100)))),
+        "zstd-leak" => return Some(zstd_answer(&format!("{{\"t\":\"{token}\"}}"))),
+        "zstd-clean" => return Some(zstd_answer(&format!("{{\"ok\":\"{}\"}}", "clean ".repeat(100)))),
+        "compress" => ("content-type: application/json\r\ncontent-encoding: compress\r\n", token.to_string()),
         _ => return None,
     };
     Some(
@@ -212,12 +215,20 @@ fn gzip_answer(text: &str) -> Vec<u8> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let _ = encoder.write_all(text.as_bytes());
-    let body = encoder.finish().unwrap_or_default();
+    encoded_answer("gzip", &encoder.finish().unwrap_or_default())
+}
+
+/// A real zstd body, declared as such.
+fn zstd_answer(text: &str) -> Vec<u8> {
+    encoded_answer("zstd", &zstd::stream::encode_all(text.as_bytes(), 3).unwrap_or_default())
+}
+
+fn encoded_answer(encoding: &str, body: &[u8]) -> Vec<u8> {
     let mut answer = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: {encoding}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    answer.extend_from_slice(&body);
+    answer.extend_from_slice(body);
     answer
 }
