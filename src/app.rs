@@ -269,16 +269,9 @@ impl App {
         headers.insert(X_REQUEST_ID, ctx.request_id.clone());
         let latency = ctx.started.elapsed();
         self.metrics.record_request(ctx.route, response.status(), latency);
-        tracing::info!(
-            request_id = ctx.request_id_str(),
-            method = %ctx.method,
-            route = ctx.route,
-            status = response.status().as_u16(),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            upstream_ms = ctx.upstream.as_secs_f64() * 1000.0,
-            session = ctx.session_kind.map_or("none", SessionKind::as_str),
-            "request"
-        );
+        if ctx.live.log_access {
+            log_access(ctx, response.status(), latency);
+        }
         response
     }
 
@@ -310,6 +303,20 @@ impl App {
         }
         response
     }
+}
+
+/// The access log line of one request (`log.access = true`).
+fn log_access(ctx: &RequestContext<'_>, status: StatusCode, latency: std::time::Duration) {
+    tracing::info!(
+        request_id = ctx.request_id_str(),
+        method = %ctx.method,
+        route = ctx.route,
+        status = status.as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        upstream_ms = ctx.upstream.as_secs_f64() * 1000.0,
+        session = ctx.session_kind.map_or("none", SessionKind::as_str),
+        "request"
+    );
 }
 
 fn demo_page() -> Response<Body> {

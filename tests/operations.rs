@@ -100,6 +100,24 @@ async fn failures_show_up_by_result_and_code() {
 }
 
 #[tokio::test]
+async fn the_access_log_is_off_unless_asked_for() {
+    let env = Env::with(with_env(&[
+        ("TOKENGATE_LOG_FORMAT", "json"),
+        ("TOKENGATE_LOG_LEVEL", "info"),
+        ("TOKENGATE_LOG_ACCESS", "false"),
+    ]))
+    .await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let response = browser.get("/api/shoppers/me").await;
+    assert_eq!(response.status, StatusCode::OK);
+    let log = env.proxy_log();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect();
+    assert!(!lines.is_empty(), "the proxy logs its start at info:\n{log}");
+    assert!(!lines.iter().any(|l| l["message"] == "request"), "no line per request by default:\n{log}");
+}
+
+#[tokio::test]
 async fn json_logs_have_one_line_per_request_and_no_session_id() {
     // Through the environment on purpose: the overrides are part of what is tested.
     let env = Env::with(with_env(&[("TOKENGATE_LOG_FORMAT", "json"), ("TOKENGATE_LOG_LEVEL", "info")])).await;

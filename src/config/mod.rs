@@ -105,6 +105,9 @@ pub struct Live {
     pub demo_page: bool,
     /// `log.level`: a level or `tracing` filter (`RUST_LOG`, when set at start, wins).
     pub log_level: String,
+    /// `log.access`: one log line per request (off by default: it costs a formatted,
+    /// written line on every call; metrics count every request either way).
+    pub log_access: bool,
     pub leak_guard: LeakGuardConfig,
     /// Routes sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Route>,

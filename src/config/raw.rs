@@ -202,6 +202,7 @@ schema! {
         log: RawLog {
             format: Str,
             level: Str,
+            access: Bool,
         },
     }
     arrays {

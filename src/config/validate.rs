@@ -75,7 +75,7 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let guest_given = raw.session.guest.is_some();
     let session = session(&mut checker, raw.session);
     let store = store(&mut checker, raw.store);
-    let (log_format, log_level) = log(&mut checker, raw.log);
+    let (log_format, log_level, log_access) = log(&mut checker, raw.log);
     let rate_limit = rate_limit(&mut checker, raw.rate_limit);
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
@@ -95,6 +95,7 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
             trusted_proxy_depth,
             demo_page,
             log_level,
+            log_access,
             leak_guard,
             routes,
         },
@@ -712,8 +713,8 @@ fn encryption_keys(checker: &mut Checker, variable: Option<&str>, needed_by: &st
     keys
 }
 
-/// `[log]`: the format (fixed) and the level (live).
-fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String) {
+/// `[log]`: the format (fixed), the level and the access log (live).
+fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String, bool) {
     let format = checker.choice(
         "log.format",
         raw.format.as_deref(),
@@ -727,7 +728,7 @@ fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String) {
             format!("{level:?} is not a level or filter like \"info\" or \"tokengate=debug\""),
         );
     }
-    (format, level)
+    (format, level, raw.access.unwrap_or(false))
 }
 
 fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {

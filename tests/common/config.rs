@@ -42,7 +42,7 @@ impl ProxyToml {
 
     /// The configuration every integration test starts from: loopback listeners on port 0
     /// (admin included), `http://shop.test` as the public origin, 5 s upstream timeouts
-    /// and refresh-ahead, lazy guests, trace logging, and three routes (`/api/` required,
+    /// and refresh-ahead, lazy guests, trace logging with the access log on, and three routes (`/api/` required,
     /// `/api/public/` none, `/api/maybe/` optional; the last two reach the mock's
     /// `/v1/debug/`). `upstream.base_url` is left out: `Env` points it at its mock.
     pub fn harness() -> ProxyToml {
@@ -64,6 +64,7 @@ impl ProxyToml {
             .set("session", "max_sessions", 10_000)
             .set("session", "guest", "lazy")
             .set("log", "level", "trace")
+            .set("log", "access", true)
             .route("/api/", "/v1/", "required")
             .route("/api/public/", "/v1/debug/", "none")
             .route("/api/maybe/", "/v1/debug/", "optional")

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# bench/callgrind.sh — user-space instructions per forwarded request, under valgrind's
+# callgrind, for nginx `proxy_pass` (leg b) and tokengate with one session (leg c), in front
+# of the same static upstream (bench/upstream.conf.template). The figure does not move with
+# the machine's noise, so it is the one to compare across changes.
+#
+#   bash bench/callgrind.sh                 # release build of tokengate first (cargo)
+#   CALLGRIND_SKIP_BUILD=1 bash bench/callgrind.sh
+#
+# Method: each proxy runs under callgrind (nginx as one process: master_process off, one
+# worker's work in the master); a client on one keep-alive connection sends WARMUP requests,
+# the counters are zeroed (callgrind_control -z), then REQUESTS more are sent and the counters
+# dumped (callgrind_control -d): instructions of all threads / REQUESTS. Startup, the guest
+# session's creation and the warm-up are not counted. The payload is the small JSON call
+# (GET /api/shoppers/me, 179 bytes). tokengate runs twice: leak guard on and off.
+# Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_KEEP=1 keeps the
+# work directory (callgrind.out files: open them with callgrind_annotate --inclusive=yes).
+# All traffic is on 127.0.0.1; every process started here is stopped by its PID.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQUESTS="${CALLGRIND_REQUESTS:-2000}"
+WARMUP="${CALLGRIND_WARMUP:-200}"
+log() { printf '[callgrind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for tool in valgrind callgrind_control python3 curl; do
+  command -v "$tool" >/dev/null || die "$tool is needed (valgrind: apt-get install valgrind)"
+done
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+[[ -x "$NGINX" ]] || die "nginx is needed (apt-get install nginx-light)"
+
+if [[ "${CALLGRIND_SKIP_BUILD:-0}" != 1 ]]; then
+  log "cargo build --release --bin tokengate"
+  (cd "$ROOT" && cargo build --release --locked --bin tokengate 2>&1 | tail -n 1 >&2)
+fi
+TOKENGATE="${CARGO_TARGET_DIR:-$ROOT/target}/release/tokengate"
+[[ -x "$TOKENGATE" ]] || die "no $TOKENGATE"
+
+WORK="$(mktemp -d /tmp/tokengate-callgrind.XXXXXX)"
+chmod 755 "$WORK"
+mkdir -p "$WORK/tmp" "$WORK/www" && chmod 1777 "$WORK/tmp"
+echo '{}' >"$WORK/www/bytes" && chmod 644 "$WORK/www/bytes"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ "${CALLGRIND_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url pid what: until it answers (any status), bounded
+  local deadline=$((SECONDS + 120))
+  until curl -s -o /dev/null -m 2 "$1"; do
+    kill -0 "$2" 2>/dev/null || die "$3 exited"
+    [[ $SECONDS -lt $deadline ]] || die "$3 did not answer within 120 s"
+    sleep 0.2
+  done
+}
+render() { # template out KEY=VALUE...
+  local text pair
+  text="$(cat "$1")"; local out="$2"; shift 2
+  for pair in "$@"; do text="${text//@${pair%%=*}@/${pair#*=}}"; done
+  printf '%s\n' "$text" >"$out"
+}
+
+# The static upstream, natively (it is not measured).
+UP_PORT="$(free_port)"
+ACCESS="$(head -c 80 /dev/urandom | od -An -tx1 | tr -d ' \n')"   # 160 hex, DR's size
+REFRESH="$(head -c 88 /dev/urandom | od -An -tx1 | tr -d ' \n')"  # 176 hex
+render "$ROOT/bench/upstream.conf.template" "$WORK/upstream.conf" "WORKDIR=$WORK" "PORT=$UP_PORT" \
+  "BIG_BYTES=3" "ACCESS_TOKEN=$ACCESS" "REFRESH_TOKEN=$REFRESH"
+"$NGINX" -p "$WORK" -c "$WORK/upstream.conf" -g 'daemon off;' >"$WORK/upstream.out" 2>&1 </dev/null &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" "the static upstream"
+
+# measure NAME URL [HEADER]: prints instructions per request of the process in PIDS[-1].
+measure() {
+  local name="$1" url="$2" header="${3:-}" pid="${PIDS[-1]}" out
+  python3 - "$url" "$header" "$WARMUP" <<'EOF'
+import http.client, sys, urllib.parse
+url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+headers = dict([header.split(": ", 1)]) if header else {}
+c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+for _ in range(n):
+    c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+EOF
+  callgrind_control -z "$pid" >/dev/null
+  python3 - "$url" "$header" "$REQUESTS" <<'EOF'
+import http.client, sys, urllib.parse
+url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+headers = dict([header.split(": ", 1)]) if header else {}
+c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+for _ in range(n):
+    c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+EOF
+  callgrind_control -d "$pid" >/dev/null
+  # The dump is written by the process itself: wait for it, bounded.
+  for _ in $(seq 100); do
+    out="$(ls "$WORK/$name".out.* 2>/dev/null | head -n1 || true)"
+    [[ -n "$out" ]] && grep -q '^totals:' "$out" 2>/dev/null && break
+    sleep 0.2
+  done
+  [[ -n "$out" ]] || die "no callgrind dump for $name"
+  awk -v n="$REQUESTS" -v name="$name" '/^totals:/ { printf "%-22s %10.0f instructions per request\n", name, $2 / n }' "$out"
+}
+
+under_callgrind() { # name cmd...: starts cmd under callgrind, dumps into $WORK/name.out.N
+  local name="$1"; shift
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out.%n" --dump-instr=no \
+    --collect-atstart=yes "$@" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
+  PIDS+=($!)
+}
+
+# (b) nginx proxy_pass, one process.
+NG_PORT="$(free_port)"
+render "$ROOT/bench/nginx.conf.template" "$WORK/nginx.conf" "WORKDIR=$WORK" "PORT=$NG_PORT" \
+  "UPSTREAM=127.0.0.1:$UP_PORT" "ACCESS_TOKEN=$ACCESS" "WORKERS=1" "GZIP="
+under_callgrind nginx "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; master_process off;'
+wait_http "http://127.0.0.1:$NG_PORT/" "${PIDS[-1]}" "nginx under callgrind"
+NGINX_LINE="$(measure nginx "http://127.0.0.1:$NG_PORT/api/shoppers/me")"
+
+# (c) tokengate, one guest session; leak guard on, then off.
+tokengate_leg() { # name [env...]
+  local name="$1" port jar="$WORK/$1.jar" cookie
+  shift
+  port="$(free_port)"
+  render "$ROOT/bench/tokengate.toml.template" "$WORK/$name.toml" "UPSTREAM_URL=http://127.0.0.1:$UP_PORT"
+  sed -i "s/^listen = \"127.0.0.1:0\"/listen = \"127.0.0.1:$port\"/" "$WORK/$name.toml"
+  env -u RUST_LOG TOKENGATE_CLIENT_SECRET=demo-secret "$@" \
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out.%n" --dump-instr=no \
+    "$TOKENGATE" --config "$WORK/$name.toml" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/session" "${PIDS[-1]}" "$name under callgrind"
+  curl -fsS -o /dev/null -c "$jar" -X POST -H 'X-CSRF: 1' "http://127.0.0.1:$port/session/guest"
+  cookie="$(awk '$6 == "tg" { print $7 }' "$jar")"
+  [[ -n "$cookie" ]] || die "$name set no cookie"
+  measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "Cookie: tg=$cookie"
+}
+TG_LINE="$(tokengate_leg tokengate)"
+TG_OFF_LINE="$(tokengate_leg tokengate-guard-off TOKENGATE_LEAK_GUARD_ENABLED=false)"
+
+echo
+echo "user-space instructions per request (callgrind; small JSON; $REQUESTS requests after $WARMUP)"
+printf '%s\n' "$NGINX_LINE" "$TG_LINE" "$TG_OFF_LINE"
+awk -v a="$(awk '{print $2}' <<<"$NGINX_LINE")" -v b="$(awk '{print $2}' <<<"$TG_LINE")" \
+  'BEGIN { printf "tokengate / nginx: %.2fx\n", b / a }'
