@@ -10,7 +10,7 @@
 # Method: each proxy runs under callgrind (nginx as one process: master_process off, one
 # worker's work in the master); a client on one keep-alive connection sends WARMUP requests,
 # the counters are zeroed (callgrind_control -z), then REQUESTS more are sent and the counters
-# dumped (callgrind_control -d): instructions of all threads / REQUESTS. Startup, the guest
+# dumped (callgrind_control -d, into NAME.out.1): instructions of all threads / REQUESTS. Startup, the guest
 # session's creation and the warm-up are not counted. The payload is the small JSON call
 # (GET /api/shoppers/me, 179 bytes). tokengate runs twice: leak guard on and off.
 # Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_KEEP=1 keeps the
@@ -106,17 +106,17 @@ EOF
   callgrind_control -d "$pid" >/dev/null
   # The dump is written by the process itself: wait for it, bounded.
   for _ in $(seq 100); do
-    out="$(ls "$WORK/$name".out.* 2>/dev/null | head -n1 || true)"
-    [[ -n "$out" ]] && grep -q '^totals:' "$out" 2>/dev/null && break
+    out="$WORK/$name.out.1"   # callgrind numbers the dumps of --callgrind-out-file
+    [[ -s "$out" ]] && grep -q '^totals:' "$out" 2>/dev/null && break
     sleep 0.2
   done
-  [[ -n "$out" ]] || die "no callgrind dump for $name"
+  grep -q '^totals:' "$out" 2>/dev/null || die "no callgrind dump for $name"
   awk -v n="$REQUESTS" -v name="$name" '/^totals:/ { printf "%-22s %10.0f instructions per request\n", name, $2 / n }' "$out"
 }
 
 under_callgrind() { # name cmd...: starts cmd under callgrind, dumps into $WORK/name.out.N
   local name="$1"; shift
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out.%n" --dump-instr=no \
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr=no \
     --collect-atstart=yes "$@" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
 }
@@ -137,7 +137,7 @@ tokengate_leg() { # name [env...]
   render "$ROOT/bench/tokengate.toml.template" "$WORK/$name.toml" "UPSTREAM_URL=http://127.0.0.1:$UP_PORT"
   sed -i "s/^listen = \"127.0.0.1:0\"/listen = \"127.0.0.1:$port\"/" "$WORK/$name.toml"
   env -u RUST_LOG TOKENGATE_CLIENT_SECRET=demo-secret "$@" \
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out.%n" --dump-instr=no \
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr=no \
     "$TOKENGATE" --config "$WORK/$name.toml" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/session" "${PIDS[-1]}" "$name under callgrind"

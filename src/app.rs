@@ -138,7 +138,11 @@ impl App {
             guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;
         }
         match target {
-            Target::Endpoint(endpoint) => endpoints::handle(endpoint, request, ctx, &self.sessions).await,
+            // Boxed: the session endpoints' futures (token calls, sign-ins) are far larger
+            // than the forwarding path's, and every request's future would carry them.
+            Target::Endpoint(endpoint) => {
+                Box::pin(endpoints::handle(endpoint, request, ctx, &self.sessions)).await
+            }
             Target::Route(route) => self.proxy(ctx, route, request).await,
             Target::DemoPage => Ok(demo_page()),
             Target::UnsafePath => Err(Error::BadRequest("The request path is not allowed.")),
@@ -223,6 +227,21 @@ impl App {
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok((forward::clean_response(first.map(Body::Stream)), record));
         }
+        // The rare path (a refresh and a replay) is boxed, off the common future's size.
+        Box::pin(self.after_unauthorized(ctx, prepared, first, active, sent_with)).await
+    }
+
+    /// Step 6 after an upstream 401: refresh and replay when the 401 is about the token.
+    async fn after_unauthorized(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        prepared: Prepared,
+        first: Response<Incoming>,
+        active: &Active,
+        sent_with: &Arc<SessionRecord>,
+    ) -> Result<(Response<Body>, Option<Arc<SessionRecord>>), Error> {
+        let record = Some(Arc::clone(sent_with));
+        let watch = prepared.watch();
         let (first, about_token) = self.read_unauthorized(ctx, first).await?;
         if !about_token {
             tracing::debug!(request_id = ctx.request_id_str(), "upstream 401 not about the token; passed on");

@@ -178,12 +178,13 @@ impl<T: TokenService> Sessions<T> {
         };
         let key = id.key();
         let Some(stored) = self.store.get(&key).await.map_err(|e| self.store_error(e))? else {
-            return self.no_session_under(&key).await;
+            return Box::pin(self.no_session_under(&key)).await;
         };
         if self.is_expired(&stored, now) {
             // Only this generation: a refresh that landed meanwhile does not revive it,
             // and the session is dead by time anyway.
-            self.store.remove_if(&key, stored.record.generation).await.map_err(|e| self.store_error(e))?;
+            let removed = Box::pin(self.store.remove_if(&key, stored.record.generation)).await;
+            removed.map_err(|e| self.store_error(e))?;
             return Err(Error::SessionExpired);
         }
         if now >= stored.last_seen + self.settings.touch_every_secs {
@@ -234,7 +235,8 @@ impl<T: TokenService> Sessions<T> {
         }
         match (policy, self.settings.guest) {
             (SessionPolicy::Required, GuestMode::Lazy) => {
-                let (id, active) = self.mint_guest(now, client).await?;
+                // Boxed: a token call's future held inline would grow every request's.
+                let (id, active) = Box::pin(self.mint_guest(now, client)).await?;
                 Ok(Resolution::NewGuest(active, id))
             }
             (SessionPolicy::Required, GuestMode::Off) => Err(Error::NoSession),

@@ -39,14 +39,16 @@ impl<T: TokenService> Sessions<T> {
         if record.access_expires_at > now.saturating_add(self.settings.refresh_ahead_secs) {
             return Ok(Arc::clone(record));
         }
+        // The slow paths are boxed: a token call's future is kilobytes, and held inline it
+        // would make every request's future (moved and copied by hyper) that much larger.
         if record.refresh_token.is_none() {
             if record.access_expires_at > now {
                 return Ok(Arc::clone(record));
             }
-            self.forget(&active.key, record.generation).await?;
+            Box::pin(self.forget(&active.key, record.generation)).await?;
             return Err(Error::SessionExpired);
         }
-        match self.refresh(active.key, record.generation).await {
+        match Box::pin(self.refresh(active.key, record.generation)).await {
             Err(Error::TokenServiceUnavailable(_)) if record.access_expires_at > now.saturating_add(1) => {
                 Ok(Arc::clone(record))
             }

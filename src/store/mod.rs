@@ -370,15 +370,18 @@ pub(crate) fn from_hex(text: &str) -> Option<[u8; 32]> {
     Some(bytes)
 }
 
-/// The configured backend. An enum rather than a trait object: no allocation per call,
-/// and the request path is compiled for each backend.
+/// The configured backend. An enum rather than a trait object: no allocation per call on
+/// the memory store, and the request path is compiled for each backend. A Redis call's
+/// future (several KiB: the client's command and response handling) is boxed, so it does
+/// not make every request's future that large; next to a network round trip, one
+/// allocation is nothing.
 #[derive(Debug)]
 pub enum Store {
     Memory(MemoryStore),
     Redis(RedisStore),
 }
 
-/// Forwards a trait method to the backend.
+/// Forwards a trait method to the backend (`async`: awaited, boxed for Redis).
 macro_rules! each_backend {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
@@ -386,11 +389,17 @@ macro_rules! each_backend {
             Store::Redis($store) => $call,
         }
     };
+    (async $self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Memory($store) => $call.await,
+            Store::Redis($store) => Box::pin($call).await,
+        }
+    };
 }
 
 impl SessionStore for Store {
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
-        each_backend!(self, store => store.get(key).await)
+        each_backend!(async self, store => store.get(key))
     }
 
     fn has_room(&self) -> bool {
@@ -398,7 +407,7 @@ impl SessionStore for Store {
     }
 
     async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
-        each_backend!(self, store => store.insert(key, record, now).await)
+        each_backend!(async self, store => store.insert(key, record, now))
     }
 
     async fn replace(
@@ -407,19 +416,19 @@ impl SessionStore for Store {
         expected_generation: u64,
         record: Arc<SessionRecord>,
     ) -> Result<Swap, StoreError> {
-        each_backend!(self, store => store.replace(key, expected_generation, record).await)
+        each_backend!(async self, store => store.replace(key, expected_generation, record))
     }
 
     async fn touch(&self, key: &SessionKey, now: u64) -> Result<(), StoreError> {
-        each_backend!(self, store => store.touch(key, now).await)
+        each_backend!(async self, store => store.touch(key, now))
     }
 
     async fn end(&self, key: &SessionKey, now: u64) -> Result<Removal, StoreError> {
-        each_backend!(self, store => store.end(key, now).await)
+        each_backend!(async self, store => store.end(key, now))
     }
 
     async fn remove_if(&self, key: &SessionKey, expected_generation: u64) -> Result<Swap, StoreError> {
-        each_backend!(self, store => store.remove_if(key, expected_generation).await)
+        each_backend!(async self, store => store.remove_if(key, expected_generation))
     }
 
     async fn rotate(
@@ -429,19 +438,19 @@ impl SessionStore for Store {
         record: Arc<SessionRecord>,
         now: u64,
     ) -> Result<Rotation, StoreError> {
-        each_backend!(self, store => store.rotate(old, new, record, now).await)
+        each_backend!(async self, store => store.rotate(old, new, record, now))
     }
 
     async fn put_pending(&self, session: SessionKey, pending: PendingLogin) -> Result<(), StoreError> {
-        each_backend!(self, store => store.put_pending(session, pending).await)
+        each_backend!(async self, store => store.put_pending(session, pending))
     }
 
     async fn take_pending(&self, session: &SessionKey) -> Result<Option<PendingLogin>, StoreError> {
-        each_backend!(self, store => store.take_pending(session).await)
+        each_backend!(async self, store => store.take_pending(session))
     }
 
     async fn has_pending(&self, session: &SessionKey) -> Result<bool, StoreError> {
-        each_backend!(self, store => store.has_pending(session).await)
+        each_backend!(async self, store => store.has_pending(session))
     }
 
     async fn link_identity(
@@ -451,15 +460,15 @@ impl SessionStore for Store {
         until: u64,
         now: u64,
     ) -> Result<(), StoreError> {
-        each_backend!(self, store => store.link_identity(identity, session, until, now).await)
+        each_backend!(async self, store => store.link_identity(identity, session, until, now))
     }
 
     async fn sessions_of(&self, identity: &IdentityKey) -> Result<Vec<SessionKey>, StoreError> {
-        each_backend!(self, store => store.sessions_of(identity).await)
+        each_backend!(async self, store => store.sessions_of(identity))
     }
 
     async fn sweep(&self, now: u64, idle_before: u64) -> Result<usize, StoreError> {
-        each_backend!(self, store => store.sweep(now, idle_before).await)
+        each_backend!(async self, store => store.sweep(now, idle_before))
     }
 
     fn counts(&self) -> SessionCounts {
@@ -467,7 +476,7 @@ impl SessionStore for Store {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        each_backend!(self, store => store.ping().await)
+        each_backend!(async self, store => store.ping())
     }
 
     fn export(&self) -> Result<Vec<Exported>, StoreError> {
@@ -479,7 +488,7 @@ impl SessionStore for Store {
     }
 
     async fn lock_refresh(&self, key: &SessionKey, token: u64, lease: Duration) -> Result<bool, StoreError> {
-        each_backend!(self, store => store.lock_refresh(key, token, lease).await)
+        each_backend!(async self, store => store.lock_refresh(key, token, lease))
     }
 
     async fn renew_refresh_lock(
@@ -488,11 +497,11 @@ impl SessionStore for Store {
         token: u64,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        each_backend!(self, store => store.renew_refresh_lock(key, token, lease).await)
+        each_backend!(async self, store => store.renew_refresh_lock(key, token, lease))
     }
 
     async fn unlock_refresh(&self, key: &SessionKey, token: u64) -> Result<(), StoreError> {
-        each_backend!(self, store => store.unlock_refresh(key, token).await)
+        each_backend!(async self, store => store.unlock_refresh(key, token))
     }
 
     fn is_shared(&self) -> bool {
