@@ -41,6 +41,7 @@ use crate::router::{self, Endpoint, Target};
 use crate::scan::NeedleCache;
 use crate::session::{Active, Resolution, Sessions};
 use crate::store::{SessionKind, SessionRecord};
+use crate::trace::RequestSpan;
 use crate::unauthorized;
 
 pub use crate::context::ConnInfo;
@@ -105,8 +106,15 @@ impl App {
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();
         let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, now);
-        let result = self.walk(&mut ctx, request).await;
-        self.respond(&mut ctx, result)
+        // Tracing off (the default): no span, nothing else to do.
+        let Some(span) = RequestSpan::start(&request, conn.tls) else {
+            let result = self.walk(&mut ctx, request).await;
+            return self.respond(&mut ctx, result);
+        };
+        let result = span.scope(self.walk(&mut ctx, request)).await;
+        let response = self.respond(&mut ctx, result);
+        span.finish(&ctx, response.status());
+        response
     }
 
     /// Steps 1 to 6: classify, guard, then the endpoint or the route's steps.
@@ -279,7 +287,10 @@ impl App {
     fn respond(&self, ctx: &mut RequestContext<'_>, result: Result<Response<Body>, Error>) -> Response<Body> {
         let mut response = match result {
             Ok(response) => response,
-            Err(error) => self.error_response(ctx, &error),
+            Err(error) => {
+                ctx.error_code = Some(error.code());
+                self.error_response(ctx, &error)
+            }
         };
         let headers = response.headers_mut();
         if let Some(set_cookie) = ctx.set_cookie.take() {

@@ -6,7 +6,7 @@
 //! cookie (read once), and the request's one `now`. Steps fill in the rest as they
 //! learn it: the route label, the session kind, the `Set-Cookie` of a session started
 //! for this request (attached to the response whether the call then succeeds or
-//! fails), and upstream time for the log line and metrics.
+//! fails), upstream time for the log line and metrics, and the answer's error code.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,8 @@ pub struct RequestContext<'a> {
     pub set_cookie: Option<HeaderValue>,
     /// Time spent waiting for the API's answers.
     pub upstream: Duration,
+    /// The contract's error code of the answer, when it is an error (for the trace).
+    pub error_code: Option<&'static str>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -81,6 +83,7 @@ impl<'a> RequestContext<'a> {
             session_kind: None,
             set_cookie: None,
             upstream: Duration::ZERO,
+            error_code: None,
         }
     }
 

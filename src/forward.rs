@@ -36,6 +36,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
+use crate::trace;
 use crate::upstream::HttpClient;
 
 /// Bodies up to this size are kept for one replay after an upstream 401.
@@ -223,24 +224,32 @@ impl Forwarder {
     /// Sends once and returns the upstream response head, adding the wait to
     /// `ctx.upstream` and the upstream latency histogram. A failure caused by the browser's upload (too large, too slow)
     /// is the browser's error, not the API's.
+    ///
+    /// With tracing on, the call is a client span whose `traceparent` goes with it.
     pub async fn send(
         &self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         watch: &UploadWatch,
         ctx: &mut RequestContext<'_>,
     ) -> Result<Response<Incoming>, Error> {
+        let span = trace::ClientSpan::start(&mut request, trace::Callee::Api(ctx.route));
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.request_timeout, self.client.request(request)).await;
         let waited = started.elapsed();
         ctx.upstream += waited;
         self.metrics.record_upstream(ctx.route, waited);
-        match outcome {
+        let result = match outcome {
             Ok(Ok(response)) => Ok(response),
             _ if watch.exceeded() => Err(Error::PayloadTooLarge),
             Err(_) if !watch.is_finished() => Err(Error::RequestTimeout),
             Err(_) => Err(Error::UpstreamTimeout),
             Ok(Err(error)) => Err(Error::UpstreamUnavailable(describe_client_error(&error))),
+        };
+        match &result {
+            Ok(response) => span.answered(response.status()),
+            Err(error) => span.failed(error.code()),
         }
+        result
     }
 }
 

@@ -50,3 +50,4 @@ pub mod admin;
 pub mod demo;
 pub mod metrics;
 pub mod telemetry;
+pub mod trace;

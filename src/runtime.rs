@@ -1,13 +1,15 @@
 //! Assembling and running the proxy: build every part from the config, bind the
 //! listeners, run until told to stop, drain.
 //!
-//! The steps, in the order `run` takes them: (1) metrics, (2) the pooled upstream
+//! The steps, in the order `run` takes them: (1) metrics and, with `[tracing]`, the trace
+//! exporter, (2) the pooled upstream
 //! client, (3) the token service, (4) the store with its snapshot loaded, (5) the session
 //! core, the forwarder and the app, (6) the TLS acceptor — any failure so far is
 //! [`RunError::Config`] and nothing is bound yet; (7) bind both listeners, failing before
 //! anything serves if either cannot be bound; (8) announce the bound addresses; (9) serve
 //! with the sweeper, the SIGHUP reloader and the snapshot writer until `shutdown` fires;
-//! (10) drain within `server.shutdown_timeout`, then write the final snapshot. The demo
+//! (10) drain within `server.shutdown_timeout`, flush the traces, then write the final
+//! snapshot. The demo
 //! binds first (it needs its port for the config) and then runs 1–6 and 8–10.
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::store::{snapshot, MemoryStore, RedisStore, Store};
 use crate::telemetry;
 use crate::tokens::oauth2::{ClientAuth, OAuth2Settings};
 use crate::tokens::{DigitalRiverClient, OAuth2Client, Tokens};
+use crate::trace;
 use crate::upstream;
 use crate::upstream::HttpClient;
 
@@ -129,8 +132,12 @@ pub async fn run_on(
 /// Steps 1–6: builds every part from the config, in the order each needs the last.
 fn assemble(config: Config) -> Result<Assembled, RunError> {
     let Config { fixed, live, source, warnings: _ } = config;
-    // 1. Metrics, with a handle for every route label.
+    // 1. Metrics, with a handle for every route label, and the trace exporter when
+    // `[tracing]` is configured (nothing at all otherwise).
     let metrics = Arc::new(Metrics::new(&crate::router::all_labels(&live.routes)));
+    if let Some(tracing) = &fixed.tracing {
+        trace::install(tracing).map_err(RunError::Config)?;
+    }
     // 2. The pooled upstream client (the CA file is read here).
     let http = upstream::build_client(&fixed.upstream).map_err(RunError::Config)?;
     // 3. The token service (with the OpenID provider's cache, loaded once serving).
@@ -289,6 +296,8 @@ async fn serve(
     if let Some(writer) = snapshot_writer {
         let _ = writer.await;
     }
+    // The drained requests' spans go out before the process does.
+    trace::shutdown().await;
     snapshot::write_final(&store, &fixed.store).await.map_err(RunError::Failed)?;
     tracing::info!(drained, "stopped");
     Ok(())

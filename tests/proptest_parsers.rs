@@ -277,6 +277,12 @@ fn toml_value_of(kind: Kind) -> BoxedStrategy<toml::Value> {
         Kind::StrList => {
             vec(toml_string().prop_map(toml::Value::String), 0..4).prop_map(toml::Value::Array).boxed()
         }
+        Kind::Number => prop_oneof![
+            (0.0..=1.0f64).prop_map(toml::Value::Float),
+            any::<f64>().prop_map(toml::Value::Float),
+            (0..=3i64).prop_map(toml::Value::Integer),
+        ]
+        .boxed(),
     }
 }
 
@@ -287,6 +293,7 @@ fn toml_value(kind: Kind) -> BoxedStrategy<toml::Value> {
         toml_value_of(Kind::Int),
         toml_value_of(Kind::Bool),
         toml_value_of(Kind::StrList),
+        toml_value_of(Kind::Number),
     ];
     prop_oneof![6 => toml_value_of(kind), 1 => any_kind].boxed()
 }

@@ -19,6 +19,8 @@ pub enum Kind {
     Int,
     Bool,
     StrList,
+    /// A non-negative number, integer or not (`sample_ratio = 0.25`, or `1`).
+    Number,
 }
 
 fn kind_of(section: &str, key: &str) -> Option<Kind> {
@@ -35,6 +37,8 @@ fn matches_kind(value: &Value, kind: Kind) -> bool {
         (Kind::Int, Value::Integer(i)) => *i >= 0,
         (Kind::Bool, Value::Boolean(_)) => true,
         (Kind::StrList, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Number, Value::Float(f)) => f.is_finite() && *f >= 0.0,
+        (Kind::Number, Value::Integer(i)) => *i >= 0,
         _ => false,
     }
 }
@@ -45,6 +49,7 @@ fn describe(kind: Kind) -> &'static str {
         Kind::Int => "a non-negative integer",
         Kind::Bool => "true or false",
         Kind::StrList => "a list of strings",
+        Kind::Number => "a non-negative number",
     }
 }
 
@@ -172,6 +177,13 @@ fn parse_override(raw: &str, kind: Kind) -> Result<Value, String> {
             "false" | "0" => Ok(Value::Boolean(false)),
             _ => Err("must be true or false".to_string()),
         },
+        Kind::Number => raw
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .map(Value::Float)
+            .ok_or_else(|| "must be a non-negative number".to_string()),
         Kind::StrList => Ok(Value::Array(
             raw.split(',')
                 .map(str::trim)

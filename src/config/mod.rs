@@ -76,6 +76,30 @@ pub struct Fixed {
     /// `[client_hosted]`, when the storefront signs shoppers in itself; `None` turns
     /// `POST /session/external` off (404).
     pub client_hosted: Option<ClientHostedConfig>,
+    /// `[tracing]`, when `otlp_endpoint` is set; `None` is off (no span is ever made).
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`: OpenTelemetry traces, exported in batches over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Where batches are POSTed: `otlp_endpoint` with `/v1/traces` appended (unless it
+    /// already ends so).
+    pub traces_url: String,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// The share of new traces recorded (0 to 1); a trusted parent's decision wins.
+    pub sample_ratio: f64,
+    /// Continue a trace a browser's `traceparent` names (off: every request starts its own).
+    pub trust_traceparent: bool,
+    /// How long one export may take, retries included.
+    pub export_timeout: Duration,
+    /// How long finished spans wait to be sent in a batch.
+    pub batch_delay: Duration,
+    /// Finished spans held for export at most; more are dropped (and counted).
+    pub max_queue: usize,
+    /// Extra PEM roots for an `https` collector.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[client_hosted]`: what proves a call to `POST /session/external` comes from the
@@ -439,7 +463,8 @@ impl Fixed {
     /// or snapshot key is noticed like any other change.
     pub fn changed_sections(&self, new: &Fixed) -> Vec<&'static str> {
         // Destructured, so that a new field cannot be forgotten here.
-        let Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted } = self;
+        let Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted, tracing } =
+            self;
         let sections = [
             ("server", *server != new.server),
             ("upstream", *upstream != new.upstream),
@@ -449,6 +474,7 @@ impl Fixed {
             ("rate_limit", *rate_limit != new.rate_limit),
             ("log.format", *log_format != new.log_format),
             ("client_hosted", *client_hosted != new.client_hosted),
+            ("tracing", *tracing != new.tracing),
         ];
         sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
     }

@@ -19,6 +19,7 @@ macro_rules! raw_type {
     (Int) => { u64 };
     (Bool) => { bool };
     (StrList) => { Vec<String> };
+    (Number) => { f64 };
 }
 
 /// Generates, from one list of sections (each with its `key: Kind` pairs and optional
@@ -204,6 +205,17 @@ schema! {
             level: Str,
             access: Bool,
         },
+        /// `[tracing]`: OpenTelemetry traces over OTLP/HTTP (off without `otlp_endpoint`).
+        tracing: RawTracing {
+            otlp_endpoint: Str,
+            service_name: Str,
+            sample_ratio: Number,
+            trust_traceparent: Bool,
+            export_timeout: Str,
+            batch_delay: Str,
+            max_queue: Int,
+            ca_file: Str,
+        },
     }
     arrays {
         /// One `[[route]]`.
@@ -228,6 +240,7 @@ mod tests {
             Kind::Int => Value::Integer(7),
             Kind::Bool => Value::Boolean(true),
             Kind::StrList => Value::Array(vec![Value::String("x".into())]),
+            Kind::Number => Value::Float(0.5),
         }
     }
 

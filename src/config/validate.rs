@@ -12,7 +12,7 @@ use url::{Host, Url};
 
 use super::raw::{
     RawClientHosted, RawConfig, RawLeakGuard, RawLog, RawOAuth, RawRateLimit, RawRoute, RawServer,
-    RawSession, RawStore, RawUpstream,
+    RawSession, RawStore, RawTracing, RawUpstream,
 };
 use super::*;
 use crate::secret::SecretString;
@@ -80,7 +80,9 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let leak_guard = leak_guard(raw.leak_guard);
     let routes = routes(&mut checker, raw.route);
     let client_hosted = client_hosted(&mut checker, raw.client_hosted);
-    let mut fixed = Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted };
+    let tracing = tracing(&mut checker, raw.tracing);
+    let mut fixed =
+        Fixed { server, upstream, oauth, session, store, rate_limit, log_format, client_hosted, tracing };
     oauth2_rules(&mut checker, &mut fixed, guest_given);
     if !checker.errors.is_empty() {
         return Err(checker.errors);
@@ -731,6 +733,61 @@ fn log(checker: &mut Checker, raw: RawLog) -> (LogFormat, String, bool) {
     (format, level, raw.access.unwrap_or(false))
 }
 
+/// `[tracing]`: off (`None`) unless `otlp_endpoint` names a collector.
+fn tracing(checker: &mut Checker, raw: RawTracing) -> Option<TracingConfig> {
+    let endpoint = raw.otlp_endpoint.filter(|endpoint| !endpoint.trim().is_empty())?;
+    let traces_url = match traces_url(endpoint.trim()) {
+        Ok(url) => url,
+        Err(message) => {
+            checker.error("tracing.otlp_endpoint", message);
+            String::new()
+        }
+    };
+    let service_name = raw.service_name.unwrap_or_else(|| "tokengate".to_string());
+    if service_name.trim().is_empty() {
+        checker.error("tracing.service_name", "must not be empty");
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        checker.error("tracing.sample_ratio", "must be between 0 and 1");
+    }
+    let max_queue = bounded(checker, "tracing.max_queue", raw.max_queue, 2048, 1, 1_000_000);
+    Some(TracingConfig {
+        traces_url,
+        service_name,
+        sample_ratio,
+        trust_traceparent: raw.trust_traceparent.unwrap_or(false),
+        export_timeout: checker.duration("tracing.export_timeout", raw.export_timeout.as_deref(), "10s"),
+        batch_delay: checker.duration("tracing.batch_delay", raw.batch_delay.as_deref(), "5s"),
+        max_queue,
+        ca_file: raw.ca_file.map(PathBuf::from),
+    })
+}
+
+/// The OTLP/HTTP traces URL for a collector's base URL (`http://collector:4318` gives
+/// `http://collector:4318/v1/traces`), as `OTEL_EXPORTER_OTLP_ENDPOINT` is read.
+fn traces_url(text: &str) -> Result<String, String> {
+    let refused = |why: &str| Err(format!("{text:?} {why}"));
+    let Ok(url) = Url::parse(text) else {
+        return refused("is not a URL like \"http://127.0.0.1:4318\"");
+    };
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return refused("must be an http or https URL with a host");
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return refused("must not have user info, a query or a fragment");
+    }
+    let base = url.as_str().trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        return Ok(base.to_string());
+    }
+    Ok(format!("{base}/v1/traces"))
+}
+
 fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
     for (index, route) in raw.into_iter().enumerate() {
@@ -958,6 +1015,69 @@ mod tests {
         );
         let config = Config::from_toml(&local, &env).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_gets_its_defaults_with_one() {
+        let off = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(off.fixed.tracing.is_none());
+        let empty = format!("{MINIMAL}\n[tracing]\notlp_endpoint = \"\"\nservice_name = \"x\"\n");
+        let empty = Config::from_toml(&empty, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(empty.fixed.tracing.is_none(), "an empty endpoint is off");
+        let on = format!("{MINIMAL}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let on = Config::from_toml(&on, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let tracing = on.fixed.tracing.unwrap_or_else(|| panic!("tracing is on"));
+        assert_eq!(tracing.traces_url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(tracing.service_name, "tokengate");
+        assert_eq!(tracing.sample_ratio, 1.0);
+        assert!(!tracing.trust_traceparent);
+        assert_eq!(tracing.export_timeout, Duration::from_secs(10));
+        assert_eq!(tracing.batch_delay, Duration::from_secs(5));
+        assert_eq!(tracing.max_queue, 2048);
+    }
+
+    #[test]
+    fn the_traces_url_is_the_collectors_base_url_and_v1_traces() {
+        assert_eq!(
+            traces_url("https://otel.internal:4318/").as_deref(),
+            Ok("https://otel.internal:4318/v1/traces")
+        );
+        assert_eq!(traces_url("http://collector/otlp").as_deref(), Ok("http://collector/otlp/v1/traces"));
+        assert_eq!(
+            traces_url("http://collector:4318/v1/traces").as_deref(),
+            Ok("http://collector:4318/v1/traces")
+        );
+        for bad in
+            ["collector:4318", "ftp://collector", "http://user:pw@collector", "http://c/?x=1", "http://c/#f"]
+        {
+            assert!(traces_url(bad).is_err(), "{bad} accepted");
+        }
+        assert!(!traces_url("http://user:pw@collector").unwrap_err().is_empty());
+    }
+
+    #[test]
+    fn bad_tracing_values_are_reported_with_their_keys() {
+        let text = format!(
+            "{MINIMAL}\n[tracing]\notlp_endpoint = \"grpc://collector:4317\"\nsample_ratio = 1.5\nservice_name = \" \"\nbatch_delay = \"soon\"\nmax_queue = 0\n"
+        );
+        let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "tracing.otlp_endpoint",
+            "tracing.sample_ratio",
+            "tracing.service_name",
+            "tracing.batch_delay",
+            "tracing.max_queue",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        let overridden = |name: &str| match name {
+            "TOKENGATE_TRACING_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_string()),
+            "TOKENGATE_TRACING_SAMPLE_RATIO" => Some("0.25".to_string()),
+            other => env(other),
+        };
+        let config = Config::from_toml(MINIMAL, &overridden).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(config.fixed.tracing.map(|t| t.sample_ratio), Some(0.25));
     }
 
     #[test]

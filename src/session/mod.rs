@@ -41,6 +41,7 @@ use crate::ratelimit::SessionRateLimit;
 use crate::session_id::{SessionId, SessionKey};
 use crate::store::{SessionKind, SessionRecord, SessionStore, Store, StoreError, StoredSession};
 use crate::tokens::{TokenError, TokenService, TokenSet, Tokens};
+use crate::trace;
 
 pub use code_flow::CodeLoginStart;
 pub use signin::HostedEnd;
@@ -177,7 +178,14 @@ impl<T: TokenService> Sessions<T> {
             CookieLookup::Present(id) => id,
         };
         let key = id.key();
-        let Some(stored) = self.store.get(&key).await.map_err(|e| self.store_error(e))? else {
+        let span = trace::Span::internal("session.lookup");
+        let stored = self.store.get(&key).await;
+        match &stored {
+            Ok(found) => span.set("tokengate.session.found", found.is_some()),
+            Err(_) => span.fail("store_unavailable"),
+        }
+        drop(span);
+        let Some(stored) = stored.map_err(|e| self.store_error(e))? else {
             return Box::pin(self.no_session_under(&key)).await;
         };
         if self.is_expired(&stored, now) {

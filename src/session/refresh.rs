@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::session_id::SessionKey;
 use crate::store::{SessionRecord, SessionStore, Store, Swap};
 use crate::tokens::TokenService;
+use crate::trace;
 
 impl<T: TokenService> Sessions<T> {
     /// The session's tokens, refreshed first when the access token is within
@@ -59,16 +60,22 @@ impl<T: TokenService> Sessions<T> {
     /// Refreshes the session's tokens unless someone already replaced the generation
     /// `seen_generation`. Concurrent callers for one session share one token call.
     pub async fn refresh(&self, key: SessionKey, seen_generation: u64) -> Result<Arc<SessionRecord>, Error> {
+        let span = trace::Span::internal("session.refresh");
         let lock = Arc::clone(&*self.refresh_locks.entry(key).or_default());
-        let outcome = tokio::time::timeout(
-            self.settings.refresh_wait,
-            self.refresh_locked(&lock, key, seen_generation),
-        )
-        .await;
+        let outcome = span
+            .scope(tokio::time::timeout(
+                self.settings.refresh_wait,
+                self.refresh_locked(&lock, key, seen_generation),
+            ))
+            .await;
         drop(lock);
         self.refresh_locks.remove_if(&key, |_, lock| Arc::strong_count(lock) == 1);
+        let outcome = outcome
+            .unwrap_or_else(|_| Err(Error::TokenServiceUnavailable("waited too long for a refresh".into())));
+        if let Err(error) = &outcome {
+            span.fail(error.code());
+        }
         outcome
-            .unwrap_or_else(|_| Err(Error::TokenServiceUnavailable("waited too long for a refresh".into())))
     }
 
     async fn refresh_locked(
@@ -77,10 +84,15 @@ impl<T: TokenService> Sessions<T> {
         key: SessionKey,
         seen_generation: u64,
     ) -> Result<Arc<SessionRecord>, Error> {
+        // The wait for this session's lock: another request's refresh, when one is running.
+        let waiting = trace::Span::internal("session.refresh.lock_wait");
         let guard = Arc::clone(lock).lock_owned().await;
+        drop(waiting);
         let current =
             self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
-        if current.record.generation != seen_generation {
+        let coalesced = current.record.generation != seen_generation;
+        trace::annotate("tokengate.refresh.coalesced", coalesced);
+        if coalesced {
             self.metrics.record_refresh_coalesced();
             return Ok(current.record);
         }
@@ -95,11 +107,11 @@ impl<T: TokenService> Sessions<T> {
         };
         // The task owns the lock: it finishes (and stores what the API rotated) even if
         // every request waiting for it is dropped.
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(trace::Carried::current().scope(async move {
             let outcome = call.run().await;
             drop(guard);
             outcome
-        });
+        }));
         task.await.map_err(|_| Error::Internal("refresh task failed"))?
     }
 }
@@ -137,13 +149,22 @@ impl<T: TokenService> RefreshCall<T> {
         if !self.store.is_shared() {
             return self.refresh().await;
         }
-        let token = match self.lock_or_wait().await? {
+        let waiting = trace::Span::internal("session.refresh.store_lock");
+        let locked = self.lock_or_wait().await;
+        drop(waiting);
+        let token = match locked? {
             Locked::Held(token) => token,
-            Locked::Refreshed(record) => return Ok(record),
+            Locked::Refreshed(record) => {
+                trace::annotate("tokengate.refresh.coalesced", true);
+                return Ok(record);
+            }
         };
         // Someone may have finished between our read and our lock.
         let outcome = match self.store.get(&self.key).await.map_err(store_error) {
-            Ok(Some(stored)) if stored.record.generation != self.current.generation => Ok(stored.record),
+            Ok(Some(stored)) if stored.record.generation != self.current.generation => {
+                trace::annotate("tokengate.refresh.coalesced", true);
+                Ok(stored.record)
+            }
             Ok(Some(_)) => {
                 tokio::select! {
                     outcome = self.refresh() => outcome,

@@ -161,10 +161,11 @@ impl DigitalRiverClient {
 /// (also the OpenID client's exchanges, `oidc::fetch`).
 pub(crate) async fn send_bounded(
     http: &HttpClient,
-    request: Request<Body>,
+    mut request: Request<Body>,
     timeout: Duration,
     limit: usize,
 ) -> Result<(StatusCode, Bytes), TokenError> {
+    let span = crate::trace::ClientSpan::start(&mut request, crate::trace::Callee::TokenService);
     let exchange = async {
         let response = http.request(request).await.map_err(|error| {
             TokenError::Unavailable(format!(
@@ -180,7 +181,13 @@ pub(crate) async fn send_bounded(
             .to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| TokenError::Timeout)?
+    let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(TokenError::Timeout));
+    match &result {
+        Ok((status, _)) => span.answered(*status),
+        Err(TokenError::Timeout) => span.failed("timeout"),
+        Err(_) => span.failed("unavailable"),
+    }
+    result
 }
 
 impl TokenService for DigitalRiverClient {

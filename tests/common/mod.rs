@@ -34,6 +34,7 @@ mod config;
 pub use config::ProxyToml;
 pub mod hostile;
 pub mod oidc;
+pub mod otlp;
 pub mod redis;
 
 pub const CLIENT_ID: &str = "test-api-key";

@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use crate::faults::FaultSwitch;
 use crate::respond::{DropConnection, MockResponse};
 use crate::state::{Store, User};
-use crate::stats::Stats;
+use crate::stats::{Stats, Surface};
 
 /// Longest accepted token lifetime (100 years): keeps `Instant + ttl` far from overflow.
 const MAX_TTL_SECS: u64 = 3_153_600_000;
@@ -359,9 +359,11 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<MockResponse,
         return Ok(control::handle(app, request).await);
     }
     if path.starts_with("/oauth20/") {
+        app.stats.note_traceparent(Surface::OAuth, request.headers());
         return oauth::handle(app, request).await;
     }
     if path == "/v1" || path.starts_with("/v1/") {
+        app.stats.note_traceparent(Surface::Resource, request.headers());
         return Ok(shopper::handle(app, request).await);
     }
     Ok(respond::not_found())

@@ -2,9 +2,13 @@
 //! authorize and resource calls the mock served since start or the last reset.
 //!
 //! Lock-free atomics, so counting never contends with the state lock. A reset is not
-//! atomic across counters; tests reset between phases, not during traffic.
+//! atomic across counters; tests reset between phases, not during traffic. The last W3C
+//! `traceparent` seen on each surface (OAuth, resources) sits behind its own small lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use http::HeaderMap;
 
 use serde_json::{json, Value};
 
@@ -47,15 +51,28 @@ pub enum Counter {
     CredentialQuery,
     /// `/v1/*` requests that carried a `token` query parameter at all (used or not).
     QueryTokenSeen,
+    /// `/oauth20/*` and `/v1/*` requests that carried a `traceparent` header.
+    TraceparentSeen,
 }
 
 /// Derived from the last variant so adding a counter cannot index out of bounds.
-const COUNTER_COUNT: usize = Counter::QueryTokenSeen as usize + 1;
+const COUNTER_COUNT: usize = Counter::TraceparentSeen as usize + 1;
+
+/// Where a request arrived, for the last `traceparent` of each.
+#[derive(Clone, Copy, Debug)]
+pub enum Surface {
+    /// `/oauth20/*`.
+    OAuth,
+    /// `/v1/*`.
+    Resource,
+}
 
 /// All counters.
 #[derive(Default)]
 pub struct Stats {
     values: [AtomicU64; COUNTER_COUNT],
+    /// The last `traceparent` seen on `/oauth20/*` and on `/v1/*` (at most 128 bytes each).
+    last_traceparent: Mutex<[Option<String>; 2]>,
 }
 
 impl Stats {
@@ -69,15 +86,27 @@ impl Stats {
         self.values[counter as usize].load(Ordering::Relaxed)
     }
 
-    /// Zeroes every counter.
+    /// Zeroes every counter (and forgets the trace headers seen).
     pub fn reset(&self) {
         for value in &self.values {
             value.store(0, Ordering::Relaxed);
         }
+        *self.last_traceparent.lock().unwrap_or_else(PoisonError::into_inner) = [None, None];
+    }
+
+    /// Notes a request's `traceparent`, if it has one (W3C trace context, for tests of a
+    /// tracing proxy: which trace and parent span the call came from).
+    pub fn note_traceparent(&self, surface: Surface, headers: &HeaderMap) {
+        let Some(value) = headers.get("traceparent") else { return };
+        self.bump(Counter::TraceparentSeen);
+        let text: String = String::from_utf8_lossy(value.as_bytes()).chars().take(128).collect();
+        self.last_traceparent.lock().unwrap_or_else(PoisonError::into_inner)[surface as usize] = Some(text);
     }
 
     /// The `/__mock/stats` body; `live_sessions` comes from the state, not a counter.
     pub fn to_json(&self, live_sessions: usize) -> Value {
+        let [last_oauth, last_resource] =
+            self.last_traceparent.lock().unwrap_or_else(PoisonError::into_inner).clone();
         json!({
             "token_calls": {
                 "anonymous": self.get(Counter::Anonymous),
@@ -104,6 +133,11 @@ impl Stats {
                 "query_token": self.get(Counter::CredentialQuery),
             },
             "query_token_seen": self.get(Counter::QueryTokenSeen),
+            "traceparent": {
+                "seen": self.get(Counter::TraceparentSeen),
+                "last_oauth": last_oauth,
+                "last_resource": last_resource,
+            },
             "live_sessions": live_sessions,
         })
     }
@@ -125,5 +159,21 @@ mod tests {
         assert_eq!(body["live_sessions"], 3);
         stats.reset();
         assert_eq!(stats.get(Counter::Resource401), 0);
+    }
+
+    #[test]
+    fn the_last_traceparent_of_each_surface_is_kept_until_a_reset() {
+        let stats = Stats::default();
+        let mut headers = HeaderMap::new();
+        stats.note_traceparent(Surface::Resource, &headers);
+        assert_eq!(stats.to_json(0)["traceparent"]["seen"], 0);
+        headers.insert("traceparent", http::HeaderValue::from_static("00-aa-bb-01"));
+        stats.note_traceparent(Surface::OAuth, &headers);
+        let body = stats.to_json(0);
+        assert_eq!(body["traceparent"]["seen"], 1);
+        assert_eq!(body["traceparent"]["last_oauth"], "00-aa-bb-01");
+        assert!(body["traceparent"]["last_resource"].is_null());
+        stats.reset();
+        assert!(stats.to_json(0)["traceparent"]["last_oauth"].is_null());
     }
 }
