@@ -56,6 +56,24 @@ pub struct Needles {
     raw: Vec<Vec<u8>>,
     /// The longest raw stretch one occurrence can span.
     window: usize,
+    /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
+    escapes: bool,
+}
+
+/// The forms of a token searched besides the raw one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forms {
+    /// base64 and base64url inside a larger encoded blob (three alignments each).
+    pub base64: bool,
+    /// JSON escapes (`\uXXXX`, `\/`) and percent-encoding, undone in a decoded view.
+    pub escapes: bool,
+}
+
+impl Forms {
+    /// Every form: what the leak guard searches.
+    pub const ALL: Forms = Forms { base64: true, escapes: true };
+    /// The raw token alone.
+    pub const RAW: Forms = Forms { base64: false, escapes: false };
 }
 
 impl std::fmt::Debug for Needles {
@@ -68,6 +86,12 @@ impl Needles {
     /// The needles for `secrets` (shorter ones than eight bytes are left out); `None` when
     /// nothing is left to search for.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
+        Self::with_forms(secrets, Forms::ALL)
+    }
+
+    /// The needles for only some [`Forms`]: for pricing each form (`examples/scan_cost.rs`);
+    /// the leak guard always searches them all.
+    pub fn with_forms<'a>(secrets: impl IntoIterator<Item = &'a [u8]>, forms: Forms) -> Option<Self> {
         let raw: Vec<Vec<u8>> = secrets
             .into_iter()
             .filter(|secret| secret.len() >= MIN_SECRET_LEN)
@@ -75,11 +99,13 @@ impl Needles {
             .collect();
         let longest = raw.iter().map(Vec::len).max()?;
         let mut patterns: Vec<Vec<u8>> = raw.clone();
-        patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
+        if forms.base64 {
+            patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
+        }
         patterns.sort();
         patterns.dedup();
         let finders = patterns.iter().map(|pattern| Finder::new(pattern).into_owned()).collect();
-        Some(Self { finders, raw, window: longest * MAX_ESCAPE_LEN })
+        Some(Self { finders, raw, window: longest * MAX_ESCAPE_LEN, escapes: forms.escapes })
     }
 
     /// Whether these are the needles of `secrets` (in the order given to [`Needles::new`]).
@@ -105,7 +131,7 @@ impl Needles {
         if self.matches(haystack) {
             return true;
         }
-        memchr::memchr2(b'%', b'\\', haystack).is_some() && self.matches(&decoded(haystack))
+        self.escapes && memchr::memchr2(b'%', b'\\', haystack).is_some() && self.matches(&decoded(haystack))
     }
 
     fn matches(&self, haystack: &[u8]) -> bool {
@@ -382,6 +408,24 @@ mod tests {
             assert_eq!(scanner.push(&Bytes::from(form)), Err(Hit));
         }
         assert_eq!(scanner.push(&Bytes::copy_from_slice(&jwt[..1000])), Ok(()), "a head without the tail");
+    }
+
+    #[test]
+    fn each_form_is_searched_only_when_asked_for() {
+        let body_of = |form: Vec<u8>| {
+            let mut body = br#"{"t":""#.to_vec();
+            body.extend(form);
+            body.extend(br#""}"#);
+            body
+        };
+        let escaped = body_of(json_escaped(TOKEN));
+        let base64 = body_of(STANDARD_NO_PAD.encode(TOKEN).into_bytes());
+        let with = |forms| Needles::with_forms([TOKEN], forms).unwrap_or_else(|| panic!("needles"));
+        assert!(with(Forms::RAW).found_in(TOKEN));
+        assert!(!with(Forms::RAW).found_in(&escaped) && !with(Forms::RAW).found_in(&base64));
+        assert!(with(Forms { base64: false, escapes: true }).found_in(&escaped));
+        assert!(with(Forms { base64: true, escapes: false }).found_in(&base64));
+        assert!(with(Forms::ALL).found_in(&escaped) && with(Forms::ALL).found_in(&base64));
     }
 
     #[test]
