@@ -111,7 +111,8 @@ impl App {
             let result = self.walk(&mut ctx, request).await;
             return self.respond(&mut ctx, result);
         };
-        let result = span.scope(self.walk(&mut ctx, request)).await;
+        // Boxed: held inline, a second walk future would double every request's future.
+        let result = Box::pin(span.scope(self.walk(&mut ctx, request))).await;
         let response = self.respond(&mut ctx, result);
         span.finish(&ctx, response.status());
         response
