@@ -284,33 +284,44 @@ impl Scanner {
         self.needles.window
     }
 
-    /// Searches the next frame (with the overlap before it); `Err` on a hit.
+    /// Searches the next frame and the seam before it; `Err` on a hit.
+    ///
+    /// An occurrence that crosses the seam starts within the last [`Scanner::window`]
+    /// bytes before it and ends within the first `window` bytes of the frame, so the seam
+    /// (those two stretches, a few hundred bytes) is searched on its own and the frame
+    /// alone: no frame is ever copied whole.
     pub fn push(&mut self, data: &Bytes) -> Result<(), Hit> {
-        let found = if self.overlap.is_empty() {
-            self.needles.found_in(data)
-        } else {
-            self.overlap.extend_from_slice(data);
-            self.needles.found_in(&self.overlap)
-        };
-        if found {
+        let window = self.window();
+        let joined = !self.overlap.is_empty();
+        if joined {
+            self.overlap.extend_from_slice(&data[..data.len().min(window)]);
+            if self.needles.found_in(&self.overlap) {
+                return Err(Hit);
+            }
+        }
+        if self.needles.found_in(data) {
             return Err(Hit);
         }
-        self.keep_tail(data);
+        self.keep_tail(data, joined);
         Ok(())
     }
 
-    /// Keeps the last `window` bytes searched so far for the next frame.
-    fn keep_tail(&mut self, data: &Bytes) {
+    /// Keeps the last `window` bytes searched so far for the next seam. `joined`: the
+    /// overlap already ends with the frame's first `window` bytes.
+    fn keep_tail(&mut self, data: &Bytes, joined: bool) {
         let window = self.window();
         if data.len() >= window {
             self.overlap.clear();
             self.overlap.extend_from_slice(&data[data.len() - window..]);
-        } else if self.overlap.len() > window {
-            // The overlap already ends with `data` (appended in `push`).
+            return;
+        }
+        // A short frame: it is all in the overlap now (appended whole above, or added here).
+        if !joined {
+            self.overlap.extend_from_slice(data);
+        }
+        if self.overlap.len() > window {
             let excess = self.overlap.len() - window;
             let _ = self.overlap.split_to(excess);
-        } else if self.overlap.is_empty() {
-            self.overlap.extend_from_slice(data);
         }
     }
 }
@@ -372,6 +383,35 @@ mod tests {
         }
         let one_byte_frames: Vec<&[u8]> = TOKEN.chunks(1).collect();
         assert_eq!(scan(&one_byte_frames), Err(Hit), "one byte a frame");
+    }
+
+    #[test]
+    fn every_form_is_found_whatever_the_frame_boundaries() {
+        let mut state = 7u64;
+        let mut next = |bound: usize| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % bound
+        };
+        for form in [
+            TOKEN.to_vec(),
+            json_escaped(TOKEN),
+            percent_encoded(TOKEN),
+            URL_SAFE_NO_PAD.encode(TOKEN).into_bytes(),
+        ] {
+            for _ in 0..200 {
+                let mut body = vec![b'.'; next(3000)];
+                body.extend_from_slice(&form);
+                body.extend(vec![b'.'; next(3000)]);
+                let mut frames = Vec::new();
+                let mut at = 0;
+                while at < body.len() {
+                    let end = (at + 1 + next(700)).min(body.len());
+                    frames.push(&body[at..end]);
+                    at = end;
+                }
+                assert_eq!(scan(&frames), Err(Hit), "{} frames", frames.len());
+            }
+        }
     }
 
     #[test]
