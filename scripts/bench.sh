@@ -14,7 +14,8 @@
 #   static  nginx serving fixed answers (bench/upstream.conf.template), so the proxies are
 #           what is measured.
 # Legs: baseline (wrk straight at the upstream, with a valid Bearer), tokengate (release,
-# cookie of a guest session), tokengate with the leak guard off (static upstream), nginx
+# cookie of a guest session), tokengate-rotating (the same over BENCH_SESSIONS sessions, a
+# different cookie on every request), tokengate with the leak guard off (static upstream), nginx
 # (proxy_pass with keep-alive and a fixed Authorization header), and nginx-gzip (the same
 # with gzip on, for the "-gz" payloads).
 #
@@ -28,6 +29,8 @@
 #   BENCH_UPSTREAMS ["mock static"]   BENCH_PAYLOADS ["json big json-gz big-gz"]
 #                        (a "-gz" payload is the same call with Accept-Encoding: gzip; nginx-gzip,
 #                        nginx with gzip on, is its comparison leg)
+#   BENCH_SESSIONS [100000]  sessions of the tokengate-rotating leg (each request carries the
+#                        next one's cookie; 0 leaves the leg out); minted through tokengate first
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
 #   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
 #                        on the static upstream (needs perf; prints task-clock etc.)
@@ -262,7 +265,7 @@ upstream_token() {
 
 # Every leg is one way to reach the upstream: LEG_BASE (the URL prefix /v1 or /api),
 # LEG_HEADER (one request header, or none) and LEG_PIDS (whose CPU time is the proxy's).
-declare -A LEG_BASE LEG_HEADER LEG_PIDS
+declare -A LEG_BASE LEG_HEADER LEG_PIDS LEG_SCRIPT
 LEGS=()
 
 add_baseline_leg() { # token
@@ -291,6 +294,35 @@ start_tokengate() { # leg [env assignments...]
   LEGS+=("$leg")
   LEG_BASE[$leg]="$addr/api"
   LEG_HEADER[$leg]="Cookie: tg=$value"
+  LEG_PIDS[$leg]="$pid"
+}
+
+# tokengate with SESSIONS guest sessions, each request of the load carrying the next one's
+# cookie (leg d of issue 11: the store and the needle cache under many sessions). The
+# sessions are minted through tokengate itself by wrk (POST /session/guest; rate limits
+# raised for this process only), their cookies written to a file the load script cycles.
+start_tokengate_rotating() { # leg sessions
+  local leg="$1" sessions="$2" out="$WORK/$1.out" pid addr cookies="$WORK/$1.cookies"
+  render "$ROOT/bench/tokengate.toml.template" "$WORK/$leg.toml" "UPSTREAM_URL=$UPSTREAM_URL"
+  env -u RUST_LOG TOKENGATE_CLIENT_SECRET="$CLIENT_SECRET" \
+    TOKENGATE_SESSION_MAX_SESSIONS=$((sessions + 1000)) \
+    TOKENGATE_RATE_LIMIT_NEW_SESSIONS_PER_MINUTE=100000000 TOKENGATE_RATE_LIMIT_NEW_SESSIONS_BURST=100000000 \
+    taskset -c "$PROXY_CPUS" "$TOKENGATE" --config "$WORK/$leg.toml" \
+    >"$out" 2>>"$WORK/$leg.err" </dev/null &
+  pid=$!
+  PIDS+=("$pid")
+  addr="$(wait_for_line "$out" 'http://127\.0\.0\.1:[0-9]+' "$pid" "$leg")"
+  : >"$cookies"
+  log "$leg: minting $sessions guest sessions"
+  COOKIES="$cookies" SESSIONS="$sessions" timeout 300 taskset -c "$LOAD_CPUS" \
+    wrk -t1 -c16 -d240s -s "$ROOT/bench/mint-sessions.lua" "$addr/session/guest" \
+    >"$WORK/$leg-mint.txt" 2>&1 || die "minting sessions through $leg failed: $(tail -n 5 "$WORK/$leg-mint.txt")"
+  [[ "$(wc -l <"$cookies")" -ge "$sessions" ]] || die "$leg: only $(wc -l <"$cookies") of $sessions sessions minted"
+  LEGS+=("$leg")
+  LEG_BASE[$leg]="$addr/api"
+  LEG_HEADER[$leg]="Cookie: tg=$(head -n1 "$cookies")"   # for the one curl check
+  LEG_SCRIPT[$leg]="$ROOT/bench/rotate-sessions.lua"
+  export COOKIES_FILE="$cookies"
   LEG_PIDS[$leg]="$pid"
 }
 
@@ -397,6 +429,9 @@ leg_headers() { # leg [payload] → sets HEADERS (a "-gz" payload adds Accept-En
   HEADERS=()
   if [[ -n "${LEG_HEADER[$1]}" ]]; then HEADERS=(-H "${LEG_HEADER[$1]}"); fi
   if [[ "${2:-}" == *-gz ]]; then HEADERS+=(-H "Accept-Encoding: gzip"); fi
+  # wrk only: a leg with a Lua script (the rotating-sessions leg picks its cookie there).
+  WRK_EXTRA=()
+  if [[ -n "${LEG_SCRIPT[$1]:-}" ]]; then WRK_EXTRA=(-s "${LEG_SCRIPT[$1]}"); fi
 }
 
 # Checks a leg once and warms it up (connections, pools, caches).
@@ -405,7 +440,7 @@ warm_leg() { # upstream leg payload
   url="${LEG_BASE[$leg]}/$(path_of "$payload")"
   leg_headers "$leg" "$payload"
   check_once "$url" "$payload" "${HEADERS[@]}"
-  timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$WARMUP" "${HEADERS[@]}" "$url" \
+  timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$WARMUP" "${HEADERS[@]}" "${WRK_EXTRA[@]}" "$url" \
     >"$WORK/runs/$upstream-$leg-$payload-warmup.txt" 2>&1 || die "wrk warm-up failed for $upstream/$leg/$payload"
 }
 
@@ -423,7 +458,7 @@ measure_run() { # upstream leg payload run
   children_ticks; c0="$CHILDREN_TICKS"; m0="$(machine_ticks)"; o0="$(our_ticks)"; st0="$(steal_ticks)"
   # shellcheck disable=SC2086 # PID lists split on purpose
   { p0="$(cpu_ticks $proxy_pids)"; s0="$(cpu_sys_ticks $proxy_pids)"; u0="$(cpu_ticks $UPSTREAM_PIDS)"; }
-  timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" --latency "${HEADERS[@]}" "$url" \
+  timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" --latency "${HEADERS[@]}" "${WRK_EXTRA[@]}" "$url" \
     >"$file" 2>&1 || die "wrk failed: $(cat "$file")"
   # shellcheck disable=SC2086 # PID lists split on purpose
   { p1="$(cpu_ticks $proxy_pids)"; s1="$(cpu_sys_ticks $proxy_pids)"; u1="$(cpu_ticks $UPSTREAM_PIDS)"; }
@@ -526,6 +561,7 @@ for upstream in $UPSTREAMS; do
   LEGS=()
   add_baseline_leg "$token"
   start_tokengate tokengate
+  if [[ "${BENCH_SESSIONS:-100000}" != 0 ]]; then start_tokengate_rotating tokengate-rotating "${BENCH_SESSIONS:-100000}"; fi
   if [[ "$upstream" == static ]]; then
     start_tokengate tokengate-noguard TOKENGATE_LEAK_GUARD_ENABLED=false
   fi
@@ -589,7 +625,7 @@ for upstream in $UPSTREAMS; do
   for payload in $PAYLOADS; do
     base_rps="$(column_of "$upstream" baseline "$payload" 5 | median)"
     base_p50="$(column_of "$upstream" baseline "$payload" 6 | median)"
-    for leg in baseline tokengate tokengate-noguard nginx nginx-gzip; do
+    for leg in baseline tokengate tokengate-rotating tokengate-noguard nginx nginx-gzip; do
       [[ -n "$(column_of "$upstream" "$leg" "$payload" 5)" ]] || continue
       rps="$(column_of "$upstream" "$leg" "$payload" 5 | median)"
       p50="$(column_of "$upstream" "$leg" "$payload" 6 | median)"
@@ -630,6 +666,15 @@ for upstream in $UPSTREAMS; do
     awk -v u="$upstream" -v p="$payload" -v g="$ngx" -v t="$t" -v n="$n" -v tc="$tc" -v nc="$nc" 'BEGIN {
       printf "%s/%s: tokengate %.0f req/s vs %s %.0f req/s: tokengate %s (%.2fx); CPU per request %.1f µs vs %.1f µs (%.2fx)\n",
         u, p, t, g, n, (t >= n ? "faster" : "slower"), t / n, tc, nc, (nc > 0 ? tc / nc : 0) }'
+  done
+done
+for upstream in $UPSTREAMS; do
+  for payload in $PAYLOADS; do
+    t="$(column_of "$upstream" tokengate "$payload" 5 | median)"
+    r="$(column_of "$upstream" tokengate-rotating "$payload" 5 | median)"
+    [[ "$t" != nan && "$r" != nan ]] || continue
+    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" -v n="${BENCH_SESSIONS:-100000}" 'BEGIN {
+      printf "%s/%s: tokengate over %d sessions %.0f req/s vs one session %.0f req/s (%.2fx)\n", u, p, n, r, t, r / t }'
   done
 done
 for line in "${PERF_LINES[@]}"; do echo "$line"; done
