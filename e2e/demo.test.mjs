@@ -1,13 +1,21 @@
 // Real-browser end-to-end test of the tokengate demo storefront.
 //
 // Drives assets/demo.html in headless Debian Chromium exactly as a shopper would (browse as
-// a guest, add to the cart, log in, log out) and proves that no token the Commerce API mock
-// issued ever reached the browser: not in a response header or body, a request, the DOM,
-// document.cookie, web storage or the cookie jar.
+// a guest, add to the cart, log in, keep shopping until tokengate has refreshed the access
+// token, log out) and proves that no token the Commerce API mock issued ever reached the
+// browser: not in a response header or body, a request, the DOM, document.cookie, web
+// storage or the cookie jar. It also checks what the page shows: no failed call or console
+// error on the first load and no favicon request, the panel of what the browser holds, the
+// shopper's name, prices and the cart total, and the refresh count rising. Screenshots of
+// the guest and of the signed-in shopper after a refresh go to the artifacts folder
+// (docs/demo*.png are copies of them).
 //
 // Usage: TOKENGATE_URL=http://127.0.0.1:PORT MOCK_URL=http://127.0.0.1:PORT node demo.test.mjs
 //    or: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT
-// Optional: CHROMIUM=/usr/bin/chromium, E2E_TIMEOUT_MS (whole run, default 90000),
+// The demo's access tokens must be short-lived (`tokengate demo`: 45 s, refreshed in their last
+// 15 s): step 4b waits for a refresh, at most the token's lifetime plus 15 s, and fails at once
+// when the token lives more than a minute.
+// Optional: CHROMIUM=/usr/bin/chromium, E2E_TIMEOUT_MS (whole run, default 150000),
 //   E2E_ARTIFACTS (screenshot folder, default ./artifacts next to this file),
 //   E2E_MOCK_FAULTS='{"echo_token":true}' sets mock faults first (the leak check must then fail).
 // Exit code 0 when every step passed, 1 otherwise. scripts/e2e.sh starts the demo and runs this.
@@ -25,14 +33,15 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BASE = loopbackOrigin(process.env.TOKENGATE_URL || process.argv[2], 'TOKENGATE_URL');
 const MOCK = loopbackOrigin(process.env.MOCK_URL || process.argv[3], 'MOCK_URL');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 90_000);
+const TOTAL_MS = Number(process.env.E2E_TIMEOUT_MS || 150_000);
+const LONGEST_TOKEN_MS = 60_000; // step 4b waits for a refresh of a token at most this long-lived
 const ARTIFACTS = path.resolve(process.env.E2E_ARTIFACTS || path.join(HERE, 'artifacts'));
 
 const watchdog = startWatchdog(TOTAL_MS);
 
 // What the browser saw and sent (lib.mjs records it from outside the page, over CDP).
 const recorder = createRecorder(BASE);
-const { responses, requests, snapshots, pageErrors } = recorder;
+const { responses, requests, snapshots, pageErrors, consoleErrors } = recorder;
 const settleRecords = () => recorder.settle();
 const snapshot = (context, page, label) => recorder.snapshot(context, page, label);
 const sessionCookies = (context) => recorder.sessionCookies(context);
@@ -40,6 +49,7 @@ const answersTo = (method, pathname) => recorder.answersTo(method, pathname);
 const lastAnswer = (method, pathname) => recorder.lastAnswer(method, pathname);
 const haystacks = () => recorder.haystacks();
 const mockJson = mockClient(MOCK);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---------------------------------------------------------------------------------------
 // The scenario.
@@ -68,26 +78,35 @@ async function main() {
   let cookieName;
   let guestCookie;
   let product;
+  let price;
 
-  await step('1. open the storefront; products load (a guest session is minted lazily)', async () => {
+  await step('1. open the storefront: a guest session, products, no failed call, no console error, no favicon', async () => {
     const main = await page.goto(BASE + '/', { waitUntil: 'domcontentloaded', timeout: WAIT_MS });
     check(main && main.status() === 200, `GET / answered ${main && main.status()}`);
     check((main.headers()['content-type'] || '').startsWith('text/html'), `GET / is not HTML: ${main.headers()['content-type']}`);
     await page.locator('#products button').first().waitFor({ state: 'visible' });
     const rows = await page.locator('#products tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.innerText.trim())));
-    check(rows.length >= 1 && rows.every((cells) => cells[0] && cells[2] === 'Add to cart'), `unexpected products table: ${JSON.stringify(rows)}`);
-    facts.products = rows.map((cells) => cells[0]);
-    // The page's start-up sequence is GET /session, products, cart, GET /session. Let it
-    // finish before clicking, or its cart answer could land after ours.
-    await waitUntil(page, 'the initial cart "(0 items)" and state "guest"',
-      () => document.getElementById('cart-count').textContent === '(0 items)' && document.getElementById('state').textContent === 'guest');
+    check(rows.length >= 1 && rows.every((cells) => cells[0] && /^\$\d+\.\d\d$/.test(cells[1]) && cells[2] === 'Add to cart'), `unexpected products table (name, price, button): ${JSON.stringify(rows)}`);
+    facts.products = rows.map((cells) => `${cells[0]} ${cells[1]}`);
+    // The page's start-up sequence is POST /session/guest, GET /api/shoppers/me, products,
+    // cart, GET /session. Let it finish before clicking, or its cart answer could land after ours.
+    await waitUntil(page, 'the initial cart "(0 items)", state "guest" and the start-up session read',
+      () => document.getElementById('cart-count').textContent === '(0 items)' && document.getElementById('state').textContent === 'guest'
+        && document.getElementById('log').textContent.startsWith('GET /session → 200'));
     await settleRecords();
-    const sessionReads = answersTo('GET', '/session');
-    check(sessionReads.length >= 2 && sessionReads[0].status === 401, `the first GET /session should be 401 (no cookie yet), saw ${sessionReads.map((r) => r.status)}`);
-    check(/"no_session"/.test(sessionReads[0].body), `the first GET /session should say no_session: ${sessionReads[0].body}`);
+    const guests = answersTo('POST', '/session/guest');
+    check(guests.length === 1 && guests[0].status === 200, `the page should start with one POST /session/guest, saw ${guests.map((r) => r.status)}`);
+    check(header(guests[0], 'set-cookie').length === 1, 'POST /session/guest should set the new guest session cookie');
     const productCalls = answersTo('GET', '/api/shoppers/me/products');
     check(productCalls.length === 1 && productCalls[0].status === 200, `GET products: ${productCalls.map((r) => r.status)}`);
-    check(header(productCalls[0], 'set-cookie').length === 1, 'the products answer should set the new guest session cookie');
+    check(header(productCalls[0], 'set-cookie').length === 0, 'the products call should use the guest session started first, not mint another');
+    const failed = responses.filter((r) => r.status >= 400);
+    check(failed.length === 0, `calls that failed on the first load: ${failed.map((r) => `${r.method} ${new URL(r.url).pathname} → ${r.status}`).join(', ')}`);
+    check(consoleErrors.length === 0, `console errors on the first load: ${consoleErrors.join(' | ')}`);
+    check(!requests.some((r) => new URL(r.url).pathname === '/favicon.ico'), 'the page asked for /favicon.ico');
+    check((await text(page, '#shopper')) === 'anonymous (a guest)', `the shopper shown for a guest: ${await text(page, '#shopper')}`);
+    check((await text(page, '#refreshes')) === '0', `a new session shows ${await text(page, '#refreshes')} refreshes`);
+    check(/^expires in \d+ s$/.test(await text(page, '#countdown')), `the token countdown shows ${await text(page, '#countdown')}`);
   });
 
   await step('2. the session cookie is in the jar, HttpOnly, and invisible to document.cookie', async () => {
@@ -103,11 +122,22 @@ async function main() {
     check(shot.documentCookie === '', `document.cookie should be empty, is ${JSON.stringify(shot.documentCookie)}`);
     check(!shot.documentCookie.includes(cookie.value), 'the cookie value is readable by the page');
     facts.cookie = `${cookie.name} (HttpOnly, SameSite=${cookie.sameSite}, path ${cookie.path})`;
+    // The "what this browser holds" panel says what the jar holds, and that the page reads nothing.
+    await waitUntil(page, 'the panel to show an empty document.cookie', () => document.getElementById('document-cookie').textContent.startsWith('""'));
+    check((await text(page, '#local-storage')) === 'empty' && (await text(page, '#session-storage')) === 'empty',
+      `web storage shown as ${await text(page, '#local-storage')} / ${await text(page, '#session-storage')}`);
+    check((await text(page, '#cookie-name')).startsWith(`${cookie.name} `), `the panel names the cookie ${await text(page, '#cookie-name')}`);
+    const attributes = (await text(page, '#cookie-attributes')).split(' · ');
+    const expected = ['HttpOnly', `SameSite=${cookie.sameSite}`, `Path=${cookie.path}`, cookie.secure ? 'Secure' : 'not Secure (plain-HTTP demo)'];
+    check(expected.every((a, i) => attributes[i] === a), `the panel shows the attributes ${JSON.stringify(attributes)}, the jar holds ${JSON.stringify(expected)}`);
+    const until = Date.parse((await text(page, '#cookie-attributes')).split(' · until ')[1] ?? '');
+    check(Math.abs(until - cookie.expires * 1000) < 2 * 86_400_000, `the panel's expiry ${attributes.at(-1)} is not the jar's (${new Date(cookie.expires * 1000).toISOString()})`);
   });
 
   await step('3. add a product to the cart as a guest', async () => {
     const button = page.locator('#products tr').first().locator('button', { hasText: 'Add to cart' });
     product = (await page.locator('#products tr').first().locator('td').first().innerText()).trim();
+    price = (await page.locator('#products tr').first().locator('td').nth(1).innerText()).trim();
     await button.click();
     // addToCart shows the cart, then re-reads the session (the panel's last call).
     // An error shows as "(STATUS)" in the cart count: stop waiting then too.
@@ -117,10 +147,13 @@ async function main() {
     const rows = await page.locator('#cart tr').allInnerTexts();
     check(rows.length === 1, `the cart should have one row, has ${JSON.stringify(rows)}`);
     check(rows[0].includes(product) && rows[0].includes('× 1'), `cart row ${JSON.stringify(rows[0])} should be "${product} × 1"`);
+    check(rows[0].includes(price), `cart row ${JSON.stringify(rows[0])} should show the price ${price}`);
+    check((await text(page, '#cart-total')) === price, `the cart total is ${await text(page, '#cart-total')}, expected ${price}`);
     check((await text(page, '#state')) === 'guest', `state should be "guest", is "${await text(page, '#state')}"`);
     const session = await lastAnswerJson(page);
     check(session.kind === 'guest' && session.authenticated === false, `GET /session should say a guest: ${JSON.stringify(session)}`);
     await snapshot(browserContext, page, 'guest with cart');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'guest.png'), fullPage: true });
   });
 
   await step('4. log in through the form; the cart carries over and the session id rotates', async () => {
@@ -140,6 +173,9 @@ async function main() {
     check((await text(page, '#cart-count')) === '(1 item)', `cart count after login: ${await text(page, '#cart-count')}`);
     const rows = await page.locator('#cart tr').allInnerTexts();
     check(rows.length === 1 && rows[0].includes(product) && rows[0].includes('× 1'), `the guest's cart did not carry over: ${JSON.stringify(rows)}`);
+    check((await text(page, '#cart-total')) === price, `the cart total after login is ${await text(page, '#cart-total')}, expected ${price}`);
+    check((await text(page, '#shopper')) === `Jane Doe (${SHOPPER})`, `the shopper's name shown: ${await text(page, '#shopper')}`);
+    check((await text(page, '#refreshes')) === '0', `the new shopper session shows ${await text(page, '#refreshes')} refreshes`);
     const cookies = await sessionCookies(browserContext);
     check(cookies.length === 1 && cookies[0].name === cookieName, `expected the one ${cookieName} cookie, got ${JSON.stringify(cookies.map((c) => c.name))}`);
     check(cookies[0].httpOnly === true, 'the rotated cookie is not HttpOnly');
@@ -150,6 +186,49 @@ async function main() {
     const stale = await fetch(BASE + '/session', { headers: { cookie: `${cookieName}=${guestCookie}` }, signal: AbortSignal.timeout(10_000) });
     check(stale.status === 401, `the pre-login cookie still works: GET /session answered ${stale.status}`);
     await page.screenshot({ path: path.join(ARTIFACTS, 'logged-in.png'), fullPage: true });
+  });
+
+  await step('4b. keep shopping: tokengate refreshes the access token and the page counts it', async () => {
+    await settleRecords();
+    const reads = answersTo('GET', '/session');
+    const session = JSON.parse(reads.at(-1).body);
+    check(session.authenticated === true && session.refreshes === 0, `GET /session after login: ${reads.at(-1).body}`);
+    const expiresAt = Date.parse(session.access_expires_at);
+    const lifetime = expiresAt - Date.now();
+    check(lifetime < LONGEST_TOKEN_MS, `the access token lives ${Math.round(lifetime / 1000)} s more: run the demo with short-lived tokens (tokengate demo: 45 s); this step waits at most ${LONGEST_TOKEN_MS / 1000} s`);
+    const refreshesBefore = (await mockJson('GET', '/__mock/stats')).token_calls.refresh;
+    const from = responses.length;
+    // Reload the cart now and then, as a shopper would, until a call finds the token due for
+    // refresh (in its last refresh_ahead, or expired) and tokengate refreshes it first.
+    const deadline = expiresAt + 15_000;
+    let reloads = 0;
+    let shown;
+    for (;;) {
+      const [answer] = await Promise.all([
+        page.waitForResponse((r) => r.request().method() === 'GET' && new URL(r.url()).pathname === '/session', { timeout: WAIT_MS }),
+        page.locator('#reload').click(),
+      ]);
+      reloads += 1;
+      shown = await answer.json();
+      check(answer.status() === 200 && shown.authenticated === true, `GET /session while shopping answered ${answer.status()} ${JSON.stringify(shown)}`);
+      await waitUntil(page, `the refresh count ${shown.refreshes} on the page`, (n) => document.getElementById('refreshes').textContent === String(n), shown.refreshes);
+      if (shown.refreshes >= 1) break;
+      check(Date.now() < deadline, `no refresh by ${new Date(deadline).toISOString()} (the token expired at ${session.access_expires_at}; ${reloads} reloads)`);
+      await sleep(2_000);
+    }
+    check(shown.refreshes === 1, `one due token, ${shown.refreshes} refreshes`);
+    check(Date.parse(shown.access_expires_at) > expiresAt, `the access token's expiry did not move: ${shown.access_expires_at}`);
+    const grants = (await mockJson('GET', '/__mock/stats')).token_calls.refresh - refreshesBefore;
+    check(grants === 1, `the page shows 1 refresh, the mock served ${grants} refresh grants`);
+    check(/^expires in \d+ s$/.test(await text(page, '#countdown')), `the countdown after the refresh shows ${await text(page, '#countdown')}`);
+    await settleRecords();
+    const failed = responses.slice(from).filter((r) => r.status !== 200);
+    check(failed.length === 0, `calls that failed while the token was refreshed: ${failed.map((r) => `${r.method} ${new URL(r.url).pathname} → ${r.status}`).join(', ')}`);
+    check((await text(page, '#cart-count')) === '(1 item)' && (await text(page, '#cart-total')) === price, `the cart after the refresh: ${await text(page, '#cart-count')} ${await text(page, '#cart-total')}`);
+    check((await text(page, '#shopper')) === `Jane Doe (${SHOPPER})`, `the shopper after the refresh: ${await text(page, '#shopper')}`);
+    facts.refresh = `after ${reloads} cart reloads over ${Math.round((Date.now() - (expiresAt - lifetime)) / 1000)} s: 1 refresh grant, the page shows ${shown.refreshes}`;
+    await snapshot(browserContext, page, 'after the refresh');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'signed-in-refreshed.png'), fullPage: true });
   });
 
   await step('5. log out; the state goes back to none and the cookie is gone', async () => {
@@ -165,6 +244,7 @@ async function main() {
     const cookies = await browserContext.cookies(BASE);
     check(cookies.length === 0, `cookies left after logout: ${JSON.stringify(cookies.map((c) => c.name))}`);
     check((await page.locator('#cart tr').count()) === 0 && (await text(page, '#cart-count')) === '', 'the cart is still shown after logout');
+    check((await text(page, '#cookie-name')).startsWith('none'), `the panel still shows a cookie after logout: ${await text(page, '#cookie-name')}`);
     await snapshot(browserContext, page, 'logged out');
   });
 
@@ -173,8 +253,8 @@ async function main() {
     const issued = await mockJson('GET', '/__mock/tokens');
     const access = issued.access_tokens ?? [];
     const refresh = issued.refresh_tokens ?? [];
-    // A guest token, then the shopper's at login: at least two, else the check means nothing.
-    check(access.length >= 2, `the mock issued ${access.length} access tokens; expected at least 2 (guest + shopper)`);
+    // A guest token, the shopper's at login, the refreshed one: at least three, else the check means little.
+    check(access.length >= 3, `the mock issued ${access.length} access tokens; expected at least 3 (guest, shopper, refreshed)`);
     check(refresh.length >= 1, `the mock issued ${refresh.length} refresh tokens; expected at least 1`);
     check([...access, ...refresh].every((t) => typeof t === 'string' && t.length >= 64), 'the mock returned an implausible token');
     const needles = [
@@ -188,6 +268,7 @@ async function main() {
     check(unread.length === 0, `response bodies that could not be read: ${unread.map((r) => `${r.url} (${r.bodyError})`).join(', ')}`);
     const offsite = requests.filter((r) => new URL(r.url).origin !== BASE);
     check(offsite.length === 0, `the browser called something besides ${BASE}: ${offsite.map((r) => r.url).join(', ')}`);
+    check(!requests.some((r) => new URL(r.url).pathname === '/favicon.ico'), 'the page asked for /favicon.ico');
     // Positive controls: the scanner does find what is known to be there (the HttpOnly
     // cookie value is in a recorded Set-Cookie header and jar; a product name in a body).
     const control = findLeaks([{ label: 'guest cookie', value: guestCookie }], stacks);
@@ -204,7 +285,7 @@ async function main() {
     const file = path.join(ARTIFACTS, 'final.png');
     await page.screenshot({ path: file, fullPage: true });
     check(fs.statSync(file).size > 1000, `the screenshot ${file} is empty`);
-    facts.screenshots = `${path.relative(process.cwd(), ARTIFACTS) || '.'}/{logged-in,final}.png`;
+    facts.screenshots = `${path.relative(process.cwd(), ARTIFACTS) || '.'}/{guest,logged-in,signed-in-refreshed,final}.png`;
   });
 
   // Last, because by Digital River's design this flow shows tokens to the browser: the guest
@@ -262,6 +343,6 @@ try {
   if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
 }
 
-summary(8, exitCode);
+summary(9, exitCode);
 clearTimeout(watchdog);
 process.exit(exitCode);

@@ -80,6 +80,7 @@ export function createRecorder(base) {
   const requests = []; //  { url, method, headers: [{name,value}], postData }
   const snapshots = []; // { label, html, documentCookie, localStorage, sessionStorage, cookies }
   const pageErrors = [];
+  const consoleErrors = []; // the text of every console message of type "error" (a failed load too)
   const pending = new Set();
 
   function track(promise) {
@@ -120,12 +121,14 @@ export function createRecorder(base) {
     requests,
     snapshots,
     pageErrors,
+    consoleErrors,
     attach(context) {
       context.on('response', (response) => track(recordResponse(response)));
       context.on('request', (request) => track(recordRequest(request)));
     },
     watch(page) {
       page.on('pageerror', (error) => pageErrors.push(String(error)));
+      page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()); });
     },
     async settle() {
       while (pending.size > 0) await Promise.allSettled([...pending]);

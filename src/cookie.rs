@@ -63,15 +63,45 @@ pub fn clear_session_cookie(config: &SessionConfig) -> HeaderValue {
     to_header_value(value)
 }
 
+/// The session cookie's attributes besides its value and `Max-Age`, as `GET /session`
+/// describes them to a page (which cannot read an HttpOnly cookie): the same source the
+/// `Set-Cookie` writer uses, so the description cannot drift from what is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieAttributes<'a> {
+    pub name: &'a str,
+    pub path: &'static str,
+    pub http_only: bool,
+    pub same_site: &'static str,
+    pub secure: bool,
+}
+
+/// The attributes every session cookie is written with under `config`.
+pub fn attributes(config: &SessionConfig) -> CookieAttributes<'_> {
+    CookieAttributes {
+        name: &config.cookie_name,
+        path: "/",
+        http_only: true,
+        same_site: match config.same_site {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        },
+        secure: config.cookie_secure,
+    }
+}
+
 fn push_attributes(value: &mut String, config: &SessionConfig, max_age_secs: u64) {
-    value.push_str("; Path=/; HttpOnly; Max-Age=");
+    let attributes = attributes(config);
+    value.push_str("; Path=");
+    value.push_str(attributes.path);
+    if attributes.http_only {
+        value.push_str("; HttpOnly");
+    }
+    value.push_str("; Max-Age=");
     value.push_str(&max_age_secs.to_string());
-    value.push_str(match config.same_site {
-        SameSite::Strict => "; SameSite=Strict",
-        SameSite::Lax => "; SameSite=Lax",
-        SameSite::None => "; SameSite=None",
-    });
-    if config.cookie_secure {
+    value.push_str("; SameSite=");
+    value.push_str(attributes.same_site);
+    if attributes.secure {
         value.push_str("; Secure");
     }
 }
@@ -151,6 +181,24 @@ mod tests {
         }
         assert!(!text.contains("Domain"));
         assert!(header.is_sensitive());
+    }
+
+    #[test]
+    fn the_described_attributes_are_the_ones_sent() {
+        let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        for (same_site, secure) in [(SameSite::Lax, true), (SameSite::Strict, false), (SameSite::None, true)]
+        {
+            let config = SessionConfig { same_site, cookie_secure: secure, ..config() };
+            let described = attributes(&config);
+            let sent = set_session_cookie(&config, &id, Duration::from_secs(60));
+            let text = sent.to_str().unwrap_or_default();
+            assert_eq!(described.name, "__Host-tokengate");
+            assert!(text.starts_with(&format!("{}=", described.name)), "{same_site:?}");
+            assert!(text.contains(&format!("; Path={};", described.path)), "{same_site:?}");
+            assert!(described.http_only && text.contains("; HttpOnly"), "{same_site:?}");
+            assert!(text.contains(&format!("; SameSite={}", described.same_site)), "{same_site:?}");
+            assert_eq!(described.secure, text.contains("; Secure"), "{same_site:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,16 @@ use crate::runtime;
 /// The demo client secret shared by the proxy and the mock it starts.
 const DEMO_SECRET: &str = "demo-secret";
 
+/// How long the mock's access tokens live in the demo, in seconds: short, so the refresh
+/// tokengate does without the page noticing happens while someone is looking (the page
+/// counts them). The API's own tokens live about a day.
+const DEMO_ACCESS_TTL_SECS: u64 = 45;
+
+/// The demo's `oauth.refresh_ahead`, in seconds: well under the token's life, so a token
+/// serves its first 30 s untouched and the first call in its last 15 s (or after it
+/// expired) refreshes it; as long as the lifetime, every call would refresh.
+const DEMO_REFRESH_AHEAD_SECS: u64 = 15;
+
 /// Runs commerce-mock and the proxy on `listen` until `shutdown`.
 pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), String> {
     // Bind first: with port 0 the origin the page is served from is only known now, and
@@ -39,6 +49,10 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
             bound.public
         );
         println!("demo shoppers: jdoe@example.com / p4ssw0rd!  and  demo@example.com / demo");
+        println!(
+            "access tokens live {DEMO_ACCESS_TTL_SECS} s here; tokengate refreshes one at the first call \
+             in its last {DEMO_REFRESH_AHEAD_SECS} s (the page counts the refreshes)"
+        );
     })
     .await;
     let _ = mock.kill().await;
@@ -61,7 +75,7 @@ base_url = "{mock_url}"
 [oauth]
 client_id = "demo-api-key"
 client_secret_env = "DEMO_SECRET"
-refresh_ahead = "30s"
+refresh_ahead = "{DEMO_REFRESH_AHEAD_SECS}s"
 
 [session]
 cookie_name = "tokengate"
@@ -190,6 +204,7 @@ async fn start_mock(listen: SocketAddr) -> Result<(Child, String), String> {
     let mut child = Command::new(&mock_path)
         .args(["--listen", "127.0.0.1:0", "--client-id", "demo-api-key", "--client-secret", DEMO_SECRET])
         .args(["--redirect-uri", &format!("http://{listen}/session/callback")])
+        .args(["--access-ttl", &DEMO_ACCESS_TTL_SECS.to_string()])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -215,6 +230,19 @@ async fn start_mock(listen: SocketAddr) -> Result<(Child, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_refreshes_a_token_late_in_its_life_not_on_every_call() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = demo_config(listen, "http://127.0.0.1:8081").unwrap_or_else(|e| panic!("{e}"));
+        let ahead = config.fixed.oauth.refresh_ahead.as_secs();
+        assert_eq!(ahead, DEMO_REFRESH_AHEAD_SECS);
+        assert!(
+            ahead > 0 && ahead * 2 < DEMO_ACCESS_TTL_SECS,
+            "{ahead} s of a {DEMO_ACCESS_TTL_SECS} s token"
+        );
+        assert!(config.live.demo_page);
+    }
 
     #[test]
     fn the_variables_cargo_sets_for_a_program_go_and_the_users_stay() {

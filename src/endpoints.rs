@@ -86,7 +86,7 @@ fn allowed_methods(endpoint: Endpoint) -> &'static str {
 async fn session_info(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Response<Body>, Error> {
     let active = sessions.lookup(&ctx.cookie, ctx.now).await?.ok_or(Error::NoSession)?;
     ctx.session_kind = Some(active.record.kind);
-    Ok(json(StatusCode::OK, info_body(sessions, &active)))
+    Ok(json(StatusCode::OK, info_body(ctx, sessions, &active)))
 }
 
 /// `POST /session/guest`: the live session if there is one, else a new guest.
@@ -96,7 +96,7 @@ async fn guest(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Resp
     }
     let (active, new_id) = sessions.guest(&ctx.cookie, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, new_id.as_ref());
-    Ok(json(StatusCode::OK, info_body(sessions, &active)))
+    Ok(json(StatusCode::OK, info_body(ctx, sessions, &active)))
 }
 
 /// Records the session kind and, for a session under a new id, its cookie.
@@ -133,7 +133,7 @@ async fn login(
     let (id, active) =
         sessions.login(&ctx.cookie, &form.username, &password, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, Some(&id));
-    Ok(json(StatusCode::OK, info_body(sessions, &active)))
+    Ok(json(StatusCode::OK, info_body(ctx, sessions, &active)))
 }
 
 async fn read_form_body(request: Request<Incoming>) -> Result<(bool, Bytes), Error> {
@@ -219,7 +219,7 @@ async fn external(
         .map_or(CookieLookup::Absent, CookieLookup::Present);
     let (new_id, active) = sessions.login_external(&session, id, ctx.now, ctx.client_ip()).await?;
     remember_cookie(ctx, sessions, &active, Some(&new_id));
-    let mut body = info_body(sessions, &active);
+    let mut body = info_body(ctx, sessions, &active);
     let set_cookie = ctx.set_cookie.as_ref().and_then(|value| value.to_str().ok()).unwrap_or_default();
     body["set_cookie"] = serde_json::Value::from(set_cookie);
     Ok(json(StatusCode::OK, body))
@@ -419,13 +419,26 @@ fn redirect(status: StatusCode, location: &str) -> Result<Response<Body>, Error>
     Ok(response)
 }
 
-fn info_body(sessions: &Sessions, active: &Active) -> serde_json::Value {
+/// The session info every session endpoint answers: kind, times, the refresh count and
+/// the cookie's attributes (never its value, never a token).
+fn info_body(ctx: &RequestContext<'_>, sessions: &Sessions, active: &Active) -> serde_json::Value {
     let times = sessions.times(active);
+    let cookie = cookie::attributes(&ctx.fixed.session);
     let mut body = serde_json::json!({
         "authenticated": active.record.kind == SessionKind::Shopper,
         "kind": active.record.kind.as_str(),
         "access_expires_at": rfc3339(times.access_expires_at),
         "session_expires_at": rfc3339(times.session_expires_at),
+        "refreshes": times.refreshes,
+        // A page cannot read an HttpOnly cookie: this is what tokengate sets, for it to show.
+        "cookie": {
+            "name": cookie.name,
+            "path": cookie.path,
+            "http_only": cookie.http_only,
+            "same_site": cookie.same_site,
+            "secure": cookie.secure,
+            "expires_at": rfc3339(active.record.absolute_expires_at),
+        },
     });
     // The ID token's non-secret claims (`flavor = "oauth2"`); never a token, never `sid`.
     if let Some(identity) = &active.record.identity {

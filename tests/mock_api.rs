@@ -363,6 +363,42 @@ async fn login_with_limited_token_carries_the_guest_cart() {
 }
 
 #[tokio::test]
+async fn carts_are_priced_and_the_default_shoppers_have_names() {
+    let mock = Mock::start(&[]);
+    let (guest, _) = mock.guest().await;
+    let products = mock.get("/v1/shoppers/me/products", &guest).await.json();
+    let widget = &products["products"]["product"][0];
+    assert_eq!((widget["id"].as_u64(), widget["price"].as_str()), (Some(WIDGET), Some("$49.99")));
+    assert_eq!(widget["pricing"]["listPrice"], json!({"currency": "USD", "value": 49.99}));
+    let empty = mock.get("/v1/shoppers/me/carts/active", &guest).await.json();
+    assert_eq!(empty["cart"]["pricing"]["formattedOrderTotal"], "$0.00");
+    mock.post(&format!("/v1/shoppers/me/carts/active?productId={WIDGET}&quantity=2"), &guest).await;
+    let cart = mock.post("/v1/shoppers/me/carts/active?productId=5104502000", &guest).await.json();
+    let line = &cart["cart"]["lineItems"]["lineItem"][0]["pricing"];
+    assert_eq!(line["formattedListPrice"], "$49.99");
+    assert_eq!(line["salePriceWithQuantity"], json!({"currency": "USD", "value": 99.98}));
+    assert_eq!(line["formattedSalePriceWithQuantity"], "$99.98");
+    let pricing = &cart["cart"]["pricing"];
+    assert_eq!(pricing["orderTotal"], json!({"currency": "USD", "value": 109.93}));
+    assert_eq!(
+        (&pricing["formattedSubtotal"], &pricing["formattedTax"], &pricing["formattedOrderTotal"]),
+        (&json!("$109.93"), &json!("$0.00"), &json!("$109.93"))
+    );
+
+    let anonymous = mock.get("/v1/shoppers/me", &guest).await.json();
+    assert_eq!(
+        (&anonymous["shopper"]["id"], &anonymous["shopper"]["firstName"]),
+        (&json!("Anonymous"), &Value::Null)
+    );
+    let login = mock.token(&login_form(None)).await.json();
+    let shopper = mock.get("/v1/shoppers/me", &text(&login["access_token"])).await.json();
+    assert_eq!(
+        (&shopper["shopper"]["firstName"], &shopper["shopper"]["lastName"]),
+        (&json!("Jane"), &json!("Doe"))
+    );
+}
+
+#[tokio::test]
 async fn refresh_rotates_and_kills_the_old_pair() {
     let mock = Mock::start(&[]);
     let (access, refresh) = mock.guest().await;

@@ -40,6 +40,53 @@ async fn guest_session_sets_an_httponly_cookie_and_reports_times() {
 }
 
 #[tokio::test]
+async fn session_info_counts_refreshes_and_describes_the_cookie_without_its_value() {
+    let env = Env::start().await;
+    let browser = env.browser();
+    let guest = browser.post("/session/guest").await;
+    let set_cookie = guest.set_cookies().into_iter().next().unwrap_or_default();
+    let body = guest.json();
+    assert_eq!(body["refreshes"], 0, "{body}");
+    let cookie = &body["cookie"];
+    assert_eq!(cookie["name"], COOKIE);
+    assert_eq!(cookie["http_only"], true);
+    assert!(set_cookie.contains("; HttpOnly"), "{set_cookie}");
+    assert!(
+        set_cookie.contains(&format!("; Path={};", text_of(&cookie["path"]))),
+        "{cookie} vs {set_cookie}"
+    );
+    assert!(set_cookie.contains(&format!("; SameSite={}", text_of(&cookie["same_site"]))), "{set_cookie}");
+    assert_eq!(cookie["secure"], set_cookie.contains("; Secure"), "{set_cookie}");
+    // The cookie ends when its Max-Age runs out, which is what `expires_at` says.
+    let max_age: u64 = set_cookie
+        .split("; ")
+        .find_map(|part| part.strip_prefix("Max-Age="))
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_default();
+    let expires = humantime::parse_rfc3339(&text_of(&cookie["expires_at"])).expect("an RFC 3339 time");
+    let by_max_age = std::time::SystemTime::now() + std::time::Duration::from_secs(max_age);
+    let apart = by_max_age.duration_since(expires).unwrap_or_else(|e| e.duration());
+    assert!(apart.as_secs() <= 5, "{cookie} vs Max-Age={max_age}");
+    let value = browser.cookie().unwrap_or_default();
+    assert!(value.len() >= 40 && !body.to_string().contains(&value), "the cookie's value is not reported");
+
+    // A login is a new session: no refreshes yet. A call that finds the token dead
+    // refreshes once; the next call uses the new token.
+    assert_eq!(browser.login().await.json()["refreshes"], 0);
+    env.expire_access_tokens().await;
+    assert_eq!(browser.get("/api/shoppers/me").await.status, StatusCode::OK);
+    assert_eq!(browser.get("/api/shoppers/me").await.status, StatusCode::OK);
+    assert_eq!(env.refresh_calls().await, 1);
+    let info = browser.get("/session").await.json();
+    assert_eq!(info["refreshes"], 1, "{info}");
+    assert_eq!(info["authenticated"], true);
+}
+
+fn text_of(value: &serde_json::Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
 async fn guest_with_a_live_session_mints_nothing_new() {
     let env = Env::start().await;
     let browser = env.browser();

@@ -65,11 +65,15 @@ pub enum Resolution {
     Anonymous,
 }
 
-/// The session times a browser may see (`GET /session`).
+/// What `GET /session` tells a browser about its session's tokens: times and a count,
+/// never a token.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimes {
     pub access_expires_at: u64,
     pub session_expires_at: u64,
+    /// How many times tokengate has refreshed the session's tokens since it began (a
+    /// login begins a new session): the record's generation, which only a refresh moves.
+    pub refreshes: u64,
 }
 
 /// Lifetimes and modes, in seconds, read out of the config once.
@@ -301,9 +305,10 @@ impl<T: TokenService> Sessions<T> {
         }
     }
 
-    /// The times `GET /session` reports.
+    /// The times and the refresh count `GET /session` reports.
     pub fn times(&self, active: &Active) -> SessionTimes {
         SessionTimes {
+            refreshes: active.record.generation,
             access_expires_at: active.record.access_expires_at,
             session_expires_at: active
                 .record

@@ -562,3 +562,22 @@ async fn an_external_login_carries_the_guest_over_and_rotates_the_id() {
     let refused = h.sessions.login_external(&CookieLookup::Absent, "unknown", h.now(), client()).await;
     assert!(matches!(refused, Err(Error::InvalidCredentials)), "{refused:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_refresh_count_reported_is_the_sessions_own() {
+    let h = harness(FakeTokens::new(Duration::ZERO));
+    let (active, cookie) = h.guest().await;
+    assert_eq!(h.sessions.times(&active).refreshes, 0);
+    for expected in 1..=2 {
+        let record = h.sessions.refresh(active.key, expected - 1).await.expect("refreshes");
+        let now = Active { key: active.key, record, last_seen: h.now() };
+        assert_eq!(h.sessions.times(&now).refreshes, expected);
+    }
+    // A coalesced waiter (it saw an older generation) does not count a refresh of its own.
+    let record = h.sessions.refresh(active.key, 0).await.expect("the stored tokens");
+    assert_eq!(h.sessions.times(&Active { key: active.key, record, last_seen: h.now() }).refreshes, 2);
+    assert_eq!(h.tokens.refreshes(), 2);
+    // A login begins a new session, with its own count.
+    let (_, shopper) = h.login(&cookie).await.expect("logs in");
+    assert_eq!(h.sessions.times(&shopper).refreshes, 0);
+}

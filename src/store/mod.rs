@@ -69,7 +69,9 @@ pub struct SessionRecord {
     /// The session ends at this time whatever happens (absolute timeout).
     pub absolute_expires_at: u64,
     /// Incremented at every token change, so a waiter can tell whether the tokens it
-    /// saw have been refreshed by someone else, and a writer can compare-and-set.
+    /// saw have been refreshed by someone else, and a writer can compare-and-set. A new
+    /// session starts at 0 and only a refresh moves it, so it is also the session's
+    /// count of refreshes (`GET /session` reports it as `refreshes`).
     pub generation: u64,
     /// Who signed in at the OpenID provider (`flavor = "oauth2"`); `None` otherwise.
     pub identity: Option<Arc<Identity>>,

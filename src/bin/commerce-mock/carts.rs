@@ -12,17 +12,33 @@ pub struct Product {
     pub id: u64,
     /// Name shown in carts and the product list.
     pub display_name: &'static str,
-    /// Formatted list price.
-    pub price: &'static str,
+    /// List price in US cents (the catalog's one currency is USD).
+    pub cents: u64,
 }
 
 /// The four products every test can rely on.
 pub const CATALOG: [Product; 4] = [
-    Product { id: 5104501700, display_name: "Widget Pro", price: "$49.99" },
-    Product { id: 5104501800, display_name: "Widget Lite", price: "$19.99" },
-    Product { id: 5104501900, display_name: "Gadget Max", price: "$99.00" },
-    Product { id: 5104502000, display_name: "Gizmo Cable", price: "$9.95" },
+    Product { id: 5104501700, display_name: "Widget Pro", cents: 4999 },
+    Product { id: 5104501800, display_name: "Widget Lite", cents: 1999 },
+    Product { id: 5104501900, display_name: "Gadget Max", cents: 9900 },
+    Product { id: 5104502000, display_name: "Gizmo Cable", cents: 995 },
 ];
+
+/// The catalog's currency (ISO 4217).
+pub const CURRENCY: &str = "USD";
+
+/// `cents` as the API formats a USD amount: `$1,234.50`.
+pub fn formatted(cents: u64) -> String {
+    let dollars = (cents / 100).to_string();
+    let mut grouped = String::with_capacity(dollars.len() + dollars.len() / 3);
+    for (index, digit) in dollars.chars().enumerate() {
+        if index > 0 && (dollars.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("${grouped}.{:02}", cents % 100)
+}
 
 /// Looks a product up by id.
 pub fn product(id: u64) -> Option<&'static Product> {
@@ -55,6 +71,19 @@ impl Cart {
     /// Total quantity over all lines (DR's `totalItemsInCart`).
     pub fn total_items(&self) -> u64 {
         self.line_items.iter().fold(0u64, |total, item| total.saturating_add(item.quantity))
+    }
+
+    /// Sum of the lines' prices times quantities, in cents (no tax, discount or shipping:
+    /// the mock's subtotal is its order total).
+    pub fn subtotal_cents(&self) -> u64 {
+        self.line_items.iter().fold(0u64, |total, item| total.saturating_add(item.price_cents()))
+    }
+}
+
+impl LineItem {
+    /// The catalog price times the quantity, in cents.
+    pub fn price_cents(&self) -> u64 {
+        product(self.product_id).map_or(0, |product| product.cents.saturating_mul(self.quantity))
     }
 }
 
@@ -181,6 +210,20 @@ mod tests {
         let cart = carts.get(id).unwrap_or_else(|| panic!("cart exists"));
         assert_eq!(cart.line_items.len(), 1);
         assert_eq!(cart.total_items(), 3);
+    }
+
+    #[test]
+    fn prices_add_up_and_format_as_the_api_does() {
+        let mut carts = Carts::default();
+        let id = carts.create(None);
+        carts.add(id, 5104501700, 2).ok();
+        carts.add(id, 5104502000, 1).ok();
+        let cart = carts.get(id).unwrap_or_else(|| panic!("cart exists"));
+        assert_eq!(cart.subtotal_cents(), 2 * 4999 + 995);
+        assert_eq!(formatted(cart.subtotal_cents()), "$109.93");
+        assert_eq!(formatted(0), "$0.00");
+        assert_eq!(formatted(995), "$9.95");
+        assert_eq!(formatted(123_456_789), "$1,234,567.89");
     }
 
     #[test]

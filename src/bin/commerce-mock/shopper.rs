@@ -13,7 +13,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::carts::{product, Cart, CartError, CATALOG};
+use crate::carts::{formatted, product, Cart, CartError, CATALOG, CURRENCY};
 use crate::debug;
 use crate::faults::{delay, Faults, Resource401};
 use crate::respond::{
@@ -240,25 +240,49 @@ fn shopper_me(request: &Request<Incoming>, session: &SessionView) -> Value {
         (Some(_), Some(_)) => (session.user_id.to_string(), None),
         (Some(name), None) => (session.user_id.to_string(), Some(name.clone())),
     };
+    let (first_name, last_name) = username.as_deref().and_then(demo_shopper_name).unzip();
     json!({"shopper": {
         "uri": format!("http://{host}/v1/shoppers/me"),
         "id": id,
         "username": username,
         "externalReferenceId": session.external_reference_id,
-        "firstName": null,
-        "lastName": null,
+        "firstName": first_name,
+        "lastName": last_name,
         "emailAddress": username,
         "locale": "en_US",
         "currency": "USD",
     }})
 }
 
+/// The first and last name of the default shoppers (the mock keeps no shopper profile, and
+/// a storefront needs a name to greet someone with); any other user's are `null`.
+fn demo_shopper_name(username: &str) -> Option<(&'static str, &'static str)> {
+    match username {
+        "jdoe@example.com" => Some(("Jane", "Doe")),
+        "demo@example.com" => Some(("Demo", "Shopper")),
+        _ => None,
+    }
+}
+
 fn products() -> Value {
     let list: Vec<Value> = CATALOG
         .iter()
-        .map(|product| json!({"id": product.id, "displayName": product.display_name, "price": product.price}))
+        .map(|product| {
+            json!({
+                "id": product.id,
+                "displayName": product.display_name,
+                "price": formatted(product.cents),
+                "pricing": {"listPrice": money(product.cents), "formattedListPrice": formatted(product.cents)},
+            })
+        })
         .collect();
     json!({"products": {"product": list}})
+}
+
+/// An amount as the API writes one: `{"currency": "USD", "value": 49.99}`.
+fn money(cents: u64) -> Value {
+    // Exact for every amount below 2^53 cents; the shortest form prints as written.
+    json!({"currency": CURRENCY, "value": cents as f64 / 100.0})
 }
 
 fn active_cart(app: &App, session: &SessionView) -> Outcome {
@@ -299,22 +323,44 @@ fn session_gone() -> MockResponse {
     resource_error(StatusCode::UNAUTHORIZED, SHOPPERS, "invalid_token", description)
 }
 
+/// A cart in Digital River's shape, prices included: each line's `pricing` (unit list
+/// price, and the line's price with its quantity) and the cart's `pricing` (subtotal, tax
+/// and order total, each also `formatted…`). The mock has no tax, discounts or shipping,
+/// so the order total is the subtotal.
 fn cart_body(cart: &Cart) -> Value {
     let lines: Vec<Value> = cart
         .line_items
         .iter()
         .map(|item| {
-            let name = product(item.product_id).map_or("", |product| product.display_name);
+            let (name, unit) = product(item.product_id).map_or(("", 0), |p| (p.display_name, p.cents));
+            let line = item.price_cents();
             json!({
                 "id": item.id,
                 "quantity": item.quantity,
                 "product": {"id": item.product_id, "displayName": name},
+                "pricing": {
+                    "listPrice": money(unit),
+                    "listPriceWithQuantity": money(line),
+                    "salePriceWithQuantity": money(line),
+                    "formattedListPrice": formatted(unit),
+                    "formattedListPriceWithQuantity": formatted(line),
+                    "formattedSalePriceWithQuantity": formatted(line),
+                },
             })
         })
         .collect();
+    let subtotal = cart.subtotal_cents();
     json!({"cart": {
         "id": cart.id.to_string(),
         "lineItems": {"lineItem": lines},
         "totalItemsInCart": cart.total_items().to_string(),
+        "pricing": {
+            "subtotal": money(subtotal),
+            "tax": money(0),
+            "orderTotal": money(subtotal),
+            "formattedSubtotal": formatted(subtotal),
+            "formattedTax": formatted(0),
+            "formattedOrderTotal": formatted(subtotal),
+        },
     }})
 }
