@@ -42,14 +42,18 @@ export function startWatchdog(totalMs) {
 
 /**
  * Headless Chromium in a fresh profile folder (the caller removes `userDataDir`). Nothing but
- * 127.0.0.1 resolves, so no stray connection can leave the machine.
+ * 127.0.0.1 resolves, so no stray connection can leave the machine. `mapToLoopback` lists host
+ * patterns (e.g. `*.shop.example`) that resolve to 127.0.0.1, for tests that need two origins
+ * on one machine; `ignoreHTTPSErrors` accepts their self-signed certificate.
  */
-export async function launchBrowser(executablePath) {
+export async function launchBrowser(executablePath, { mapToLoopback = [], ignoreHTTPSErrors = false } = {}) {
+  const mapped = mapToLoopback.map((pattern) => `MAP ${pattern} 127.0.0.1, `).join('');
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tokengate-e2e-profile-'));
   try {
     const context = await chromium.launchPersistentContext(userDataDir, {
       executablePath,
       headless: true,
+      ignoreHTTPSErrors,
       timeout: 30_000,
       viewport: { width: 1100, height: 1000 },
       args: [
@@ -60,7 +64,7 @@ export async function launchBrowser(executablePath) {
         '--disable-background-networking',
         '--disable-component-update',
         '--disable-sync',
-        '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+        `--host-resolver-rules=${mapped}MAP * ~NOTFOUND, EXCLUDE 127.0.0.1`,
       ],
     });
     context.setDefaultTimeout(WAIT_MS);

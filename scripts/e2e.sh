@@ -6,7 +6,11 @@
 #   3. cargo build of tokengate and commerce-mock (debug profile by default, see below)
 #   4. tokengate demo on 127.0.0.1:0; its stdout line gives the proxy's and the mock's address
 #   5. the browser test against them; then the demo is stopped by its PID (SIGTERM; it stops
-#      the mock it started) and the test's exit code is the script's.
+#      the mock it started)
+#   7. the CORS browser test (e2e/cors.test.mjs): it starts its own tokengate (cors = true,
+#      HTTPS with a certificate it makes with openssl), commerce-mock and storefront page server,
+#      each on port 0, and stops them by PID. The script fails when either test fails.
+# E2E_TESTS="demo cors" (the default) chooses the tests: E2E_TESTS=cors runs only the CORS one.
 # E2E_LISTEN=127.0.0.1:PORT makes the demo listen on a fixed port instead of 127.0.0.1:0.
 # E2E_PROFILE=release builds and runs the release binaries instead. The debug profile is the
 # default because scripts/test.sh (cargo nextest) already compiles every dependency in that
@@ -30,6 +34,11 @@ BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 ARTIFACTS=$ROOT/e2e/artifacts
 CHROMIUM=/usr/bin/chromium
 LISTEN=${E2E_LISTEN:-127.0.0.1:0} # a free port, picked by the kernel
+TESTS=" ${E2E_TESTS:-demo cors} "
+for test in $TESTS; do
+  case "$test" in demo|cors) ;; *) die "E2E_TESTS lists demo and cors, not $test" ;; esac
+done
+wants() { [[ $TESTS == *" $1 "* ]]; }
 [[ $LISTEN =~ ^127\.0\.0\.1:[0-9]+$ ]] || die "E2E_LISTEN must be 127.0.0.1:PORT, not $LISTEN"
 
 stage "1. packages"
@@ -42,6 +51,12 @@ if [ ! -x "$CHROMIUM" ]; then
   timeout 900 apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 "$CHROMIUM" --version 2>/dev/null | grep -i chromium || die "$CHROMIUM does not run"
+if wants cors && ! command -v openssl >/dev/null; then
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "openssl is needed by the CORS test (apt-get install openssl)"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -qq
+  timeout 900 apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
 command -v node >/dev/null || die "node is needed (Node.js >= 20; Debian bookworm's own nodejs is 18)"
 command -v npm >/dev/null || die "npm is needed"
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
@@ -57,8 +72,10 @@ for bin in tokengate commerce-mock; do
   [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin was not built"
 done
 
-stage "4. start tokengate demo"
 rm -rf "$ARTIFACTS" && mkdir -p "$ARTIFACTS"
+rc=0
+if wants demo; then
+stage "4. start tokengate demo"
 DEMO_OUT=$ARTIFACTS/demo.stdout
 DEMO_LOG=$ARTIFACTS/demo.log # tokengate's and commerce-mock's logs (stderr)
 demo_pid=
@@ -143,6 +160,22 @@ fi
 if [ $rc -ne 0 ]; then
   echo "--- last lines of $DEMO_LOG" >&2
   tail -n 30 "$DEMO_LOG" >&2 || true
+fi
+fi # wants demo
+
+if wants cors; then
+  stage "7. CORS browser test: a storefront on another origin (headless Chromium)"
+  set +e
+  (cd e2e && TOKENGATE_BIN=$BIN_DIR/tokengate MOCK_BIN=$BIN_DIR/commerce-mock CHROMIUM=$CHROMIUM \
+    E2E_ARTIFACTS=$ARTIFACTS timeout -k 10 150 node cors.test.mjs)
+  cors_rc=$?
+  set -e
+  [ $cors_rc -eq 124 ] && echo "e2e.sh: the CORS browser test did not finish within 150s" >&2
+  if [ $cors_rc -ne 0 ]; then
+    echo "--- last lines of $ARTIFACTS/cors-tokengate.log" >&2
+    tail -n 30 "$ARTIFACTS/cors-tokengate.log" >&2 || true
+    [ $rc -ne 0 ] || rc=$cors_rc
+  fi
 fi
 stage "e2e $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)")"
 exit $rc

@@ -5,7 +5,8 @@
 //!
 //! 1. **classify** — `router` names the target (an endpoint, a `[[route]]`, the demo
 //!    page, an unsafe path, nothing);
-//! 2. **guard** — `guard` checks the Origin allowlist and the CSRF proof;
+//! 2. **guard** — with `server.cors`, a preflight is answered here (`cors`); `guard`
+//!    checks the Origin allowlist and the CSRF proof;
 //! 3. **endpoint** — a `/session*` endpoint runs one whole session operation
 //!    (`endpoints`), or, for a route:
 //! 4. **prepare** — `forward` rewrites the request and applies the body limit;
@@ -16,8 +17,8 @@
 //! 7. **respond** — the answer is cleaned and passes the `leak_guard`; any error
 //!    becomes a response here and nowhere else (logged once at the level its source
 //!    deserves, counted by code), the session cookie set by this request is attached
-//!    whether the call succeeded or failed, and the request's one log line and metrics
-//!    are written.
+//!    whether the call succeeded or failed, the CORS grant is added (with `server.cors`),
+//!    and the request's one log line and metrics are written.
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use crate::body::{Body, Reporter};
 use crate::codec;
 use crate::config::{Fixed, Live, Route, SessionPolicy};
 use crate::cookie;
+use crate::cors;
 use crate::endpoints;
 use crate::error::{Error, Source};
 use crate::forward::{self, Forwarder, Limits, Prepared};
@@ -127,6 +129,17 @@ impl App {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         ctx.route = target.label();
+        let server_to_server =
+            matches!(target, Target::Endpoint(Endpoint::External | Endpoint::BackchannelLogout));
+        if live.cors.is_some() && !server_to_server && cors::is_preflight(request.method(), request.headers())
+        {
+            // Answered here, before any session, CSRF proof or rate limit: a preflight
+            // carries no cookie and must never mint a guest or reach the API.
+            return match ctx.cors_origin {
+                Some(_) => Ok(cors::preflight_response()),
+                None => Err(Error::OriginRejected),
+            };
+        }
         if matches!(target, Target::Endpoint(Endpoint::External)) {
             // Server to server: the secret proves the caller, not CSRF rules; browsers are
             // refused before the secret is looked at. Off (404) without `[client_hosted]`.
@@ -144,7 +157,15 @@ impl App {
         } else if target.is_protected() {
             // The hosted login's callback page posts a plain form; its state proves it.
             let exempt = matches!(target, Target::Endpoint(Endpoint::Callback));
-            guard::check(request.method(), request.headers(), &live.allowed_origins, live.csrf, exempt)?;
+            let granted = ctx.cors_origin.is_some();
+            guard::check(
+                request.method(),
+                request.headers(),
+                &live.allowed_origins,
+                live.csrf,
+                exempt,
+                granted,
+            )?;
         }
         match target {
             // Boxed: the session endpoints' futures (token calls, sign-ins) are far larger
@@ -298,6 +319,10 @@ impl App {
             headers.append(SET_COOKIE, set_cookie);
         }
         headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        // Every answer leaves here, errors included, so the CORS grant is added here only.
+        if ctx.live.cors.is_some() {
+            cors::decorate(headers, ctx.cors_origin.take());
+        }
         let latency = ctx.started.elapsed();
         self.metrics.record_request(ctx.route, response.status(), latency);
         if ctx.live.log_access {

@@ -7,6 +7,7 @@
 //! learn it: the route label, the session kind, the `Set-Cookie` of a session started
 //! for this request (attached to the response whether the call then succeeds or
 //! fails), upstream time for the log line and metrics, and the answer's error code.
+//! With `server.cors` on, it also holds the CORS grant of the request's `Origin`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,9 @@ pub struct RequestContext<'a> {
     pub upstream: Duration,
     /// The contract's error code of the answer, when it is an error (for the trace).
     pub error_code: Option<&'static str>,
+    /// With `server.cors`: the request's `Origin` when it is allowed, the value every
+    /// answer grants (`cors`); `None` when CORS is off or the origin is not allowed.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -84,6 +88,7 @@ impl<'a> RequestContext<'a> {
             set_cookie: None,
             upstream: Duration::ZERO,
             error_code: None,
+            cors_origin: live.cors.as_ref().and_then(|policy| policy.grant(headers)),
         }
     }
 

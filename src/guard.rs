@@ -6,12 +6,16 @@
 //!    with 403 `origin_rejected`, whatever its method: no other site may make a shopper's
 //!    browser call the API, not even with an `<img>` or a plain link that mints a guest.
 //!    The hosted login's callback is exempt: it arrives by a redirect from the API's site.
+//!    With `server.cors` on, so is a request whose `Origin` is allowed: the operator named
+//!    that site, and rule 1 has already checked it (a storefront on another site; the
+//!    README explains why a same-site one is better).
 //! 1. A request that carries `Origin` must name an origin in `allowed_origins`
 //!    (default: `public_origin`), else 403 `origin_rejected`. `Origin: null` is refused.
 //! 2. `POST`, `PUT`, `PATCH` and `DELETE` must prove where they come from:
 //!    - `csrf = "header"` (default): the header `X-CSRF: 1`, else 403 `csrf_required`. A
-//!      cross-site form cannot set a custom header, and a cross-site `fetch` that sets one
-//!      needs a CORS preflight tokengate never grants.
+//!      cross-site form cannot set a custom header, and a cross-origin `fetch` that sets
+//!      one needs a CORS preflight, which tokengate grants only to allowed origins and
+//!      only with `server.cors` on (`cors`).
 //!    - `csrf = "origin"`: `Origin`, or when absent `Referer`, must be an allowed origin;
 //!      a request with neither is refused with 403 `csrf_required`. For server-rendered
 //!      storefronts whose forms cannot set headers.
@@ -25,24 +29,27 @@
 //!    403 `browser_forbidden` before the secret is even looked at
 //!    ([`refuse_browsers`]), so no page can make a browser choose an external reference id.
 //!
-//! Deployment caveat: these rules assume the storefront and tokengate share an origin
-//! (tokengate serves the API under the shop's own host). They never read sessions.
+//! Deployment caveat: without `server.cors` these rules assume the storefront and
+//! tokengate share an origin (tokengate serves the API under the shop's own host). They
+//! never read sessions.
 
 use http::{HeaderMap, Method};
 
 use crate::config::CsrfMode;
 use crate::error::Error;
 
-/// Checks rules 1 and 2 (`exempt_from_csrf` skips rule 2).
+/// Checks rules 0 to 2 (`exempt_from_csrf` skips rules 0 and 2; `cors_granted`, an
+/// allowed `Origin` with `server.cors` on, skips rule 0).
 pub fn check(
     method: &Method,
     headers: &HeaderMap,
     allowed_origins: &[String],
     mode: CsrfMode,
     exempt_from_csrf: bool,
+    cors_granted: bool,
 ) -> Result<(), Error> {
-    if !exempt_from_csrf && headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site")
-    {
+    let cross_site = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site");
+    if cross_site && !exempt_from_csrf && !cors_granted {
         return Err(Error::OriginRejected);
     }
     let origin = headers.get(http::header::ORIGIN);
@@ -138,11 +145,11 @@ mod tests {
     }
 
     fn header_mode(method: Method, pairs: &[(&'static str, &'static str)]) -> Result<(), Error> {
-        check(&method, &headers(pairs), &allowed(), CsrfMode::Header, false)
+        check(&method, &headers(pairs), &allowed(), CsrfMode::Header, false, false)
     }
 
     fn origin_mode(method: Method, pairs: &[(&'static str, &'static str)]) -> Result<(), Error> {
-        check(&method, &headers(pairs), &allowed(), CsrfMode::Origin, false)
+        check(&method, &headers(pairs), &allowed(), CsrfMode::Origin, false, false)
     }
 
     #[test]
@@ -151,7 +158,7 @@ mod tests {
         assert!(matches!(header_mode(Method::DELETE, &[("x-csrf", "yes")]), Err(Error::CsrfRequired)));
         assert!(header_mode(Method::POST, &[("x-csrf", "1")]).is_ok());
         assert!(header_mode(Method::GET, &[]).is_ok());
-        assert!(check(&Method::POST, &HeaderMap::new(), &allowed(), CsrfMode::Header, true).is_ok());
+        assert!(check(&Method::POST, &HeaderMap::new(), &allowed(), CsrfMode::Header, true, false).is_ok());
     }
 
     #[test]
@@ -159,7 +166,10 @@ mod tests {
         for mode in [CsrfMode::Header, CsrfMode::Origin] {
             for (origin, method) in [("https://evil.example", Method::GET), ("null", Method::POST)] {
                 let map = headers(&[("origin", origin), ("x-csrf", "1")]);
-                assert!(matches!(check(&method, &map, &allowed(), mode, false), Err(Error::OriginRejected)));
+                assert!(matches!(
+                    check(&method, &map, &allowed(), mode, false, false),
+                    Err(Error::OriginRejected)
+                ));
             }
         }
         assert!(header_mode(Method::POST, &[("origin", "https://shop.example.com"), ("x-csrf", "1")]).is_ok());
@@ -170,7 +180,7 @@ mod tests {
         for method in [Method::GET, Method::POST] {
             let map = headers(&[("sec-fetch-site", "cross-site"), ("x-csrf", "1")]);
             assert!(matches!(
-                check(&method, &map, &allowed(), CsrfMode::Header, false),
+                check(&method, &map, &allowed(), CsrfMode::Header, false, false),
                 Err(Error::OriginRejected)
             ));
         }
@@ -179,7 +189,18 @@ mod tests {
         }
         // The callback arrives by a cross-site redirect from the API's login page.
         let redirected = headers(&[("sec-fetch-site", "cross-site")]);
-        assert!(check(&Method::GET, &redirected, &allowed(), CsrfMode::Header, true).is_ok());
+        assert!(check(&Method::GET, &redirected, &allowed(), CsrfMode::Header, true, false).is_ok());
+    }
+
+    #[test]
+    fn a_cors_grant_lets_an_allowed_site_through_but_still_needs_the_csrf_proof() {
+        let site = ("sec-fetch-site", "cross-site");
+        let origin = ("origin", "https://shop.example.com");
+        let granted =
+            |method: Method, map: HeaderMap| check(&method, &map, &allowed(), CsrfMode::Header, false, true);
+        assert!(granted(Method::GET, headers(&[site, origin])).is_ok());
+        assert!(granted(Method::POST, headers(&[site, origin, ("x-csrf", "1")])).is_ok());
+        assert!(matches!(granted(Method::POST, headers(&[site, origin])), Err(Error::CsrfRequired)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod server;
 pub mod app;
 pub mod context;
 pub mod router;
+pub mod cors;
 pub mod guard;
 pub mod ratelimit;
 pub mod cookie;

@@ -12,8 +12,10 @@
 //!   which some servers fold into the dashed name. tokengate then writes its own
 //!   `X-Forwarded-For`/`-Proto`/`-Host`.
 //! * **Response headers the browser must not see**: every upstream `Set-Cookie` and
-//!   `Set-Cookie2` (the browser's only cookie is ours), and `Clear-Site-Data` (an upstream
-//!   must not clear the storefront's cookies and storage).
+//!   `Set-Cookie2` (the browser's only cookie is ours), `Clear-Site-Data` (an upstream
+//!   must not clear the storefront's cookies and storage), and every `Access-Control-*`
+//!   (an upstream could grant `*` or another origin; the only CORS grant is tokengate's,
+//!   see `cors`).
 //! * **Methods**: GET, HEAD, OPTIONS, POST, PUT, PATCH and DELETE; anything else (TRACE,
 //!   PROPFIND, …) only where a route allows it, since it would carry the Bearer.
 //! * **Length**: a body's declared length is hyper's size hint (from `Content-Length`,
@@ -98,7 +100,10 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<&str> {
 fn withheld(name: &HeaderName, direction: Direction) -> bool {
     match direction {
         Direction::Response => {
-            name == header::SET_COOKIE || name.as_str() == "set-cookie2" || name.as_str() == "clear-site-data"
+            name == header::SET_COOKIE
+                || name.as_str() == "set-cookie2"
+                || name.as_str() == "clear-site-data"
+                || name.as_str().starts_with("access-control-")
         }
         Direction::Request => {
             let text = name.as_str();
@@ -204,6 +209,19 @@ mod tests {
         assert!(!map.contains_key("clear-site-data"), "an upstream cannot wipe the storefront's cookies");
         assert!(map.contains_key("etag"));
         assert!(map.contains_key("x-forwarded-for"), "responses keep what only requests withhold");
+    }
+
+    #[test]
+    fn the_apis_cors_headers_never_reach_the_browser() {
+        let mut map = headers(&[
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-expose-headers", "x-dr-requestid"),
+            ("vary", "Accept"),
+        ]);
+        strip(&mut map, Direction::Response);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["vary"]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
+use crate::cors::CorsPolicy;
 use crate::secret::{ClientSecret, EncryptionKey, SecretString, StorefrontSecret};
 
 pub use validate::validate;
@@ -117,6 +118,9 @@ pub struct Live {
     /// `server.allowed_origins`: origins (as browsers serialize `Origin`) whose requests
     /// are accepted when they send `Origin`; defaults to `[public_origin]`.
     pub allowed_origins: Vec<String>,
+    /// `server.cors`: CORS for a storefront on another origin (`Some` when true), with
+    /// `allowed_origins` as ready header values (see `cors`).
+    pub cors: Option<CorsPolicy>,
     /// `server.csrf`: how unsafe requests prove they come from the storefront.
     pub csrf: CsrfMode,
     /// `server.max_body_bytes`: largest request body forwarded on a route (413 above;

@@ -112,6 +112,7 @@ schema! {
             admin_listen: Str,
             public_origin: Str,
             allowed_origins: StrList,
+            cors: Bool,
             max_body_bytes: Int,
             shutdown_timeout: Str,
             demo_page: Bool,

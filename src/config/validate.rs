@@ -87,11 +87,13 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
     if !checker.errors.is_empty() {
         return Err(checker.errors);
     }
-    let LiveServer { allowed_origins, csrf, max_body_bytes, trusted_proxy_depth, demo_page } = live_server;
+    let LiveServer { allowed_origins, cors, csrf, max_body_bytes, trusted_proxy_depth, demo_page } =
+        live_server;
     let mut config = Config {
         fixed,
         live: Live {
             allowed_origins,
+            cors,
             csrf,
             max_body_bytes,
             trusted_proxy_depth,
@@ -111,6 +113,7 @@ pub fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
 /// The reloadable keys of `[server]` (they go to [`Live`]).
 struct LiveServer {
     allowed_origins: Vec<String>,
+    cors: Option<CorsPolicy>,
     csrf: CsrfMode,
     max_body_bytes: u64,
     trusted_proxy_depth: usize,
@@ -139,8 +142,16 @@ fn server(checker: &mut Checker, raw: RawServer) -> (ServerConfig, LiveServer) {
             .collect(),
         None => public_origin.iter().cloned().collect(),
     };
+    // Built here, once: the request path only compares `Origin` with ready values.
+    let cors = match raw.cors {
+        Some(true) => {
+            CorsPolicy::new(&allowed_origins).map_err(|message| checker.error("server.cors", message)).ok()
+        }
+        _ => None,
+    };
     let live = LiveServer {
         allowed_origins,
+        cors,
         csrf: checker.choice(
             "server.csrf",
             raw.csrf.as_deref(),
@@ -1148,6 +1159,22 @@ mod tests {
     }
 
     #[test]
+    fn cors_is_off_by_default_and_needs_an_allowed_origin() {
+        let off = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(off.live.cors.is_none());
+        let text =
+            format!("{MINIMAL}[server]\ncors = true\nallowed_origins = [\"HTTPS://WWW.Shop.Example:443\"]\n");
+        let on = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ORIGIN, http::HeaderValue::from_static("https://www.shop.example"));
+        let granted = on.live.cors.as_ref().and_then(|policy| policy.grant(&headers));
+        assert_eq!(granted.as_ref().map(http::HeaderValue::as_bytes), Some(&b"https://www.shop.example"[..]));
+        let nothing_allowed = format!("{MINIMAL}[server]\ncors = true\nallowed_origins = []\n");
+        let errors = Config::from_toml(&nothing_allowed, &env).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| e.key == "server.cors"), "{errors:?}");
+    }
+
+    #[test]
     fn what_is_not_an_origin_is_refused() {
         for bad in [
             "shop.example.com",
@@ -1213,7 +1240,7 @@ mod tests {
     fn a_reload_takes_the_live_settings_and_names_each_changed_fixed_section() {
         let running = Config::from_toml(MINIMAL, &env).unwrap_or_else(|e| panic!("{e:?}"));
         let text = format!(
-            "{MINIMAL}[[route]]\nprefix = \"/shop/\"\n[server]\ncsrf = \"origin\"\nmax_body_bytes = 10\ntrusted_proxy_depth = 2\ndemo_page = true\nallowed_origins = [\"https://a.example\"]\n[log]\nlevel = \"debug\"\n[leak_guard]\nenabled = false\nmax_body_bytes = 5\n"
+            "{MINIMAL}[[route]]\nprefix = \"/shop/\"\n[server]\ncsrf = \"origin\"\nmax_body_bytes = 10\ntrusted_proxy_depth = 2\ndemo_page = true\nallowed_origins = [\"https://a.example\"]\ncors = true\n[log]\nlevel = \"debug\"\n[leak_guard]\nenabled = false\nmax_body_bytes = 5\n"
         );
         let new = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e:?}"));
         let expected = new.live.clone();

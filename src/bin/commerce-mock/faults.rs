@@ -92,6 +92,9 @@ pub struct Faults {
     pub echo_token: bool,
     /// Refresh returns a new refresh token (true) or the same one again (false).
     pub rotate_refresh: bool,
+    /// Every `/v1/*` answer carries a CORS grant of its own (`Access-Control-Allow-Origin:
+    /// *`, `-Allow-Credentials: true`, `-Expose-Headers`), which a proxy must never pass on.
+    pub resource_cors: bool,
 }
 
 impl Default for Faults {
@@ -113,6 +116,7 @@ impl Default for Faults {
             expires_in_string: false,
             echo_token: false,
             rotate_refresh: true,
+            resource_cors: false,
         }
     }
 }

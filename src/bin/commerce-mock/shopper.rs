@@ -8,7 +8,10 @@
 //! Answers are XML unless the request asks for JSON (`xml.rs`), as the real API's are;
 //! the mock's own `/v1/debug/*` endpoints always answer JSON.
 
-use http::header::{HeaderName, HOST, SET_COOKIE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderName, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    HOST, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -82,6 +85,11 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> MockResponse {
         response = into_xml(response).await;
     }
     set_dynamic(&mut response, HeaderName::from_static("x-dr-requestid"), &random_hex(16));
+    if faults.resource_cors {
+        set_static(&mut response, ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+        set_static(&mut response, ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+        set_static(&mut response, ACCESS_CONTROL_EXPOSE_HEADERS, "x-dr-requestid");
+    }
     response
 }
 
