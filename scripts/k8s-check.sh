@@ -119,21 +119,23 @@ import base64, re, sys, tomllib, yaml
 
 rendered, work = sys.argv[1], sys.argv[2]
 objects = [o for o in yaml.safe_load_all(open(rendered)) if o]
-by_kind = {}
-for o in objects:
-    by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
-problems = []
-
-deployments = list(by_kind.get("Deployment", {}).values())
+deployments = [o for o in objects if o["kind"] == "Deployment"]
 if len(deployments) != 1:
     sys.exit(f"expected one Deployment, found {len(deployments)}")
+# What the pod can use: the objects of its own namespace, by kind and name.
+namespace = deployments[0]["metadata"].get("namespace")
+by_kind = {}
+for o in objects:
+    if o["metadata"].get("namespace") == namespace:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+problems = []
 pod = deployments[0]["spec"]["template"]["spec"]
 container = next((c for c in pod["containers"] if c["name"] == "tokengate"), None)
 if container is None:
     sys.exit("no container named tokengate")
 
-# Everything the pod names must be in the render (a name a generator hashed but a reference
-# did not follow would leave the pod pending forever).
+# Everything the pod names must be in the render, in its namespace (a name a generator hashed
+# but a reference did not follow would leave the pod pending forever).
 def need(kind, name, where):
     if name not in by_kind.get(kind, {}):
         problems.append(f"{where} names {kind} {name!r}, which is not rendered")
