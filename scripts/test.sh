@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine and runs every stage:
 #   1. packages (apt: curl, ca-certificates, redis-server for the Redis tests, which start
-#      their own servers; the Docker engine comes in stage 4), and `npm ci` in tests/oidc: the
+#      their own servers; the Docker engine comes in stage 7), and `npm ci` in tests/oidc: the
 #      OpenID Connect tests start a real provider, oidc-provider from npm (Node.js >= 20 needed)
 #   2. cargo fmt --check and cargo clippy --all-targets -D warnings
 #   3. unit and integration tests (cargo nextest: real tokengate + commerce-mock processes)
 #   4. a real browser (Debian's headless Chromium) drives the demo storefront end to end
-#   5. cargo deny: licenses, bans and sources of every dependency
-#   6. docker compose smoke test: build the image, start the stack, call it, tear it down
-#   7. several replicas: the compose "replicas" profile (Redis, two replicas, a load balancer)
-#      and a browser journey through it across an access-token refresh (reuses stage 6's image)
-# SKIP_COMPOSE=1 skips stages 6 and 7 and SKIP_BROWSER=1 stage 4 (for a quick local loop).
+#   5. Kubernetes manifests (scripts/k8s-check.sh): every kustomize overlay rendered, validated
+#      against the Kubernetes schemas and checkov, its tokengate config through check-config
+#   6. cargo deny: licenses, bans and sources of every dependency
+#   7. docker compose smoke test: build the image, start the stack, call it, tear it down
+#   8. several replicas: the compose "replicas" profile (Redis, two replicas, a load balancer)
+#      and a browser journey through it across an access-token refresh (reuses stage 7's image)
+# SKIP_COMPOSE=1 skips stages 7 and 8, SKIP_BROWSER=1 stage 4 and SKIP_K8S=1 stage 5 (for a
+# quick local loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -48,14 +51,20 @@ if [ "${SKIP_BROWSER:-0}" != 1 ]; then
   bash scripts/e2e.sh
 fi
 
-stage "5. cargo deny"
+if [ "${SKIP_K8S:-0}" != 1 ]; then
+  stage "5. Kubernetes manifests"
+  # The debug tokengate stage 3 built: its check-config is the release one's.
+  K8S_PROFILE=debug bash scripts/k8s-check.sh
+fi
+
+stage "6. cargo deny"
 bash scripts/deny.sh
 
 if [ "${SKIP_COMPOSE:-0}" != 1 ]; then
-  stage "6. docker compose smoke test"
+  stage "7. docker compose smoke test"
   bash scripts/compose-smoke.sh
 
-  stage "7. several replicas behind a load balancer (browser journey)"
+  stage "8. several replicas behind a load balancer (browser journey)"
   bash scripts/replicas-e2e.sh
 fi
 stage "all green"
