@@ -6,7 +6,8 @@
 # Not a test and not part of CI (scripts/test.sh never calls it). For each leg it prints
 # the refresh calls the mock counted (must be exactly one per session), the failed
 # requests (non-2xx answers and socket errors: must be 0), the steady p99 (before the
-# instant) beside the storm p99 (from one second before it to STORM_WINDOW seconds after),
+# instant) beside the storm p99 (from one second before it until every session has been
+# called after it, when each had its refresh; at least STORM_WINDOW seconds),
 # requests per second, a per-second timeline, and PASS/FAIL per condition. bench/README.md
 # explains it and keeps the figures.
 #
@@ -17,21 +18,26 @@
 # to it; tokens minted after it live the usual day). tokengate runs with
 # `oauth.refresh_ahead = "0s"`, so it refreshes a session at its first call from the
 # instant on, and calls already under way meet expired tokens at the mock (401, then one
-# refresh and one replay). The load (examples/storm_load.rs, one closed-loop keep-alive
-# connection per STORM_CONNECTIONS, the cookie rotating over every session, so each
-# session's calls go to every replica in turn) runs until STORM_AFTER seconds past the
-# instant and until every session was called after it.
+# refresh and one replay). The load (examples/storm_load.rs, STORM_CONNECTIONS closed-loop
+# keep-alive connections spread over the replicas, the cookie rotating over every session,
+# each session handed out STORM_BURST times in a row so that many of its calls are in
+# flight together, on different connections and replicas) runs until STORM_AFTER seconds
+# past the instant and until every session was called after it. Concurrent calls of one
+# session are what single-flight refresh must coalesce: without them, one refresh per
+# session would prove nothing. Each replica's /metrics (admin listener) gives its refresh
+# calls and the requests that waited for another request's refresh in that process.
 #
 # Every process it starts is stopped by PID on exit (trap); every wait is bounded; all
 # traffic is on 127.0.0.1. Needs redis-server for the redis leg (Debian: redis-server).
 #
 # Environment (defaults in brackets):
 #   STORM_SESSIONS [10000]   STORM_CONNECTIONS [64]   STORM_LEGS ["memory redis"]
+#   STORM_BURST [3]          calls of one session handed out in a row (in flight together)
 #   STORM_LEAD [30]          seconds from the mock's start to the instant (session creation
 #                            and the steady load happen in it; at least 3 s of steady load)
 #   STORM_AFTER [10]         seconds of load after the instant (more if a session was not
 #                            yet called after it; at most 60)
-#   STORM_WINDOW [4]         seconds after the instant counted as the storm
+#   STORM_WINDOW [1]         least seconds after the instant counted as the storm
 #   STORM_REPLICAS [3]       tokengate replicas of the redis leg
 #   STORM_REFRESH_AHEAD [0s] tokengate's oauth.refresh_ahead
 #   STORM_LOG_LEVEL [warn]   tokengate's log.level (its logs are in the work directory)
@@ -42,10 +48,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SESSIONS="${STORM_SESSIONS:-10000}"
 CONNECTIONS="${STORM_CONNECTIONS:-64}"
+BURST="${STORM_BURST:-3}"
 LEGS="${STORM_LEGS:-memory redis}"
 LEAD="${STORM_LEAD:-30}"
 AFTER="${STORM_AFTER:-10}"
-WINDOW="${STORM_WINDOW:-4}"
+WINDOW="${STORM_WINDOW:-1}"
 REPLICAS="${STORM_REPLICAS:-3}"
 REFRESH_AHEAD="${STORM_REFRESH_AHEAD:-0s}"
 LOG_LEVEL="${STORM_LOG_LEVEL:-warn}"
@@ -162,7 +169,7 @@ write_config() { # file store-kind
 # Written by bench/refresh-storm.sh.
 [server]
 listen = "127.0.0.1:0"
-admin_listen = "off"
+admin_listen = "127.0.0.1:0"
 public_origin = "http://127.0.0.1"
 shutdown_timeout = "2s"
 
@@ -199,14 +206,27 @@ EOF
 }
 
 TARGETS=""
+ADMINS=()
 start_tokengate() { # name config
   local out="$WORK/$1.out" pid addr
   env -u RUST_LOG TOKENGATE_CLIENT_SECRET="$CLIENT_SECRET" TOKENGATE_REDIS_URL="${REDIS_URL:-}" \
     TOKENGATE_STORE_KEY="$STORE_KEY" "$TOKENGATE" --config "$2" >"$out" 2>"$WORK/$1.err" </dev/null &
   pid=$!
   PIDS+=("$pid")
-  addr="$(wait_for_line "$out" 'http://127\.0\.0\.1:[0-9]+' "$pid" "$1")"
-  TARGETS="${TARGETS:+$TARGETS,}$addr"
+  addr="$(wait_for_line "$out" 'listening on http://127\.0\.0\.1:[0-9]+' "$pid" "$1")"
+  TARGETS="${TARGETS:+$TARGETS,}${addr#listening on }"
+  addr="$(wait_for_line "$out" 'admin http://127\.0\.0\.1:[0-9]+' "$pid" "$1")"
+  ADMINS+=("${addr#admin }")
+}
+
+# The sum over the replicas of one counter line of /metrics (exact name and labels).
+metric_sum() {
+  local admin total=0 value
+  for admin in "${ADMINS[@]}"; do
+    value="$(curl -fsS --max-time 5 "$admin/metrics" | awk -v name="$1" '$1 == name { print $2 }' | head -n1)"
+    total=$((total + ${value:-0}))
+  done
+  echo "$total"
 }
 
 # ---------------------------------------------------------------- legs
@@ -221,6 +241,7 @@ check() { # leg condition-text ok(0/1)
 run_leg() { # memory | redis
   local leg="$1" instant replicas=1 i output value
   TARGETS=""
+  ADMINS=()
   REDIS_URL=""
   instant=$(( $(date +%s) + LEAD ))
   start_mock "$instant"
@@ -233,10 +254,10 @@ run_leg() { # memory | redis
   for ((i = 1; i <= replicas; i++)); do start_tokengate "$leg-$i" "$WORK/$leg.toml"; done
   log "$leg: $replicas tokengate(s) at $TARGETS, mock $MOCK_URL, every access token expires at $instant ($(date -d "@$instant" +%H:%M:%S))"
   output="$(timeout $((LEAD + 120)) "$LOAD" --targets "$TARGETS" --mock "$MOCK_URL" --sessions "$SESSIONS" \
-    --connections "$CONNECTIONS" --storm-at "$instant" --after "$AFTER" --storm-window "$WINDOW" \
+    --connections "$CONNECTIONS" --burst "$BURST" --storm-at "$instant" --after "$AFTER" --storm-window "$WINDOW" \
     2>"$WORK/$leg.load.err")" || die "$leg: the load generator failed: $(tail -n3 "$WORK/$leg.load.err")"
   echo
-  echo "=== $leg: $replicas tokengate replica(s), store $leg, $SESSIONS sessions, $CONNECTIONS connections"
+  echo "=== $leg: $replicas tokengate replica(s), store $leg, $SESSIONS sessions, $CONNECTIONS connections, burst $BURST"
   grep -v '^[A-Z_]*=' <<<"$output"
   value() { grep -oE "^$1=.*" <<<"$output" | cut -d= -f2; }
   local stats mints expired refresh_end refresh_before failed covered sessions
@@ -245,12 +266,16 @@ run_leg() { # memory | redis
   expired="$(grep -oE '"resource_401":[0-9]+' <<<"$stats" | cut -d: -f2 || echo '?')"
   sessions="$(value SESSIONS)"; failed="$(value FAILED)"; covered="$(value COVERED)"
   refresh_before="$(value REFRESH_BEFORE)"; refresh_end="$(value REFRESH_AFTER)"
+  local own_refreshes coalesced
+  own_refreshes="$(metric_sum 'tokengate_token_calls_total{op="refresh",result="ok"}')"
+  coalesced="$(metric_sum 'tokengate_refresh_coalesced_total')"
+  echo "refresh calls the replicas made (their metrics): $own_refreshes; requests that used another request's refresh in the same process: $coalesced"
   echo "guest mints at the mock: $mints; resource calls it refused with 401 (expired token, then refreshed and replayed): $expired"
   # tokengate dates a token's expiry from the whole second its request started, so a session
   # whose creation straddled a second boundary is refreshed up to a second early (a
   # full-lifetime token from the mock: still one refresh for that session).
   echo "refresh calls counted 0.2 s before the instant: $refresh_before (early by tokengate's whole-second rounding; still one refresh each)"
-  echo "steady p99 $(value STEADY_P99_MS) ms | storm p99 $(value STORM_P99_MS) ms | $(value RPS) req/s over the run"
+  echo "steady p99 $(value STEADY_P99_MS) ms | storm p99 $(value STORM_P99_MS) ms (storm: $(value STORM_SECS) s after the instant) | $(value RPS) req/s over the run"
   check "$leg" "every session called after the instant ($covered of $sessions)" "$([[ "$covered" == "$sessions" ]] && echo 1 || echo 0)"
   check "$leg" "exactly $sessions refresh calls at the mock ($refresh_end)" "$([[ "$refresh_end" == "$sessions" ]] && echo 1 || echo 0)"
   check "$leg" "no failed request ($failed)" "$([[ "$failed" == 0 ]] && echo 1 || echo 0)"

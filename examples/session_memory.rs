@@ -151,10 +151,24 @@ fn main() {
     println!("sessions             {sessions} (counted: {:?})", store.counts());
     println!("tokens               access {access} B + refresh {refresh} B = {token_bytes} B per session");
     println!("inserted in          {:.2} s", elapsed.as_secs_f64());
-    println!("VmRSS before/after   {} KiB / {} KiB (after malloc_trim: {} KiB)", rss_before / 1024, rss_after / 1024, rss_trimmed / 1024);
-    println!("per session (RSS)    {rss_per:.1} B, overhead beyond tokens {:.1} B", rss_per - token_bytes as f64);
-    println!("per session (trim)   {trimmed_per:.1} B, overhead beyond tokens {:.1} B", trimmed_per - token_bytes as f64);
-    println!("per session (malloc) {heap_per:.1} B in use, overhead beyond tokens {:.1} B", heap_per - token_bytes as f64);
+    println!(
+        "VmRSS before/after   {} KiB / {} KiB (after malloc_trim: {} KiB)",
+        rss_before / 1024,
+        rss_after / 1024,
+        rss_trimmed / 1024
+    );
+    println!(
+        "per session (RSS)    {rss_per:.1} B, overhead beyond tokens {:.1} B",
+        rss_per - token_bytes as f64
+    );
+    println!(
+        "per session (trim)   {trimmed_per:.1} B, overhead beyond tokens {:.1} B",
+        trimmed_per - token_bytes as f64
+    );
+    println!(
+        "per session (malloc) {heap_per:.1} B in use, overhead beyond tokens {:.1} B",
+        heap_per - token_bytes as f64
+    );
     // One line for the script to read: the trimmed RSS overhead, in whole bytes.
     println!("OVERHEAD_BYTES={:.0}", trimmed_per - token_bytes as f64);
     drop(store);

@@ -6,14 +6,18 @@
 //! 2. Runs `--connections` keep-alive connections (connection *i* to target *i* mod the
 //!    number of targets), each sending `GET --path` one after the other, the cookie taken
 //!    from a shared rotation over every session, so each session's calls reach every
-//!    replica in turn. Every request is timed from send to the last byte of the body.
+//!    replica in turn. The rotation hands each session out `--burst` times in a row, to
+//!    whichever connections are free next: those calls of one session are in flight at
+//!    the same time, on different connections (and replicas), so the first calls after
+//!    the instant race to refresh the same session, which single-flight must turn into
+//!    one refresh call. Every request is timed from send to the last byte of the body.
 //! 3. Stops `--after` seconds past `--storm-at` (Unix seconds, the instant the mock was
 //!    told to expire every access token at), once every session has been called at least
 //!    once after that instant (bounded: at most 60 s past it).
 //!
 //! It prints the steady p99 (from one second into the load to one second before the
-//! instant), the storm p99 (one second before the instant to `--storm-window` seconds
-//! after it), a per-second timeline, requests per second, failures (non-2xx answers,
+//! instant), the storm p99 (one second before the instant until every session has been
+//! called after it, at least `--storm-window` seconds), a per-second timeline, requests per second, failures (non-2xx answers,
 //! socket errors, timeouts), and the mock's refresh counter before the instant and at the
 //! end (`--mock`). The last lines are `KEY=value` for the script. It asserts nothing.
 //!
@@ -52,6 +56,8 @@ struct Args {
     storm_window: u64,
     path: String,
     cookie: String,
+    /// Consecutive calls of one session (in flight together) before the rotation moves on.
+    burst: usize,
     /// Only create the sessions, then exit (the end-to-end leg of `bench/memory.sh`).
     create_only: bool,
 }
@@ -67,6 +73,7 @@ fn args() -> Result<Args, String> {
         storm_window: 4,
         path: "/api/shoppers/me".into(),
         cookie: "tg".into(),
+        burst: 3,
         create_only: false,
     };
     let mut words = std::env::args().skip(1);
@@ -78,7 +85,9 @@ fn args() -> Result<Args, String> {
         let value = words.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || value.parse::<u64>().map_err(|_| format!("{flag}: {value:?} is not a number"));
         match flag.as_str() {
-            "--targets" => parsed.targets = value.split(',').map(|t| t.trim_end_matches('/').to_owned()).collect(),
+            "--targets" => {
+                parsed.targets = value.split(',').map(|t| t.trim_end_matches('/').to_owned()).collect()
+            }
             "--mock" => parsed.mock = value.trim_end_matches('/').to_owned(),
             "--sessions" => parsed.sessions = number()? as usize,
             "--connections" => parsed.connections = number()? as usize,
@@ -87,6 +96,7 @@ fn args() -> Result<Args, String> {
             "--storm-window" => parsed.storm_window = number()?,
             "--path" => parsed.path = value,
             "--cookie" => parsed.cookie = value,
+            "--burst" => parsed.burst = number()? as usize,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -96,8 +106,8 @@ fn args() -> Result<Args, String> {
     if !parsed.create_only && (parsed.mock.is_empty() || parsed.storm_at == 0) {
         return Err("--mock and --storm-at are required (unless --create-only)".into());
     }
-    if parsed.sessions == 0 || parsed.connections == 0 {
-        return Err("--sessions and --connections must be positive".into());
+    if parsed.sessions == 0 || parsed.connections == 0 || parsed.burst == 0 {
+        return Err("--sessions, --connections and --burst must be positive".into());
     }
     Ok(parsed)
 }
@@ -193,11 +203,15 @@ struct Sample {
 
 struct Shared {
     cookies: Vec<String>,
+    burst: usize,
     next: AtomicUsize,
     stop: AtomicBool,
     /// Per session: whether a call was sent after the instant.
     hit_after: Vec<AtomicBool>,
     hits_after: AtomicUsize,
+    /// When (µs since the load began) the last session got its first call after the
+    /// instant: the storm, every session's refresh, lies between the instant and this.
+    covered_us: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     reconnects: AtomicU64,
 }
@@ -223,11 +237,14 @@ async fn load_connection(
                 }
             },
         };
-        let session = shared.next.fetch_add(1, Ordering::Relaxed) % shared.cookies.len();
+        let session = shared.next.fetch_add(1, Ordering::Relaxed) / shared.burst % shared.cookies.len();
         let sent = epoch.elapsed();
         let sent_us = sent.as_micros() as u64;
-        if sent_us >= instant_us && !shared.hit_after[session].swap(true, Ordering::Relaxed) {
-            shared.hits_after.fetch_add(1, Ordering::Relaxed);
+        if sent_us >= instant_us
+            && !shared.hit_after[session].swap(true, Ordering::Relaxed)
+            && shared.hits_after.fetch_add(1, Ordering::Relaxed) + 1 == shared.cookies.len()
+        {
+            shared.covered_us.store(sent_us, Ordering::Relaxed);
         }
         let outcome = send(current, request(Method::GET, &path, &host, Some(&shared.cookies[session]))).await;
         let latency_us = u32::try_from((epoch.elapsed() - sent).as_micros()).unwrap_or(u32::MAX);
@@ -257,11 +274,15 @@ async fn refresh_count(mock: &str) -> Result<u64, String> {
     let mut sender = connect(&host).await?;
     let exchange = async {
         sender.ready().await.map_err(|e| e.to_string())?;
-        let response =
-            sender.send_request(request(Method::GET, "/__mock/stats", &host, None)).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request(Method::GET, "/__mock/stats", &host, None))
+            .await
+            .map_err(|e| e.to_string())?;
         let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         let stats: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        stats["token_calls"]["refresh"].as_u64().ok_or_else(|| "no token_calls.refresh in the stats".to_owned())
+        stats["token_calls"]["refresh"]
+            .as_u64()
+            .ok_or_else(|| "no token_calls.refresh in the stats".to_owned())
     };
     tokio::time::timeout(Duration::from_secs(5), exchange).await.map_err(|_| "stats timed out".to_owned())?
 }
@@ -303,7 +324,11 @@ fn window(samples: &[Sample], from: u64, to: u64) -> Window {
 async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let cookies = create(&args).await?;
-    println!("created              {} guest sessions in {:.1} s", cookies.len(), started.elapsed().as_secs_f64());
+    println!(
+        "created              {} guest sessions in {:.1} s",
+        cookies.len(),
+        started.elapsed().as_secs_f64()
+    );
     if args.create_only {
         println!("CREATED={}", cookies.len());
         return Ok(());
@@ -312,9 +337,9 @@ async fn run(args: Args) -> Result<(), String> {
     // The load's clock: µs since `epoch`, with the instant placed on it.
     let epoch = Instant::now();
     let epoch_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
-    let instant_from_epoch = Duration::from_secs(args.storm_at)
-        .checked_sub(epoch_unix)
-        .ok_or_else(|| format!("the instant {} passed before the load began (creation too slow)", args.storm_at))?;
+    let instant_from_epoch = Duration::from_secs(args.storm_at).checked_sub(epoch_unix).ok_or_else(|| {
+        format!("the instant {} passed before the load began (creation too slow)", args.storm_at)
+    })?;
     if instant_from_epoch < Duration::from_secs(3) {
         return Err(format!(
             "only {:.1} s of steady load before the instant: start the mock with a later --access-expires-at",
@@ -325,16 +350,24 @@ async fn run(args: Args) -> Result<(), String> {
     let shared = Arc::new(Shared {
         hit_after: (0..cookies.len()).map(|_| AtomicBool::new(false)).collect(),
         cookies,
+        burst: args.burst,
         next: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         hits_after: AtomicUsize::new(0),
+        covered_us: AtomicU64::new(0),
         failures: Mutex::new(BTreeMap::new()),
         reconnects: AtomicU64::new(0),
     });
     let mut tasks = Vec::new();
     for index in 0..args.connections {
         let host = authority(&args.targets[index % args.targets.len()])?;
-        tasks.push(tokio::spawn(load_connection(Arc::clone(&shared), host, args.path.clone(), epoch, instant_us)));
+        tasks.push(tokio::spawn(load_connection(
+            Arc::clone(&shared),
+            host,
+            args.path.clone(),
+            epoch,
+            instant_us,
+        )));
     }
 
     // Just before the instant: nothing should have been refreshed yet.
@@ -356,12 +389,23 @@ async fn run(args: Args) -> Result<(), String> {
 
     let second = 1_000_000u64;
     let steady = window(&samples, second, instant_us.saturating_sub(second));
-    let storm = window(&samples, instant_us.saturating_sub(second), instant_us + args.storm_window * second);
+    // The storm: from one second before the instant (a token whose expiry was rounded down
+    // is refreshed up to a second early) until the last session's first call after it
+    // (at least --storm-window seconds; that long if not every session was called).
+    let covered_us = shared.covered_us.load(Ordering::Relaxed);
+    let storm_end = covered_us.max(instant_us + args.storm_window * second);
+    let storm = window(&samples, instant_us.saturating_sub(second), storm_end);
     let all = window(&samples, 0, load_ended);
     let failures = shared.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let failed: u64 = failures.values().sum();
 
-    println!("load                 {} connections over {} target(s), {:.1} s", args.connections, args.targets.len(), load_ended as f64 / 1e6);
+    println!(
+        "load                 {} connections over {} target(s), {:.1} s, each session {} call(s) at a time",
+        args.connections,
+        args.targets.len(),
+        load_ended as f64 / 1e6,
+        args.burst
+    );
     println!("timeline (second relative to the instant: requests, p50 / p99 / max ms, failed)");
     let first = -((instant_us / second) as i64);
     let last = ((load_ended.saturating_sub(instant_us)) / second) as i64;
@@ -376,10 +420,20 @@ async fn run(args: Args) -> Result<(), String> {
             );
         }
     }
-    println!("steady               {} req, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", steady.requests, steady.per_second, steady.p50, steady.p99, steady.max);
-    println!("storm                {} req, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (from 1 s before the instant to {} s after)", storm.requests, storm.per_second, storm.p50, storm.p99, storm.max, args.storm_window);
+    println!(
+        "steady               {} req, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        steady.requests, steady.per_second, steady.p50, steady.p99, steady.max
+    );
+    println!("storm                {} req, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (from 1 s before the instant to {:.1} s after)", storm.requests, storm.per_second, storm.p50, storm.p99, storm.max, (storm_end - instant_us) as f64 / 1e6);
+    if covered_us > 0 {
+        println!("every session called {:.2} s after the instant", (covered_us - instant_us) as f64 / 1e6);
+    }
     println!("whole run            {} req, {:.0} req/s", all.requests, all.per_second);
-    println!("sessions called after the instant: {} of {}", shared.hits_after.load(Ordering::Relaxed), shared.cookies.len());
+    println!(
+        "sessions called after the instant: {} of {}",
+        shared.hits_after.load(Ordering::Relaxed),
+        shared.cookies.len()
+    );
     println!("refresh calls at the mock: {refresh_before} before the instant, {refresh_after} at the end");
     for (what, count) in &failures {
         println!("failure              {count} × {what}");
@@ -387,6 +441,7 @@ async fn run(args: Args) -> Result<(), String> {
     println!("STEADY_P99_MS={:.2}", steady.p99);
     println!("STORM_P99_MS={:.2}", storm.p99);
     println!("RPS={:.0}", all.per_second);
+    println!("STORM_SECS={:.1}", (storm_end - instant_us) as f64 / 1e6);
     println!("FAILED={failed}");
     println!("SESSIONS={}", shared.cookies.len());
     println!("COVERED={}", shared.hits_after.load(Ordering::Relaxed));

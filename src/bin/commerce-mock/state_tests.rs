@@ -212,7 +212,11 @@ fn sign_ins_before_the_access_deadline_expire_at_it_and_refreshes_and_later_ones
     assert!((99..=100).contains(&shopper.expires_in), "every sign-in gets the deadline");
 
     let rotated = store.refresh(refresh_of(&first), true).expect("refresh works");
-    assert_eq!(rotated.expires_in, DAY.as_secs(), "a refresh, even before the deadline, gets the usual lifetime");
+    assert_eq!(
+        rotated.expires_in,
+        DAY.as_secs(),
+        "a refresh, even before the deadline, gets the usual lifetime"
+    );
     assert!(live(&mut store, &rotated.access_token).expires_in > Duration::from_secs(100));
     let kept = store.refresh(refresh_of(&rotated), false).expect("refresh works");
     assert_eq!(kept.expires_in, DAY.as_secs());
