@@ -99,7 +99,7 @@ async fn sign_in(app: &App, authorize: &AuthorizeRequest, params: &Params) -> Mo
         let body = json!({"error": "server_error", "error_description": "The server could not record the issued token"});
         return json(StatusCode::INTERNAL_SERVER_ERROR, &body);
     }
-    let expires_in = app.settings.access_ttl_secs.to_string();
+    let expires_in = pair.expires_in.to_string();
     let fragment = [
         ("access_token", pair.access_token.as_str()),
         ("token_type", "bearer"),

@@ -85,6 +85,12 @@ struct ServeOptions {
     /// Access-token lifetime in seconds.
     #[arg(long, env = "MOCK_ACCESS_TTL", default_value_t = 86_397, value_parser = ttl_parser())]
     access_ttl: u64,
+    /// Unix time (seconds) at which every access token a sign-in mints before it expires,
+    /// all at once: `expires_in` is the time left (rounded up, at least 1). Refreshes, and
+    /// sign-ins from that instant on, get --access-ttl. For refresh-storm benchmarks; off
+    /// by default.
+    #[arg(long, env = "MOCK_ACCESS_EXPIRES_AT", value_name = "UNIX_SECS")]
+    access_expires_at: Option<u64>,
     /// Refresh-token lifetime in seconds.
     #[arg(long, env = "MOCK_REFRESH_TTL", default_value_t = 31_536_000, value_parser = ttl_parser())]
     refresh_ttl: u64,
@@ -151,8 +157,6 @@ pub struct Settings {
     pub client_id: String,
     /// Secret confidential clients must present.
     pub client_secret: String,
-    /// Access-token lifetime, reported as `expires_in`.
-    pub access_ttl_secs: u64,
     /// Where issued tokens are appended, if anywhere.
     pub issued_tokens_file: Option<PathBuf>,
     /// The registered redirect URIs; `None` accepts any (`--any-redirect-uri`).
@@ -240,12 +244,17 @@ fn build_app(options: &ServeOptions) -> Result<App, String> {
             .open(path)
             .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
     }
-    let store =
+    let mut store =
         Store::new(users, Duration::from_secs(options.access_ttl), Duration::from_secs(options.refresh_ttl));
+    if let Some(at) = options.access_expires_at {
+        let deadline = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(at))
+            .ok_or_else(|| format!("--access-expires-at {at} is out of range"))?;
+        store.set_access_deadline(Some(deadline));
+    }
     let settings = Settings {
         client_id: options.client_id.clone(),
         client_secret: options.client_secret.clone(),
-        access_ttl_secs: options.access_ttl,
         issued_tokens_file: options.issued_tokens_file.clone(),
         redirect_uris: (!options.any_redirect_uri).then(|| options.redirect_uris.clone()),
     };

@@ -239,7 +239,7 @@ async fn answer(app: &App, call: &TokenCall, faults: &Faults) -> MockResponse {
         warn!("cannot append to the issued-tokens file: {error}");
         return TokenError::ServerError.into_response(faults.error_shape);
     }
-    token_success(&pair, app.settings.access_ttl_secs, faults)
+    token_success(&pair, faults)
 }
 
 fn grant_tokens(app: &App, call: &TokenCall, faults: &Faults) -> Result<TokenPair, TokenError> {
@@ -342,8 +342,8 @@ fn refresh(app: &App, params: &Params, faults: &Faults) -> Result<TokenPair, Tok
 }
 
 /// The 200 body, shaped by the `wrap_token`, `expires_in` and `expires_in_string` faults.
-fn token_success(pair: &TokenPair, access_ttl_secs: u64, faults: &Faults) -> MockResponse {
-    let access_ttl_secs = faults.expires_in.unwrap_or(access_ttl_secs);
+fn token_success(pair: &TokenPair, faults: &Faults) -> MockResponse {
+    let access_ttl_secs = faults.expires_in.unwrap_or(pair.expires_in);
     let expires_in = if faults.expires_in_string {
         Value::from(access_ttl_secs.to_string())
     } else {
@@ -472,7 +472,6 @@ mod tests {
         Settings {
             client_id: "key".to_owned(),
             client_secret: "secret".to_owned(),
-            access_ttl_secs: 60,
             issued_tokens_file: None,
             redirect_uris: None,
         }

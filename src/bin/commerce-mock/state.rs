@@ -37,6 +37,8 @@ pub enum PasswordEncoding {
 pub struct TokenPair {
     /// 160 lowercase hex characters.
     pub access_token: String,
+    /// The access token's lifetime as minted, in whole seconds: what `expires_in` says.
+    pub expires_in: u64,
     /// 176 lowercase hex characters; `None` for the implicit grant.
     pub refresh_token: Option<String>,
 }
@@ -119,6 +121,8 @@ struct Account {
 /// All mutable mock state. Lock it, call one method, drop the lock.
 pub struct Store {
     access_ttl: Duration,
+    /// `--access-expires-at`: access tokens minted before this instant expire at it.
+    access_deadline: Option<SystemTime>,
     refresh_ttl: Duration,
     users: Vec<User>,
     sessions: HashMap<u64, Session>,
@@ -147,6 +151,7 @@ impl Store {
     pub fn new(users: Vec<User>, access_ttl: Duration, refresh_ttl: Duration) -> Store {
         Store {
             access_ttl,
+            access_deadline: None,
             refresh_ttl,
             users,
             sessions: HashMap::new(),
@@ -160,6 +165,25 @@ impl Store {
             next_session_id: 63_293_199_710,
             next_pair_id: 1,
             next_anonymous_user_id: ANONYMOUS_USER_ID_BASE,
+        }
+    }
+
+    /// Makes every access token a sign-in mints before `deadline` expire at that instant (a
+    /// refresh storm on demand). Sign-ins at or after it, and every refresh, get the usual
+    /// lifetime: a client that refreshes a little early (it rounds the expiry down to the
+    /// second its request started) gets a token of the usual lifetime, as from the API,
+    /// rather than one that dies at the deadline again and costs a second refresh.
+    pub fn set_access_deadline(&mut self, deadline: Option<SystemTime>) {
+        self.access_deadline = deadline;
+    }
+
+    /// The lifetime of an access token a sign-in mints now: `access_ttl`, or the time left
+    /// until the deadline (at least one second) while it is ahead.
+    fn sign_in_lifetime(&self) -> Duration {
+        let left = self.access_deadline.and_then(|at| at.duration_since(SystemTime::now()).ok());
+        match left {
+            Some(left) if !left.is_zero() => left.max(Duration::from_secs(1)),
+            _ => self.access_ttl,
         }
     }
 
@@ -182,7 +206,7 @@ impl Store {
     /// credentials without an external reference id).
     pub fn mint_anonymous(&mut self) -> TokenPair {
         let session_id = self.new_session(None);
-        self.mint_pair(session_id, Issue::WithRefresh)
+        self.mint_pair(session_id, Issue::WithRefresh, self.sign_in_lifetime())
     }
 
     /// Logs a configured shopper in (credentials already verified); see `sign_in`.
@@ -237,7 +261,7 @@ impl Store {
                 session_id
             }
         };
-        Ok(self.mint_pair(session_id, issue))
+        Ok(self.mint_pair(session_id, issue, self.sign_in_lifetime()))
     }
 
     /// Exchanges a live refresh token for a new pair of the same session. With `rotate`
@@ -253,7 +277,7 @@ impl Store {
         let session_id = pair.session_id;
         if rotate {
             // Mint before removing: removing the session's last pair forgets the session.
-            let fresh = self.mint_pair(session_id, Issue::WithRefresh);
+            let fresh = self.mint_pair(session_id, Issue::WithRefresh, self.access_ttl);
             self.remove_pair(pair_id);
             return Some(fresh);
         }
@@ -440,7 +464,7 @@ impl Store {
         SHOPPER_USER_ID_BASE + index.map_or(0, |index| index as u64)
     }
 
-    fn mint_pair(&mut self, session_id: u64, issue: Issue) -> TokenPair {
+    fn mint_pair(&mut self, session_id: u64, issue: Issue, access_ttl: Duration) -> TokenPair {
         let now = Instant::now();
         let prefix = self
             .sessions
@@ -459,12 +483,12 @@ impl Store {
         let pair = Pair {
             session_id,
             access_token: access_token.clone(),
-            access_expires: later(now, self.access_ttl),
+            access_expires: later(now, access_ttl),
             refresh_token: refresh_token.clone(),
             refresh_expires: later(now, self.refresh_ttl),
         };
         self.pairs.insert(pair_id, pair);
-        TokenPair { access_token, refresh_token }
+        TokenPair { access_token, expires_in: whole_seconds(access_ttl), refresh_token }
     }
 
     /// Non-rotating refresh: new access token in the same pair, same refresh token.
@@ -474,9 +498,10 @@ impl Store {
             .get(&session_id)
             .map_or_else(|| random_hex(32), |session| session.token_prefix.clone());
         let access_token = self.unused_token(&prefix, 48);
-        let access_expires = later(now, self.access_ttl);
+        let access_ttl = self.access_ttl;
+        let access_expires = later(now, access_ttl);
         let Some(pair) = self.pairs.get_mut(&pair_id) else {
-            return self.mint_pair(session_id, Issue::WithRefresh);
+            return self.mint_pair(session_id, Issue::WithRefresh, access_ttl);
         };
         let old = std::mem::replace(&mut pair.access_token, access_token.clone());
         pair.access_expires = access_expires;
@@ -484,7 +509,7 @@ impl Store {
         self.by_access.remove(&old);
         self.by_access.insert(access_token.clone(), pair_id);
         self.issued_access.push(access_token.clone());
-        TokenPair { access_token, refresh_token }
+        TokenPair { access_token, expires_in: whole_seconds(access_ttl), refresh_token }
     }
 
     /// The session prefix plus `random_bytes` of fresh randomness, retried on the
@@ -548,6 +573,12 @@ fn pair_is_live(pair: &Pair, now: Instant) -> bool {
 /// a guard against `Instant` overflow, never a panic.
 fn later(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl).unwrap_or(now)
+}
+
+/// A lifetime as `expires_in` says it: rounded up, so a client that adds it to the current
+/// whole second lands on the deadline, not a second before it.
+fn whole_seconds(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

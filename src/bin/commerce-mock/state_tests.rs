@@ -198,3 +198,40 @@ fn an_external_reference_id_is_one_authenticated_shopper_created_on_first_use() 
     let shopper_as_limited = store.login_external("shop-3", Some(&again.access_token));
     assert!(shopper_as_limited.is_err(), "only a guest token can be carried over");
 }
+
+#[test]
+fn sign_ins_before_the_access_deadline_expire_at_it_and_refreshes_and_later_ones_live_the_ttl() {
+    let mut store = store();
+    let deadline = SystemTime::now() + Duration::from_secs(100);
+    store.set_access_deadline(Some(deadline));
+    let first = store.mint_anonymous();
+    // Rounded up: the whole second a client adds it to is the deadline's.
+    assert!((99..=100).contains(&first.expires_in), "{}", first.expires_in);
+    assert!(live(&mut store, &first.access_token).expires_in <= Duration::from_secs(100));
+    let shopper = store.login("jdoe@example.com", None, Issue::WithRefresh).expect("no limited token");
+    assert!((99..=100).contains(&shopper.expires_in), "every sign-in gets the deadline");
+
+    let rotated = store.refresh(refresh_of(&first), true).expect("refresh works");
+    assert_eq!(
+        rotated.expires_in,
+        DAY.as_secs(),
+        "a refresh, even before the deadline, gets the usual lifetime"
+    );
+    assert!(live(&mut store, &rotated.access_token).expires_in > Duration::from_secs(100));
+    let kept = store.refresh(refresh_of(&rotated), false).expect("refresh works");
+    assert_eq!(kept.expires_in, DAY.as_secs());
+
+    store.set_access_deadline(Some(SystemTime::now() - Duration::from_secs(1)));
+    assert_eq!(store.mint_anonymous().expires_in, DAY.as_secs(), "past the deadline: the usual lifetime");
+    store.set_access_deadline(None);
+    assert_eq!(store.mint_anonymous().expires_in, DAY.as_secs(), "off by default");
+}
+
+#[test]
+fn a_token_minted_within_the_last_second_before_the_deadline_still_lives_one_second() {
+    let mut store = store();
+    store.set_access_deadline(Some(SystemTime::now() + Duration::from_millis(300)));
+    let pair = store.mint_anonymous();
+    assert_eq!(pair.expires_in, 1);
+    assert!(matches!(store.lookup_access(&pair.access_token), AccessLookup::Live(_)));
+}
