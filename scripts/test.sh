@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 T0=$SECONDS
 stage() { printf '\n== [%4ss] %s\n' "$((SECONDS - T0))" "$*"; }
 
-# A dockerd that stages 6 and 7 start (none answered before) is stopped at the end, by the
+# A dockerd that stages 7 and 8 start (none answered before) is stopped at the end, by the
 # PID scripts/docker-bases.sh records; one that was already running is left alone.
 TOKENGATE_DOCKERD_PIDFILE=$(mktemp)
 export TOKENGATE_DOCKERD_PIDFILE
