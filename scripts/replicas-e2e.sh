@@ -62,7 +62,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 stage "3. images: tokengate:local and tokengate-mock:local (cached) and the load balancer"
-timeout 1800 "${DC[@]}" build tokengate commerce-mock replicas-lb
+# One at a time (see compose-smoke.sh): the second target finds the shared stage cached.
+for service in commerce-mock tokengate replicas-lb; do timeout 1800 "${DC[@]}" build "$service"; done
 
 stage "4. start the replicas stack"
 timeout 120 "${DC[@]}" up -d "${SERVICES[@]}"
