@@ -17,7 +17,7 @@ trap '$DC down -v --remove-orphans -t 5 >/dev/null 2>&1 || true' EXIT
 # build stage (BuildKit in Docker 20.10 does not share it between concurrent builds); in
 # turn, the second finds it cached.
 timeout 1800 $DC build commerce-mock
-timeout 600 $DC build tokengate
+timeout 1800 $DC build tokengate
 # The image holds tokengate alone; the budget is 20 MB.
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^tokengate(-mock)?:local ' || true
 $DC up -d
