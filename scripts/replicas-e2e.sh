@@ -4,8 +4,8 @@
 # haproxy in front, all host networking on 127.0.0.1), runs e2e/replicas.test.mjs in headless
 # Chromium against the load balancer, tears the stack down, and exits with the test's status.
 #   1. packages: Debian's chromium if missing, Node.js >= 20, npm ci in e2e/ if not done yet
-#   2. a local Docker engine and stand-ins for the base images (scripts/docker-local-images.sh)
-#   3. images: tokengate:local (the compose smoke stage builds it just before this one in
+#   2. a Docker engine and the base images, real ones first (scripts/docker-bases.sh)
+#   3. images: tokengate:local and tokengate-mock:local (the compose smoke stage builds them just before this one in
 #      scripts/test.sh; here `compose build tokengate` is then a cache hit of a few seconds,
 #      and it makes sure the tag holds this checkout, not another one's) and the haproxy image
 #   4. up the replicas profile's services only (not the default pair), wait for the load
@@ -47,7 +47,8 @@ if [ ! -f e2e/node_modules/playwright-core/package.json ]; then
 fi
 
 stage "2. docker engine and base images"
-timeout 900 bash scripts/docker-local-images.sh Dockerfile docker-compose.yml deploy/lb/Dockerfile
+# shellcheck source=scripts/docker-bases.sh
+source scripts/docker-bases.sh
 if docker compose version >/dev/null 2>&1; then DC=(docker compose); else DC=(docker-compose); fi
 DC+=(--profile replicas)
 rm -rf "$ARTIFACTS" && mkdir -p "$ARTIFACTS"
@@ -60,8 +61,9 @@ trap down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-stage "3. images: tokengate:local (cached) and the load balancer"
-timeout 1800 "${DC[@]}" build tokengate replicas-lb
+stage "3. images: tokengate:local and tokengate-mock:local (cached) and the load balancer"
+# One at a time (see compose-smoke.sh): the second target finds the shared stage cached.
+for service in commerce-mock tokengate replicas-lb; do timeout 1800 "${DC[@]}" build "$service"; done
 
 stage "4. start the replicas stack"
 timeout 120 "${DC[@]}" up -d "${SERVICES[@]}"

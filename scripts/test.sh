@@ -19,6 +19,21 @@ cd "$(dirname "$0")/.."
 T0=$SECONDS
 stage() { printf '\n== [%4ss] %s\n' "$((SECONDS - T0))" "$*"; }
 
+# A dockerd that stages 7 and 8 start (none answered before) is stopped at the end, by the
+# PID scripts/docker-bases.sh records; one that was already running is left alone.
+TOKENGATE_DOCKERD_PIDFILE=$(mktemp)
+export TOKENGATE_DOCKERD_PIDFILE
+stop_started_dockerd() {
+  local pid; pid=$(cat "$TOKENGATE_DOCKERD_PIDFILE" 2>/dev/null || true)
+  rm -f "$TOKENGATE_DOCKERD_PIDFILE"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  echo "stopping the dockerd these tests started (pid $pid)"
+  kill "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  echo "dockerd (pid $pid) still running after 30 s" >&2
+}
+trap stop_started_dockerd EXIT
+
 stage "1. packages"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
