@@ -15,7 +15,8 @@
 #           what is measured.
 # Legs: baseline (wrk straight at the upstream, with a valid Bearer), tokengate (release,
 # cookie of a guest session), tokengate-rotating (the same over BENCH_SESSIONS sessions, a
-# different cookie on every request), tokengate with the leak guard off (static upstream), nginx
+# different cookie on every request), tokengate-redis (one of three replicas on the Redis store,
+# with their local session caches), tokengate with the leak guard off (static upstream), nginx
 # (proxy_pass with keep-alive and a fixed Authorization header), and nginx-gzip (the same
 # with gzip on, for the "-gz" payloads).
 #
@@ -31,6 +32,9 @@
 #                        nginx with gzip on, is its comparison leg)
 #   BENCH_SESSIONS [100000]  sessions of the tokengate-rotating leg (each request carries the
 #                        next one's cookie; 0 leaves the leg out); minted through tokengate first
+#   BENCH_REDIS [1]      the tokengate-redis leg (e): three replicas on one redis-server, the
+#                        first one measured with one session's cookie
+#   BENCH_REDIS_SESSIONS [30000]  sessions minted into Redis first, a third through each replica
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
 #   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
 #                        on the static upstream (needs perf; prints task-clock etc.)
@@ -297,6 +301,23 @@ start_tokengate() { # leg [env assignments...]
   LEG_PIDS[$leg]="$pid"
 }
 
+# Mints guest sessions through tokengate at $1 until the file $3 holds $2 cookies (wrk with
+# bench/mint-sessions.lua, which stops writing at $2; wrk itself is stopped here, by PID,
+# once the file is full, since its run length cannot be known in advance). Bounded: 300 s.
+mint_sessions() { # addr total cookies log
+  local addr="$1" total="$2" cookies="$3" out="$4" pid deadline=$((SECONDS + 300))
+  COOKIES="$cookies" SESSIONS="$((total - $(wc -l <"$cookies")))" taskset -c "$LOAD_CPUS" \
+    wrk -t1 -c16 -d300s -s "$ROOT/bench/mint-sessions.lua" "$addr/session/guest" >"$out" 2>&1 &
+  pid=$!
+  while [[ "$(wc -l <"$cookies")" -lt "$total" ]]; do
+    kill -0 "$pid" 2>/dev/null || break
+    [[ $SECONDS -lt $deadline ]] || break
+    sleep 0.2
+  done
+  stop_pid "$pid"
+  [[ "$(wc -l <"$cookies")" -ge "$total" ]] || die "minting through $addr: only $(wc -l <"$cookies") of $total sessions ($(tail -n 3 "$out"))"
+}
+
 # tokengate with SESSIONS guest sessions, each request of the load carrying the next one's
 # cookie (leg d of issue 11: the store and the needle cache under many sessions). The
 # sessions are minted through tokengate itself by wrk (POST /session/guest; rate limits
@@ -314,9 +335,7 @@ start_tokengate_rotating() { # leg sessions
   addr="$(wait_for_line "$out" 'http://127\.0\.0\.1:[0-9]+' "$pid" "$leg")"
   : >"$cookies"
   log "$leg: minting $sessions guest sessions"
-  COOKIES="$cookies" SESSIONS="$sessions" timeout 300 taskset -c "$LOAD_CPUS" \
-    wrk -t1 -c16 -d240s -s "$ROOT/bench/mint-sessions.lua" "$addr/session/guest" \
-    >"$WORK/$leg-mint.txt" 2>&1 || die "minting sessions through $leg failed: $(tail -n 5 "$WORK/$leg-mint.txt")"
+  mint_sessions "$addr" "$sessions" "$cookies" "$WORK/$leg-mint.txt"
   [[ "$(wc -l <"$cookies")" -ge "$sessions" ]] || die "$leg: only $(wc -l <"$cookies") of $sessions sessions minted"
   LEGS+=("$leg")
   LEG_BASE[$leg]="$addr/api"
@@ -324,6 +343,50 @@ start_tokengate_rotating() { # leg sessions
   LEG_SCRIPT[$leg]="$ROOT/bench/rotate-sessions.lua"
   export COOKIES_FILE="$cookies"
   LEG_PIDS[$leg]="$pid"
+}
+
+# tokengate on the Redis store (leg e of issue 11): one redis-server and three replicas
+# sharing it; REDIS_SESSIONS guest sessions are minted, a third through each replica
+# (three replicas' worth of sessions in Redis, each replica's local cache and client tracking
+# live), then the load goes to the first replica with one session's cookie, as leg (c).
+# The two other replicas and redis-server run on the upstream's CPUs.
+start_tokengate_redis() { # leg sessions
+  local leg="$1" sessions="$2" port rpid i pid out addr first="" cookies="$WORK/$1.cookies" value
+  command -v redis-server >/dev/null || die "redis-server is needed for the $leg leg (apt-get install redis-server)"
+  port="$(free_port)"
+  taskset -c "$UPSTREAM_CPUS" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    >"$WORK/$leg-redis.out" 2>&1 </dev/null &
+  rpid=$!
+  PIDS+=("$rpid")
+  wait_for_port "127.0.0.1:$port" "$rpid" "redis-server"
+  render "$ROOT/bench/tokengate.toml.template" "$WORK/$leg.toml" "UPSTREAM_URL=$UPSTREAM_URL"
+  : >"$cookies"
+  for i in 1 2 3; do
+    out="$WORK/$leg-$i.out"
+    env -u RUST_LOG TOKENGATE_CLIENT_SECRET="$CLIENT_SECRET" \
+      TOKENGATE_STORE_KIND=redis TOKENGATE_STORE_URL_ENV=BENCH_REDIS_URL BENCH_REDIS_URL="redis://127.0.0.1:$port" \
+      TOKENGATE_STORE_ENCRYPTION_KEY_ENV=BENCH_STORE_KEY BENCH_STORE_KEY="o0X/68jjhbQk/te414M3as0nTJLanIhTgdvdXiKejrs=" \
+      TOKENGATE_RATE_LIMIT_NEW_SESSIONS_PER_MINUTE=100000000 TOKENGATE_RATE_LIMIT_NEW_SESSIONS_BURST=100000000 \
+      taskset -c "$([[ $i == 1 ]] && echo "$PROXY_CPUS" || echo "$UPSTREAM_CPUS")" "$TOKENGATE" --config "$WORK/$leg.toml" \
+      >"$out" 2>>"$WORK/$leg.err" </dev/null &
+    pid=$!
+    PIDS+=("$pid")
+    addr="$(wait_for_line "$out" 'http://127\.0\.0\.1:[0-9]+' "$pid" "$leg replica $i")"
+    [[ -n "$first" ]] || { first="$addr"; LEG_PIDS[$leg]="$pid"; }
+    if [[ "$sessions" -gt 0 ]]; then
+      log "$leg: minting $((sessions / 3)) guest sessions through replica $i"
+      mint_sessions "$addr" "$((sessions * i / 3))" "$cookies" "$WORK/$leg-mint-$i.txt"
+    fi
+  done
+  log "$leg: $(wc -l <"$cookies") sessions in Redis (DBSIZE $(redis-cli -p "$port" dbsize 2>/dev/null || echo '?'))"
+  rm -f "$WORK/$leg.jar"
+  curl -fsS -o /dev/null -c "$WORK/$leg.jar" -X POST -H 'X-CSRF: 1' "$first/session/guest" ||
+    die "POST /session/guest through $leg failed"
+  value="$(awk '$6 == "tg" { print $7 }' "$WORK/$leg.jar")"
+  [[ -n "$value" ]] || die "$leg set no cookie"
+  LEGS+=("$leg")
+  LEG_BASE[$leg]="$first/api"
+  LEG_HEADER[$leg]="Cookie: tg=$value"
 }
 
 start_nginx_proxy() { # leg token [gzip]
@@ -562,6 +625,7 @@ for upstream in $UPSTREAMS; do
   add_baseline_leg "$token"
   start_tokengate tokengate
   if [[ "${BENCH_SESSIONS:-100000}" != 0 ]]; then start_tokengate_rotating tokengate-rotating "${BENCH_SESSIONS:-100000}"; fi
+  if [[ "${BENCH_REDIS:-1}" == 1 ]]; then start_tokengate_redis tokengate-redis "${BENCH_REDIS_SESSIONS:-30000}"; fi
   if [[ "$upstream" == static ]]; then
     start_tokengate tokengate-noguard TOKENGATE_LEAK_GUARD_ENABLED=false
   fi
@@ -625,7 +689,7 @@ for upstream in $UPSTREAMS; do
   for payload in $PAYLOADS; do
     base_rps="$(column_of "$upstream" baseline "$payload" 5 | median)"
     base_p50="$(column_of "$upstream" baseline "$payload" 6 | median)"
-    for leg in baseline tokengate tokengate-rotating tokengate-noguard nginx nginx-gzip; do
+    for leg in baseline tokengate tokengate-rotating tokengate-redis tokengate-noguard nginx nginx-gzip; do
       [[ -n "$(column_of "$upstream" "$leg" "$payload" 5)" ]] || continue
       rps="$(column_of "$upstream" "$leg" "$payload" 5 | median)"
       p50="$(column_of "$upstream" "$leg" "$payload" 6 | median)"
@@ -675,6 +739,15 @@ for upstream in $UPSTREAMS; do
     [[ "$t" != nan && "$r" != nan ]] || continue
     awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" -v n="${BENCH_SESSIONS:-100000}" 'BEGIN {
       printf "%s/%s: tokengate over %d sessions %.0f req/s vs one session %.0f req/s (%.2fx)\n", u, p, n, r, t, r / t }'
+  done
+done
+for upstream in $UPSTREAMS; do
+  for payload in $PAYLOADS; do
+    t="$(column_of "$upstream" tokengate "$payload" 5 | median)"
+    r="$(column_of "$upstream" tokengate-redis "$payload" 5 | median)"
+    [[ "$t" != nan && "$r" != nan ]] || continue
+    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" 'BEGIN {
+      printf "%s/%s: tokengate on Redis (one of three replicas) %.0f req/s vs the memory store %.0f req/s (%.2fx; target 0.9x)\n", u, p, r, t, r / t }'
   done
 done
 for line in "${PERF_LINES[@]}"; do echo "$line"; done
