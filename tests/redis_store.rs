@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use tokengate::config::RedisConfig;
+use tokengate::metrics::SessionCacheCounters;
 use tokengate::secret::{AccessToken, EncryptionKey, RefreshToken, SecretString};
 use tokengate::session_id::SessionKey;
 use tokengate::store::{
@@ -28,8 +29,10 @@ fn store(url: &str) -> RedisStore {
         key_prefix: "tgtest".into(),
         lock_lease: Duration::from_secs(1),
         ca_file: None,
+        local_cache: true,
+        local_cache_max: 1000,
     };
-    RedisStore::connect(&config, Duration::from_secs(3600)).expect("a store")
+    RedisStore::connect(&config, Duration::from_secs(3600), SessionCacheCounters::default()).expect("a store")
 }
 
 fn record(generation: u64, token: &str) -> Arc<SessionRecord> {

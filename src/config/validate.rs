@@ -610,6 +610,8 @@ fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
                 ("store.key_prefix", raw.key_prefix.is_some()),
                 ("store.lock_lease", raw.lock_lease.is_some()),
                 ("store.ca_file", raw.ca_file.is_some()),
+                ("store.local_cache", raw.local_cache.is_some()),
+                ("store.local_cache_max", raw.local_cache_max.is_some()),
             ] {
                 if set {
                     checker.error(key, "is for kind = \"redis\"");
@@ -689,6 +691,15 @@ fn redis(checker: &mut Checker, raw: &RawStore) -> RedisConfig {
         command_timeout: checker.duration("store.command_timeout", raw.command_timeout.as_deref(), "1s"),
         key_prefix,
         lock_lease,
+        local_cache: raw.local_cache.unwrap_or(true),
+        local_cache_max: bounded(
+            checker,
+            "store.local_cache_max",
+            raw.local_cache_max,
+            100_000,
+            1,
+            10_000_000,
+        ),
     }
 }
 
