@@ -316,11 +316,11 @@ impl Metrics {
             "Session reads answered by the Redis store's local cache (hit) or by Redis (miss)",
             lookups.clone(),
         );
-        let session_cache = SessionCacheCounters {
-            hits: lookups.get_or_create(&ResultLabel { result: "hit" }).clone(),
-            misses: lookups.get_or_create(&ResultLabel { result: "miss" }).clone(),
-            invalidations: Counter::default(),
-        };
+        // One statement each: a handle's read guard must be gone before the next
+        // `get_or_create` takes the family's write lock.
+        let hits = lookups.get_or_create(&ResultLabel { result: "hit" }).clone();
+        let misses = lookups.get_or_create(&ResultLabel { result: "miss" }).clone();
+        let session_cache = SessionCacheCounters { hits, misses, invalidations: Counter::default() };
         registry.register(
             "session_cache_invalidations",
             "Keys the Redis store's local cache dropped because Redis or this replica changed them",
