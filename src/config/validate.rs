@@ -1290,6 +1290,17 @@ mod tests {
         let StoreKind::Redis(redis) = &config.fixed.store.kind else { panic!("redis") };
         assert_eq!(redis.lock_lease, Duration::from_secs(3));
         assert_eq!((redis.pool_size, redis.key_prefix.as_str()), (4, "tokengate"));
+        assert_eq!((redis.local_cache, redis.local_cache_max), (true, 100_000));
+        let off = format!("{text}local_cache = false\nlocal_cache_max = 5\n");
+        let config = Config::from_toml(&off, &with).expect("a valid redis config");
+        let StoreKind::Redis(off) = &config.fixed.store.kind else { panic!("redis") };
+        assert_eq!((off.local_cache, off.local_cache_max), (false, 5));
+        let zero = format!("{text}local_cache_max = 0\n");
+        let errors = Config::from_toml(&zero, &with).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| e.key == "store.local_cache_max"), "{errors:?}");
+        let memory = "[oauth]\nclient_id = \"key\"\n[store]\nlocal_cache = true\n";
+        let errors = Config::from_toml(memory, &env).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| e.key == "store.local_cache"), "{errors:?}");
         let debug = format!("{:?}", config.fixed.store);
         assert!(!debug.contains("7000"), "the URL may hold a password: {debug}");
     }

@@ -26,6 +26,13 @@
 //! **The refresh lock.** `SET …:lock <token> NX PX <lease>`; renewed and released only by
 //! its holder (scripts compare the token); a holder that dies lets it expire.
 //!
+//! **The local cache.** With `local_cache`, `get` answers from this replica's copy of the
+//! sessions it read (`cache`), kept true by RESP3 client tracking on a connection of its
+//! own (`tracking`: every fill proves its read was tracked; connection events clear it).
+//! Every write here drops this replica's copy of its key when it is over (`Forget`), so
+//! this replica never reads its own stale copy; `get_fresh` (the refresh path) always
+//! reads Redis. Off with Redis Cluster (see `tracking`).
+//!
 //! What is per replica: `counts()` (Redis is not counted; the sessions gauge stays 0),
 //! `has_room()` (always true: size Redis with `maxmemory` instead of `max_sessions`).
 
