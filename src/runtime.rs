@@ -147,7 +147,9 @@ fn assemble(config: Config) -> Result<Assembled, RunError> {
     let store = Arc::new(match &fixed.store.kind {
         StoreKind::Memory => Store::Memory(MemoryStore::new(fixed.session.max_sessions)),
         StoreKind::Redis(redis) => {
-            Store::Redis(RedisStore::connect(redis, fixed.session.idle_timeout).map_err(RunError::Config)?)
+            let counters = metrics.session_cache();
+            let store = RedisStore::connect(redis, fixed.session.idle_timeout, counters);
+            Store::Redis(store.map_err(RunError::Config)?)
         }
     });
     snapshot::load_into(&store, &fixed.store).map_err(RunError::Config)?;

@@ -30,6 +30,42 @@ fn replica(env: &Env, url: &str) -> Proxy {
     start_proxy(&env.config_path(), env.dir.path(), &[("TEST_REDIS_URL", url), ("TEST_STORE_KEY", STORE_KEY)])
 }
 
+/// `on_redis` with the local session cache on whatever the environment says (the suite
+/// also runs with `TOKENGATE_STORE_LOCAL_CACHE=false`).
+fn cached_on_redis(url: &str) -> Options {
+    on_redis(url).proxy_env("TOKENGATE_STORE_LOCAL_CACHE", "true")
+}
+
+/// `replica` with the local session cache on.
+fn cached_replica(env: &Env, url: &str) -> Proxy {
+    let variables =
+        [("TEST_REDIS_URL", url), ("TEST_STORE_KEY", STORE_KEY), ("TOKENGATE_STORE_LOCAL_CACHE", "true")];
+    start_proxy(&env.config_path(), env.dir.path(), &variables)
+}
+
+/// How many session reads `proxy`'s local cache answered (its `/metrics`).
+async fn cache_hits(env: &Env, proxy: &Proxy) -> u64 {
+    let admin = proxy.admin.expect("an admin listener");
+    let metrics = env.raw(Method::GET, &format!("http://{admin}/metrics"), &[], None).await.text();
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("tokengate_session_cache_lookups_total{result=\"hit\"}"));
+    line.and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Calls `path` through `browser` until `proxy`'s cache answered one of them (tracking is
+/// turned on in the background after connecting).
+async fn warm(env: &Env, proxy: &Proxy, browser: &Browser, path: &str) {
+    let warmed = eventually(Duration::from_secs(10), || async {
+        let before = cache_hits(env, proxy).await;
+        let reply = browser.get(path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        (cache_hits(env, proxy).await > before).then_some(())
+    })
+    .await;
+    assert!(warmed.is_some(), "the session was never served from the local cache");
+}
+
 /// A browser sharing `browser`'s cookie (and the suite's leak check) that talks to `proxy`.
 fn through(browser: &Browser, proxy: &Proxy) -> Browser {
     let mut other = browser.fresh();
@@ -395,4 +431,63 @@ async fn rediss_works_with_the_servers_ca_and_is_refused_without_it() {
     let refused = untrusting.browser().post("/session/guest").await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
     assert_eq!(refused.error_code().as_deref(), Some("store_unavailable"));
+}
+
+#[tokio::test]
+async fn a_cached_session_follows_another_replicas_refresh_and_logout() {
+    let redis = RedisServer::start();
+    let env = Env::with(cached_on_redis(&redis.url())).await;
+    let second = cached_replica(&env, &redis.url());
+    let browser = env.browser();
+    assert_eq!(browser.login().await.status, StatusCode::OK);
+    warm(&env, &env.proxy, &browser, "/api/shoppers/me").await;
+    // The API stops taking the tokens it issued; the second replica's call is refused
+    // once, refreshes and stores the new tokens.
+    env.expire_access_tokens().await;
+    let elsewhere = through(&browser, &second);
+    assert_eq!(elsewhere.get("/api/shoppers/me").await.status, StatusCode::OK);
+    assert_eq!(env.refresh_calls().await, 1);
+    let refused = env.stats().await["resource_401"].as_u64();
+    // The first replica's copy was dropped by Redis's push: its next call carries the new
+    // token (the API refuses nothing) and nobody refreshes again.
+    let reply = browser.get("/api/shoppers/me").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(env.stats().await["resource_401"].as_u64(), refused, "the first replica sent the old token");
+    assert_eq!(env.refresh_calls().await, 1, "one refresh");
+    warm(&env, &env.proxy, &browser, "/api/shoppers/me").await;
+
+    // A logout on the second replica ends the session on the first at once.
+    let cookie = browser.cookie();
+    assert_eq!(elsewhere.post("/session/logout").await.status, StatusCode::NO_CONTENT);
+    let ended = eventually(Duration::from_secs(5), || async {
+        let fresh = browser.fresh();
+        fresh.set_cookie(cookie.clone());
+        let reply = fresh.get("/api/shoppers/me").await;
+        (reply.status != StatusCode::OK).then_some(reply)
+    })
+    .await
+    .expect("the logout is seen");
+    assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "{}", ended.text());
+    assert_eq!(ended.error_code().as_deref(), Some("session_expired"));
+    assert_clean_logs(&env, &[&second]);
+}
+
+#[tokio::test]
+async fn redis_back_empty_is_session_expired_even_for_cached_sessions() {
+    let mut redis = RedisServer::start();
+    let env = Env::with(cached_on_redis(&redis.url())).await;
+    let browser = env.browser();
+    assert_eq!(browser.login().await.status, StatusCode::OK);
+    warm(&env, &env.proxy, &browser, "/session").await;
+    redis.restart_empty();
+    let after = eventually(Duration::from_secs(20), || async {
+        let fresh = browser.fresh();
+        fresh.set_cookie(browser.cookie());
+        let reply = fresh.get("/session").await;
+        (reply.status != StatusCode::SERVICE_UNAVAILABLE).then_some(reply)
+    })
+    .await
+    .expect("Redis comes back");
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "a session Redis lost was served: {}", after.text());
+    assert_eq!(after.error_code().as_deref(), Some("session_expired"));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use tokengate::config::RedisConfig;
+use tokengate::metrics::SessionCacheCounters;
 use tokengate::secret::{AccessToken, EncryptionKey, RefreshToken, SecretString};
 use tokengate::session_id::SessionKey;
 use tokengate::store::{
@@ -19,6 +20,11 @@ use tokengate::store::{
 const NOW: u64 = 1_900_000_000;
 
 fn store(url: &str) -> RedisStore {
+    store_with(url, true, SessionCacheCounters::default())
+}
+
+/// A store with or without the local cache, counting its lookups in `counters`.
+fn store_with(url: &str, local_cache: bool, counters: SessionCacheCounters) -> RedisStore {
     let config = RedisConfig {
         url: SecretString::new(url.to_string()),
         keys: vec![EncryptionKey::new([9; 32])],
@@ -28,8 +34,10 @@ fn store(url: &str) -> RedisStore {
         key_prefix: "tgtest".into(),
         lock_lease: Duration::from_secs(1),
         ca_file: None,
+        local_cache,
+        local_cache_max: 1000,
     };
-    RedisStore::connect(&config, Duration::from_secs(3600)).expect("a store")
+    RedisStore::connect(&config, Duration::from_secs(3600), counters).expect("a store")
 }
 
 fn record(generation: u64, token: &str) -> Arc<SessionRecord> {
@@ -195,4 +203,114 @@ async fn an_identity_finds_its_sessions_from_any_replica_and_stays_bounded() {
     assert_eq!(found.len(), MAX_SESSIONS_PER_IDENTITY, "the set is capped");
     let newest = key(u8::try_from(MAX_SESSIONS_PER_IDENTITY + 15).expect("small"));
     assert!(found.contains(&newest), "the newest link is always kept");
+}
+
+/// The Redis key of `key(1)`.
+fn session_key_1() -> String {
+    format!("tgtest:{{{}}}", "01".repeat(32))
+}
+
+/// Reads `n` until the local cache answers it (the tracking connection turns tracking on
+/// in the background after connecting); its generation then.
+async fn cached(store: &RedisStore, counters: &SessionCacheCounters, n: u8) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let hits = counters.hits.get();
+        let found = generation(store, n).await;
+        if counters.hits.get() > hits {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("session {n} was never served from the local cache");
+}
+
+/// Reads `n` until its generation is `want` (another client's write reaches the cache by
+/// Redis's push, a moment later).
+async fn until_generation(store: &RedisStore, n: u8, want: Option<u64>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if store.get(&key(n)).await.ok().map(|found| found.map(|stored| stored.record.generation))
+            == Some(want)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_local_cache_serves_reads_and_this_stores_own_writes_show_at_once() {
+    let redis = RedisServer::start();
+    let counters = SessionCacheCounters::default();
+    let store = store_with(&redis.url(), true, counters.clone());
+    ready(&store).await;
+    store.insert(key(1), record(0, "a"), NOW).await.expect("inserts");
+    assert_eq!(cached(&store, &counters, 1).await, Some(0));
+    // Each write drops this store's copy before it returns: no wait for Redis's push.
+    assert!(matches!(store.replace(&key(1), 0, record(1, "b")).await, Ok(Swap::Done)));
+    assert_eq!(generation(&store, 1).await, Some(1));
+    assert_eq!(cached(&store, &counters, 1).await, Some(1));
+    store.touch(&key(1), NOW + 5).await.expect("touches");
+    let stored = store.get(&key(1)).await.expect("answers").expect("kept");
+    assert_eq!(stored.last_seen, NOW + 5, "the last use written is read back at once");
+    assert!(matches!(store.end(&key(1), NOW).await, Ok(Removal::Removed(_))));
+    assert_eq!(generation(&store, 1).await, None);
+}
+
+#[tokio::test]
+async fn another_clients_writes_reach_the_local_cache_and_fresh_reads_skip_it() {
+    let redis = RedisServer::start();
+    let counters = SessionCacheCounters::default();
+    let cached_store = store_with(&redis.url(), true, counters.clone());
+    let writer = store_with(&redis.url(), false, SessionCacheCounters::default());
+    ready(&cached_store).await;
+    ready(&writer).await;
+    writer.insert(key(1), record(0, "a"), NOW).await.expect("inserts");
+    assert_eq!(cached(&cached_store, &counters, 1).await, Some(0));
+    assert!(matches!(writer.replace(&key(1), 0, record(1, "b")).await, Ok(Swap::Done)));
+    let fresh =
+        cached_store.get_fresh(&key(1)).await.expect("answers").map(|stored| stored.record.generation);
+    assert_eq!(fresh, Some(1), "a fresh read is Redis's answer at once");
+    assert!(until_generation(&cached_store, 1, Some(1)).await, "the push dropped the old copy");
+    assert!(counters.invalidations.get() >= 1);
+    // Redis's own expiry and a key deleted by hand are pushed too.
+    assert_eq!(cached(&cached_store, &counters, 1).await, Some(1));
+    redis.command(&["DEL", session_key_1().as_str()]);
+    assert!(until_generation(&cached_store, 1, None).await, "a deleted session is not served");
+    writer.insert(key(2), record(0, "c"), NOW).await.expect("inserts");
+    assert_eq!(cached(&cached_store, &counters, 2).await, Some(0));
+    assert!(matches!(writer.end(&key(2), NOW).await, Ok(Removal::Removed(_))));
+    assert!(until_generation(&cached_store, 2, None).await, "a logout elsewhere is seen");
+}
+
+#[tokio::test]
+async fn a_redis_restart_clears_the_local_cache() {
+    let mut redis = RedisServer::start();
+    let counters = SessionCacheCounters::default();
+    let store = store_with(&redis.url(), true, counters.clone());
+    ready(&store).await;
+    store.insert(key(1), record(0, "a"), NOW).await.expect("inserts");
+    assert_eq!(cached(&store, &counters, 1).await, Some(0));
+    redis.restart_empty();
+    assert!(until_generation(&store, 1, None).await, "a session Redis lost is not served from the cache");
+    // And the cache works again on the new connection.
+    store.insert(key(2), record(0, "b"), NOW).await.expect("inserts");
+    assert_eq!(cached(&store, &counters, 2).await, Some(0));
+}
+
+#[tokio::test]
+async fn with_the_local_cache_off_every_read_goes_to_redis() {
+    let redis = RedisServer::start();
+    let counters = SessionCacheCounters::default();
+    let store = store_with(&redis.url(), false, counters.clone());
+    ready(&store).await;
+    store.insert(key(1), record(0, "a"), NOW).await.expect("inserts");
+    for _ in 0..3 {
+        assert_eq!(generation(&store, 1).await, Some(0));
+    }
+    redis.command(&["DEL", session_key_1().as_str()]);
+    assert_eq!(generation(&store, 1).await, None, "no copy outlives the key");
+    assert_eq!((counters.hits.get(), counters.misses.get()), (0, 0));
 }

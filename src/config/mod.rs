@@ -342,6 +342,11 @@ pub struct RedisConfig {
     pub lock_lease: Duration,
     /// Certificates trusted for `rediss://` besides the compiled-in Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// Keep a local copy of sessions read, kept true by Redis's client tracking
+    /// (`store::redis::tracking`); never with Redis Cluster.
+    pub local_cache: bool,
+    /// Most sessions the local cache holds.
+    pub local_cache_max: usize,
 }
 
 /// `[store]`.

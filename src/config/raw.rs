@@ -180,6 +180,8 @@ schema! {
             key_prefix: Str,
             lock_lease: Str,
             ca_file: Str,
+            local_cache: Bool,
+            local_cache_max: Int,
             snapshot_file: Str,
             snapshot_interval: Str,
             snapshot_on_error: Str,

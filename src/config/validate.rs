@@ -621,6 +621,8 @@ fn store(checker: &mut Checker, raw: RawStore) -> StoreConfig {
                 ("store.key_prefix", raw.key_prefix.is_some()),
                 ("store.lock_lease", raw.lock_lease.is_some()),
                 ("store.ca_file", raw.ca_file.is_some()),
+                ("store.local_cache", raw.local_cache.is_some()),
+                ("store.local_cache_max", raw.local_cache_max.is_some()),
             ] {
                 if set {
                     checker.error(key, "is for kind = \"redis\"");
@@ -700,6 +702,15 @@ fn redis(checker: &mut Checker, raw: &RawStore) -> RedisConfig {
         command_timeout: checker.duration("store.command_timeout", raw.command_timeout.as_deref(), "1s"),
         key_prefix,
         lock_lease,
+        local_cache: raw.local_cache.unwrap_or(true),
+        local_cache_max: bounded(
+            checker,
+            "store.local_cache_max",
+            raw.local_cache_max,
+            100_000,
+            1,
+            10_000_000,
+        ),
     }
 }
 
@@ -1306,6 +1317,17 @@ mod tests {
         let StoreKind::Redis(redis) = &config.fixed.store.kind else { panic!("redis") };
         assert_eq!(redis.lock_lease, Duration::from_secs(3));
         assert_eq!((redis.pool_size, redis.key_prefix.as_str()), (4, "tokengate"));
+        assert_eq!((redis.local_cache, redis.local_cache_max), (true, 100_000));
+        let off = format!("{text}local_cache = false\nlocal_cache_max = 5\n");
+        let config = Config::from_toml(&off, &with).expect("a valid redis config");
+        let StoreKind::Redis(off) = &config.fixed.store.kind else { panic!("redis") };
+        assert_eq!((off.local_cache, off.local_cache_max), (false, 5));
+        let zero = format!("{text}local_cache_max = 0\n");
+        let errors = Config::from_toml(&zero, &with).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| e.key == "store.local_cache_max"), "{errors:?}");
+        let memory = "[oauth]\nclient_id = \"key\"\n[store]\nlocal_cache = true\n";
+        let errors = Config::from_toml(memory, &env).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| e.key == "store.local_cache"), "{errors:?}");
         let debug = format!("{:?}", config.fixed.store);
         assert!(!debug.contains("7000"), "the URL may hold a password: {debug}");
     }

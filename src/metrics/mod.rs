@@ -27,6 +27,8 @@
 //! | `tokengate_token_leaks_blocked_total` | counter | — |
 //! | `tokengate_response_bodies_stalled_total` | counter | — |
 //! | `tokengate_backchannel_logouts_total` | counter | `result` (`ended`: sessions ended, `none`: no session matched, `invalid`, `unavailable`) |
+//! | `tokengate_session_cache_lookups_total` | counter | `result` (`hit`, `miss`: the Redis store's local cache) |
+//! | `tokengate_session_cache_invalidations_total` | counter | — (keys Redis said changed, or this replica wrote) |
 //! | `tokengate_open_connections` | gauge | — (storefront listener) |
 //! | `tokengate_build_info` | gauge | `version` |
 
@@ -147,6 +149,15 @@ struct VersionLabel {
     version: &'static str,
 }
 
+/// The Redis store's local session cache counters (`store::redis::cache`), handed to
+/// the store at start. Default: counters registered nowhere (tests).
+#[derive(Debug, Clone, Default)]
+pub struct SessionCacheCounters {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub invalidations: Counter,
+}
+
 /// Pre-made handles for one route label.
 #[derive(Debug, Clone)]
 struct RouteHandles {
@@ -176,6 +187,7 @@ pub struct Metrics {
     bodies_stalled: Counter,
     open_connections: Gauge,
     backchannel_logouts: HashMap<BackchannelOutcome, Counter>,
+    session_cache: SessionCacheCounters,
 }
 
 /// The families route handles are made from (kept to make handles for new routes).
@@ -298,6 +310,22 @@ impl Metrics {
             .iter()
             .map(|(outcome, result)| (*outcome, backchannel.get_or_create(&ResultLabel { result }).clone()))
             .collect();
+        let lookups = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "session_cache_lookups",
+            "Session reads answered by the Redis store's local cache (hit) or by Redis (miss)",
+            lookups.clone(),
+        );
+        // One statement each: a handle's read guard must be gone before the next
+        // `get_or_create` takes the family's write lock.
+        let hits = lookups.get_or_create(&ResultLabel { result: "hit" }).clone();
+        let misses = lookups.get_or_create(&ResultLabel { result: "miss" }).clone();
+        let session_cache = SessionCacheCounters { hits, misses, invalidations: Counter::default() };
+        registry.register(
+            "session_cache_invalidations",
+            "Keys the Redis store's local cache dropped because Redis or this replica changed them",
+            session_cache.invalidations.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open storefront connections", open_connections.clone());
         let build = Family::<VersionLabel, Gauge>::default();
@@ -321,6 +349,7 @@ impl Metrics {
             bodies_stalled,
             open_connections,
             backchannel_logouts,
+            session_cache,
         }
     }
 
@@ -329,6 +358,11 @@ impl Metrics {
         if let Some(counter) = self.backchannel_logouts.get(&outcome) {
             counter.inc();
         }
+    }
+
+    /// The counters the Redis store's local session cache counts in.
+    pub fn session_cache(&self) -> SessionCacheCounters {
+        self.session_cache.clone()
     }
 
     /// Makes handles for route labels a reload added (off the request path).

@@ -11,6 +11,10 @@
 //! lock in the store, renews its lease while the call runs, and releases it after the
 //! write; a replica that finds it held reads the winner's tokens back (`RefreshCall::run`).
 //!
+//! **Fresh reads.** Every read here is `get_fresh`: never the Redis store's local cache,
+//! which may lag another replica's write by the time its invalidation takes to arrive; a
+//! stale generation here would refresh with a refresh token that was rotated away.
+//!
 //! **Fenced writes.** The new record is written with a compare-and-set on the
 //! generation the refresh started from, so a writer with a stale view never overwrites
 //! a newer record; a dead grant deletes the session only if nobody renewed it meanwhile,
@@ -88,8 +92,12 @@ impl<T: TokenService> Sessions<T> {
         let waiting = trace::Span::internal("session.refresh.lock_wait");
         let guard = Arc::clone(lock).lock_owned().await;
         drop(waiting);
-        let current =
-            self.store.get(&key).await.map_err(|e| self.store_error(e))?.ok_or(Error::SessionExpired)?;
+        let current = self
+            .store
+            .get_fresh(&key)
+            .await
+            .map_err(|e| self.store_error(e))?
+            .ok_or(Error::SessionExpired)?;
         let coalesced = current.record.generation != seen_generation;
         trace::annotate("tokengate.refresh.coalesced", coalesced);
         if coalesced {
@@ -160,7 +168,7 @@ impl<T: TokenService> RefreshCall<T> {
             }
         };
         // Someone may have finished between our read and our lock.
-        let outcome = match self.store.get(&self.key).await.map_err(store_error) {
+        let outcome = match self.store.get_fresh(&self.key).await.map_err(store_error) {
             Ok(Some(stored)) if stored.record.generation != self.current.generation => {
                 trace::annotate("tokengate.refresh.coalesced", true);
                 Ok(stored.record)
@@ -194,7 +202,7 @@ impl<T: TokenService> RefreshCall<T> {
                 return Err(Error::TokenServiceUnavailable("another replica's refresh took too long".into()));
             }
             tokio::time::sleep(LOCK_POLL).await;
-            match self.store.get(&self.key).await.map_err(store_error)? {
+            match self.store.get_fresh(&self.key).await.map_err(store_error)? {
                 Some(stored) if stored.record.generation != self.current.generation => {
                     return Ok(Locked::Refreshed(stored.record))
                 }

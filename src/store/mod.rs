@@ -215,6 +215,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get(&self, key: &SessionKey)
         -> impl Future<Output = Result<Option<StoredSession>, StoreError>> + Send;
 
+    /// The session under `key` as the store holds it at this moment, never a replica's
+    /// local copy (the Redis store's cache may lag another replica's write by the time its
+    /// invalidation takes to arrive). The refresh path reads with it: a stale generation
+    /// there would send a refresh token that was rotated away.
+    fn get_fresh(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<StoredSession>, StoreError>> + Send {
+        self.get(key)
+    }
+
     /// Whether a new session would likely fit, answered without counting the store
     /// (minting a token that would then be thrown away is the cost avoided). `insert`
     /// remains the authority.
@@ -402,6 +413,10 @@ macro_rules! each_backend {
 impl SessionStore for Store {
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
         each_backend!(async self, store => store.get(key))
+    }
+
+    async fn get_fresh(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        each_backend!(async self, store => store.get_fresh(key))
     }
 
     fn has_room(&self) -> bool {

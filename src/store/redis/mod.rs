@@ -26,10 +26,19 @@
 //! **The refresh lock.** `SET …:lock <token> NX PX <lease>`; renewed and released only by
 //! its holder (scripts compare the token); a holder that dies lets it expire.
 //!
+//! **The local cache.** With `local_cache`, `get` answers from this replica's copy of the
+//! sessions it read (`cache`), kept true by RESP3 client tracking on a connection of its
+//! own (`tracking`: every fill proves its read was tracked; connection events clear it).
+//! Every write here drops this replica's copy of its key when it is over (`Forget`), so
+//! this replica never reads its own stale copy; `get_fresh` (the refresh path) always
+//! reads Redis. Off with Redis Cluster (see `tracking`).
+//!
 //! What is per replica: `counts()` (Redis is not counted; the sessions gauge stays 0),
 //! `has_room()` (always true: size Redis with `maxmemory` instead of `max_sessions`).
 
+mod cache;
 mod sealed;
+mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +46,7 @@ use std::time::Duration;
 use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface};
 use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use fred::types::{Builder, RespVersion};
 use fred::types::{Expiration, SetOptions, Value};
 
 use super::{
@@ -44,7 +54,9 @@ use super::{
     SessionRecord, SessionStore, StoreError, StoredSession, Swap, MARK_SECS, MAX_SESSIONS_PER_IDENTITY,
 };
 use crate::config::RedisConfig;
+use crate::metrics::SessionCacheCounters;
 use crate::secret::EncryptionKey;
+use tracking::Tracked;
 
 pub use sealed::Unsealed;
 
@@ -127,6 +139,9 @@ const ENDED: &str = "ended";
 /// Sessions in Redis.
 pub struct RedisStore {
     pool: Pool,
+    /// The local session cache and its tracking connection (`local_cache`; never with
+    /// Redis Cluster).
+    tracked: Option<Arc<Tracked>>,
     keys: Vec<EncryptionKey>,
     prefix: String,
     idle_ms: u64,
@@ -142,31 +157,91 @@ impl RedisStore {
     /// A store on the server `config` names, with `idle` as the sliding TTL. Connects in
     /// the background and keeps reconnecting: a Redis that is down at start makes
     /// `/readyz` and session calls fail (503) until it is back, it does not stop the start.
-    pub fn connect(config: &RedisConfig, idle: Duration) -> Result<Self, String> {
-        let mut fred_config = FredConfig::from_url(config.url.expose())
-            .map_err(|error| format!("store.url_env: not a usable Redis URL ({})", error.kind().to_str()))?;
-        if fred_config.tls.is_some() {
-            // rediss://: the same trust as the upstream client (Mozilla roots + ca_file).
-            let tls = crate::upstream::tls_client_config(config.ca_file.as_deref(), "store.ca_file")?;
-            fred_config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
-        }
-        let (connect_timeout, command_timeout) = (config.connect_timeout, config.command_timeout);
-        let pool = fred::types::Builder::from_config(fred_config)
-            .with_connection_config(|connection| {
-                connection.connection_timeout = connect_timeout;
-                connection.internal_command_timeout = command_timeout;
-            })
-            .with_performance_config(|performance| performance.default_command_timeout = command_timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+    /// With `local_cache`, also a RESP3 connection that keeps the local cache true
+    /// (`tracking`), counting in `counters`.
+    pub fn connect(
+        config: &RedisConfig,
+        idle: Duration,
+        counters: SessionCacheCounters,
+    ) -> Result<Self, String> {
+        let pool = client_builder(config, RespVersion::RESP2)?
             .build_pool(config.pool_size)
             .map_err(|error| format!("store: cannot build the Redis client: {}", error.details()))?;
         pool.connect();
+        let clustered = pool.inner().config.server.is_clustered();
+        if config.local_cache && clustered {
+            tracing::info!("store.local_cache is off with Redis Cluster (see README)");
+        }
+        let tracked = match (config.local_cache, clustered) {
+            (true, false) => {
+                let reader = client_builder(config, RespVersion::RESP3)?
+                    // Room for bursts of invalidation pushes; a lagged keeper clears.
+                    .with_performance_config(|performance| performance.broadcast_channel_capacity = 4096)
+                    .build()
+                    .map_err(|error| format!("store: cannot build the Redis client: {}", error.details()))?;
+                let patience = config.command_timeout.saturating_mul(2);
+                let prefix = config.key_prefix.clone();
+                Some(Tracked::start(reader, prefix, config.local_cache_max, patience, counters))
+            }
+            _ => None,
+        };
         Ok(Self {
             pool,
+            tracked,
             keys: config.keys.clone(),
             prefix: config.key_prefix.clone(),
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// The session under `key` as Redis holds it now, read on the pool (never the cache).
+    async fn read_pool(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        let fields: Vec<Value> =
+            fred::interfaces::HashesInterface::hmget(&self.pool, self.session_key(key), vec!["d", "t"])
+                .await
+                .map_err(unavailable)?;
+        self.stored(&fields, key)
+    }
+
+    /// A session from an `HMGET d t` answer (`None`: no such session).
+    fn stored(&self, fields: &[Value], key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        let Some(sealed) = fields.first().and_then(bytes_of) else { return Ok(None) };
+        let last_seen = fields.get(1).and_then(number_of).unwrap_or(0);
+        Ok(Some(StoredSession { record: Arc::new(self.open(&sealed, key)?), last_seen }))
+    }
+
+    /// The cached session, or a read on the tracking connection that fills the cache when
+    /// it proves the connection tracks; the pool reads when that connection fails.
+    async fn read_cached(
+        &self,
+        tracked: &Tracked,
+        key: &SessionKey,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        if let Some(hit) = tracked.cache.get(key) {
+            tracked.counters.hits.inc();
+            return Ok(Some(hit));
+        }
+        tracked.counters.misses.inc();
+        // Before the read: an invalidation that lands meanwhile refuses its fill.
+        let ticket = tracked.cache.ticket(key);
+        let read = match tracked.read(self.session_key(key)).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::debug!(error = %error.details(), "the cache's connection failed; reading on the pool");
+                return self.read_pool(key).await;
+            }
+        };
+        let stored = self.stored(&read.fields, key)?;
+        if let (Some(stored), true) = (&stored, read.tracked) {
+            tracked.cache.fill(key, ticket, stored.clone());
+        }
+        Ok(stored)
+    }
+
+    /// Held across a write of `key`: when the write is over (done, failed or abandoned
+    /// mid-flight), this replica's copy goes at once, not when Redis's push arrives.
+    fn forgetting(&self, key: &SessionKey) -> Forget<'_> {
+        Forget { tracked: self.tracked.as_deref(), key: *key }
     }
 
     fn session_key(&self, key: &SessionKey) -> String {
@@ -230,13 +305,14 @@ impl RedisStore {
 
 impl SessionStore for RedisStore {
     async fn get(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
-        let fields: Vec<Value> =
-            fred::interfaces::HashesInterface::hmget(&self.pool, self.session_key(key), vec!["d", "t"])
-                .await
-                .map_err(unavailable)?;
-        let Some(sealed) = fields.first().and_then(bytes_of) else { return Ok(None) };
-        let last_seen = fields.get(1).and_then(number_of).unwrap_or(0);
-        Ok(Some(StoredSession { record: Arc::new(self.open(&sealed, key)?), last_seen }))
+        match &self.tracked {
+            Some(tracked) => self.read_cached(tracked, key).await,
+            None => self.read_pool(key).await,
+        }
+    }
+
+    async fn get_fresh(&self, key: &SessionKey) -> Result<Option<StoredSession>, StoreError> {
+        self.read_pool(key).await
     }
 
     fn has_room(&self) -> bool {
@@ -244,6 +320,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn insert(&self, key: SessionKey, record: Arc<SessionRecord>, now: u64) -> Result<(), StoreError> {
+        let _forget = self.forgetting(&key);
         let sealed = self.seal(&record, &key)?;
         let args = vec![
             Value::from(record.generation.to_string()),
@@ -264,6 +341,7 @@ impl SessionStore for RedisStore {
         expected_generation: u64,
         record: Arc<SessionRecord>,
     ) -> Result<Swap, StoreError> {
+        let _forget = self.forgetting(key);
         let sealed = self.seal(&record, key)?;
         let args = vec![
             Value::from(expected_generation.to_string()),
@@ -275,12 +353,14 @@ impl SessionStore for RedisStore {
     }
 
     async fn touch(&self, key: &SessionKey, now: u64) -> Result<(), StoreError> {
+        let _forget = self.forgetting(key);
         let args = vec![Value::from(now.to_string()), Value::from(self.idle_ms.to_string())];
         self.script(TOUCH, vec![self.session_key(key)], args).await.map(drop)
     }
 
     /// The mark lives `MARK_SECS` by Redis's clock; `now` is not needed.
     async fn end(&self, key: &SessionKey, _now: u64) -> Result<Removal, StoreError> {
+        let _forget = self.forgetting(key);
         let args = vec![Value::from(ENDED), Value::from((MARK_SECS * 1000).to_string())];
         let answer =
             self.script(TAKE_LEAVING_MARK, vec![self.session_key(key), self.mark_key(key)], args).await?;
@@ -299,6 +379,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn remove_if(&self, key: &SessionKey, expected_generation: u64) -> Result<Swap, StoreError> {
+        let _forget = self.forgetting(key);
         let args = vec![Value::from(expected_generation.to_string())];
         let answer = self.script(REMOVE_IF, vec![self.session_key(key)], args).await?;
         self.swap(&answer, key)
@@ -315,6 +396,7 @@ impl SessionStore for RedisStore {
         // follows the old key's mark finds it.
         self.insert(new, record, now).await?;
         let Some(old) = old else { return Ok(Rotation::Done { previous: None }) };
+        let _forget = self.forgetting(old);
         let moved = format!("moved:{}", to_hex(&new.0));
         let args = vec![Value::from(moved), Value::from((MARK_SECS * 1000).to_string())];
         let answer =
@@ -454,6 +536,43 @@ impl RedisStore {
             _ => Err(garbage("compare-and-set answer")),
         }
     }
+}
+
+/// Drops a key from the local cache when dropped (`RedisStore::forgetting`).
+struct Forget<'a> {
+    tracked: Option<&'a Tracked>,
+    key: SessionKey,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(tracked) = self.tracked {
+            tracked.invalidate(&self.key);
+        }
+    }
+}
+
+/// A client for the server `config` names, speaking `version` (RESP3 for tracking), with
+/// the configured TLS, timeouts and reconnection policy.
+fn client_builder(config: &RedisConfig, version: RespVersion) -> Result<Builder, String> {
+    let mut fred_config = FredConfig::from_url(config.url.expose())
+        .map_err(|error| format!("store.url_env: not a usable Redis URL ({})", error.kind().to_str()))?;
+    fred_config.version = version;
+    if fred_config.tls.is_some() {
+        // rediss://: the same trust as the upstream client (Mozilla roots + ca_file).
+        let tls = crate::upstream::tls_client_config(config.ca_file.as_deref(), "store.ca_file")?;
+        fred_config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    let (connect_timeout, command_timeout) = (config.connect_timeout, config.command_timeout);
+    let mut builder = Builder::from_config(fred_config);
+    builder
+        .with_connection_config(|connection| {
+            connection.connection_timeout = connect_timeout;
+            connection.internal_command_timeout = command_timeout;
+        })
+        .with_performance_config(|performance| performance.default_command_timeout = command_timeout)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok(builder)
 }
 
 fn unavailable(error: fred::error::Error) -> StoreError {
