@@ -65,7 +65,7 @@ const MAX_ESCAPE_LEN: usize = 6;
 /// a full comparison only where it passes. Both find every needle at every position.
 pub struct Needles {
     /// Every needle, end to end: the raw tails first (in the order given), then the
-    /// base64 cores (sorted, without duplicates).
+    /// base64 cores.
     bytes: Box<[u8]>,
     /// Where each needle ends in `bytes`.
     ends: Box<[usize]>,
@@ -136,22 +136,23 @@ impl Needles {
         let raw: Vec<&[u8]> =
             secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).map(tail).collect();
         let longest = raw.iter().map(|secret| secret.len()).max()?;
-        let mut encoded: Vec<Vec<u8>> = Vec::new();
-        if forms.base64 {
-            encoded.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
-            encoded.sort();
-            encoded.dedup();
-        }
-        let mut bytes = Vec::with_capacity(raw.len() * MAX_NEEDLE_LEN + encoded.len() * 44);
-        let mut ends = Vec::with_capacity(raw.len() + encoded.len());
+        // One allocation for every needle's bytes: the base64 cores are encoded on the
+        // stack and copied in (a duplicate core would only be searched twice).
+        let cores = if forms.base64 { 6 } else { 0 };
+        let mut bytes = Vec::with_capacity(raw.len() * (MAX_NEEDLE_LEN + cores * 44));
+        let mut ends = Vec::with_capacity(raw.len() * (1 + cores));
         let mut filter = [0u64; FILTER_WORDS];
-        for needle in raw.iter().copied().chain(encoded.iter().map(Vec::as_slice)) {
+        let mut add = |needle: &[u8]| {
             bytes.extend_from_slice(needle);
             ends.push(bytes.len());
             if let Some(prefix) = needle.first_chunk::<4>() {
                 let bit = filter_bit(*prefix);
                 filter[bit / 64] |= 1 << (bit % 64);
             }
+        };
+        raw.iter().for_each(|secret| add(secret));
+        if forms.base64 {
+            raw.iter().for_each(|secret| base64_cores(secret, &mut add));
         }
         Some(Self {
             bytes: bytes.into_boxed_slice(),
@@ -309,24 +310,34 @@ fn slot_of(key: &SessionKey) -> usize {
 
 /// The parts of base64(`secret`) that do not depend on the bytes around it, for each of
 /// the three positions it can start at within a 3-byte group, in both alphabets.
-fn base64_cores(secret: &[u8]) -> Vec<Vec<u8>> {
-    let mut cores = Vec::with_capacity(6);
+/// Each is handed to `add`; `secret` is a tail, at most [`MAX_NEEDLE_LEN`] bytes, so the
+/// work is done in stack buffers.
+fn base64_cores(secret: &[u8], add: &mut impl FnMut(&[u8])) {
+    let mut shifted = [0u8; MAX_NEEDLE_LEN + 2];
+    let mut encoded = [0u8; (MAX_NEEDLE_LEN + 2).div_ceil(3) * 4];
+    let Some(len) = secret.len().checked_add(2).filter(|len| *len <= shifted.len()) else {
+        return;
+    };
+    shifted[2..len].copy_from_slice(secret);
     for offset in 0..3usize {
-        let mut shifted = vec![0u8; offset];
-        shifted.extend_from_slice(secret);
+        // The secret after `offset` zero bytes (the buffer's first bytes stay zero).
+        let shifted = &shifted[2 - offset..len];
         // The first characters mix in the zero padding before the secret; the last ones
         // the bytes after it. Keep only the characters made of the secret's bits alone.
         let skip_front = if offset == 0 { 0 } else { offset + 1 };
         let whole_groups = shifted.len() / 3;
         let end = whole_groups * 4;
+        if end <= skip_front + MIN_SECRET_LEN {
+            continue;
+        }
         for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-            let encoded = engine.encode(&shifted);
-            if end > skip_front + MIN_SECRET_LEN {
-                cores.push(encoded.as_bytes()[skip_front..end].to_vec());
+            if let Ok(written) = engine.encode_slice(shifted, &mut encoded) {
+                if written >= end {
+                    add(&encoded[skip_front..end]);
+                }
             }
         }
     }
-    cores
 }
 
 /// `haystack` with `\uXXXX` (ASCII), `\/`, `\\`, `\"` and `%XX` undone; everything else
