@@ -194,15 +194,21 @@ tokengate_leg() { # name [env...]
     "$TOKENGATE" --config "$WORK/$name.toml" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/session" "${PIDS[-1]}" "$name under callgrind"
+  # This runs in $(...): the parent's cleanup never sees this PID, so the leg stops its
+  # own process when it is measured.
   if [[ "$SESSIONS" -gt 1 ]]; then
     mint_sessions "$port" "$WORK/$name.cookies"
     measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "@$WORK/$name.cookies"
-    return
+  else
+    curl -fsS -o /dev/null -c "$jar" -X POST -H 'X-CSRF: 1' "http://127.0.0.1:$port/session/guest"
+    cookie="$(awk '$6 == "tg" { print $7 }' "$jar")"
+    [[ -n "$cookie" ]] || die "$name set no cookie"
+    measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "Cookie: tg=$cookie"
   fi
-  curl -fsS -o /dev/null -c "$jar" -X POST -H 'X-CSRF: 1' "http://127.0.0.1:$port/session/guest"
-  cookie="$(awk '$6 == "tg" { print $7 }' "$jar")"
-  [[ -n "$cookie" ]] || die "$name set no cookie"
-  measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "Cookie: tg=$cookie"
+  local pid="${PIDS[-1]}"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 TG_LINE="$(tokengate_leg tokengate)"
 TG_OFF_LINE="$(tokengate_leg tokengate-guard-off TOKENGATE_LEAK_GUARD_ENABLED=false)"
