@@ -13,6 +13,12 @@
 # dumped (callgrind_control -d, into NAME.out.1): instructions of all threads / REQUESTS. Startup, the guest
 # session's creation and the warm-up are not counted. The payload is the small JSON call
 # (GET /api/shoppers/me, 179 bytes). tokengate runs twice: leak guard on and off.
+# Rotating sessions (issue 11 (d)): CALLGRIND_SESSIONS=N (N > 1) mints N guest sessions in each
+# tokengate leg before the warm-up (one keep-alive connection, not counted) and then sends every
+# request with the next session's cookie, round the N: with N well above the requests counted,
+# each measured request is the first of its session since the warm-up, so the leak guard's
+# needle cache holds nearly none of them (what 100,000 sessions look like to a 16,384-slot
+# cache). nginx has no sessions and is measured as usual.
 # Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_KEEP=1 keeps the
 # work directory (callgrind.out files: open them with callgrind_annotate --inclusive=yes).
 # All traffic is on 127.0.0.1; every process started here is stopped by its PID.
@@ -20,6 +26,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQUESTS="${CALLGRIND_REQUESTS:-2000}"
+SESSIONS="${CALLGRIND_SESSIONS:-1}"
+[[ "$SESSIONS" =~ ^[1-9][0-9]*$ ]] || { echo "CALLGRIND_SESSIONS must be a positive number" >&2; exit 2; }
 WARMUP="${CALLGRIND_WARMUP:-200}"
 log() { printf '[callgrind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -85,23 +93,45 @@ wait_http "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" "the static upstream"
 measure() {
   local name="$1" url="$2" header="${3:-}" pid="${PIDS[-1]}" out
   python3 - "$url" "$header" "$WARMUP" <<'EOF'
-import http.client, sys, urllib.parse
+import http.client, os, sys, urllib.parse
 url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-headers = dict([header.split(": ", 1)]) if header else {}
+# "@FILE": one cookie value a line, a different one each request, going on where the last
+# run stopped (the position is kept in FILE.at).
+cookies, at, headers = None, 0, {}
+if header.startswith("@"):
+    cookies = open(header[1:]).read().split()
+    at = int(open(header[1:] + ".at").read()) if os.path.exists(header[1:] + ".at") else 0
+elif header:
+    headers = dict([header.split(": ", 1)])
 c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
 for _ in range(n):
+    if cookies is not None:
+        headers = {"Cookie": "tg=" + cookies[at % len(cookies)]}; at += 1
     c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+if cookies is not None:
+    open(header[1:] + ".at", "w").write(str(at))
 EOF
   callgrind_control -z "$pid" >/dev/null
   python3 - "$url" "$header" "$REQUESTS" <<'EOF'
-import http.client, sys, urllib.parse
+import http.client, os, sys, urllib.parse
 url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-headers = dict([header.split(": ", 1)]) if header else {}
+# "@FILE": one cookie value a line, a different one each request, going on where the last
+# run stopped (the position is kept in FILE.at).
+cookies, at, headers = None, 0, {}
+if header.startswith("@"):
+    cookies = open(header[1:]).read().split()
+    at = int(open(header[1:] + ".at").read()) if os.path.exists(header[1:] + ".at") else 0
+elif header:
+    headers = dict([header.split(": ", 1)])
 c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
 for _ in range(n):
+    if cookies is not None:
+        headers = {"Cookie": "tg=" + cookies[at % len(cookies)]}; at += 1
     c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+if cookies is not None:
+    open(header[1:] + ".at", "w").write(str(at))
 EOF
   callgrind_control -d "$pid" >/dev/null
   # The dump is written by the process itself: wait for it, bounded.
@@ -129,28 +159,62 @@ under_callgrind nginx "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; 
 wait_http "http://127.0.0.1:$NG_PORT/" "${PIDS[-1]}" "nginx under callgrind"
 NGINX_LINE="$(measure nginx "http://127.0.0.1:$NG_PORT/api/shoppers/me")"
 
-# (c) tokengate, one guest session; leak guard on, then off.
+# mint_sessions PORT FILE: SESSIONS guest sessions, their cookie values one a line in FILE.
+mint_sessions() {
+  log "minting $SESSIONS guest sessions on :$1"
+  python3 - "$1" "$2" "$SESSIONS" <<'EOF'
+import http.client, sys, time
+port, out, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+deadline = time.monotonic() + 1800
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+with open(out, "w") as f:
+    for _ in range(n):
+        assert time.monotonic() < deadline, "minting took over 30 minutes"
+        c.request("POST", "/session/guest", headers={"X-CSRF": "1"}); r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+        value = next(v.split(";", 1)[0][3:] for k, v in r.getheaders()
+                     if k.lower() == "set-cookie" and v.startswith("tg="))
+        f.write(value + "\n")
+EOF
+}
+
+# (c) tokengate, one guest session (or CALLGRIND_SESSIONS rotating); leak guard on, then off.
 tokengate_leg() { # name [env...]
   local name="$1" port jar="$WORK/$1.jar" cookie
   shift
   port="$(free_port)"
   render "$ROOT/bench/tokengate.toml.template" "$WORK/$name.toml" "UPSTREAM_URL=http://127.0.0.1:$UP_PORT"
   sed -i "s/^listen = \"127.0.0.1:0\"/listen = \"127.0.0.1:$port\"/" "$WORK/$name.toml"
-  env -u RUST_LOG TOKENGATE_CLIENT_SECRET=demo-secret "$@" \
+  # Rotating: room for every session, and no limit on minting them (as scripts/bench.sh).
+  env -u RUST_LOG TOKENGATE_CLIENT_SECRET=demo-secret \
+    TOKENGATE_SESSION_MAX_SESSIONS=$((SESSIONS + 1000)) \
+    TOKENGATE_RATE_LIMIT_NEW_SESSIONS_PER_MINUTE=100000000 TOKENGATE_RATE_LIMIT_NEW_SESSIONS_BURST=100000000 \
+    "$@" \
     valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr=no \
     "$TOKENGATE" --config "$WORK/$name.toml" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/session" "${PIDS[-1]}" "$name under callgrind"
-  curl -fsS -o /dev/null -c "$jar" -X POST -H 'X-CSRF: 1' "http://127.0.0.1:$port/session/guest"
-  cookie="$(awk '$6 == "tg" { print $7 }' "$jar")"
-  [[ -n "$cookie" ]] || die "$name set no cookie"
-  measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "Cookie: tg=$cookie"
+  # This runs in $(...): the parent's cleanup never sees this PID, so the leg stops its
+  # own process when it is measured.
+  if [[ "$SESSIONS" -gt 1 ]]; then
+    mint_sessions "$port" "$WORK/$name.cookies"
+    measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "@$WORK/$name.cookies"
+  else
+    curl -fsS -o /dev/null -c "$jar" -X POST -H 'X-CSRF: 1' "http://127.0.0.1:$port/session/guest"
+    cookie="$(awk '$6 == "tg" { print $7 }' "$jar")"
+    [[ -n "$cookie" ]] || die "$name set no cookie"
+    measure "$name" "http://127.0.0.1:$port/api/shoppers/me" "Cookie: tg=$cookie"
+  fi
+  local pid="${PIDS[-1]}"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 TG_LINE="$(tokengate_leg tokengate)"
 TG_OFF_LINE="$(tokengate_leg tokengate-guard-off TOKENGATE_LEAK_GUARD_ENABLED=false)"
 
 echo
-echo "user-space instructions per request (callgrind; small JSON; $REQUESTS requests after $WARMUP)"
+echo "user-space instructions per request (callgrind; small JSON; $REQUESTS requests after $WARMUP; tokengate over $SESSIONS session(s))"
 printf '%s\n' "$NGINX_LINE" "$TG_LINE" "$TG_OFF_LINE"
 awk -v a="$(awk '{print $2}' <<<"$NGINX_LINE")" -v b="$(awk '{print $2}' <<<"$TG_LINE")" \
   'BEGIN { printf "tokengate / nginx: %.2fx\n", b / a }'

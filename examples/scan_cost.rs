@@ -8,6 +8,12 @@
 //! or `\` in it and once with JSON-escaped slashes in every URL (`https:\/\/...`, as some
 //! serializers write them: then every frame is also searched decoded). Each form is
 //! switched on alone over the raw search, then all together (what the guard runs).
+//! The build is split in two: the needles' bytes (computed at every cache miss) and the
+//! `memmem` searchers (built only at a session's first stretch of at least
+//! `FINDER_MIN_HAYSTACK` bytes); "miss + 179 B" is what a response costs the guard when its
+//! session's needles are not cached: the bytes built, then the small answer searched.
+//! A second table prices a search of N bytes with the filter loop against the prebuilt
+//! searchers, which is how `FINDER_MIN_HAYSTACK` was chosen.
 //! Medians of repeated runs; a benchmark, not a test: figures move with the machine.
 
 use std::hint::black_box;
@@ -34,30 +40,61 @@ fn main() {
     let escaped = json_body(1 << 20, true);
     println!("leak guard search cost per form (median of runs; µs unless noted)");
     println!(
-        "{:<30} {:<28} {:>9} {:>11} {:>13} {:>15}",
-        "tokens", "forms", "build", "179 B JSON", "1 MiB JSON", "1 MiB escaped"
+        "{:<30} {:<28} {:>9} {:>10} {:>11} {:>14} {:>13} {:>15}",
+        "tokens", "forms", "bytes", "searchers", "179 B JSON", "miss + 179 B", "1 MiB JSON", "1 MiB escaped"
     );
     for (name, tokens) in &sessions {
         for (form_name, forms) in forms {
             let secrets = || tokens.iter().map(|t| t.as_bytes());
-            let build = median(200, || {
+            let build = median(2000, || {
                 black_box(Needles::with_forms(secrets(), forms));
             });
+            let searchers = median(200, || {
+                let needles = Needles::with_forms(secrets(), forms).unwrap_or_else(|| panic!("needles"));
+                needles.build_searchers();
+                black_box(needles);
+            })
+            .saturating_sub(build);
             let needles =
                 Arc::new(Needles::with_forms(secrets(), forms).unwrap_or_else(|| panic!("needles")));
             let small_cost = median(2000, || scan(&needles, &small, small.len()));
+            let miss_cost = median(2000, || {
+                let needles =
+                    Arc::new(Needles::with_forms(secrets(), forms).unwrap_or_else(|| panic!("needles")));
+                scan(&needles, &small, small.len());
+            });
             let plain_cost = median(15, || scan(&needles, &plain, FRAME));
             let escaped_cost = median(15, || scan(&needles, &escaped, FRAME));
             println!(
-                "{:<30} {:<28} {:>9.2} {:>11.3} {:>13.0} {:>15.0}",
+                "{:<30} {:<28} {:>9.2} {:>10.2} {:>11.3} {:>14.3} {:>13.0} {:>15.0}",
                 name,
                 form_name,
                 micros(build),
+                micros(searchers),
                 micros(small_cost),
+                micros(miss_cost),
                 micros(plain_cost),
                 micros(escaped_cost)
             );
         }
+    }
+    crossover(&sessions[0].1);
+}
+
+/// A search of `len` bytes of JSON, all forms of Digital River tokens, with the filter loop
+/// and with the prebuilt searchers (ns).
+fn crossover(tokens: &[String]) {
+    let needles = Needles::new(tokens.iter().map(|t| t.as_bytes())).unwrap_or_else(|| panic!("needles"));
+    needles.build_searchers();
+    let body = json_body(1 << 16, false);
+    println!();
+    println!("a search of N bytes, all forms, Digital River tokens (median, ns): filter loop vs searchers");
+    println!("{:>8} {:>12} {:>12}", "N", "filter", "searchers");
+    for len in [64, 179, 512, 1024, 2048, 4096, 16384] {
+        let haystack = &body[..len];
+        let filtered = median(2000, || assert!(!needles.found_by_filter(black_box(haystack))));
+        let searched = median(2000, || assert!(!needles.found_by_searchers(black_box(haystack))));
+        println!("{:>8} {:>12.0} {:>12.0}", len, filtered.as_secs_f64() * 1e9, searched.as_secs_f64() * 1e9);
     }
 }
 

@@ -5,8 +5,9 @@
 //!   tokens (a hit replaces the response with 502 `token_leak_blocked`); the reason phrase
 //!   and trailers never reach the browser at all (`forward::clean_response`, `body`);
 //! * its body, whatever its type or size, is searched as it streams, in every form a page
-//!   could decode (`scan`, with searchers built once per session token generation and
-//!   kept in a bounded [`NeedleCache`]): the first frame before the head goes out (a hit there is a
+//!   could decode (`scan`, with needles built once per session token generation and kept
+//!   in a bounded [`NeedleCache`], their SIMD searchers only once a long stretch needs
+//!   them): the first frame before the head goes out (a hit there is a
 //!   clean 502), every later frame before it goes out (a hit there cuts the response off:
 //!   the connection or stream is reset, never completed);
 //! * a body is searched decoded (gzip, deflate, br, zstd: `codec`); one tokengate cannot

@@ -22,14 +22,20 @@
 //! hex, more for base64 or a JWT's signature) never turn up in a body by chance, so the
 //! search finds every full occurrence while its needles, its overlap window and its
 //! building cost stay the same whatever the token's length (a 1 KiB JWT costs what a
-//! 160-character Digital River token costs). Each needle is a `memchr::memmem` searcher
-//! (SIMD); building a multi-pattern automaton (Aho-Corasick) for them costs hundreds of
-//! microseconds to milliseconds, far more than a few vectorised passes over a typical body.
-//! The searchers are built once per session generation and shared by every response of that
-//! generation ([`NeedleCache`]). Every needle is searched over the raw bytes, and over the
+//! 160-character Digital River token costs). A stretch of at least [`FINDER_MIN_HAYSTACK`]
+//! bytes is searched with one `memchr::memmem` searcher per needle (SIMD); building a
+//! multi-pattern automaton (Aho-Corasick) for them costs hundreds of microseconds to
+//! milliseconds, far more than a few vectorised passes over a typical body. The searchers
+//! themselves cost several microseconds to build for a session's dozen needles, more than
+//! searching a short stretch without them, so they are built only at a session's first long
+//! stretch; shorter ones (header values, most JSON answers) are searched in one pass with a
+//! filter on every needle's first four bytes. The needles (and any searchers) are built once
+//! per session generation and shared by every response of that generation ([`NeedleCache`]),
+//! and a session the cache no longer holds costs only the needles' bytes (well under a
+//! microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
 //! decoded view only when the stretch holds a `%` or `\`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -49,15 +55,47 @@ pub const MAX_NEEDLE_LEN: usize = 32;
 const MAX_ESCAPE_LEN: usize = 6;
 
 /// The session's tokens, in every form searched. Its `Debug` shows no token byte.
+///
+/// Only the needles' *bytes* are computed when they are built (a few hundred bytes and a
+/// small filter, well under a microsecond): the `memmem` searchers, which cost several
+/// microseconds to build for a session's dozen needles, are built the first time a stretch
+/// of at least [`FINDER_MIN_HAYSTACK`] bytes is searched and kept from then on. Shorter
+/// stretches (header values, a typical JSON answer) are searched in one pass with
+/// [`Needles::filter`]: a cheap test per position of the first four bytes of every needle,
+/// a full comparison only where it passes. Both find every needle at every position.
 pub struct Needles {
-    finders: Vec<Finder<'static>>,
-    /// The raw secrets alone, compared without case in header names (which arrive
-    /// lowercased).
-    raw: Vec<Vec<u8>>,
+    /// Every needle, end to end: the raw tails first (in the order given), then the
+    /// base64 cores.
+    bytes: Box<[u8]>,
+    /// Where each needle ends in `bytes`.
+    ends: Box<[usize]>,
+    /// How many of the needles are raw tails (for header names and [`Needles::are_for`]).
+    raw_count: usize,
+    /// One bit per hash of the first four bytes of some needle: a position whose four
+    /// bytes hash to a clear bit starts no needle.
+    filter: [u64; FILTER_WORDS],
+    /// The `memmem` searchers, built at the first long stretch.
+    finders: OnceLock<Box<[Finder<'static>]>>,
     /// The longest raw stretch one occurrence can span.
     window: usize,
     /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
     escapes: bool,
+}
+
+/// Stretches at least this long are searched with the prebuilt `memmem` searchers (SIMD,
+/// ~20 µs per MiB a needle), shorter ones with the filter loop (about a nanosecond a byte
+/// for all needles together, nothing to build): under this length the searchers' build
+/// would cost more than it saves (measured with `examples/scan_cost.rs`).
+pub const FINDER_MIN_HAYSTACK: usize = 2048;
+
+/// The filter's size: 1,024 bits, so with a session's dozen needles about 1% of the
+/// positions of a body pass it and are compared in full.
+const FILTER_WORDS: usize = 16;
+const FILTER_BITS_LOG2: u32 = 10;
+
+/// The filter bit of a position starting with `prefix` (its first four bytes).
+fn filter_bit(prefix: [u8; 4]) -> usize {
+    (u32::from_le_bytes(prefix).wrapping_mul(0x9E37_79B1) >> (32 - FILTER_BITS_LOG2)) as usize
 }
 
 /// The forms of a token searched besides the raw one.
@@ -78,7 +116,10 @@ impl Forms {
 
 impl std::fmt::Debug for Needles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Needles").field("searchers", &self.finders.len()).finish_non_exhaustive()
+        f.debug_struct("Needles")
+            .field("needles", &self.ends.len())
+            .field("searchers_built", &self.finders.get().is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,35 +133,72 @@ impl Needles {
     /// The needles for only some [`Forms`]: for pricing each form (`examples/scan_cost.rs`);
     /// the leak guard always searches them all.
     pub fn with_forms<'a>(secrets: impl IntoIterator<Item = &'a [u8]>, forms: Forms) -> Option<Self> {
-        let raw: Vec<Vec<u8>> = secrets
-            .into_iter()
-            .filter(|secret| secret.len() >= MIN_SECRET_LEN)
-            .map(|secret| tail(secret).to_vec())
-            .collect();
-        let longest = raw.iter().map(Vec::len).max()?;
-        let mut patterns: Vec<Vec<u8>> = raw.clone();
+        let raw: Vec<&[u8]> =
+            secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).map(tail).collect();
+        let longest = raw.iter().map(|secret| secret.len()).max()?;
+        // One allocation for every needle's bytes: the base64 cores are encoded on the
+        // stack and copied in (a duplicate core would only be searched twice).
+        let cores = if forms.base64 { 6 } else { 0 };
+        let mut bytes = Vec::with_capacity(raw.len() * (MAX_NEEDLE_LEN + cores * 44));
+        let mut ends = Vec::with_capacity(raw.len() * (1 + cores));
+        let mut filter = [0u64; FILTER_WORDS];
+        let mut add = |needle: &[u8]| {
+            bytes.extend_from_slice(needle);
+            ends.push(bytes.len());
+            if let Some(prefix) = needle.first_chunk::<4>() {
+                let bit = filter_bit(*prefix);
+                filter[bit / 64] |= 1 << (bit % 64);
+            }
+        };
+        raw.iter().for_each(|secret| add(secret));
         if forms.base64 {
-            patterns.extend(raw.iter().flat_map(|secret| base64_cores(secret)));
+            raw.iter().for_each(|secret| base64_cores(secret, &mut add));
         }
-        patterns.sort();
-        patterns.dedup();
-        let finders = patterns.iter().map(|pattern| Finder::new(pattern).into_owned()).collect();
-        Some(Self { finders, raw, window: longest * MAX_ESCAPE_LEN, escapes: forms.escapes })
+        Some(Self {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+            raw_count: raw.len(),
+            filter,
+            finders: OnceLock::new(),
+            window: longest * MAX_ESCAPE_LEN,
+            escapes: forms.escapes,
+        })
+    }
+
+    /// Builds the `memmem` searchers now rather than at the first long stretch (for
+    /// pricing them: `examples/scan_cost.rs`).
+    pub fn build_searchers(&self) {
+        self.finders();
+    }
+
+    /// Every needle: the raw tails first.
+    fn needles(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.bytes[start..end])
+    }
+
+    /// The raw tails, in the order given.
+    fn raw(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.needles().take(self.raw_count)
+    }
+
+    fn finders(&self) -> &[Finder<'static>] {
+        self.finders.get_or_init(|| self.needles().map(|needle| Finder::new(needle).into_owned()).collect())
     }
 
     /// Whether these are the needles of `secrets` (in the order given to [`Needles::new`]).
     pub fn are_for<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) -> bool {
-        let mut raw = self.raw.iter();
+        let mut raw = self.raw();
         secrets
             .into_iter()
             .filter(|secret| secret.len() >= MIN_SECRET_LEN)
-            .all(|secret| raw.next().is_some_and(|needle| needle.as_slice() == tail(secret)))
+            .all(|secret| raw.next().is_some_and(|needle| needle == tail(secret)))
             && raw.next().is_none()
     }
 
     /// Whether `haystack` holds a secret as it is, in any case (for header names).
     pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
-        self.raw.iter().any(|secret| {
+        self.raw().any(|secret| {
             haystack.len() >= secret.len()
                 && haystack.windows(secret.len()).any(|window| window.eq_ignore_ascii_case(secret))
         })
@@ -135,9 +213,30 @@ impl Needles {
     }
 
     fn matches(&self, haystack: &[u8]) -> bool {
-        self.finders
+        if haystack.len() < FINDER_MIN_HAYSTACK {
+            return self.found_by_filter(haystack);
+        }
+        self.found_by_searchers(haystack)
+    }
+
+    /// The raw search with the `memmem` searchers (built now if they are not yet), whatever
+    /// the length: for pricing against [`Needles::found_by_filter`] (`scan_cost`).
+    pub fn found_by_searchers(&self, haystack: &[u8]) -> bool {
+        self.finders()
             .iter()
             .any(|finder| haystack.len() >= finder.needle().len() && finder.find(haystack).is_some())
+    }
+
+    /// The search without searchers: every position whose first four bytes pass the
+    /// filter is compared with every needle. Every needle is at least [`MIN_SECRET_LEN`]
+    /// bytes long, so only positions with that many bytes after them can start one. Public
+    /// for pricing (`scan_cost`); the guard picks the search by the stretch's length.
+    pub fn found_by_filter(&self, haystack: &[u8]) -> bool {
+        haystack.windows(MIN_SECRET_LEN).enumerate().any(|(at, window)| {
+            let bit = filter_bit([window[0], window[1], window[2], window[3]]);
+            self.filter[bit / 64] & (1 << (bit % 64)) != 0
+                && self.needles().any(|needle| haystack[at..].starts_with(needle))
+        })
     }
 }
 
@@ -146,8 +245,11 @@ fn tail(secret: &[u8]) -> &[u8] {
     &secret[secret.len().saturating_sub(MAX_NEEDLE_LEN)..]
 }
 
-/// Slots in the [`NeedleCache`]: at about 4 KiB of searchers a session, 16 MiB at most.
-const CACHE_SLOTS: usize = 4096;
+/// Slots in the [`NeedleCache`]. An entry is about 1 KiB (the needles' bytes, the filter)
+/// until its session's first long stretch builds the searchers (about 4 KiB more): 16 MiB
+/// for the bytes of every slot, 80 MiB at most if every cached session also had a long
+/// body searched.
+const CACHE_SLOTS: usize = 16_384;
 
 /// The needles of recently served sessions, so that a session's searchers are built once
 /// per token generation instead of once per response. Slots are picked by the session key
@@ -208,24 +310,34 @@ fn slot_of(key: &SessionKey) -> usize {
 
 /// The parts of base64(`secret`) that do not depend on the bytes around it, for each of
 /// the three positions it can start at within a 3-byte group, in both alphabets.
-fn base64_cores(secret: &[u8]) -> Vec<Vec<u8>> {
-    let mut cores = Vec::with_capacity(6);
+/// Each is handed to `add`; `secret` is a tail, at most [`MAX_NEEDLE_LEN`] bytes, so the
+/// work is done in stack buffers.
+fn base64_cores(secret: &[u8], add: &mut impl FnMut(&[u8])) {
+    let mut shifted = [0u8; MAX_NEEDLE_LEN + 2];
+    let mut encoded = [0u8; (MAX_NEEDLE_LEN + 2).div_ceil(3) * 4];
+    let Some(len) = secret.len().checked_add(2).filter(|len| *len <= shifted.len()) else {
+        return;
+    };
+    shifted[2..len].copy_from_slice(secret);
     for offset in 0..3usize {
-        let mut shifted = vec![0u8; offset];
-        shifted.extend_from_slice(secret);
+        // The secret after `offset` zero bytes (the buffer's first bytes stay zero).
+        let shifted = &shifted[2 - offset..len];
         // The first characters mix in the zero padding before the secret; the last ones
         // the bytes after it. Keep only the characters made of the secret's bits alone.
         let skip_front = if offset == 0 { 0 } else { offset + 1 };
         let whole_groups = shifted.len() / 3;
         let end = whole_groups * 4;
+        if end <= skip_front + MIN_SECRET_LEN {
+            continue;
+        }
         for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-            let encoded = engine.encode(&shifted);
-            if end > skip_front + MIN_SECRET_LEN {
-                cores.push(encoded.as_bytes()[skip_front..end].to_vec());
+            if let Ok(written) = engine.encode_slice(shifted, &mut encoded) {
+                if written >= end {
+                    add(&encoded[skip_front..end]);
+                }
             }
         }
     }
-    cores
 }
 
 /// `haystack` with `\uXXXX` (ASCII), `\/`, `\\`, `\"` and `%XX` undone; everything else
@@ -469,6 +581,43 @@ mod tests {
         assert!(with(Forms { base64: false, escapes: true }).found_in(&escaped));
         assert!(with(Forms { base64: true, escapes: false }).found_in(&base64));
         assert!(with(Forms::ALL).found_in(&escaped) && with(Forms::ALL).found_in(&base64));
+    }
+
+    #[test]
+    fn the_filter_loop_and_the_searchers_find_the_same_needles() {
+        let needles = needles();
+        let mut forms: Vec<Vec<u8>> = vec![TOKEN.to_vec()];
+        for prefix in ["", "a", "ab"] {
+            let mut blob = prefix.as_bytes().to_vec();
+            blob.extend_from_slice(TOKEN);
+            forms.push(STANDARD_NO_PAD.encode(&blob).into_bytes());
+            forms.push(URL_SAFE_NO_PAD.encode(&blob).into_bytes());
+        }
+        for form in &forms {
+            // At the very start, the very end and in the middle of short and long stretches.
+            for (before, after) in [(0, 0), (0, 50), (50, 0), (700, 700), (FINDER_MIN_HAYSTACK, 3)] {
+                let mut haystack = vec![b'.'; before];
+                haystack.extend_from_slice(form);
+                haystack.extend(vec![b'.'; after]);
+                assert!(needles.found_by_filter(&haystack), "filter, {before}+{after}");
+                assert!(needles.found_by_searchers(&haystack), "searchers, {before}+{after}");
+                assert!(needles.found_in(&haystack), "found_in, {before}+{after}");
+                let cut = &haystack[..before + form.len() / 2];
+                assert!(!needles.found_by_filter(cut) && !needles.found_by_searchers(cut), "cut short");
+            }
+        }
+    }
+
+    #[test]
+    fn searchers_are_built_only_for_a_long_stretch() {
+        let needles = Arc::new(needles());
+        let mut scanner = Scanner::new(Arc::clone(&needles));
+        assert_eq!(scanner.push(&Bytes::from(vec![b'.'; FINDER_MIN_HAYSTACK - 1])), Ok(()));
+        assert!(format!("{needles:?}").contains("searchers_built: false"), "{needles:?}");
+        let mut long = vec![b'.'; FINDER_MIN_HAYSTACK];
+        long.extend_from_slice(TOKEN);
+        assert_eq!(scanner.push(&Bytes::from(long)), Err(Hit));
+        assert!(format!("{needles:?}").contains("searchers_built: true"), "{needles:?}");
     }
 
     #[test]
