@@ -251,11 +251,11 @@ impl App {
         let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
         else {
             let response = self.forwarder.send(prepared.into_request(token)?, &watch, ctx).await?;
-            return Ok((forward::clean_response(response.map(Body::Stream)), record));
+            return Ok((forward::clean_response(response), record));
         };
         let first = self.forwarder.send(prepared.to_request(token)?, &watch, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return Ok((forward::clean_response(first.map(Body::Stream)), record));
+            return Ok((forward::clean_response(first), record));
         }
         // The rare path (a refresh and a replay) is boxed, off the common future's size.
         Box::pin(self.after_unauthorized(ctx, prepared, first, active, sent_with)).await
@@ -266,7 +266,7 @@ impl App {
         &self,
         ctx: &mut RequestContext<'_>,
         prepared: Prepared,
-        first: Response<Incoming>,
+        first: Response<Body>,
         active: &Active,
         sent_with: &Arc<SessionRecord>,
     ) -> Result<(Response<Body>, Option<Arc<SessionRecord>>), Error> {
@@ -282,7 +282,7 @@ impl App {
         let fresh = self.sessions.refresh(active.key, sent_with.generation).await?;
         let replay =
             self.forwarder.send(prepared.into_request(Some(&fresh.access_token))?, &watch, ctx).await?;
-        Ok((forward::clean_response(replay.map(Body::Stream)), Some(fresh)))
+        Ok((forward::clean_response(replay), Some(fresh)))
     }
 
     /// Reads the start of a 401's body (at most `unauthorized::MAX_READ_BYTES`, within
@@ -291,7 +291,7 @@ impl App {
     async fn read_unauthorized(
         &self,
         ctx: &RequestContext<'_>,
-        response: Response<Incoming>,
+        response: Response<Body>,
     ) -> Result<(Response<Body>, bool), Error> {
         let (parts, incoming) = response.into_parts();
         let limit = unauthorized::MAX_READ_BYTES as u64;

@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::codec::{Decoder, Encoder};
 use crate::metrics::Metrics;
 use crate::scan::Scanner;
+use crate::upstream::h1::{BodyFault, ResponseBody};
 
 /// A request or response body.
 #[derive(Debug, Default)]
@@ -30,9 +31,12 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A stream received from hyper, forwarded as it arrives.
     Stream(Incoming),
-    /// Bytes already read from a stream, then the rest of that stream (the leak guard
-    /// reads a prefix before deciding a body is too long to scan).
-    Prefixed(Option<Bytes>, Incoming),
+    /// Bytes already read from a body, then the rest of it (an upstream 401's start is
+    /// read to tell whether it is about the token).
+    Prefixed(Option<Bytes>, Box<Body>),
+    /// An API answer's body read from tokengate's own HTTP/1.1 connection
+    /// (`upstream::h1`).
+    Upstream(Box<ResponseBody>),
     /// A browser's request body on its way to the API.
     Upload(Upload),
     /// An API response on its way to the browser, watched as it flows: cut off when it
@@ -46,6 +50,9 @@ pub enum BodyError {
     /// The connection it came on failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The API's connection failed or framed the body wrongly.
+    #[error(transparent)]
+    Upstream(#[from] BodyFault),
     /// A browser's upload went past `max_body_bytes`.
     #[error("the request body is larger than the limit")]
     TooLarge,
@@ -158,10 +165,13 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(incoming) => hyper_frame(Pin::new(incoming).poll_frame(cx)),
-            Body::Prefixed(prefix, incoming) => match prefix.take() {
+            Body::Prefixed(prefix, rest) => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => hyper_frame(Pin::new(incoming).poll_frame(cx)),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
+            Body::Upstream(body) => {
+                body.poll_data(cx).map(|frame| frame.map(|frame| frame.map_err(BodyError::from)))
+            }
             Body::Upload(upload) => upload.poll_upload(cx),
             Body::Watched(watched) => watched.poll_watched(cx),
         }
@@ -172,7 +182,8 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(incoming) => incoming.is_end_stream(),
-            Body::Prefixed(prefix, incoming) => prefix.is_none() && incoming.is_end_stream(),
+            Body::Prefixed(prefix, rest) => prefix.is_none() && rest.is_end_stream(),
+            Body::Upstream(body) => body.is_end_stream(),
             Body::Upload(upload) => upload.prefix.is_none() && upload.rest.is_end_stream(),
             // Only once the stage's tail (an encoder's end) went out, never from the inner
             // stream alone.
@@ -185,7 +196,8 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Stream(incoming) => incoming.size_hint(),
-            Body::Prefixed(prefix, incoming) => with_prefix(prefix.as_ref(), incoming.size_hint()),
+            Body::Prefixed(prefix, rest) => with_prefix(prefix.as_ref(), rest.size_hint()),
+            Body::Upstream(body) => body.size_hint(),
             Body::Upload(upload) => with_prefix(upload.prefix.as_ref(), upload.rest.size_hint()),
             // A decoded or re-encoded body has a length of its own, unknown until its end.
             Body::Watched(watched) if watched.stage.changes_length() => SizeHint::new(),

@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
 use crate::trace;
+use crate::upstream::h1::H1Client;
 use crate::upstream::HttpClient;
 
 /// Bodies up to this size are kept for one replay after an upstream 401.
@@ -53,10 +54,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Forwards calls over the shared pooled client.
+/// Forwards calls over the pooled clients.
 #[derive(Debug)]
 pub struct Forwarder {
+    /// hyper's client: streamed uploads, and every call with `upstream.protocol = "auto"`.
     client: HttpClient,
+    /// tokengate's own HTTP/1.1 client (`upstream.protocol = "http1"`): every call whose
+    /// body is empty or buffered.
+    h1: Option<H1Client>,
     base: BaseUrl,
     request_timeout: Duration,
     /// `X-Forwarded-Host`: the host of `public_origin`, when there is one.
@@ -105,6 +110,7 @@ impl Forwarder {
     /// A forwarder to the API at `base`; `public_origin` names the storefront's origin.
     pub fn new(
         client: HttpClient,
+        h1: Option<H1Client>,
         base: BaseUrl,
         request_timeout: Duration,
         public_origin: Option<&str>,
@@ -117,6 +123,7 @@ impl Forwarder {
         let permits = usize::try_from(REPLAY_BUDGET_BYTES / BUDGET_UNIT).unwrap_or(usize::MAX);
         Self {
             client,
+            h1,
             base,
             request_timeout,
             forwarded_host,
@@ -231,10 +238,10 @@ impl Forwarder {
         mut request: Request<Body>,
         watch: &UploadWatch,
         ctx: &mut RequestContext<'_>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Body>, Error> {
         let span = trace::ClientSpan::start(&mut request, trace::Callee::Api(ctx.route));
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.request_timeout, self.client.request(request)).await;
+        let outcome = tokio::time::timeout(self.request_timeout, self.call(request)).await;
         let waited = started.elapsed();
         ctx.upstream += waited;
         self.metrics.record_upstream(ctx.route, waited);
@@ -243,13 +250,27 @@ impl Forwarder {
             _ if watch.exceeded() => Err(Error::PayloadTooLarge),
             Err(_) if !watch.is_finished() => Err(Error::RequestTimeout),
             Err(_) => Err(Error::UpstreamTimeout),
-            Ok(Err(error)) => Err(Error::UpstreamUnavailable(describe_client_error(&error))),
+            Ok(Err(error)) => Err(Error::UpstreamUnavailable(error)),
         };
         match &result {
             Ok(response) => span.answered(response.status()),
             Err(error) => span.failed(error.code()),
         }
         result
+    }
+
+    /// One call on the client that carries it; an error in words for the logs.
+    async fn call(&self, request: Request<Body>) -> Result<Response<Body>, String> {
+        match &self.h1 {
+            Some(h1) if !matches!(request.body(), Body::Upload(_)) => {
+                let (parts, body) = request.into_parts();
+                h1.send(&parts, &body).await.map_err(|error| error.to_string())
+            }
+            _ => match self.client.request(request).await {
+                Ok(response) => Ok(response.map(Body::Stream)),
+                Err(error) => Err(describe_client_error(&error)),
+            },
+        }
     }
 }
 
@@ -314,26 +335,28 @@ fn bearer(token: &AccessToken) -> Result<HeaderValue, Error> {
 }
 
 /// A body read up to a limit.
-pub enum Read {
+pub enum Read<B> {
     /// The whole body, at most the asked-for size.
     Whole(Bytes),
     /// The body is longer: what was read, and the rest of the stream.
-    Prefix(Bytes, Incoming),
+    Prefix(Bytes, B),
 }
 
-impl Read {
+impl<B> Read<B> {
     /// The bytes read.
     pub fn bytes(&self) -> &[u8] {
         match self {
             Read::Whole(bytes) | Read::Prefix(bytes, _) => bytes,
         }
     }
+}
 
+impl Read<Body> {
     /// The body again, whole: what was read, then the rest of the stream.
     pub fn into_body(self) -> Body {
         match self {
             Read::Whole(bytes) => Body::full(bytes),
-            Read::Prefix(bytes, rest) => Body::Prefixed(Some(bytes), rest),
+            Read::Prefix(bytes, rest) => Body::Prefixed(Some(bytes), Box::new(rest)),
         }
     }
 }
@@ -380,7 +403,10 @@ fn percent_decode(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// Reads a body whole if it is at most `limit` bytes, else returns what was read so far.
-pub async fn read_up_to(mut incoming: Incoming, limit: u64) -> Result<Read, hyper::Error> {
+pub async fn read_up_to<B>(mut incoming: B, limit: u64) -> Result<Read<B>, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let mut buffer = BytesMut::new();
     while let Some(frame) = incoming.frame().await {
         let frame = frame?;
@@ -436,10 +462,13 @@ mod tests {
             ca_file: None,
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle_per_host: 1,
+            protocol: crate::config::UpstreamProtocol::Http1,
         };
         let client = crate::upstream::build_client(&upstream).expect("a client");
+        let h1 = H1Client::new(&upstream).expect("a client");
         Forwarder::new(
             client,
+            Some(h1),
             upstream.base,
             Duration::from_secs(1),
             Some("https://shop.example"),

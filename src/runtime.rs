@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::app::App;
 use crate::clock::Clock;
-use crate::config::{ClientAuthMethod, Config, Fixed, OidcSettings, StoreKind};
+use crate::config::{ClientAuthMethod, Config, Fixed, OidcSettings, StoreKind, UpstreamProtocol};
 use crate::forward::Forwarder;
 use crate::hosted_login::HostedLogin;
 use crate::metrics::Metrics;
@@ -37,6 +37,7 @@ use crate::tokens::oauth2::{ClientAuth, OAuth2Settings};
 use crate::tokens::{DigitalRiverClient, OAuth2Client, Tokens};
 use crate::trace;
 use crate::upstream;
+use crate::upstream::h1::H1Client;
 use crate::upstream::HttpClient;
 
 /// The addresses the proxy actually listens on (ports may have been 0 in the config).
@@ -168,8 +169,13 @@ fn assemble(config: Config) -> Result<Assembled, RunError> {
         clock: Clock::System,
         metrics: Arc::clone(&metrics),
     }));
+    let h1 = match fixed.upstream.protocol {
+        UpstreamProtocol::Http1 => Some(H1Client::new(&fixed.upstream).map_err(RunError::Config)?),
+        UpstreamProtocol::Auto => None,
+    };
     let forwarder = Forwarder::new(
         http,
+        h1,
         fixed.upstream.base.clone(),
         fixed.upstream.request_timeout,
         fixed.server.public_origin.as_deref(),

@@ -6,6 +6,8 @@
 //! self-signed upstream). Connect timeout is enforced by the connector; the per-request
 //! timeout by the callers, who know what a timeout means for them.
 
+pub mod h1;
+
 use std::sync::Arc;
 
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};

@@ -209,6 +209,18 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Which client forwards calls.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream.protocol`: the client forwarded calls go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// tokengate's own pooled HTTP/1.1 client (`upstream::h1`); streamed uploads go
+    /// through hyper's.
+    Http1,
+    /// hyper's pooled client for every call: HTTP/2 when the API offers it by ALPN.
+    Auto,
 }
 
 /// An absolute `http(s)://authority[/path]` base URL, split for cheap URI building.

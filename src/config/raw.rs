@@ -138,6 +138,7 @@ schema! {
             ca_file: Str,
             pool_idle_timeout: Str,
             pool_max_idle_per_host: Int,
+            protocol: Str,
         },
         /// `[oauth]`
         oauth: RawOAuth {

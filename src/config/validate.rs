@@ -300,6 +300,12 @@ fn upstream(checker: &mut Checker, raw: RawUpstream) -> UpstreamConfig {
             "90s",
         ),
         pool_max_idle_per_host,
+        protocol: checker.choice(
+            "upstream.protocol",
+            raw.protocol.as_deref(),
+            UpstreamProtocol::Http1,
+            &[("http1", UpstreamProtocol::Http1), ("auto", UpstreamProtocol::Auto)],
+        ),
     }
 }
 

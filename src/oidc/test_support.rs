@@ -36,6 +36,7 @@ pub fn client() -> HttpClient {
         ca_file: None,
         pool_idle_timeout: Duration::from_secs(5),
         pool_max_idle_per_host: 4,
+        protocol: crate::config::UpstreamProtocol::Http1,
     };
     crate::upstream::build_client(&config).expect("a client")
 }
