@@ -250,10 +250,10 @@ impl App {
         let token = record.as_ref().map(|record| &record.access_token);
         let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
         else {
-            let response = self.forwarder.send(prepared.into_request(token)?, &watch, ctx).await?;
+            let response = self.forwarder.send(prepared.into_request(), token, &watch, ctx).await?;
             return Ok((forward::clean_response(response), record));
         };
-        let first = self.forwarder.send(prepared.to_request(token)?, &watch, ctx).await?;
+        let first = self.forwarder.send(prepared.to_request()?, token, &watch, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok((forward::clean_response(first), record));
         }
@@ -281,7 +281,7 @@ impl App {
         tracing::debug!(request_id = ctx.request_id_str(), "upstream 401; refreshing once and replaying");
         let fresh = self.sessions.refresh(active.key, sent_with.generation).await?;
         let replay =
-            self.forwarder.send(prepared.into_request(Some(&fresh.access_token))?, &watch, ctx).await?;
+            self.forwarder.send(prepared.into_request(), Some(&fresh.access_token), &watch, ctx).await?;
         Ok((forward::clean_response(replay), Some(fresh)))
     }
 

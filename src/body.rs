@@ -301,7 +301,9 @@ pub struct Watched {
     stage: Stage,
     ended: bool,
     idle: std::time::Duration,
-    timer: Pin<Box<Sleep>>,
+    /// The stall timer, made the first time the API keeps the body waiting (a body that
+    /// never waits costs no timer), reset by every frame after that.
+    timer: Option<Pin<Box<Sleep>>>,
     reporter: Reporter,
 }
 
@@ -314,8 +316,7 @@ impl Watched {
         idle: std::time::Duration,
         reporter: Reporter,
     ) -> Self {
-        let timer = Box::pin(tokio::time::sleep(idle));
-        Self { first, inner, stage, ended: false, idle, timer, reporter }
+        Self { first, inner, stage, ended: false, idle, timer: None, reporter }
     }
 
     fn poll_watched(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -330,7 +331,9 @@ impl Watched {
                 Poll::Pending => return self.poll_stall(cx),
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(Some(Ok(frame))) => {
-                    self.timer.as_mut().reset(Instant::now() + self.idle);
+                    if let Some(timer) = &mut self.timer {
+                        timer.as_mut().reset(Instant::now() + self.idle);
+                    }
                     let Some(data) = frame.data_ref() else { continue };
                     self.stage.process(data)
                 }
@@ -347,7 +350,9 @@ impl Watched {
     }
 
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if self.timer.as_mut().poll(cx).is_pending() {
+        let idle = self.idle;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         self.reporter.metrics.record_body_stalled();

@@ -236,12 +236,24 @@ impl Forwarder {
     pub async fn send(
         &self,
         mut request: Request<Body>,
+        token: Option<&AccessToken>,
         watch: &UploadWatch,
         ctx: &mut RequestContext<'_>,
     ) -> Result<Response<Body>, Error> {
         let span = trace::ClientSpan::start(&mut request, trace::Callee::Api(ctx.route));
+        // The h1 client writes the token straight into the request head; hyper's needs
+        // it as a header value.
+        let via_h1 = self.h1.is_some() && !matches!(request.body(), Body::Upload(_));
+        let token = match token {
+            Some(token) if via_h1 => Some(header_safe(token)?),
+            Some(token) => {
+                request.headers_mut().insert(header::AUTHORIZATION, bearer(token)?);
+                None
+            }
+            None => None,
+        };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.request_timeout, self.call(request)).await;
+        let outcome = tokio::time::timeout(self.request_timeout, self.call(request, token)).await;
         let waited = started.elapsed();
         ctx.upstream += waited;
         self.metrics.record_upstream(ctx.route, waited);
@@ -260,11 +272,11 @@ impl Forwarder {
     }
 
     /// One call on the client that carries it; an error in words for the logs.
-    async fn call(&self, request: Request<Body>) -> Result<Response<Body>, String> {
+    async fn call(&self, request: Request<Body>, token: Option<&[u8]>) -> Result<Response<Body>, String> {
         match &self.h1 {
             Some(h1) if !matches!(request.body(), Body::Upload(_)) => {
                 let (parts, body) = request.into_parts();
-                h1.send(&parts, &body).await.map_err(|error| error.to_string())
+                h1.send(&parts, &body, token).await.map_err(|error| error.to_string())
             }
             _ => match self.client.request(request).await {
                 Ok(response) => Ok(response.map(Body::Stream)),
@@ -285,42 +297,44 @@ impl Prepared {
         Arc::clone(&self.watch)
     }
 
-    /// The request to send, keeping `self` for a replay (headers are copied).
-    pub fn to_request(&self, token: Option<&AccessToken>) -> Result<Request<Body>, Error> {
+    /// The request to send, keeping `self` for a replay (headers are copied); the
+    /// token goes with it in [`Forwarder::send`].
+    pub fn to_request(&self) -> Result<Request<Body>, Error> {
         let body = match &self.body {
             PreparedBody::Empty => Body::Empty,
             PreparedBody::Buffered(bytes) => Body::full(bytes.clone()),
             PreparedBody::Streaming(_) => return Err(Error::Internal("a streamed body cannot be replayed")),
         };
-        build(self.method.clone(), self.uri.clone(), self.headers.clone(), body, token)
+        Ok(build(self.method.clone(), self.uri.clone(), self.headers.clone(), body))
     }
 
     /// The request to send, consuming `self` (no copies).
-    pub fn into_request(self, token: Option<&AccessToken>) -> Result<Request<Body>, Error> {
+    pub fn into_request(self) -> Request<Body> {
         let body = match self.body {
             PreparedBody::Empty => Body::Empty,
             PreparedBody::Buffered(bytes) => Body::full(bytes),
             PreparedBody::Streaming(upload) => Body::Upload(upload),
         };
-        build(self.method, self.uri, self.headers, body, token)
+        build(self.method, self.uri, self.headers, body)
     }
 }
 
-fn build(
-    method: Method,
-    uri: Uri,
-    mut headers: HeaderMap,
-    body: Body,
-    token: Option<&AccessToken>,
-) -> Result<Request<Body>, Error> {
-    if let Some(token) = token {
-        headers.insert(header::AUTHORIZATION, bearer(token)?);
-    }
+fn build(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    Ok(request)
+    request
+}
+
+/// The token's bytes, if they can go in a header as they are (visible ASCII: a token
+/// from the token service is never trusted to be free of a line break).
+fn header_safe(token: &AccessToken) -> Result<&[u8], Error> {
+    let bytes = token.expose().as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(|byte| (0x21..=0x7e).contains(byte)) {
+        return Err(Error::Internal("an access token is not a valid header value"));
+    }
+    Ok(bytes)
 }
 
 /// `Bearer <token>`, marked sensitive so HPACK never indexes it and `Debug` hides it.

@@ -70,6 +70,7 @@ impl LeakGuard {
         if !self.config.enabled {
             return Ok(response.map(|body| self.watched(None, body, Stage::default(), reporter)));
         }
+        // (A body already whole needs no stall timer: `watched` hands it on as it is.)
         if needles.as_ref().is_some_and(|needles| headers_leak(response.headers(), needles)) {
             return Err(blocked("header"));
         }
@@ -82,17 +83,34 @@ impl LeakGuard {
         let first = tokio::time::timeout(self.deadline, first_data(&mut body))
             .await
             .map_err(|_| Error::UpstreamTimeout)??;
+        let cut = |cut| match cut {
+            Cut::Leak => blocked("body"),
+            Cut::Corrupt => corrupt(),
+        };
         let first = match first {
-            Some(first) => Some(stage.process(&first).map_err(|cut| match cut {
-                Cut::Leak => blocked("body"),
-                Cut::Corrupt => corrupt(),
-            })?),
+            Some(first) => Some(stage.process(&first).map_err(cut)?),
             None => None,
         };
+        if body.is_end_stream() {
+            // The whole body was the first frame (a small answer read with its head):
+            // finish the stage here and hand the bytes on, with nothing left to watch.
+            let tail = stage.finish().map_err(cut)?;
+            let whole = match first {
+                Some(first) if tail.is_empty() => first,
+                Some(first) => [first, tail].concat().into(),
+                None => tail,
+            };
+            let body = if whole.is_empty() { Body::Empty } else { Body::full(whole) };
+            return Ok(Response::from_parts(parts, body));
+        }
         Ok(Response::from_parts(parts, self.watched(first, body, stage, reporter)))
     }
 
+    /// `body` watched as it flows, unless it is already whole (nothing can stall).
     fn watched(&self, first: Option<Bytes>, body: Body, stage: Stage, reporter: Reporter) -> Body {
+        if first.is_none() && matches!(body, Body::Empty | Body::Full(_)) {
+            return body;
+        }
         Body::Watched(Box::new(Watched::new(first, body, stage, self.deadline, reporter)))
     }
 }

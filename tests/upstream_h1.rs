@@ -133,14 +133,21 @@ fn answer(request: &Seen) -> (Vec<u8>, bool) {
             "HTTP/1.1 200 OK\r\n{JSON}transfer-encoding: chunked\r\n\r\n\
              6\r\n{{\"chun\r\n7;ext=1\r\nked\":tr\r\n3\r\nue}}\r\n0\r\nx-trailer: dropped\r\n\r\n"
         ),
-        "interim" => format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n{JSON}content-length: 2\r\n\r\n{{}}"),
+        "interim" => format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n{JSON}content-length: 2\r\n\r\n{{}}"
+        ),
         "no-content" => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
-        "until-close" => return (format!("HTTP/1.1 200 OK\r\n{JSON}\r\n{{\"until\":\"close\"}}").into_bytes(), true),
+        "until-close" => {
+            return (format!("HTTP/1.1 200 OK\r\n{JSON}\r\n{{\"until\":\"close\"}}").into_bytes(), true)
+        }
         "close-after" => {
             return (format!("HTTP/1.1 200 OK\r\n{JSON}content-length: 2\r\n\r\n{{}}").into_bytes(), true);
         }
         "truncated" => {
-            return (format!("HTTP/1.1 200 OK\r\n{JSON}content-length: 100\r\n\r\n{{\"cut\":").into_bytes(), true);
+            return (
+                format!("HTTP/1.1 200 OK\r\n{JSON}content-length: 100\r\n\r\n{{\"cut\":").into_bytes(),
+                true,
+            );
         }
         "echo" => {
             let content_length = request
@@ -179,10 +186,18 @@ async fn every_framing_arrives_whole_and_connections_are_reused() {
     for round in 0..5 {
         for browser in &shoppers {
             let plain = browser.get("/api/ka/plain").await;
-            assert_eq!((plain.status, plain.text().as_str()), (StatusCode::OK, r#"{"plain":true}"#), "round {round}");
+            assert_eq!(
+                (plain.status, plain.text().as_str()),
+                (StatusCode::OK, r#"{"plain":true}"#),
+                "round {round}"
+            );
             let chunked = browser.get("/api/ka/chunked").await;
             assert_eq!(chunked.status, StatusCode::OK);
-            assert_eq!(chunked.text(), r#"{"chunked":true}"#, "chunks joined, extensions and trailers dropped");
+            assert_eq!(
+                chunked.text(),
+                r#"{"chunked":true}"#,
+                "chunks joined, extensions and trailers dropped"
+            );
             assert!(!chunked.headers.contains_key("x-trailer"));
             let interim = browser.get("/api/ka/interim").await;
             assert_eq!((interim.status, interim.text().as_str()), (StatusCode::CREATED, "{}"), "100 skipped");

@@ -149,7 +149,14 @@ impl H1Client {
 
     /// Sends `parts` with `body` (empty or one buffer) and reads the answer's head; the
     /// answer's body follows as it is read. No deadline of its own: the caller bounds it.
-    pub async fn send(&self, parts: &Parts, body: &Body) -> Result<Response<Body>, CallError> {
+    /// `bearer`: the access token, written as `Authorization: Bearer` (the caller has
+    /// checked it is visible ASCII).
+    pub async fn send(
+        &self,
+        parts: &Parts,
+        body: &Body,
+        bearer: Option<&[u8]>,
+    ) -> Result<Response<Body>, CallError> {
         let payload: &[u8] = match body {
             Body::Empty | Body::Full(None) => &[],
             Body::Full(Some(bytes)) => bytes,
@@ -163,7 +170,7 @@ impl H1Client {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            encode_head(&mut conn.write, parts, payload.len(), &self.inner.host_header);
+            encode_head(&mut conn.write, parts, payload.len(), &self.inner.host_header, bearer);
             match conn.exchange(payload).await {
                 Ok(head) => return Ok(self.answer(conn, head, parts.method == Method::HEAD)),
                 Err(failure) => {
@@ -264,7 +271,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The request head: the request line, `Host` unless the request has one, every header
 /// but the framing ones, and our own `Content-Length`.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderValue) {
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderValue, bearer: Option<&[u8]>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -275,10 +282,18 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderV
         push_header(out, b"host", host.as_bytes());
     }
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::AUTHORIZATION
+        {
             continue;
         }
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(token) = bearer {
+        out.extend_from_slice(b"authorization: Bearer ");
+        out.extend_from_slice(token);
+        out.extend_from_slice(b"\r\n");
     }
     // A body of zero bytes is announced where a body is expected, as hyper does.
     let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
@@ -920,14 +935,15 @@ mod tests {
             .expect("a request");
         let (parts, ()) = request.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, 0, &HeaderValue::from_static("api.example"));
+        encode_head(&mut out, &parts, 0, &HeaderValue::from_static("api.example"), Some(b"t0k"));
         assert_eq!(
             String::from_utf8(out).expect("text"),
-            "POST /v1/carts?x=1 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n"
+            "POST /v1/carts?x=1 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\nauthorization: Bearer t0k\r\n\
+             content-length: 0\r\n\r\n"
         );
         let (get, ()) = http::Request::get("http://api.example").body(()).expect("a request").into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &get, 0, &HeaderValue::from_static("api.example"));
+        encode_head(&mut out, &get, 0, &HeaderValue::from_static("api.example"), None);
         assert_eq!(String::from_utf8(out).expect("text"), "GET / HTTP/1.1\r\nhost: api.example\r\n\r\n");
     }
 
