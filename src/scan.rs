@@ -74,6 +74,14 @@ pub struct Needles {
     /// One bit per hash of the first four bytes of some needle: a position whose four
     /// bytes hash to a clear bit starts no needle.
     filter: [u64; FILTER_WORDS],
+    /// One bit per hash of *every* four bytes inside some needle: the strided search
+    /// ([`Needles::found_by_stride`]) tests only every `stride`-th position against it.
+    grams: Box<[u64; GRAM_WORDS]>,
+    /// The shortest needle's length, less three: every occurrence of a needle holds four
+    /// whole bytes starting at a multiple of this.
+    stride: usize,
+    /// The longest needle's length.
+    longest_needle: usize,
     /// The `memmem` searchers, built at the first long stretch.
     finders: OnceLock<Box<[Finder<'static>]>>,
     /// The longest raw stretch one occurrence can span.
@@ -92,6 +100,16 @@ pub const FINDER_MIN_HAYSTACK: usize = 2048;
 /// positions of a body pass it and are compared in full.
 const FILTER_WORDS: usize = 16;
 const FILTER_BITS_LOG2: u32 = 10;
+
+/// The four-byte-gram filter of the strided search: 4,096 bits, so a session's dozen
+/// needles (about 450 grams of Digital River tokens) set about a tenth of them.
+const GRAM_WORDS: usize = 64;
+const GRAM_BITS_LOG2: u32 = 12;
+
+/// The gram-filter bit of four bytes.
+fn gram_bit(gram: [u8; 4]) -> usize {
+    (u32::from_le_bytes(gram).wrapping_mul(0x85EB_CA77) >> (32 - GRAM_BITS_LOG2)) as usize
+}
 
 /// The filter bit of a position starting with `prefix` (its first four bytes).
 fn filter_bit(prefix: [u8; 4]) -> usize {
@@ -142,12 +160,20 @@ impl Needles {
         let mut bytes = Vec::with_capacity(raw.len() * (MAX_NEEDLE_LEN + cores * 44));
         let mut ends = Vec::with_capacity(raw.len() * (1 + cores));
         let mut filter = [0u64; FILTER_WORDS];
+        let mut grams = Box::new([0u64; GRAM_WORDS]);
+        let (mut shortest, mut longest_needle) = (usize::MAX, 0);
         let mut add = |needle: &[u8]| {
             bytes.extend_from_slice(needle);
             ends.push(bytes.len());
+            shortest = shortest.min(needle.len());
+            longest_needle = longest_needle.max(needle.len());
             if let Some(prefix) = needle.first_chunk::<4>() {
                 let bit = filter_bit(*prefix);
                 filter[bit / 64] |= 1 << (bit % 64);
+            }
+            for gram in needle.windows(4) {
+                let bit = gram_bit([gram[0], gram[1], gram[2], gram[3]]);
+                grams[bit / 64] |= 1 << (bit % 64);
             }
         };
         raw.iter().for_each(|secret| add(secret));
@@ -159,6 +185,10 @@ impl Needles {
             ends: ends.into_boxed_slice(),
             raw_count: raw.len(),
             filter,
+            grams,
+            // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
+            stride: shortest.saturating_sub(3).max(1),
+            longest_needle,
             finders: OnceLock::new(),
             window: longest * MAX_ESCAPE_LEN,
             escapes: forms.escapes,
@@ -214,9 +244,32 @@ impl Needles {
 
     fn matches(&self, haystack: &[u8]) -> bool {
         if haystack.len() < FINDER_MIN_HAYSTACK {
-            return self.found_by_filter(haystack);
+            return self.found_by_stride(haystack);
         }
         self.found_by_searchers(haystack)
+    }
+
+    /// The strided search: an occurrence of a needle of length `L` covers `L - 3`
+    /// consecutive four-byte positions, so at least one of them is a multiple of
+    /// `stride` (the shortest needle's `L - 3`), and its four bytes are a gram of that
+    /// needle. Only those positions are tested against the gram filter; where one
+    /// passes, every start that could put a needle over it is checked with the
+    /// per-position filter loop. About `1/stride` of the positions are looked at (a
+    /// 32-byte Digital River tail: one in 29). Public for pricing (`scan_cost`).
+    pub fn found_by_stride(&self, haystack: &[u8]) -> bool {
+        let mut at = 0;
+        while at + 4 <= haystack.len() {
+            let bit = gram_bit([haystack[at], haystack[at + 1], haystack[at + 2], haystack[at + 3]]);
+            if self.grams[bit / 64] & (1 << (bit % 64)) != 0 {
+                let first = at.saturating_sub(self.longest_needle - 4);
+                let end = (at + self.longest_needle).min(haystack.len());
+                if self.found_by_filter_from(&haystack[..end], first, at) {
+                    return true;
+                }
+            }
+            at += self.stride;
+        }
+        false
     }
 
     /// The raw search with the `memmem` searchers (built now if they are not yet), whatever
@@ -232,11 +285,18 @@ impl Needles {
     /// bytes long, so only positions with that many bytes after them can start one. Public
     /// for pricing (`scan_cost`); the guard picks the search by the stretch's length.
     pub fn found_by_filter(&self, haystack: &[u8]) -> bool {
-        haystack.windows(MIN_SECRET_LEN).enumerate().any(|(at, window)| {
-            let bit = filter_bit([window[0], window[1], window[2], window[3]]);
-            self.filter[bit / 64] & (1 << (bit % 64)) != 0
-                && self.needles().any(|needle| haystack[at..].starts_with(needle))
-        })
+        self.found_by_filter_from(haystack, 0, haystack.len())
+    }
+
+    /// [`Needles::found_by_filter`] for needles starting at `first..=last` only.
+    fn found_by_filter_from(&self, haystack: &[u8], first: usize, last: usize) -> bool {
+        haystack.windows(MIN_SECRET_LEN).enumerate().skip(first).take_while(|(at, _)| *at <= last).any(
+            |(at, window)| {
+                let bit = filter_bit([window[0], window[1], window[2], window[3]]);
+                self.filter[bit / 64] & (1 << (bit % 64)) != 0
+                    && self.needles().any(|needle| haystack[at..].starts_with(needle))
+            },
+        )
     }
 }
 
@@ -600,11 +660,46 @@ mod tests {
                 haystack.extend_from_slice(form);
                 haystack.extend(vec![b'.'; after]);
                 assert!(needles.found_by_filter(&haystack), "filter, {before}+{after}");
+                assert!(needles.found_by_stride(&haystack), "stride, {before}+{after}");
                 assert!(needles.found_by_searchers(&haystack), "searchers, {before}+{after}");
                 assert!(needles.found_in(&haystack), "found_in, {before}+{after}");
                 let cut = &haystack[..before + form.len() / 2];
                 assert!(!needles.found_by_filter(cut) && !needles.found_by_searchers(cut), "cut short");
+                assert!(!needles.found_by_stride(cut), "cut short, stride");
             }
+        }
+    }
+
+    #[test]
+    fn the_strided_search_agrees_with_the_filter_loop_everywhere() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for round in 0..300 {
+            // Secrets of every length from the shortest searched to past the tail length.
+            let secrets: Vec<Vec<u8>> = (0..rng.random_range(1..4))
+                .map(|_| {
+                    (0..rng.random_range(MIN_SECRET_LEN..70)).map(|_| rng.random_range(b'0'..=b'z')).collect()
+                })
+                .collect();
+            let needles =
+                Needles::new(secrets.iter().map(Vec::as_slice)).unwrap_or_else(|| panic!("needles"));
+            let every: Vec<Vec<u8>> = needles.needles().map(<[u8]>::to_vec).collect();
+            for needle in &every {
+                for _ in 0..4 {
+                    let before = rng.random_range(0..90);
+                    let after = rng.random_range(0..90);
+                    let mut haystack: Vec<u8> = (0..before).map(|_| rng.random_range(b' '..=b'~')).collect();
+                    haystack.extend_from_slice(needle);
+                    haystack.extend((0..after).map(|_| rng.random_range(b' '..=b'~')));
+                    assert!(needles.found_by_stride(&haystack), "round {round}: planted at {before}");
+                    // Cut anywhere inside the needle: both searches agree on what is left.
+                    let cut = &haystack[..before + rng.random_range(0..needle.len())];
+                    assert_eq!(needles.found_by_stride(cut), needles.found_by_filter(cut), "round {round}");
+                }
+            }
+            let noise: Vec<u8> =
+                (0..rng.random_range(0..600)).map(|_| rng.random_range(b'0'..=b'z')).collect();
+            assert_eq!(needles.found_by_stride(&noise), needles.found_by_filter(&noise), "round {round}");
         }
     }
 
