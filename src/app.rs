@@ -246,14 +246,14 @@ impl App {
         active: Option<&Active>,
         record: Option<Arc<SessionRecord>>,
     ) -> Result<(Response<Body>, Option<Arc<SessionRecord>>), Error> {
-        let watch = prepared.watch();
         let token = record.as_ref().map(|record| &record.access_token);
         let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
         else {
+            let watch = prepared.watch();
             let response = self.forwarder.send(prepared.into_request(), token, &watch, ctx).await?;
             return Ok((forward::clean_response(response), record));
         };
-        let first = self.forwarder.send(prepared.to_request()?, token, &watch, ctx).await?;
+        let first = self.forwarder.send_prepared(&prepared, token, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok((forward::clean_response(first), record));
         }

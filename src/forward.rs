@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
 use crate::trace;
-use crate::upstream::h1::H1Client;
+use crate::upstream::h1::{H1Client, RequestHead};
 use crate::upstream::HttpClient;
 
 /// Bodies up to this size are kept for one replay after an upstream 401.
@@ -252,23 +252,59 @@ impl Forwarder {
             }
             None => None,
         };
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(self.request_timeout, self.call(request, token)).await;
-        let waited = started.elapsed();
-        ctx.upstream += waited;
-        self.metrics.record_upstream(ctx.route, waited);
-        let result = match outcome {
-            Ok(Ok(response)) => Ok(response),
-            _ if watch.exceeded() => Err(Error::PayloadTooLarge),
-            Err(_) if !watch.is_finished() => Err(Error::RequestTimeout),
-            Err(_) => Err(Error::UpstreamTimeout),
-            Ok(Err(error)) => Err(Error::UpstreamUnavailable(error)),
-        };
+        let result = self.timed(self.call(request, token), watch, ctx).await;
         match &result {
             Ok(response) => span.answered(response.status()),
             Err(error) => span.failed(error.code()),
         }
         result
+    }
+
+    /// Sends `prepared` once, keeping it for a replay. Over the h1 client with tracing
+    /// off (the common case), straight from the kept parts: no request is built and no
+    /// header copied. Otherwise as [`Forwarder::send`] with a copy.
+    pub async fn send_prepared(
+        &self,
+        prepared: &Prepared,
+        token: Option<&AccessToken>,
+        ctx: &mut RequestContext<'_>,
+    ) -> Result<Response<Body>, Error> {
+        let payload: &[u8] = match &prepared.body {
+            PreparedBody::Empty => &[],
+            PreparedBody::Buffered(bytes) => bytes,
+            PreparedBody::Streaming(_) => return Err(Error::Internal("a streamed body cannot be replayed")),
+        };
+        let Some(h1) = self.h1.as_ref().filter(|_| !trace::is_on()) else {
+            // Boxed, so the common future does not carry a second call inline.
+            return Box::pin(self.send(prepared.to_request()?, token, &prepared.watch, ctx)).await;
+        };
+        let token = token.map(header_safe).transpose()?;
+        let head = RequestHead { method: &prepared.method, uri: &prepared.uri, headers: &prepared.headers };
+        let call = async { h1.send_head(head, payload, token).await.map_err(|error| error.to_string()) };
+        self.timed(call, &prepared.watch, ctx).await
+    }
+
+    /// Runs one call within `request_timeout`, adding the wait to `ctx.upstream` and the
+    /// latency histogram, and names its failure: the browser's (its upload too large or
+    /// too slow) or the API's.
+    async fn timed(
+        &self,
+        call: impl std::future::Future<Output = Result<Response<Body>, String>>,
+        watch: &UploadWatch,
+        ctx: &mut RequestContext<'_>,
+    ) -> Result<Response<Body>, Error> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.request_timeout, call).await;
+        let waited = started.elapsed();
+        ctx.upstream += waited;
+        self.metrics.record_upstream(ctx.route, waited);
+        match outcome {
+            Ok(Ok(response)) => Ok(response),
+            _ if watch.exceeded() => Err(Error::PayloadTooLarge),
+            Err(_) if !watch.is_finished() => Err(Error::RequestTimeout),
+            Err(_) => Err(Error::UpstreamTimeout),
+            Ok(Err(error)) => Err(Error::UpstreamUnavailable(error)),
+        }
     }
 
     /// One call on the client that carries it; an error in words for the logs.

@@ -28,11 +28,16 @@ async fn call(env: &Env, case: &str) -> Seen {
 
 /// One call as a browser makes it, over HTTP/1.1 or HTTP/2 (where trailers reach a page).
 async fn call_with(env: &Env, case: &str, http2: bool) -> Seen {
+    try_call_with(env, case, http2).await.expect("tokengate answers")
+}
+
+/// [`call_with`], `None` when the answer broke before its head arrived.
+async fn try_call_with(env: &Env, case: &str, http2: bool) -> Option<Seen> {
     let client = Client::builder(TokioExecutor::new()).http2_only(http2).build_http::<Full<bytes::Bytes>>();
     let url = format!("{}/api/hostile/{case}", env.browser().base);
     // `TE: trailers`: a client that says it takes trailers (hyper sends none otherwise).
     let request = http::Request::get(url).header("te", "trailers").body(Full::default()).expect("a request");
-    let response = client.request(request).await.expect("tokengate answers");
+    let response = client.request(request).await.ok()?;
     let status = response.status();
     let reason = response
         .extensions()
@@ -53,7 +58,7 @@ async fn call_with(env: &Env, case: &str, http2: bool) -> Seen {
             }
         }
     }
-    Seen { status, reason, headers, body: bytes.into(), trailers, complete }
+    Some(Seen { status, reason, headers, body: bytes.into(), trailers, complete })
 }
 
 async fn hostile_env(hostile: &Hostile) -> Env {
@@ -148,7 +153,13 @@ async fn a_token_after_bytes_went_out_cuts_the_response_off() {
     // A chunked body with the token after 270 KiB, over both protocols, and a declared
     // length of 300 KiB (far above what the guard used to scan) with the token at its end.
     for (case, http2) in [("late", false), ("late", true), ("big-declared", false)] {
-        let seen = call_with(&env, case, http2).await;
+        let Some(seen) = try_call_with(&env, case, http2).await else {
+            // Over HTTP/2 the API's whole body may be read and searched before the
+            // connection writes the stream's HEADERS; the reset then drops them too. The
+            // answer is never completed either way (and the cut is counted below).
+            assert!(http2, "{case}: over HTTP/1.1 the head goes out with the first bytes");
+            continue;
+        };
         assert_eq!(seen.status, StatusCode::OK, "{case}: the head went out before the token came");
         assert!(!seen.complete, "{case}: the response is cut off, never completed (http2: {http2})");
         assert!(seen.body.len() >= 16 * 1024, "{case}: the harmless part streamed");

@@ -162,17 +162,31 @@ impl H1Client {
             Body::Full(Some(bytes)) => bytes,
             _ => return Err(CallError::Streamed),
         };
-        let retry_allowed = is_idempotent(&parts.method);
+        let head = RequestHead { method: &parts.method, uri: &parts.uri, headers: &parts.headers };
+        self.send_head(head, payload, bearer).await
+    }
+
+    /// [`H1Client::send`] from borrowed parts (a request kept for a replay is sent
+    /// without a copy of its headers).
+    pub async fn send_head(
+        &self,
+        head: RequestHead<'_>,
+        payload: &[u8],
+        bearer: Option<&[u8]>,
+    ) -> Result<Response<Body>, CallError> {
+        let retry_allowed = is_idempotent(head.method);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (mut conn, reused) = match self.inner.pool.take() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: a TLS handshake's future is large, and a new connection is rare;
+                // inline it would be copied with every call's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
-            encode_head(&mut conn.write, parts, payload.len(), &self.inner.host_header, bearer);
+            encode_head(&mut conn.write, head, payload.len(), &self.inner.host_header, bearer);
             match conn.exchange(payload).await {
-                Ok(head) => return Ok(self.answer(conn, head, parts.method == Method::HEAD)),
+                Ok(answer) => return Ok(self.answer(conn, answer, *head.method == Method::HEAD)),
                 Err(failure) => {
                     let retry =
                         reused && attempt == 1 && (failure.unsent || (retry_allowed && failure.nothing_read));
@@ -262,6 +276,14 @@ fn spawn_sweeper(inner: &Arc<Inner>) {
     });
 }
 
+/// What a request's head is made of, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -271,7 +293,13 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The request head: the request line, `Host` unless the request has one, every header
 /// but the framing ones, and our own `Content-Length`.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderValue, bearer: Option<&[u8]>) {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: RequestHead<'_>,
+    body_len: usize,
+    host: &HeaderValue,
+    bearer: Option<&[u8]>,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -281,7 +309,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderV
     if !parts.headers.contains_key(header::HOST) {
         push_header(out, b"host", host.as_bytes());
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::AUTHORIZATION
@@ -296,7 +324,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body_len: usize, host: &HeaderV
         out.extend_from_slice(b"\r\n");
     }
     // A body of zero bytes is announced where a body is expected, as hyper does.
-    let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let expects_body = matches!(*parts.method, Method::POST | Method::PUT | Method::PATCH);
     if body_len > 0 || expects_body {
         let mut digits = itoa_buffer();
         push_header(out, b"content-length", format_len(&mut digits, body_len));
@@ -935,7 +963,8 @@ mod tests {
             .expect("a request");
         let (parts, ()) = request.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, 0, &HeaderValue::from_static("api.example"), Some(b"t0k"));
+        let head = RequestHead { method: &parts.method, uri: &parts.uri, headers: &parts.headers };
+        encode_head(&mut out, head, 0, &HeaderValue::from_static("api.example"), Some(b"t0k"));
         assert_eq!(
             String::from_utf8(out).expect("text"),
             "POST /v1/carts?x=1 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\nauthorization: Bearer t0k\r\n\
@@ -943,7 +972,8 @@ mod tests {
         );
         let (get, ()) = http::Request::get("http://api.example").body(()).expect("a request").into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &get, 0, &HeaderValue::from_static("api.example"), None);
+        let head = RequestHead { method: &get.method, uri: &get.uri, headers: &get.headers };
+        encode_head(&mut out, head, 0, &HeaderValue::from_static("api.example"), None);
         assert_eq!(String::from_utf8(out).expect("text"), "GET / HTTP/1.1\r\nhost: api.example\r\n\r\n");
     }
 
