@@ -28,8 +28,10 @@
 //! milliseconds, far more than a few vectorised passes over a typical body. The searchers
 //! themselves cost several microseconds to build for a session's dozen needles, more than
 //! searching a short stretch without them, so they are built only at a session's first long
-//! stretch; shorter ones (header values, most JSON answers) are searched in one pass with a
-//! filter on every needle's first four bytes. The needles (and any searchers) are built once
+//! stretch; shorter ones (header values, most JSON answers) are searched in a strided pass:
+//! only every `stride`-th position is tested against a filter of every four-byte gram of
+//! every needle (an occurrence always covers such a position), and where it passes the
+//! starts that could cover it are compared in full. The needles (and any searchers) are built once
 //! per session generation and shared by every response of that generation ([`NeedleCache`]),
 //! and a session the cache no longer holds costs only the needles' bytes (well under a
 //! microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
