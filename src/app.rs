@@ -109,7 +109,7 @@ impl App {
         let now = self.sessions.clock().now();
         let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, now);
         // Tracing off (the default): no span, nothing else to do.
-        let Some(span) = RequestSpan::start(&request, conn.tls) else {
+        let Some(span) = RequestSpan::start(&request, ctx.conn.tls) else {
             let result = self.walk(&mut ctx, request).await;
             return self.respond(&mut ctx, result);
         };
@@ -250,12 +250,13 @@ impl App {
         let (Some(active), Some(sent_with), true) = (active, record.as_ref(), prepared.is_replayable())
         else {
             let watch = prepared.watch();
-            let response = self.forwarder.send(prepared.into_request(), token, &watch, ctx).await?;
-            return Ok((forward::clean_response(response), record));
+            let response =
+                self.forwarder.send(prepared.into_request(&self.forwarder)?, token, &watch, ctx).await?;
+            return Ok((response, record));
         };
         let first = self.forwarder.send_prepared(&prepared, token, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
-            return Ok((forward::clean_response(first), record));
+            return Ok((first, record));
         }
         // The rare path (a refresh and a replay) is boxed, off the common future's size.
         Box::pin(self.after_unauthorized(ctx, prepared, first, active, sent_with)).await
@@ -275,14 +276,16 @@ impl App {
         let (first, about_token) = self.read_unauthorized(ctx, first).await?;
         if !about_token {
             tracing::debug!(request_id = ctx.request_id_str(), "upstream 401 not about the token; passed on");
-            return Ok((forward::clean_response(first), record));
+            return Ok((first, record));
         }
         drop(first);
         tracing::debug!(request_id = ctx.request_id_str(), "upstream 401; refreshing once and replaying");
         let fresh = self.sessions.refresh(active.key, sent_with.generation).await?;
-        let replay =
-            self.forwarder.send(prepared.into_request(), Some(&fresh.access_token), &watch, ctx).await?;
-        Ok((forward::clean_response(replay), Some(fresh)))
+        let replay = self
+            .forwarder
+            .send(prepared.into_request(&self.forwarder)?, Some(&fresh.access_token), &watch, ctx)
+            .await?;
+        Ok((replay, Some(fresh)))
     }
 
     /// Reads the start of a 401's body (at most `unauthorized::MAX_READ_BYTES`, within

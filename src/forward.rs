@@ -14,7 +14,9 @@
 //! trickles in is cut off at `request_timeout` with 408.
 //!
 //! Response side: hop-by-hop headers and every upstream `Set-Cookie` are dropped (the
-//! browser's only cookie is ours); the body streams back as it arrives.
+//! browser's only cookie is ours), by the h1 client as it reads the head or here from
+//! hyper's answers, so every answer [`Forwarder::send`] returns is clean; the body
+//! streams back as it arrives.
 //!
 //! This module never parses cookies or decides session policy: it is handed an
 //! `&AccessToken` or none.
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -74,15 +77,70 @@ pub struct Forwarder {
 }
 
 /// What the browser's request becomes upstream, before the token is added.
+///
+/// The browser's headers are kept as they came, with the headers tokengate adds beside
+/// them: the h1 client writes the request head straight from the two, leaving out what
+/// [`protocol::Filter`] drops (no header removed or inserted one by one); a request for
+/// hyper's client is built from them with [`Prepared::into_request`].
 #[derive(Debug)]
 pub struct Prepared {
     method: Method,
-    uri: Uri,
+    /// The upstream path and query (on the configured base).
+    target: PathAndQuery,
+    /// The browser's headers, as they came.
     headers: HeaderMap,
+    added: Added,
     body: PreparedBody,
     watch: Arc<UploadWatch>,
     /// The share of the replay budget a buffered body holds until the call is done.
     _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// The headers tokengate writes on every forwarded call, in place of any the browser
+/// sent by those names.
+#[derive(Debug)]
+struct Added {
+    forwarded_for: HeaderValue,
+    forwarded_proto: &'static str,
+    forwarded_host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    /// `Accept-Encoding: br, gzip, deflate` (only what the leak guard decodes).
+    accept_encoding: bool,
+}
+
+/// `Accept-Encoding` when the leak guard decodes answers: only what it can decode (it
+/// refuses anything else).
+const DECODABLE: &str = "br, gzip, deflate";
+
+impl Added {
+    /// Whether the browser's header `name` is replaced by one of these.
+    fn replaces(&self, name: &HeaderName) -> bool {
+        name == X_REQUEST_ID || (self.accept_encoding && name == header::ACCEPT_ENCODING)
+    }
+
+    /// The headers as name and value, for the h1 client's head.
+    fn pairs(&self) -> [Option<(&'static str, &[u8])>; 5] {
+        [
+            Some(("x-forwarded-for", self.forwarded_for.as_bytes())),
+            Some(("x-forwarded-proto", self.forwarded_proto.as_bytes())),
+            self.forwarded_host.as_ref().map(|host| ("x-forwarded-host", host.as_bytes())),
+            Some(("x-request-id", self.request_id.as_bytes())),
+            self.accept_encoding.then_some(("accept-encoding", DECODABLE.as_bytes())),
+        ]
+    }
+
+    /// Writes them into `headers` (for hyper's client).
+    fn insert_into(&self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.forwarded_proto));
+        if let Some(host) = &self.forwarded_host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        if self.accept_encoding {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DECODABLE));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -143,30 +201,28 @@ impl Forwarder {
         limits: Limits,
     ) -> Result<Prepared, Error> {
         let (parts, incoming) = request.into_parts();
-        let uri = self.upstream_uri(&parts.uri, route)?;
-        let mut headers = parts.headers;
-        protocol::strip(&mut headers, Direction::Request);
-        self.add_forwarding_headers(&mut headers, ctx);
-        if limits.decodable_encodings {
-            // Only what the leak guard decodes (it refuses anything else).
-            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip, deflate"));
-        }
+        let target = self.upstream_target(&parts.uri, route)?;
+        let added = Added {
+            forwarded_for: ctx.client.forwarded_for.clone(),
+            forwarded_proto: if ctx.conn.tls { "https" } else { self.forwarded_proto },
+            forwarded_host: self.forwarded_host.clone(),
+            request_id: ctx.request_id.clone(),
+            accept_encoding: limits.decodable_encodings,
+        };
         // A body trickled in byte by byte would otherwise hold the connection for ever.
         let (body, watch, budget) =
             tokio::time::timeout(self.request_timeout, self.prepare_body(incoming, limits))
                 .await
                 .map_err(|_| Error::RequestTimeout)??;
-        Ok(Prepared { method: parts.method, uri, headers, body, watch, _budget: budget })
-    }
-
-    fn add_forwarding_headers(&self, headers: &mut HeaderMap, ctx: &RequestContext<'_>) {
-        let proto = if ctx.conn.tls { "https" } else { self.forwarded_proto };
-        headers.insert(X_FORWARDED_FOR, ctx.client.forwarded_for.clone());
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        if let Some(host) = &self.forwarded_host {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
-        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        Ok(Prepared {
+            method: parts.method,
+            target,
+            headers: parts.headers,
+            added,
+            body,
+            watch,
+            _budget: budget,
+        })
     }
 
     /// The one body-limit check, and the choice between buffering and streaming.
@@ -210,7 +266,8 @@ impl Forwarder {
         Arc::clone(&self.replay_budget).try_acquire_many_owned(units).ok()
     }
 
-    fn upstream_uri(&self, uri: &Uri, route: &Route) -> Result<Uri, Error> {
+    /// The upstream path and query of the browser's `uri` on `route`.
+    fn upstream_target(&self, uri: &Uri, route: &Route) -> Result<PathAndQuery, Error> {
         let rest = uri.path().get(route.prefix.len()..).unwrap_or("");
         let mut path_and_query =
             String::with_capacity(self.base.path.len() + route.upstream_prefix.len() + rest.len() + 64);
@@ -220,10 +277,16 @@ impl Forwarder {
         if let Some(query) = uri.query() {
             push_query_without_token(&mut path_and_query, query);
         }
+        PathAndQuery::try_from(path_and_query)
+            .map_err(|_| Error::BadRequest("The request path cannot be forwarded."))
+    }
+
+    /// The whole upstream URI of a prepared call (for hyper's client).
+    fn upstream_uri(&self, target: PathAndQuery) -> Result<Uri, Error> {
         Uri::builder()
             .scheme(self.base.scheme.clone())
             .authority(self.base.authority.clone())
-            .path_and_query(path_and_query)
+            .path_and_query(target)
             .build()
             .map_err(|_| Error::BadRequest("The request path cannot be forwarded."))
     }
@@ -276,10 +339,19 @@ impl Forwarder {
         };
         let Some(h1) = self.h1.as_ref().filter(|_| !trace::is_on()) else {
             // Boxed, so the common future does not carry a second call inline.
-            return Box::pin(self.send(prepared.to_request()?, token, &prepared.watch, ctx)).await;
+            return Box::pin(self.send(prepared.to_request(self)?, token, &prepared.watch, ctx)).await;
         };
         let token = token.map(header_safe).transpose()?;
-        let head = RequestHead { method: &prepared.method, uri: &prepared.uri, headers: &prepared.headers };
+        let filter = protocol::Filter::of(&prepared.headers, Direction::Request);
+        let keep = |name: &HeaderName| !filter.drops(name.as_str()) && !prepared.added.replaces(name);
+        let added = prepared.added.pairs();
+        let head = RequestHead {
+            method: &prepared.method,
+            target: prepared.target.as_str(),
+            headers: &prepared.headers,
+            keep: &keep,
+            added: &added,
+        };
         let call = async { h1.send_head(head, payload, token).await.map_err(|error| error.to_string()) };
         self.timed(call, &prepared.watch, ctx).await
     }
@@ -314,8 +386,10 @@ impl Forwarder {
                 let (parts, body) = request.into_parts();
                 h1.send(&parts, &body, token).await.map_err(|error| error.to_string())
             }
+            // The h1 client drops what the browser must not see as it reads the head;
+            // hyper's answers are cleaned here.
             _ => match self.client.request(request).await {
-                Ok(response) => Ok(response.map(Body::Stream)),
+                Ok(response) => Ok(clean_response(response.map(Body::Stream))),
                 Err(error) => Err(describe_client_error(&error)),
             },
         }
@@ -335,27 +409,33 @@ impl Prepared {
 
     /// The request to send, keeping `self` for a replay (headers are copied); the
     /// token goes with it in [`Forwarder::send`].
-    pub fn to_request(&self) -> Result<Request<Body>, Error> {
+    fn to_request(&self, forwarder: &Forwarder) -> Result<Request<Body>, Error> {
         let body = match &self.body {
             PreparedBody::Empty => Body::Empty,
             PreparedBody::Buffered(bytes) => Body::full(bytes.clone()),
             PreparedBody::Streaming(_) => return Err(Error::Internal("a streamed body cannot be replayed")),
         };
-        Ok(build(self.method.clone(), self.uri.clone(), self.headers.clone(), body))
+        let uri = forwarder.upstream_uri(self.target.clone())?;
+        Ok(build(self.method.clone(), uri, self.headers.clone(), &self.added, body))
     }
 
-    /// The request to send, consuming `self` (no copies).
-    pub fn into_request(self) -> Request<Body> {
+    /// The request to send, consuming `self` (no copies of the headers).
+    pub fn into_request(self, forwarder: &Forwarder) -> Result<Request<Body>, Error> {
         let body = match self.body {
             PreparedBody::Empty => Body::Empty,
             PreparedBody::Buffered(bytes) => Body::full(bytes),
             PreparedBody::Streaming(upload) => Body::Upload(upload),
         };
-        build(self.method, self.uri, self.headers, body)
+        let uri = forwarder.upstream_uri(self.target)?;
+        Ok(build(self.method, uri, self.headers, &self.added, body))
     }
 }
 
-fn build(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Request<Body> {
+/// The request as the API gets it: the browser's headers without what
+/// [`protocol::strip`] removes, with tokengate's own added.
+fn build(method: Method, uri: Uri, mut headers: HeaderMap, added: &Added, body: Body) -> Request<Body> {
+    protocol::strip(&mut headers, Direction::Request);
+    added.insert_into(&mut headers);
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -470,7 +550,7 @@ where
 }
 
 /// The upstream response as the browser may see it.
-pub fn clean_response(mut response: Response<Body>) -> Response<Body> {
+fn clean_response(mut response: Response<Body>) -> Response<Body> {
     protocol::strip(response.headers_mut(), Direction::Response);
     // hyper would write the API's own reason phrase, which a page reads as `statusText`:
     // the browser gets the standard one for the status, nothing the API chose.

@@ -3,7 +3,7 @@
 //! Every forwarded response is checked before and while it goes to the browser:
 //! * its header names and values are searched for the session's access and refresh
 //!   tokens (a hit replaces the response with 502 `token_leak_blocked`); the reason phrase
-//!   and trailers never reach the browser at all (`forward::clean_response`, `body`);
+//!   and trailers never reach the browser at all (`upstream::h1`, `forward`, `body`);
 //! * its body, whatever its type or size, is searched as it streams, in every form a page
 //!   could decode (`scan`, with needles built once per session token generation and kept
 //!   in a bounded [`NeedleCache`], their SIMD searchers only once a long stretch needs

@@ -37,28 +37,6 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Request headers that never reach the API (besides hop-by-hop ones), by exact name.
-/// Compared after folding `_` to `-`.
-const WITHHELD_REQUEST: &[&str] = &[
-    "authorization",
-    "cookie",
-    "host",
-    "forwarded",
-    "x-csrf",
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
 /// Which way a message goes through tokengate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -69,51 +47,115 @@ pub enum Direction {
 }
 
 /// Removes hop-by-hop headers and those `direction` withholds, in place.
+///
+/// One pass over the names, each classified by a `match` the compiler turns into a
+/// length switch and one comparison (no list walked per header); the headers to drop
+/// are then removed by name. Every forwarded request drops at least `Host` and
+/// `Cookie`, so this runs on every call (issue 11: it was a list scan per header).
 pub fn strip(headers: &mut HeaderMap, direction: Direction) {
-    let named = connection_tokens(headers);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || named.iter().any(|token| token.eq_ignore_ascii_case(name.as_str()))
-                || withheld(name, direction)
-        })
-        .cloned()
-        .collect();
+    let filter = Filter::of(headers, direction);
+    let doomed: Vec<HeaderName> =
+        headers.keys().filter(|name| filter.drops(name.as_str())).cloned().collect();
     for name in &doomed {
         headers.remove(name);
     }
 }
 
-/// The header names listed in `Connection` (usually none).
-fn connection_tokens(headers: &HeaderMap) -> Vec<&str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .collect()
+/// The headers one message loses going one way: those [`strip`] removes, for a head
+/// still being read (the upstream client drops them as it parses an answer, so an
+/// answer's headers are never removed one by one afterwards).
+#[derive(Debug)]
+pub struct Filter<'a> {
+    direction: Direction,
+    /// The header names the message's `Connection` lists, besides the usual
+    /// `keep-alive` and `close` (usually none: nothing is allocated then).
+    named: Vec<&'a str>,
 }
 
-fn withheld(name: &HeaderName, direction: Direction) -> bool {
-    match direction {
-        Direction::Response => {
-            name == header::SET_COOKIE
-                || name.as_str() == "set-cookie2"
-                || name.as_str() == "clear-site-data"
-                || name.as_str().starts_with("access-control-")
-        }
-        Direction::Request => {
-            let text = name.as_str();
-            if text.contains('_') {
-                let folded = text.replace('_', "-");
-                return folded.starts_with("x-forwarded-") || WITHHELD_REQUEST.contains(&folded.as_str());
-            }
-            text.starts_with("x-forwarded-") || WITHHELD_REQUEST.contains(&text)
-        }
+impl<'a> Filter<'a> {
+    /// The filter of a message going `direction` whose `Connection` headers have these
+    /// values.
+    pub fn new(direction: Direction, connection: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let named = connection
+            .into_iter()
+            .filter_map(|value| std::str::from_utf8(value).ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("keep-alive")
+                    && !token.eq_ignore_ascii_case("close")
+            })
+            .collect();
+        Self { direction, named }
     }
+
+    /// The filter of the message with these headers going `direction`.
+    pub fn of(headers: &'a HeaderMap, direction: Direction) -> Self {
+        Self::new(direction, headers.get_all(header::CONNECTION).iter().map(|value| value.as_bytes()))
+    }
+
+    /// Whether the header `name` (lower case, as `HeaderName` holds it) is dropped.
+    pub fn drops(&self, name: &str) -> bool {
+        dropped(name, self.direction) || self.named.iter().any(|token| token.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Whether the header `name` (lower case, as `HeaderName` holds it) never crosses
+/// tokengate going `direction`.
+fn dropped(name: &str, direction: Direction) -> bool {
+    is_hop_by_hop(name)
+        || match direction {
+            Direction::Response => withheld_response(name),
+            Direction::Request if name.contains('_') => withheld_request(&name.replace('_', "-")),
+            Direction::Request => withheld_request(name),
+        }
+}
+
+/// [`HOP_BY_HOP`] as a `match` (a test keeps the two the same).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Request headers that never reach the API besides hop-by-hop ones (see the module
+/// documentation); `name` has `_` folded to `-` already.
+fn withheld_request(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "cookie"
+            | "host"
+            | "forwarded"
+            | "x-csrf"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-uri"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || name.starts_with("x-forwarded-")
+}
+
+/// Response headers the browser never sees besides hop-by-hop ones.
+fn withheld_response(name: &str) -> bool {
+    matches!(name, "set-cookie" | "set-cookie2" | "clear-site-data") || name.starts_with("access-control-")
 }
 
 /// The methods every route forwards, as an `Allow` header names them.
@@ -222,6 +264,36 @@ mod tests {
         strip(&mut map, Direction::Response);
         let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["vary"]);
+    }
+
+    #[test]
+    fn a_filter_drops_what_strip_removes() {
+        let connection: [&[u8]; 2] = [b"Keep-Alive, X-Hop", b"close,, x-other"];
+        let filter = Filter::new(Direction::Response, connection);
+        for name in
+            ["x-hop", "x-other", "connection", "transfer-encoding", "set-cookie", "access-control-max-age"]
+        {
+            assert!(filter.drops(name), "{name}");
+        }
+        for name in ["content-type", "etag", "x-forwarded-for", "cookie"] {
+            assert!(!filter.drops(name), "{name}");
+        }
+        let plain = Filter::new(Direction::Request, [b"keep-alive".as_slice()]);
+        assert!(plain.named.is_empty(), "the usual tokens are not remembered");
+        assert!(plain.drops("cookie") && plain.drops("x_forwarded_host") && !plain.drops("accept"));
+    }
+
+    #[test]
+    fn the_hop_by_hop_match_is_the_published_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_str()), "{name}");
+        }
+        let matched = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+        let more = ["upgrade", "proxy-authenticate", "proxy-authorization"];
+        for name in matched.iter().chain(&more) {
+            assert!(HOP_BY_HOP.iter().any(|listed| listed == name), "{name} is matched but not listed");
+        }
+        assert!(!is_hop_by_hop("accept") && !is_hop_by_hop("tee"));
     }
 
     #[test]

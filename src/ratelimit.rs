@@ -12,7 +12,7 @@
 //! trusted proxy saw as its peer. IPv6 clients are keyed by their /64, since one host
 //! can use a whole /64.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::RateLimitConfig;
+use crate::context::ConnInfo;
 use crate::error::Error;
 
 /// Per-client limits on starting sessions.
@@ -82,11 +83,11 @@ pub struct ClientAddress {
 }
 
 impl ClientAddress {
-    /// The address of a request from `peer` with these headers.
-    pub fn of(peer: SocketAddr, headers: &HeaderMap, trusted_depth: usize) -> Self {
-        let peer_ip = peer.ip();
+    /// The address of a request on `conn` with these headers.
+    pub fn of(conn: &ConnInfo, headers: &HeaderMap, trusted_depth: usize) -> Self {
+        let peer_ip = conn.peer.ip();
         if trusted_depth == 0 {
-            return Self { ip: peer_ip, forwarded_for: ip_header(peer_ip) };
+            return Self { ip: peer_ip, forwarded_for: conn.peer_header.clone() };
         }
         let entries = forwarded_for_entries(headers);
         let trusted = &entries[entries.len().saturating_sub(trusted_depth)..];
@@ -100,14 +101,10 @@ impl ClientAddress {
         if !value.is_empty() {
             value.push_str(", ");
         }
-        value.push_str(&peer_ip.to_string());
-        let forwarded_for = HeaderValue::from_str(&value).unwrap_or_else(|_| ip_header(peer_ip));
+        value.push_str(conn.peer_header.to_str().unwrap_or("unknown"));
+        let forwarded_for = HeaderValue::from_str(&value).unwrap_or_else(|_| conn.peer_header.clone());
         Self { ip, forwarded_for }
     }
-}
-
-fn ip_header(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The entries of every `X-Forwarded-For` header, left to right.
@@ -124,6 +121,8 @@ fn forwarded_for_entries(headers: &HeaderMap) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn peer() -> SocketAddr {
@@ -137,7 +136,7 @@ mod tests {
     }
 
     fn client_ip(peer: SocketAddr, headers: &HeaderMap, depth: usize) -> IpAddr {
-        ClientAddress::of(peer, headers, depth).ip
+        ClientAddress::of(&ConnInfo::new(peer, false), headers, depth).ip
     }
 
     #[test]
@@ -148,7 +147,8 @@ mod tests {
     #[test]
     fn forwarded_for_trusts_the_chain_only_when_told() {
         let headers = forwarded("6.6.6.6, 198.51.100.1");
-        let forwarded_for = |depth| ClientAddress::of(peer(), &headers, depth).forwarded_for;
+        let forwarded_for =
+            |depth| ClientAddress::of(&ConnInfo::new(peer(), false), &headers, depth).forwarded_for;
         assert_eq!(forwarded_for(0), "10.0.0.1");
         assert_eq!(forwarded_for(1), "198.51.100.1, 10.0.0.1", "6.6.6.6 was written by the client");
         assert_eq!(forwarded_for(2), "6.6.6.6, 198.51.100.1, 10.0.0.1");

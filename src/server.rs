@@ -116,7 +116,7 @@ pub async fn serve<H: Handler>(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { peer, tls: tls.is_some() };
+        let conn = ConnInfo::new(peer, tls.is_some());
         let tls = tls.clone();
         let handler = Arc::clone(&handler);
         let builder = Arc::clone(&builder);
@@ -199,6 +199,7 @@ async fn serve_connection<H: Handler, S>(
     let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
     let service = service_fn(move |request| {
         let handler = Arc::clone(&handler);
+        let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(handler.call(request, conn).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);

@@ -6,20 +6,29 @@
 //! the cookie value, so a dump of the store cannot be replayed as cookies.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
-use crate::secret::SecretString;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::secret::constant_time_eq;
 
 /// Length of an encoded session id: 32 bytes in unpadded base64url.
 pub const SESSION_ID_LEN: usize = 43;
 
-/// The cookie value. Secret: `Debug` shows only a short prefix of its store key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(SecretString);
+/// The cookie value. Secret: `Debug` shows only a short prefix of its store key, `==`
+/// takes the same time wherever two ids differ, and the bytes are wiped when dropped.
+/// Held inline (no allocation per request that carries a cookie).
+#[derive(Clone)]
+pub struct SessionId {
+    value: [u8; SESSION_ID_LEN],
+    /// The store key, when already known (see [`KeyMemo`]); worked out on demand else.
+    key: Option<SessionKey>,
+}
 
 /// SHA-256 of a session id; the key under which the store keeps the session.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,29 +37,91 @@ pub struct SessionKey(pub [u8; 32]);
 impl SessionId {
     /// A fresh random id. Fails only if the operating system's random source does.
     pub fn generate() -> Result<SessionId, rand::rand_core::OsError> {
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.try_fill_bytes(&mut bytes)?;
-        Ok(SessionId(SecretString::new(URL_SAFE_NO_PAD.encode(bytes))))
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.try_fill_bytes(bytes.as_mut())?;
+        let mut id = SessionId { value: [0; SESSION_ID_LEN], key: None };
+        // 32 bytes are always 43 characters of unpadded base64url.
+        let _ = URL_SAFE_NO_PAD.encode_slice(bytes.as_ref(), &mut id.value);
+        Ok(id)
     }
 
-    /// Accepts a cookie value only if it has the exact shape tokengate issues: anything
-    /// else is refused before it touches the store.
+    /// Accepts a cookie value only if it has the exact shape tokengate issues (43
+    /// base64url characters whose last one carries no bits beyond the 256, as a strict
+    /// decoder requires): anything else is refused before it touches the store. Checked
+    /// character by character, without decoding or allocating.
     pub fn parse(value: &str) -> Option<SessionId> {
-        if value.len() != SESSION_ID_LEN {
-            return None;
-        }
-        let decoded = URL_SAFE_NO_PAD.decode(value).ok()?;
-        (decoded.len() == 32).then(|| SessionId(SecretString::new(value.to_string())))
+        let bytes: &[u8; SESSION_ID_LEN] = value.as_bytes().try_into().ok()?;
+        let last = sextet(bytes[SESSION_ID_LEN - 1])?;
+        let plain = bytes.iter().all(|&byte| sextet(byte).is_some());
+        (plain && last & 0b11 == 0).then_some(SessionId { value: *bytes, key: None })
     }
 
     /// The store key for this id.
     pub fn key(&self) -> SessionKey {
-        SessionKey(Sha256::digest(self.0.expose().as_bytes()).into())
+        self.key.unwrap_or_else(|| self.digest())
+    }
+
+    fn digest(&self) -> SessionKey {
+        SessionKey(Sha256::digest(self.value).into())
     }
 
     /// The cookie value itself, for the `Set-Cookie` writer only.
     pub fn expose(&self) -> &str {
-        self.0.expose()
+        // Only base64url characters are ever stored (`generate`, `parse`).
+        std::str::from_utf8(&self.value).unwrap_or_default()
+    }
+}
+
+/// The six bits a base64url character stands for.
+fn sextet(byte: u8) -> Option<u8> {
+    match byte {
+        b'A'..=b'Z' => Some(byte - b'A'),
+        b'a'..=b'z' => Some(byte - b'a' + 26),
+        b'0'..=b'9' => Some(byte - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
+    }
+}
+
+/// Constant-time (see [`constant_time_eq`]).
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(&self.value, &other.value)
+    }
+}
+
+impl Eq for SessionId {}
+
+impl Drop for SessionId {
+    fn drop(&mut self) {
+        self.value.zeroize();
+    }
+}
+
+/// The last session id seen on one connection, with its store key: a browser sends the
+/// same cookie on every request of a keep-alive connection, so the SHA-256 is worked out
+/// once per connection and cookie, not once per request. Per connection (no lock shared
+/// between connections); the id inside is wiped when replaced or dropped.
+#[derive(Debug, Default)]
+pub struct KeyMemo(Mutex<Option<SessionId>>);
+
+impl KeyMemo {
+    /// Gives `id` its store key: the remembered one when `id` is the remembered id
+    /// (compared in constant time), else a fresh digest, which is then remembered.
+    pub fn fill(&self, id: &mut SessionId) {
+        let Ok(mut last) = self.0.lock() else {
+            // Poisoned by a panic elsewhere: no memo, just the digest.
+            id.key = Some(id.digest());
+            return;
+        };
+        match last.as_ref() {
+            Some(seen) if *seen == *id => id.key = seen.key,
+            _ => {
+                id.key = Some(id.digest());
+                *last = Some(id.clone());
+            }
+        }
     }
 }
 
@@ -85,8 +156,37 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        for value in ["", "short", &"A".repeat(44), &"!".repeat(43), &"A".repeat(42)] {
+        let padded = format!("{}=", "A".repeat(42));
+        let stray_bits = format!("{}B", "A".repeat(42));
+        for value in ["", "short", &"A".repeat(44), &"!".repeat(43), &"A".repeat(42), &padded, &stray_bits] {
             assert!(SessionId::parse(value).is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_exactly_what_a_strict_decoder_does() {
+        // Every character in every position, against the base64 crate's strict decoder.
+        let base = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        for position in 0..SESSION_ID_LEN {
+            for byte in 0u8..=255 {
+                let mut value = base.value;
+                value[position] = byte;
+                let Ok(text) = std::str::from_utf8(&value) else { continue };
+                let strict = URL_SAFE_NO_PAD.decode(text).is_ok_and(|decoded| decoded.len() == 32);
+                assert_eq!(SessionId::parse(text).is_some(), strict, "{position} {byte}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_memo_gives_each_id_its_own_key() {
+        let memo = KeyMemo::default();
+        let a = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        let b = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        for id in [&a, &a, &b, &a, &b, &b] {
+            let mut filled = SessionId::parse(id.expose()).unwrap_or_else(|| panic!("parses"));
+            memo.fill(&mut filled);
+            assert_eq!(filled.key, Some(id.digest()), "the key of this id, never the last one's");
         }
     }
 

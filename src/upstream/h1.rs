@@ -53,6 +53,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::protocol::{Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -162,7 +163,14 @@ impl H1Client {
             Body::Full(Some(bytes)) => bytes,
             _ => return Err(CallError::Streamed),
         };
-        let head = RequestHead { method: &parts.method, uri: &parts.uri, headers: &parts.headers };
+        let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
+        let head = RequestHead {
+            method: &parts.method,
+            target,
+            headers: &parts.headers,
+            keep: &|_| true,
+            added: &[],
+        };
         self.send_head(head, payload, bearer).await
     }
 
@@ -221,8 +229,8 @@ impl H1Client {
     /// The answer to hand on: its body whole when it is already read (the connection
     /// back in the pool at once), else a body that reads the rest from the connection.
     fn answer(&self, mut conn: Box<Conn>, head: Head, head_request: bool) -> Response<Body> {
-        let Head { status, mut headers, mut close, rest } = head;
-        let framing = framing(status, &mut headers, head_request, &mut close);
+        let Head { status, mut headers, mut close, transfer_encoding, rest } = head;
+        let framing = framing(status, &mut headers, transfer_encoding.as_ref(), head_request, &mut close);
         let body = match framing {
             Framing::Length(length) if length <= rest.len() as u64 => {
                 // `length` fits in the buffer, so it fits in usize.
@@ -276,12 +284,24 @@ fn spawn_sweeper(inner: &Arc<Inner>) {
     });
 }
 
-/// What a request's head is made of, borrowed.
-#[derive(Debug, Clone, Copy)]
+/// What a request's head is made of, borrowed: the headers of `headers` that `keep`
+/// allows, then the `added` ones.
+#[derive(Clone, Copy)]
 pub struct RequestHead<'a> {
     pub method: &'a Method,
-    pub uri: &'a http::Uri,
+    /// The request target: path and query.
+    pub target: &'a str,
     pub headers: &'a HeaderMap,
+    pub keep: &'a (dyn Fn(&HeaderName) -> bool + Sync),
+    /// Headers written after `headers` (names in lower case).
+    pub added: &'a [Option<(&'a str, &'a [u8])>],
+}
+
+impl std::fmt::Debug for RequestHead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No header values: they may carry credentials.
+        f.debug_struct("RequestHead").field("method", self.method).finish_non_exhaustive()
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -303,20 +323,26 @@ fn encode_head(
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
+    let target = parts.target;
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        push_header(out, b"host", host.as_bytes());
-    }
+    let mut wrote_host = false;
     for (name, value) in parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::AUTHORIZATION
+            || !(parts.keep)(name)
         {
             continue;
         }
+        wrote_host |= name == header::HOST;
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !wrote_host {
+        push_header(out, b"host", host.as_bytes());
+    }
+    for (name, value) in parts.added.iter().flatten() {
+        push_header(out, name.as_bytes(), value);
     }
     if let Some(token) = bearer {
         out.extend_from_slice(b"authorization: Bearer ");
@@ -376,15 +402,18 @@ enum Chunk {
 /// RFC 9112 §6.3, for an answer that is not `1xx`. A `Transfer-Encoding` wins over a
 /// `Content-Length` (which is then removed: the browser's answer is framed anew), and an
 /// answer framed by neither, or by a coding other than a final `chunked`, ends at close.
-fn framing(status: StatusCode, headers: &mut HeaderMap, head_request: bool, close: &mut bool) -> Framing {
+fn framing(
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    transfer_encoding: Option<&HeaderValue>,
+    head_request: bool,
+    close: &mut bool,
+) -> Framing {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Framing::Length(0);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
+    if let Some(codings) = transfer_encoding {
+        let chunked = Some(codings)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.rsplit(',').next())
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
@@ -436,9 +465,13 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
 /// An answer's parsed head.
 struct Head {
     status: StatusCode,
+    /// What the browser may see: hop-by-hop and withheld headers are not kept.
     headers: HeaderMap,
     /// The API asked to close (or spoke HTTP/1.0 without keep-alive).
     close: bool,
+    /// The last `Transfer-Encoding` line, for the framing (the header itself is
+    /// hop-by-hop and not in `headers`).
+    transfer_encoding: Option<HeaderValue>,
     /// The bytes read after the head (the body's start).
     rest: Bytes,
 }
@@ -596,8 +629,11 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         };
     let status = response.code.and_then(|code| StatusCode::from_u16(code).ok()).ok_or("bad status")?;
     let http10 = response.version == Some(0);
+    let connection = response.headers.iter().filter(|header| header.name.eq_ignore_ascii_case("connection"));
+    // What never reaches the browser is dropped here, as the head is read (`protocol`).
+    let filter = Filter::new(Direction::Response, connection.map(|header| header.value));
     let mut map = HeaderMap::with_capacity(response.headers.len());
-    let mut close = http10;
+    let (mut close, mut transfer_encoding) = (http10, None);
     for header in response.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| "bad header name")?;
         let value =
@@ -610,10 +646,14 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
             {
                 close = false;
             }
+        } else if name == header::TRANSFER_ENCODING {
+            // The last line's last coding decides the framing.
+            transfer_encoding = Some(value);
+        } else if !filter.drops(name.as_str()) {
+            map.append(name, value);
         }
-        map.append(name, value);
     }
-    Ok(Some(Head { status, headers: map, close, rest: buf.slice(length..) }))
+    Ok(Some(Head { status, headers: map, close, transfer_encoding, rest: buf.slice(length..) }))
 }
 
 /// The rest of an answer's body, read from its connection as the browser's side asks
@@ -909,6 +949,22 @@ mod tests {
     }
 
     #[test]
+    fn what_the_browser_never_sees_is_dropped_as_the_head_is_read() {
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nAccess-Control-Allow-Origin: *\r\n\
+             Clear-Site-Data: \"cookies\"\r\nETag: \"1\"\r\n\r\n",
+        );
+        let kept: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(kept, ["etag"]);
+        assert_eq!(
+            head.transfer_encoding,
+            Some(HeaderValue::from_static("chunked")),
+            "still frames the body"
+        );
+    }
+
+    #[test]
     fn close_is_read_from_the_version_and_connection() {
         assert!(parse("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n").close);
         assert!(parse("HTTP/1.0 200 OK\r\n\r\n").close);
@@ -919,7 +975,8 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let frame = |text: &str, head_request: bool| {
             let mut head = parse(text);
-            let framing = framing(head.status, &mut head.headers, head_request, &mut head.close);
+            let te = head.transfer_encoding.clone();
+            let framing = framing(head.status, &mut head.headers, te.as_ref(), head_request, &mut head.close);
             (framing, head.close, head.headers.contains_key(header::CONTENT_LENGTH))
         };
         let length = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
@@ -959,20 +1016,33 @@ mod tests {
             .header("content-length", "999")
             .header("transfer-encoding", "chunked")
             .header("x-a", "1")
+            .header("x-b", "dropped")
             .body(())
             .expect("a request");
         let (parts, ()) = request.into_parts();
         let mut out = Vec::new();
-        let head = RequestHead { method: &parts.method, uri: &parts.uri, headers: &parts.headers };
+        let head = RequestHead {
+            method: &parts.method,
+            target: "/v1/carts?x=1",
+            headers: &parts.headers,
+            keep: &|name| name != "x-b",
+            added: &[Some(("x-added", b"2")), None],
+        };
         encode_head(&mut out, head, 0, &HeaderValue::from_static("api.example"), Some(b"t0k"));
         assert_eq!(
             String::from_utf8(out).expect("text"),
-            "POST /v1/carts?x=1 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\nauthorization: Bearer t0k\r\n\
-             content-length: 0\r\n\r\n"
+            "POST /v1/carts?x=1 HTTP/1.1\r\nx-a: 1\r\nhost: api.example\r\nx-added: 2\r\n\
+             authorization: Bearer t0k\r\ncontent-length: 0\r\n\r\n"
         );
         let (get, ()) = http::Request::get("http://api.example").body(()).expect("a request").into_parts();
         let mut out = Vec::new();
-        let head = RequestHead { method: &get.method, uri: &get.uri, headers: &get.headers };
+        let head = RequestHead {
+            method: &get.method,
+            target: "",
+            headers: &get.headers,
+            keep: &|_| true,
+            added: &[],
+        };
         encode_head(&mut out, head, 0, &HeaderValue::from_static("api.example"), None);
         assert_eq!(String::from_utf8(out).expect("text"), "GET / HTTP/1.1\r\nhost: api.example\r\n\r\n");
     }
