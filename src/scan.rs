@@ -40,7 +40,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
@@ -392,13 +392,27 @@ fn base64_cores(secret: &[u8], add: &mut impl FnMut(&[u8])) {
         if end <= skip_front + MIN_SECRET_LEN {
             continue;
         }
-        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-            if let Ok(written) = engine.encode_slice(shifted, &mut encoded) {
-                if written >= end {
-                    add(&encoded[skip_front..end]);
-                }
-            }
+        // Encoded once: base64url differs from base64 only in two characters, so its
+        // core is the same bytes mapped (and not added again when neither occurs).
+        let Ok(written) = STANDARD_NO_PAD.encode_slice(shifted, &mut encoded) else { continue };
+        if written < end {
+            continue;
         }
+        let core = &mut encoded[skip_front..end];
+        add(core);
+        if core.iter().any(|&byte| byte == b'+' || byte == b'/') {
+            core.iter_mut().for_each(|byte| *byte = url_safe(*byte));
+            add(core);
+        }
+    }
+}
+
+/// The base64url character for a base64 character.
+fn url_safe(byte: u8) -> u8 {
+    match byte {
+        b'+' => b'-',
+        b'/' => b'_',
+        other => other,
     }
 }
 
@@ -502,6 +516,8 @@ impl Scanner {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     const TOKEN: &[u8] = b"42acc9dd3162322cbdb95801d54d600dfaaf743a";
