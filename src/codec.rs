@@ -79,16 +79,20 @@ pub fn preferred_by(request_headers: &HeaderMap) -> Option<Coding> {
     for value in request_headers.get_all(ACCEPT_ENCODING) {
         for item in value.to_str().unwrap_or("").split(',') {
             let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = parts.next().unwrap_or("").trim();
+            // Compared without case and without a lower-cased copy: browsers send this
+            // header on every call.
+            let coding = if name.eq_ignore_ascii_case("br") {
+                Coding::Brotli
+            } else if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                Coding::Gzip
+            } else {
+                continue;
+            };
             let quality = parts
                 .find_map(|p| p.trim().strip_prefix("q=").map(|q| q.trim().parse::<f32>().unwrap_or(0.0)))
                 .unwrap_or(1.0);
             let weight = (quality.clamp(0.0, 1.0) * 1000.0) as u16;
-            let coding = match name.as_str() {
-                "br" => Coding::Brotli,
-                "gzip" | "x-gzip" => Coding::Gzip,
-                _ => continue,
-            };
             // Equal weights: br wins (it is listed first among what we offer).
             let better = match best {
                 None => weight > 0,
