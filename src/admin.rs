@@ -8,10 +8,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::body::Inbound;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::ConnInfo;
 use crate::body::Body;
@@ -35,7 +35,7 @@ impl Admin {
         Self { store, metrics, provider }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Inbound>) -> Response<Body> {
         if request.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
@@ -68,7 +68,7 @@ impl Admin {
 impl Handler for Admin {
     fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
         _conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.handle(request)

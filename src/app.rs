@@ -22,10 +22,10 @@
 
 use std::sync::Arc;
 
+use crate::body::Inbound;
 use arc_swap::ArcSwap;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::body::{Body, Reporter};
 use crate::codec;
@@ -103,7 +103,7 @@ impl App {
     }
 
     /// Handles one request. Never fails: every error is a response.
-    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Inbound>, conn: ConnInfo) -> Response<Body> {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();
@@ -124,7 +124,7 @@ impl App {
     async fn walk(
         &self,
         ctx: &mut RequestContext<'_>,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
     ) -> Result<Response<Body>, Error> {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
@@ -185,7 +185,7 @@ impl App {
         &self,
         ctx: &mut RequestContext<'_>,
         route: &Route,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
     ) -> Result<Response<Body>, Error> {
         // Any other method would reach the API with the shopper's Bearer, unless the
         // route names it.

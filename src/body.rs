@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::codec::{Decoder, Encoder};
 use crate::metrics::Metrics;
 use crate::scan::Scanner;
+use crate::server::h1::RequestBody;
 use crate::upstream::h1::{BodyFault, ResponseBody};
 
 /// A request or response body.
@@ -53,6 +54,9 @@ pub enum BodyError {
     /// The API's connection failed or framed the body wrongly.
     #[error(transparent)]
     Upstream(#[from] BodyFault),
+    /// The browser's connection failed or framed its upload wrongly.
+    #[error("the request body could not be read: {0}")]
+    Request(BodyFault),
     /// A browser's upload went past `max_body_bytes`.
     #[error("the request body is larger than the limit")]
     TooLarge,
@@ -71,6 +75,59 @@ impl Body {
     /// A body of exactly these bytes.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
+    }
+}
+
+/// A browser's request body as the server that read the request hands it over: from
+/// tokengate's own HTTP/1.1 connection (`server::h1`), or from hyper's (HTTP/2, TLS).
+#[derive(Debug)]
+pub enum Inbound {
+    /// No body (none framed, or `Content-Length: 0`).
+    Empty,
+    /// The whole body, which arrived with the head.
+    Whole(Option<Bytes>),
+    /// The rest of the body, still on the connection.
+    Reading(Box<RequestBody>),
+    /// A body hyper reads.
+    Hyper(Incoming),
+}
+
+impl http_body::Body for Inbound {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inbound::Empty => Poll::Ready(None),
+            Inbound::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inbound::Reading(body) => {
+                body.poll_data(cx).map(|frame| frame.map(|frame| frame.map_err(BodyError::Request)))
+            }
+            Inbound::Hyper(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Empty => true,
+            Inbound::Whole(bytes) => bytes.is_none(),
+            Inbound::Reading(body) => body.is_end_stream(),
+            Inbound::Hyper(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inbound::Reading(body) => body.size_hint(),
+            Inbound::Hyper(incoming) => incoming.size_hint(),
+        }
     }
 }
 
@@ -105,7 +162,7 @@ impl UploadWatch {
 #[derive(Debug)]
 pub struct Upload {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: Inbound,
     sent: u64,
     limit: u64,
     watch: Arc<UploadWatch>,
@@ -113,7 +170,7 @@ pub struct Upload {
 
 impl Upload {
     /// `prefix` (already read, counted) then `rest`, at most `limit` bytes in all.
-    pub fn new(prefix: Option<Bytes>, rest: Incoming, limit: u64, watch: Arc<UploadWatch>) -> Self {
+    pub fn new(prefix: Option<Bytes>, rest: Inbound, limit: u64, watch: Arc<UploadWatch>) -> Self {
         Self { prefix, rest, sent: 0, limit, watch }
     }
 
@@ -122,7 +179,7 @@ impl Upload {
             Some(bytes) => Some(Ok(Frame::data(bytes))),
             None => match Pin::new(&mut self.rest).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(frame) => frame.map(|frame| frame.map_err(BodyError::from)),
+                Poll::Ready(frame) => frame,
             },
         };
         match frame {

@@ -8,11 +8,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::body::Inbound;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -41,7 +41,7 @@ const FORM_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// `ctx.set_cookie`, so the cookie goes out whatever happens next.
 pub async fn handle(
     endpoint: Endpoint,
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -121,7 +121,7 @@ struct LoginForm {
 
 /// `POST /session/login`: password grant, guest cart carried over, id rotated.
 async fn login(
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -136,11 +136,11 @@ async fn login(
     Ok(json(StatusCode::OK, info_body(ctx, sessions, &active)))
 }
 
-async fn read_form_body(request: Request<Incoming>) -> Result<(bool, Bytes), Error> {
+async fn read_form_body(request: Request<Inbound>) -> Result<(bool, Bytes), Error> {
     read_body(request, MAX_FORM_BODY_BYTES).await
 }
 
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(bool, Bytes), Error> {
+async fn read_body(request: Request<Inbound>, limit: usize) -> Result<(bool, Bytes), Error> {
     let is_form = request
         .headers()
         .get(CONTENT_TYPE)
@@ -161,7 +161,7 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(bool, By
     Ok((is_form, body))
 }
 
-async fn read_login_form(request: Request<Incoming>) -> Result<LoginForm, Error> {
+async fn read_login_form(request: Request<Inbound>) -> Result<LoginForm, Error> {
     let (is_form, body) = read_form_body(request).await?;
     let form = if is_form { parse_form(&body) } else { serde_json::from_slice::<LoginForm>(&body).ok() };
     let form = form
@@ -196,7 +196,7 @@ const MAX_EXTERNAL_REFERENCE_ID_BYTES: usize = 256;
 /// storefront passes on (it is in the header and in the body's `set_cookie`). Browsers
 /// were refused before this runs (`guard::refuse_browsers`).
 async fn external(
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -256,7 +256,7 @@ async fn logout(ctx: &mut RequestContext<'_>, sessions: &Sessions) -> Result<Res
 /// `GET /session/authorize?return_to=/path`: 302 to the API's hosted login, with a
 /// single-use state bound to the session (a guest is started when there is none).
 async fn authorize(
-    request: &Request<Incoming>,
+    request: &Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -282,7 +282,7 @@ async fn authorize(
 /// `GET /session/callback`: parameters in the query are used at once; otherwise the page
 /// that posts the fragment back. `POST /session/callback`: the posted fragment.
 async fn callback(
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -317,7 +317,7 @@ async fn callback(
 /// `GET /session/callback?code=…&state=…&iss=…` (or `?error=…`) in the code flow: the
 /// parameters come in the query; nothing is posted.
 async fn code_callback(
-    request: &Request<Incoming>,
+    request: &Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {
@@ -343,7 +343,7 @@ async fn code_callback(
 /// `{"error":"invalid_request"}` as §2.8 says; unavailable keys or store are 503. Browsers
 /// were refused before this runs.
 async fn backchannel_logout(
-    request: Request<Incoming>,
+    request: Request<Inbound>,
     ctx: &mut RequestContext<'_>,
     sessions: &Sessions,
 ) -> Result<Response<Body>, Error> {

@@ -62,6 +62,9 @@ pub enum Error {
     MethodNotAllowed { allow: &'static str },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The request head is larger than `server.max_header_bytes` or has too many headers.
+    #[error("request head too large")]
+    HeadersTooLarge,
     #[error("the request body arrived too slowly")]
     RequestTimeout,
     #[error("session store full")]
@@ -94,6 +97,7 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::SessionsFull | Error::StoreUnavailable(_) | Error::TokenServiceUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -105,7 +109,7 @@ impl Error {
     }
 
     /// Every code [`Error::code`] can return (metrics make a counter for each at start).
-    pub const CODES: [&'static str; 22] = [
+    pub const CODES: [&'static str; 23] = [
         "no_session",
         "session_expired",
         "invalid_credentials",
@@ -120,6 +124,7 @@ impl Error {
         "not_found",
         "method_not_allowed",
         "payload_too_large",
+        "headers_too_large",
         "request_timeout",
         "sessions_full",
         "store_unavailable",
@@ -147,6 +152,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::PayloadTooLarge => "payload_too_large",
+            Error::HeadersTooLarge => "headers_too_large",
             Error::RequestTimeout => "request_timeout",
             Error::SessionsFull => "sessions_full",
             Error::StoreUnavailable(_) => "store_unavailable",
@@ -174,6 +180,7 @@ impl Error {
             Error::NotFound => "Nothing is served at this path.",
             Error::MethodNotAllowed { .. } => "This method is not allowed here.",
             Error::PayloadTooLarge => "The request body is too large.",
+            Error::HeadersTooLarge => "The request's headers are too large or too many.",
             Error::RequestTimeout => "The request body did not arrive in time.",
             Error::SessionsFull => "The session store is full. Retry later.",
             Error::StoreUnavailable(_) => {
@@ -258,6 +265,7 @@ mod tests {
             (Error::UnsupportedFlow("x"), 400, "unsupported_flow"),
             (Error::NotFound, 404, "not_found"),
             (Error::PayloadTooLarge, 413, "payload_too_large"),
+            (Error::HeadersTooLarge, 431, "headers_too_large"),
             (Error::RequestTimeout, 408, "request_timeout"),
             (Error::SessionsFull, 503, "sessions_full"),
             (Error::StoreUnavailable("x".into()), 503, "store_unavailable"),

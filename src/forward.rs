@@ -24,12 +24,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::Inbound;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Body, Upload, UploadWatch};
@@ -195,7 +195,7 @@ impl Forwarder {
     /// small enough to keep for a replay.
     pub async fn prepare(
         &self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
         route: &Route,
         ctx: &RequestContext<'_>,
         limits: Limits,
@@ -226,7 +226,7 @@ impl Forwarder {
     }
 
     /// The one body-limit check, and the choice between buffering and streaming.
-    async fn prepare_body(&self, incoming: Incoming, limits: Limits) -> Result<BodyParts, Error> {
+    async fn prepare_body(&self, incoming: Inbound, limits: Limits) -> Result<BodyParts, Error> {
         let declared = protocol::declared_length(&incoming);
         if declared.is_some_and(|length| length > limits.max_body_bytes) {
             return Err(Error::PayloadTooLarge);

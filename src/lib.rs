@@ -26,6 +26,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod unauthorized;
 pub mod protocol;
+mod http1;
 pub mod leak_guard;
 pub mod scan;
 pub mod codec;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
@@ -53,15 +53,14 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+pub use crate::http1::BodyFault;
+use crate::http1::{chunked_step, content_length, format_len, itoa_buffer, push_header, Chunk, Step};
 use crate::protocol::{Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
 /// Largest answer head read.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
-/// Longest chunk-size line, and the most trailer bytes read (and dropped).
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// A buffered request body up to this size goes out in the head's write.
@@ -84,17 +83,6 @@ pub enum CallError {
     Invalid(&'static str),
     #[error("request failed: a streamed body is not sent by this client")]
     Streamed,
-}
-
-/// Why a response body broke off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BodyFault {
-    #[error("the connection closed before the body ended")]
-    Truncated,
-    #[error("reading the body failed")]
-    Read,
-    #[error("the body's chunked framing is not valid")]
-    Framing,
 }
 
 /// The pooled HTTP/1.1 client to one origin (`upstream.base_url`'s).
@@ -358,45 +346,12 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal, written into the end of `buffer`.
-fn format_len(buffer: &mut [u8; 20], mut n: usize) -> &[u8] {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buffer[at..];
-        }
-    }
-}
-
 /// How an answer's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     Length(u64),
     Chunked(Chunk),
     UntilClose,
-}
-
-/// Where a chunked body's reader is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers(usize),
 }
 
 /// RFC 9112 §6.3, for an answer that is not `1xx`. A `Transfer-Encoding` wins over a
@@ -441,25 +396,6 @@ fn framing(
             Framing::UntilClose
         }
     }
-}
-
-/// The one length all `Content-Length` values agree on.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|seen| seen != n) {
-                return Err(());
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
 }
 
 /// An answer's parsed head.
@@ -741,94 +677,6 @@ impl ResponseBody {
             _ => SizeHint::new(),
         }
     }
-}
-
-/// One step of reading a body.
-enum Step {
-    Data(Bytes),
-    /// The reader moved on (past a chunk's size line, its end, a trailer line): go on.
-    Continue,
-    End,
-    /// Read more from the connection.
-    Fill,
-    Fail(BodyFault),
-}
-
-/// One step of a chunked body from what is buffered: the reader's next place and what
-/// to do (hand on data, read more, or end).
-fn chunked_step(read: &mut BytesMut, chunk: Chunk) -> Result<(Chunk, Step), BodyFault> {
-    match chunk {
-        Chunk::Size => {
-            let Some(line_end) = memchr::memchr(b'\n', read) else {
-                return if read.len() > MAX_CHUNK_LINE {
-                    Err(BodyFault::Framing)
-                } else {
-                    Ok((chunk, Step::Fill))
-                };
-            };
-            if line_end > MAX_CHUNK_LINE {
-                return Err(BodyFault::Framing);
-            }
-            let size = chunk_size(&read[..line_end])?;
-            read.advance(line_end + 1);
-            Ok((if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) }, Step::Continue))
-        }
-        Chunk::Data(left) => {
-            if read.is_empty() {
-                return Ok((chunk, Step::Fill));
-            }
-            let take = left.min(read.len() as u64);
-            let bytes = read.split_to(take as usize).freeze();
-            let next = if take == left { Chunk::DataEnd } else { Chunk::Data(left - take) };
-            Ok((next, Step::Data(bytes)))
-        }
-        Chunk::DataEnd => match read.first() {
-            None => Ok((chunk, Step::Fill)),
-            Some(b'\n') => {
-                read.advance(1);
-                Ok((Chunk::Size, Step::Continue))
-            }
-            Some(b'\r') if read.len() < 2 => Ok((chunk, Step::Fill)),
-            Some(b'\r') if read[1] == b'\n' => {
-                read.advance(2);
-                Ok((Chunk::Size, Step::Continue))
-            }
-            Some(_) => Err(BodyFault::Framing),
-        },
-        Chunk::Trailers(seen) => {
-            let Some(line_end) = memchr::memchr(b'\n', read) else {
-                return if seen + read.len() > MAX_TRAILER_BYTES {
-                    Err(BodyFault::Framing)
-                } else {
-                    Ok((chunk, Step::Fill))
-                };
-            };
-            let line = &read[..line_end];
-            let empty = line.is_empty() || line == b"\r";
-            read.advance(line_end + 1);
-            if empty {
-                return Ok((Chunk::Trailers(seen), Step::End));
-            }
-            let seen = seen + line_end + 1;
-            if seen > MAX_TRAILER_BYTES {
-                return Err(BodyFault::Framing);
-            }
-            Ok((Chunk::Trailers(seen), Step::Continue))
-        }
-    }
-}
-
-/// The size of a chunk-size line (`1a;ext=x\r`): hex digits, extensions ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, BodyFault> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(BodyFault::Framing);
-    }
-    digits.iter().try_fold(0u64, |size, &digit| {
-        let value = (digit as char).to_digit(16).ok_or(BodyFault::Framing)?;
-        Ok(size * 16 + u64::from(value))
-    })
 }
 
 /// Idle connections, one shard per worker thread (a thread's shard is picked once), so

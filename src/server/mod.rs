@@ -1,16 +1,23 @@
 //! Listeners: the accept loop, HTTP/1.1 and HTTP/2 on one port, connection limits, and
 //! the graceful drain.
 //!
+//! A plain TCP connection is served by tokengate's own HTTP/1.1 server ([`h1`]) unless
+//! its first bytes are HTTP/2's preface (prior knowledge), which goes to hyper with the
+//! bytes read put back; a TLS connection is served by hyper (HTTP/2 by ALPN, or
+//! HTTP/1.1).
+//!
 //! It knows nothing of routes, sessions or tokens: it hands each request to a
 //! [`Handler`] with the connection's facts. Limits, all from `[server]`:
 //! 1. At most `max_connections` connections are served at once; further clients wait in
 //!    the kernel's accept queue instead of exhausting memory or file descriptors.
-//! 2. A request head larger than `max_header_bytes` gets 431 (hyper answers it).
+//! 2. A request head larger than `max_header_bytes` gets 431 (with `h1`, the JSON error
+//!    `headers_too_large`; hyper's is empty).
 //! 3. A client that does not finish sending a request head within `header_read_timeout`
-//!    is disconnected (slowloris). hyper runs this timer whenever an HTTP/1.1 connection
-//!    waits for a head, so an idle HTTP/1.1 keep-alive connection also closes then.
+//!    is disconnected (slowloris). The wait for a head includes the idle time before it,
+//!    so an idle HTTP/1.1 keep-alive connection also closes then (both servers).
 //! 4. A connection with no bytes moving for `keep_alive_timeout` is asked to close
-//!    gracefully (HTTP/2 included): in-flight requests still finish.
+//!    gracefully (HTTP/2 included): in-flight requests still finish. With `h1` this is
+//!    the wait for the next head, when it is shorter than `header_read_timeout`.
 //!
 //! On shutdown the listener is dropped at once (new connections are refused), every
 //! connection is asked to close gracefully, and in-flight requests get up to the grace
@@ -24,36 +31,34 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, ConnInfo};
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+
+mod date;
+pub mod h1;
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request; never fails.
-    fn call(&self, request: Request<Incoming>, conn: ConnInfo)
-        -> impl Future<Output = Response<Body>> + Send;
+    fn call(&self, request: Request<Inbound>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send;
 }
 
 impl Handler for App {
-    fn call(
-        &self,
-        request: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
+    fn call(&self, request: Request<Inbound>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send {
         self.handle(request, conn)
     }
 }
@@ -127,10 +132,7 @@ pub async fn serve<H: Handler>(
                 metrics.connection_opened();
             }
             match tls {
-                None => {
-                    serve_connection(&builder, stream, conn, handler, options.keep_alive_timeout, shutdown)
-                        .await
-                }
+                None => serve_plain(&builder, stream, conn, handler, options, shutdown).await,
                 // The handshake is part of the request head's time budget (slowloris).
                 Some(tls) => {
                     match tokio::time::timeout(options.header_read_timeout, tls.accept(stream)).await {
@@ -183,7 +185,89 @@ fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection until it ends, closing it gracefully when it has been idle for
+/// HTTP/2's connection preface, which a client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a plain TCP connection: HTTP/2 (prior knowledge) with hyper, else HTTP/1.1 with
+/// [`h1`].
+async fn serve_plain<H: Handler>(
+    builder: &auto::Builder<TokioExecutor>,
+    mut stream: TcpStream,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let mut first = BytesMut::with_capacity(8 * 1024);
+    // Enough to tell the preface from a request line: a request never starts with it.
+    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+        let read = tokio::select! {
+            read = tokio::time::timeout(options.header_read_timeout, tokio::io::AsyncReadExt::read_buf(&mut stream, &mut first)) => read,
+            () = shutdown.cancelled() => return,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+    if first.starts_with(H2_PREFACE) {
+        let stream = Rewind { prefix: first.freeze(), inner: stream };
+        return serve_connection(builder, stream, conn, handler, options.keep_alive_timeout, shutdown).await;
+    }
+    let limits = h1::Limits {
+        header_read_timeout: options.header_read_timeout,
+        keep_alive_timeout: options.keep_alive_timeout,
+        max_header_bytes: options.max_header_bytes,
+    };
+    h1::serve(stream, first, conn, handler, limits, shutdown).await;
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection with hyper until it ends, closing it gracefully when it has been idle for
 /// `idle_timeout` or when shutdown begins.
 async fn serve_connection<H: Handler, S>(
     builder: &auto::Builder<TokioExecutor>,
@@ -200,7 +284,7 @@ async fn serve_connection<H: Handler, S>(
     let service = service_fn(move |request| {
         let handler = Arc::clone(&handler);
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.call(request, conn).await) }
+        async move { Ok::<_, std::convert::Infallible>(handler.call(request.map(Inbound::Hyper), conn).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

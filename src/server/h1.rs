@@ -1,0 +1,827 @@
+//! tokengate's own HTTP/1.1 server connection, for plain TCP listeners (TLS and HTTP/2
+//! stay with hyper, `server`).
+//!
+//! Why not hyper's: its profile was a tenth of a forwarded call's instructions (a
+//! dispatcher between the connection and the service, a header-read timer created for
+//! every request, buffered writes flushed in a second pass), all of it for one request
+//! at a time on a connection. Here one loop reads a head, calls the handler in the same
+//! task, and writes the answer:
+//!
+//! * heads are parsed with `httparse` (at most [`MAX_HEADERS`] headers and
+//!   `server.max_header_bytes`, else 431; anything malformed is 400, then close), header
+//!   values are slices of the read buffer (no copy); pipelined requests are read from
+//!   the buffer in order;
+//! * a request body is framed by RFC 9112 §6.3: `Content-Length` (every value must
+//!   agree) or a final `chunked` (trailers read and dropped). A request framed by both, by
+//!   another coding, or with lengths that disagree, is refused with 400 and the connection
+//!   closed: a request a proxy in front reads differently is how requests are smuggled.
+//!   A body that arrived whole with its head is handed on as one buffer; otherwise the
+//!   connection's read side goes with the body ([`RequestBody`]) and comes back at its
+//!   clean end. A body the handler left unread closes the connection after the answer;
+//! * `Expect: 100-continue` is answered `100 Continue` before the handler runs, when the
+//!   body has not already arrived;
+//! * the answer is framed by its body: no body for `HEAD`, 1xx, 204 and 304; else
+//!   `Content-Length` when the body's length is known, chunked when not (HTTP/1.0: until
+//!   close). Its head and the frames the body has ready go out in one write; the reason
+//!   phrase is always the standard one, and `Date` is added;
+//! * keep-alive as RFC 9112 §9.3 says (HTTP/1.0 only with `Connection: keep-alive`),
+//!   ended by `Connection: close`, by shutdown (after the answer in flight, or at once
+//!   when idle), or when no head arrives within `server.header_read_timeout` (or the
+//!   shorter `keep_alive_timeout`) of the wait for it starting. That deadline costs no
+//!   timer per request: one sleep per connection, moved on only when it fires early.
+//!
+//! A body error after the answer's head went out (the leak guard's cut, an API that
+//! broke off) closes the connection without the body's end, so the browser sees a
+//! broken answer, never a complete one.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use httparse::ParserConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::date;
+use super::Handler;
+use crate::body::{Body, Inbound};
+use crate::context::ConnInfo;
+use crate::error::Error;
+use crate::http1::{chunked_step, format_len, itoa_buffer, merge_length, BodyFault, Chunk, Step};
+
+/// Most headers a request may have (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Body frames up to this size are copied behind the head (or the frame before) and go
+/// out in one write; larger ones are written from where they are.
+const COALESCE: usize = 16 * 1024;
+
+/// The limits `[server]` sets on a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Serves HTTP/1.1 on `stream` until the connection ends. `first` holds the bytes already
+/// read from it (the server looked at them to tell HTTP/2's preface from a request).
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    first: BytesMut,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let mut connection = Connection {
+        side: Some(ReadSide { half: read, buf: first }),
+        write,
+        out: Vec::with_capacity(1024),
+        deadline: None,
+        shutdown_wait: Box::pin(shutdown.clone().cancelled_owned()),
+        shutdown_registered: false,
+        shutdown,
+        limits,
+    };
+    connection.run(&*handler, &conn).await;
+}
+
+/// The read half of a connection and what was read from it but not yet used. It lives
+/// in the connection, or in a request's [`RequestBody`] while that body is read.
+#[derive(Debug)]
+pub struct ReadSide {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl ReadSide {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+    }
+}
+
+struct Connection {
+    /// `None` while a request's body holds it.
+    side: Option<ReadSide>,
+    write: OwnedWriteHalf,
+    /// The answer's head and the body bytes that go out with it (kept across requests).
+    out: Vec<u8>,
+    /// The wait for the next head: when it ends, and the one sleep that watches it.
+    deadline: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// Registered once per connection with the task's waker; later waits only look at
+    /// the token (the task's waker does not change, so the registration stays good).
+    shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown_registered: bool,
+    shutdown: CancellationToken,
+    limits: Limits,
+}
+
+/// What the connection knows of the request it answers.
+struct Meta {
+    head: bool,
+    http10: bool,
+    keep_alive: bool,
+    /// Where the read side comes back from the request's body, when the body has it.
+    lent: Option<oneshot::Receiver<ReadSide>>,
+}
+
+/// Why no request was read.
+enum Stop {
+    /// The connection ended (closed, failed, timed out waiting, shutdown while idle).
+    Quiet,
+    /// The head was bad: answer this and close.
+    Refuse(Error),
+}
+
+impl Connection {
+    async fn run<H: Handler>(&mut self, handler: &H, conn: &ConnInfo) {
+        loop {
+            let (request, mut meta) = match self.next_request().await {
+                Ok(next) => next,
+                Err(Stop::Quiet) => return,
+                Err(Stop::Refuse(error)) => {
+                    let meta = Meta { head: false, http10: false, keep_alive: false, lent: None };
+                    let _ = self.respond(error.to_response(), meta).await;
+                    self.linger().await;
+                    return;
+                }
+            };
+            if self.expects_continue(&request) && self.write.write_all(CONTINUE).await.is_err() {
+                return;
+            }
+            let response = handler.call(request, conn.clone()).await;
+            meta.keep_alive &= !self.shutdown.is_cancelled();
+            if !self.respond(response, meta).await {
+                return;
+            }
+        }
+    }
+
+    /// Closes after a refusal so that the answer is read: our side is shut first, then
+    /// what the client still sends is read and dropped for a moment. Closing with unread
+    /// bytes would make the kernel reset the connection, and the client could lose the
+    /// answer with it.
+    async fn linger(&mut self) {
+        let _ = self.write.shutdown().await;
+        let Some(side) = self.side.as_mut() else { return };
+        let drain = async {
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                side.buf.clear();
+                match poll_fn(|cx| side.poll_fill(cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// Whether to send `100 Continue` now: the client waits for it before the body, and
+    /// the body is still to come.
+    fn expects_continue(&self, request: &Request<Inbound>) -> bool {
+        matches!(request.body(), Inbound::Reading(_))
+            && request.version() == Version::HTTP_11
+            && request
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    }
+
+    /// Reads the next request's head (and, when it came along, its body).
+    async fn next_request(&mut self) -> Result<(Request<Inbound>, Meta), Stop> {
+        let wait_ends = Instant::now() + self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);
+        loop {
+            let side = self.side.as_mut().ok_or(Stop::Quiet)?;
+            if !side.buf.is_empty() {
+                if let Some(head) = parse(&mut side.buf, self.limits.max_header_bytes)? {
+                    return Ok(self.request(head));
+                }
+            }
+            poll_fn(|cx| self.poll_wait(cx, wait_ends)).await?;
+        }
+    }
+
+    /// Reads more of a head, until `wait_ends` or shutdown (when nothing of a head came).
+    fn poll_wait(&mut self, cx: &mut Context<'_>, wait_ends: Instant) -> Poll<Result<(), Stop>> {
+        let Some(side) = self.side.as_mut() else { return Poll::Ready(Err(Stop::Quiet)) };
+        match side.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Stop::Quiet)),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Ok(())),
+            Poll::Pending => {}
+        }
+        let idle = side.buf.is_empty();
+        if !self.shutdown_registered {
+            self.shutdown_registered = true;
+            let _ = self.shutdown_wait.as_mut().poll(cx);
+        }
+        if idle && self.shutdown.is_cancelled() {
+            return Poll::Ready(Err(Stop::Quiet));
+        }
+        if self.deadline_passed(cx, wait_ends) {
+            return Poll::Ready(Err(Stop::Quiet));
+        }
+        Poll::Pending
+    }
+
+    /// Whether `wait_ends` has passed; else the connection's sleep is set to wake the task
+    /// by then. The sleep is made once and moved only when it fires before `wait_ends`.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>, wait_ends: Instant) -> bool {
+        let (ends, sleep) =
+            self.deadline.get_or_insert_with(|| (wait_ends, Box::pin(tokio::time::sleep_until(wait_ends))));
+        *ends = wait_ends;
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if sleep.deadline() >= *ends {
+                return true;
+            }
+            sleep.as_mut().reset(*ends);
+        }
+    }
+
+    /// The request of a parsed head, its body framed and handed on.
+    fn request(&mut self, head: Head) -> (Request<Inbound>, Meta) {
+        let Head { mut request, framing, keep_alive, mut rest } = head;
+        let mut lent = None;
+        let whole = match framing {
+            Framing::Length(0) => Some(Inbound::Empty),
+            // The whole body came with the head: a slice of what was read, no copy.
+            Framing::Length(length) if rest.len() as u64 >= length => {
+                Some(Inbound::Whole(Some(rest.split_to(length as usize))))
+            }
+            Framing::Length(_) | Framing::Chunked(_) => None,
+        };
+        // What is left (a pipelined request, the start of a body still coming) is read
+        // again from the buffer: a copy, in the rare case there is anything.
+        if let (Some(side), false) = (self.side.as_mut(), rest.is_empty()) {
+            side.buf.extend_from_slice(&rest);
+        }
+        let body = match whole {
+            Some(body) => body,
+            None => self.lend(framing, &mut lent),
+        };
+        *request.body_mut() = body;
+        let meta = Meta {
+            head: request.method() == Method::HEAD,
+            http10: request.version() == Version::HTTP_10,
+            keep_alive,
+            lent,
+        };
+        (request, meta)
+    }
+
+    /// A body still to be read from the connection: the read side goes with it.
+    fn lend(&mut self, framing: Framing, lent: &mut Option<oneshot::Receiver<ReadSide>>) -> Inbound {
+        let (home, back) = oneshot::channel();
+        *lent = Some(back);
+        Inbound::Reading(Box::new(RequestBody { side: self.side.take(), framing, home: Some(home) }))
+    }
+
+    /// Writes the answer. Returns whether the connection can carry another request.
+    async fn respond(&mut self, response: Response<Body>, mut meta: Meta) -> bool {
+        // The read side must be home before the head says whether the connection stays.
+        if let Some(mut back) = meta.lent.take() {
+            match back.try_recv() {
+                Ok(side) => self.side = Some(side),
+                Err(_) => meta.keep_alive = false,
+            }
+        }
+        let (parts, mut body) = response.into_parts();
+        let bodiless = meta.head
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let framing = match body.size_hint().exact() {
+            _ if bodiless => Out::None,
+            Some(length) => Out::Length(length),
+            None if meta.http10 => {
+                meta.keep_alive = false;
+                Out::Close
+            }
+            None => Out::Chunked,
+        };
+        encode_head(&mut self.out, &parts, framing, &meta);
+        if bodiless {
+            return self.flush().await.is_ok() && meta.keep_alive;
+        }
+        match self.write_body(&mut body, framing).await {
+            Ok(true) => meta.keep_alive,
+            Ok(false) | Err(_) => false,
+        }
+    }
+
+    /// Writes the body after the head in `self.out`. `Ok(false)`: the body broke off or
+    /// did not match its length, and the connection must close without its end.
+    async fn write_body(&mut self, body: &mut Body, framing: Out) -> io::Result<bool> {
+        let mut written: u64 = 0;
+        loop {
+            let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                // Nothing more yet: send what is ready first.
+                Poll::Pending if !self.out.is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            })
+            .await;
+            let frame = match next {
+                None => {
+                    self.flush().await?;
+                    continue;
+                }
+                Some(None) => break,
+                Some(Some(Ok(frame))) => frame,
+                Some(Some(Err(error))) => {
+                    tracing::debug!(%error, "the answer's body broke off; closing the connection");
+                    self.flush().await?;
+                    return Ok(false);
+                }
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            written += data.len() as u64;
+            if matches!(framing, Out::Length(length) if written > length) {
+                tracing::debug!("the answer's body is longer than its length; closing the connection");
+                self.flush().await?;
+                return Ok(false);
+            }
+            self.push_data(data, framing).await?;
+        }
+        if framing == Out::Chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush().await?;
+        Ok(!matches!(framing, Out::Length(length) if written != length) && framing != Out::Close)
+    }
+
+    /// Puts one data frame behind what is waiting in `self.out`, or writes both.
+    async fn push_data(&mut self, data: Bytes, framing: Out) -> io::Result<()> {
+        if framing == Out::Chunked {
+            push_chunk_size(&mut self.out, data.len());
+        }
+        if data.len() <= COALESCE {
+            self.out.extend_from_slice(&data);
+        } else {
+            let out = std::mem::take(&mut self.out);
+            let result =
+                write_all_vectored(&mut self.write, &mut [IoSlice::new(&out), IoSlice::new(&data)]).await;
+            self.out = out;
+            self.out.clear();
+            result?;
+        }
+        if framing == Out::Chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if self.out.len() >= COALESCE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let result = self.write.write_all(&self.out).await;
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long, and how many bytes, a refused client's remaining request is read and dropped.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// How the answer's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 with no known length: the body ends when the connection closes.
+    Close,
+}
+
+/// The answer's head: the status line with the standard reason phrase, the handler's
+/// headers but the framing and connection ones, ours, and `Date` unless it has one.
+fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Out, meta: &Meta) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        let framing_header = *name == header::TRANSFER_ENCODING
+            || *name == header::CONNECTION
+            // A `HEAD` or 304 answer's length is the one the handler gives; every other
+            // answer's is the body's own.
+            || (*name == header::CONTENT_LENGTH && framing != Out::None)
+            || (*name == header::CONTENT_LENGTH && parts.status == StatusCode::NO_CONTENT);
+        if framing_header || name.as_str() == "keep-alive" {
+            continue;
+        }
+        dated |= *name == header::DATE;
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        Out::Length(length) => {
+            let mut digits = itoa_buffer();
+            push_header(out, b"content-length", format_len(&mut digits, length as usize));
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::None | Out::Close => {}
+    }
+    if !dated {
+        date::with(|now| push_header(out, b"date", now));
+    }
+    if !meta.keep_alive || framing == Out::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if meta.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk's size line, in hex.
+fn push_chunk_size(out: &mut Vec<u8>, size: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = size;
+    loop {
+        at -= 1;
+        digits[at] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_all_vectored(write: &mut OwnedWriteHalf, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = write.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// How a request's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+}
+
+/// A parsed request head.
+struct Head {
+    request: Request<Inbound>,
+    framing: Framing,
+    keep_alive: bool,
+    /// The bytes read after the head: the body's start, or the next request.
+    rest: Bytes,
+}
+
+/// Parses a request head from the front of `buf`, taking it off; `None` (and `buf` as it
+/// was) until it is whole. The buffer is frozen first, so header values are slices of it,
+/// not copies; what followed the head comes back as `Head::rest`.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Stop> {
+    let bytes = buf.split().freeze();
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length =
+        match ParserConfig::default().parse_request_with_uninit_headers(&mut request, &bytes, &mut slots) {
+            Ok(httparse::Status::Complete(length)) if length <= max_head => length,
+            Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(Stop::Refuse(Error::HeadersTooLarge));
+            }
+            Ok(httparse::Status::Partial) if bytes.len() >= max_head => {
+                return Err(Stop::Refuse(Error::HeadersTooLarge));
+            }
+            Ok(httparse::Status::Partial) => {
+                // Rare (a head in pieces): the bytes go back, copied if they must be.
+                *buf = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                return Ok(None);
+            }
+            Err(_) => return Err(bad("The request is not valid HTTP/1.1.")),
+        };
+    let method = request.method.map(|m| Method::from_bytes(m.as_bytes())).and_then(Result::ok);
+    let method = method.ok_or_else(|| bad("The request method is not valid."))?;
+    let target = bytes.slice_ref(request.path.unwrap_or("/").as_bytes());
+    let uri = Uri::from_maybe_shared(target).map_err(|_| bad("The request target is not valid."))?;
+    let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    let mut keep_alive = version == Version::HTTP_11;
+    let (mut chunked, mut coded, mut length_seen) = (false, false, None);
+    for header in request.headers.iter() {
+        let name =
+            HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| bad("A header name is not valid."))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(header.value))
+            .map_err(|_| bad("A header value is not valid."))?;
+        if name == header::CONNECTION {
+            keep_alive = keeps_alive(version, &value, keep_alive);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // Only the last coding of the last line counts: it must be `chunked`.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            merge_length(value.as_bytes(), &mut length_seen)
+                .map_err(|()| bad("The request's Content-Length is not valid."))?;
+        }
+        headers.append(name, value);
+    }
+    let framing = request_framing(length_seen, coded, chunked, version)?;
+    let mut request = Request::new(Inbound::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head { request, framing, keep_alive, rest: bytes.slice(length..) }))
+}
+
+fn bad(why: &'static str) -> Stop {
+    Stop::Refuse(Error::BadRequest(why))
+}
+
+/// What one `Connection` line says of keep-alive (RFC 9112 §9.3).
+fn keeps_alive(version: Version, value: &HeaderValue, before: bool) -> bool {
+    let mut keep = before;
+    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            return false;
+        }
+        if version == Version::HTTP_10 && token.eq_ignore_ascii_case(b"keep-alive") {
+            keep = true;
+        }
+    }
+    keep
+}
+
+/// RFC 9112 §6.3 for a request, strictly: a `Transfer-Encoding` must end in `chunked` and
+/// come without `Content-Length` (and not in HTTP/1.0); `length` is the one value all
+/// `Content-Length` lines agreed on.
+fn request_framing(
+    length: Option<u64>,
+    coded: bool,
+    chunked: bool,
+    version: Version,
+) -> Result<Framing, Stop> {
+    if coded {
+        if !chunked || version == Version::HTTP_10 || length.is_some() {
+            return Err(bad("The request's Transfer-Encoding is not one this server reads."));
+        }
+        return Ok(Framing::Chunked(Chunk::Size));
+    }
+    Ok(Framing::Length(length.unwrap_or(0)))
+}
+
+/// The rest of a browser's request body, read from its connection as the handler asks
+/// for it; the connection's read side goes home at the body's clean end.
+#[derive(Debug)]
+pub struct RequestBody {
+    side: Option<ReadSide>,
+    framing: Framing,
+    home: Option<oneshot::Sender<ReadSide>>,
+}
+
+impl RequestBody {
+    /// The next data frame, `None` at the end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        loop {
+            let Some(side) = self.side.as_mut() else { return Poll::Ready(None) };
+            let step = match self.framing {
+                Framing::Length(0) => Step::End,
+                Framing::Length(left) if !side.buf.is_empty() => {
+                    let take = left.min(side.buf.len() as u64);
+                    self.framing = Framing::Length(left - take);
+                    let data = side.buf.split_to(take as usize).freeze();
+                    if take == left {
+                        self.go_home();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(chunk) => match chunked_step(&mut side.buf, chunk) {
+                    Ok((next, step)) => {
+                        self.framing = Framing::Chunked(next);
+                        step
+                    }
+                    Err(fault) => Step::Fail(fault),
+                },
+                Framing::Length(_) => Step::Fill,
+            };
+            match step {
+                Step::Data(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Step::Continue => {}
+                Step::End => {
+                    self.go_home();
+                    return Poll::Ready(None);
+                }
+                Step::Fail(fault) => {
+                    self.side = None;
+                    return Poll::Ready(Some(Err(fault)));
+                }
+                Step::Fill => match side.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        self.side = None;
+                        return Poll::Ready(Some(Err(BodyFault::Truncated)));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(_)) => {
+                        self.side = None;
+                        return Poll::Ready(Some(Err(BodyFault::Read)));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The body ended cleanly: the read side goes back to its connection.
+    fn go_home(&mut self) {
+        if let (Some(side), Some(home)) = (self.side.take(), self.home.take()) {
+            let _ = home.send(side);
+        }
+    }
+
+    /// Whether the body has ended.
+    pub fn is_end_stream(&self) -> bool {
+        self.side.is_none() || self.framing == Framing::Length(0)
+    }
+
+    /// What is known of the rest's length.
+    pub fn size_hint(&self) -> SizeHint {
+        match (self.side.is_some(), self.framing) {
+            (false, _) => SizeHint::with_exact(0),
+            (true, Framing::Length(left)) => SizeHint::with_exact(left),
+            (true, Framing::Chunked(_)) => SizeHint::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Head>, Stop> {
+        parse(&mut BytesMut::from(text), 16 * 1024)
+    }
+
+    fn refused(text: &str) -> Option<u16> {
+        match head(text) {
+            Err(Stop::Refuse(error)) => Some(error.status().as_u16()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_taken_off_the_buffer() {
+        let mut buf = BytesMut::from("GET /api/x?y=1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\nGET /next");
+        let parsed = parse(&mut buf, 16 * 1024).ok().flatten().expect("a whole head");
+        assert_eq!(parsed.request.method(), Method::GET);
+        assert_eq!(parsed.request.uri().path(), "/api/x");
+        assert_eq!(parsed.request.uri().query(), Some("y=1"));
+        assert_eq!(parsed.request.headers()["x-one"], "1");
+        assert!(parsed.keep_alive);
+        assert_eq!(parsed.framing, Framing::Length(0));
+        assert_eq!(&parsed.rest[..], b"GET /next", "what follows is kept for the next request");
+        assert!(buf.is_empty(), "the head is taken off");
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_oversized_one_is_431() {
+        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        assert!(matches!(parse(&mut buf, 16 * 1024), Ok(None)));
+        assert_eq!(buf.len(), 25, "nothing taken off");
+        let long = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "x".repeat(300));
+        assert!(matches!(
+            parse(&mut BytesMut::from(long.as_str()), 256),
+            Err(Stop::Refuse(Error::HeadersTooLarge))
+        ));
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(431));
+    }
+
+    #[test]
+    fn framing_is_strict_about_what_smuggles() {
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(refused("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Some(400));
+        assert_eq!(refused("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"), Some(400));
+        assert_eq!(refused("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Some(400));
+        assert_eq!(refused("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Some(400));
+        assert_eq!(refused("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Some(400));
+        assert_eq!(refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400));
+        assert_eq!(refused("GET / HTTP/1.1\r\nNo colon here\r\n\r\n"), Some(400));
+        assert_eq!(refused("NOT A REQUEST\r\n\r\n"), Some(400));
+        let same = head("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n").ok().flatten();
+        assert_eq!(same.map(|h| h.framing), Some(Framing::Length(3)));
+        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").ok().flatten();
+        assert_eq!(chunked.map(|h| h.framing), Some(Framing::Chunked(Chunk::Size)));
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keep = |text: &str| head(text).ok().flatten().map(|h| h.keep_alive);
+        assert_eq!(keep("GET / HTTP/1.1\r\n\r\n"), Some(true));
+        assert_eq!(keep("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n"), Some(false));
+        assert_eq!(keep("GET / HTTP/1.0\r\n\r\n"), Some(false));
+        assert_eq!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"), Some(true));
+        assert_eq!(
+            keep("GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn answer_heads_are_framed_by_their_body() {
+        let meta = |head, http10, keep_alive| Meta { head, http10, keep_alive, lent: None };
+        let mut response = Response::new(());
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        response.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        response.headers_mut().insert("x-kept", HeaderValue::from_static("yes"));
+        let (mut parts, ()) = response.into_parts();
+        let text = |out: &Vec<u8>| String::from_utf8_lossy(out).into_owned();
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, Out::Length(5), &meta(false, false, true));
+        let written = text(&out);
+        assert!(written.starts_with("HTTP/1.1 200 OK\r\n"), "{written}");
+        assert!(
+            written.contains("x-kept: yes\r\n") && written.contains("content-length: 5\r\n"),
+            "{written}"
+        );
+        assert!(
+            !written.contains("99") && !written.contains("chunked") && !written.contains("connection"),
+            "{written}"
+        );
+        assert!(written.contains("\r\ndate: ") && written.ends_with("\r\n\r\n"), "{written}");
+        encode_head(&mut out, &parts, Out::None, &meta(true, false, false));
+        let written = text(&out);
+        assert!(
+            written.contains("content-length: 99\r\n") && written.contains("connection: close\r\n"),
+            "{written}"
+        );
+        parts.status = StatusCode::NO_CONTENT;
+        encode_head(&mut out, &parts, Out::None, &meta(false, true, true));
+        let written = text(&out);
+        assert!(
+            written.starts_with("HTTP/1.1 204 No Content\r\n") && !written.contains("content-length"),
+            "{written}"
+        );
+        assert!(written.contains("connection: keep-alive\r\n"), "{written}");
+        parts.status = StatusCode::OK;
+        encode_head(&mut out, &parts, Out::Chunked, &meta(false, false, true));
+        assert!(text(&out).contains("transfer-encoding: chunked\r\n"));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        let mut out = Vec::new();
+        for (size, text) in [(0, "0\r\n"), (10, "a\r\n"), (255, "ff\r\n"), (65_536, "10000\r\n")] {
+            out.clear();
+            push_chunk_size(&mut out, size);
+            assert_eq!(out, text.as_bytes());
+        }
+    }
+}
