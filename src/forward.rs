@@ -22,7 +22,9 @@
 //! `&AccessToken` or none.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::body::Inbound;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
 use crate::trace;
-use crate::upstream::h1::{H1Client, RequestHead};
+use crate::upstream::h1::{CallError, H1Client, RequestHead};
 use crate::upstream::HttpClient;
 
 /// Bodies up to this size are kept for one replay after an upstream 401.
@@ -315,7 +317,10 @@ impl Forwarder {
             }
             None => None,
         };
-        let result = self.timed(self.call(request, token), watch, ctx).await;
+        let started = Instant::now();
+        let bounded = via_h1;
+        let call = self.call(request, token, started + self.request_timeout);
+        let result = self.timed(call, started, bounded, watch, ctx).await;
         match &result {
             Ok(response) => span.answered(response.status()),
             Err(error) => span.failed(error.code()),
@@ -352,46 +357,76 @@ impl Forwarder {
             keep: &keep,
             added: &added,
         };
-        let call = async { h1.send_head(head, payload, token).await.map_err(|error| error.to_string()) };
-        self.timed(call, &prepared.watch, ctx).await
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
+        let call = async { h1.send_head(head, payload, token, deadline).await.map_err(CallFailed::from) };
+        self.timed(call, started, true, &prepared.watch, ctx).await
     }
 
-    /// Runs one call within `request_timeout`, adding the wait to `ctx.upstream` and the
-    /// latency histogram, and names its failure: the browser's (its upload too large or
-    /// too slow) or the API's.
+    /// Runs one call started at `started` within `request_timeout` (`bounded`: the call
+    /// keeps that deadline itself, as the h1 client does on its connection's own sleep),
+    /// adding the wait to `ctx.upstream` and the latency histogram, and names its failure:
+    /// the browser's (its upload too large or too slow) or the API's.
     async fn timed(
         &self,
-        call: impl std::future::Future<Output = Result<Response<Body>, String>>,
+        call: impl std::future::Future<Output = Result<Response<Body>, CallFailed>>,
+        started: Instant,
+        bounded: bool,
         watch: &UploadWatch,
         ctx: &mut RequestContext<'_>,
     ) -> Result<Response<Body>, Error> {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(self.request_timeout, call).await;
+        let outcome = if bounded {
+            call.await
+        } else {
+            tokio::time::timeout(self.request_timeout, call).await.unwrap_or(Err(CallFailed::TimedOut))
+        };
         let waited = started.elapsed();
         ctx.upstream += waited;
         self.metrics.record_upstream(ctx.route, waited);
         match outcome {
-            Ok(Ok(response)) => Ok(response),
+            Ok(response) => Ok(response),
             _ if watch.exceeded() => Err(Error::PayloadTooLarge),
-            Err(_) if !watch.is_finished() => Err(Error::RequestTimeout),
-            Err(_) => Err(Error::UpstreamTimeout),
-            Ok(Err(error)) => Err(Error::UpstreamUnavailable(error)),
+            Err(CallFailed::TimedOut) if !watch.is_finished() => Err(Error::RequestTimeout),
+            Err(CallFailed::TimedOut) => Err(Error::UpstreamTimeout),
+            Err(CallFailed::Error(error)) => Err(Error::UpstreamUnavailable(error)),
         }
     }
 
-    /// One call on the client that carries it; an error in words for the logs.
-    async fn call(&self, request: Request<Body>, token: Option<&[u8]>) -> Result<Response<Body>, String> {
+    /// One call on the client that carries it (the h1 client bounded by `deadline`); an
+    /// error in words for the logs.
+    async fn call(
+        &self,
+        request: Request<Body>,
+        token: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<Response<Body>, CallFailed> {
         match &self.h1 {
             Some(h1) if !matches!(request.body(), Body::Upload(_)) => {
                 let (parts, body) = request.into_parts();
-                h1.send(&parts, &body, token).await.map_err(|error| error.to_string())
+                h1.send(&parts, &body, token, deadline).await.map_err(CallFailed::from)
             }
             // The h1 client drops what the browser must not see as it reads the head;
             // hyper's answers are cleaned here.
             _ => match self.client.request(request).await {
                 Ok(response) => Ok(clean_response(response.map(Body::Stream))),
-                Err(error) => Err(describe_client_error(&error)),
+                Err(error) => Err(CallFailed::Error(describe_client_error(&error))),
             },
+        }
+    }
+}
+
+/// Why an upstream call gave no answer.
+enum CallFailed {
+    TimedOut,
+    /// In words for the logs.
+    Error(String),
+}
+
+impl From<CallError> for CallFailed {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::TimedOut => CallFailed::TimedOut,
+            error => CallFailed::Error(error.to_string()),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod forward;
 pub mod unauthorized;
 pub mod protocol;
 mod http1;
+pub mod deadline;
 pub mod leak_guard;
 pub mod scan;
 pub mod codec;

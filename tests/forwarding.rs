@@ -205,6 +205,25 @@ async fn upstream_timeout_is_504() {
     assert_eq!(browser.get("/api/shoppers/me").await.status, StatusCode::OK);
 }
 
+/// The h1 client keeps one sleep per connection for its deadlines: a deadline of an
+/// earlier call that passed while the connection was idle must not cut the next call.
+#[tokio::test]
+async fn a_slow_answer_in_time_on_a_reused_connection_is_not_cut() {
+    let env = Env::with(Options::default().set("upstream", "request_timeout", "600ms")).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    assert_eq!(browser.get("/api/shoppers/me").await.status, StatusCode::OK);
+    // Not synchronisation: the first call's deadline must be in the past.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    env.set_faults(json!({"resource_latency_ms": 300})).await;
+    let reply = browser.get("/api/shoppers/me").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    env.set_faults(json!({"resource_latency_ms": 1500})).await;
+    let reply = browser.get("/api/shoppers/me").await;
+    assert_eq!(reply.error_code().as_deref(), Some("upstream_timeout"));
+    env.clear_faults().await;
+}
+
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
     let env = Env::start().await;

@@ -51,13 +51,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::date;
 use super::Handler;
 use crate::body::{Body, Inbound};
 use crate::context::ConnInfo;
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::http1::{chunked_step, format_len, itoa_buffer, merge_length, BodyFault, Chunk, Step};
 
@@ -92,7 +93,7 @@ pub async fn serve<H: Handler>(
         side: Some(ReadSide { half: read, buf: first }),
         write,
         out: Vec::with_capacity(1024),
-        deadline: None,
+        deadline: Deadline::default(),
         shutdown_wait: Box::pin(shutdown.clone().cancelled_owned()),
         shutdown_registered: false,
         shutdown,
@@ -124,8 +125,8 @@ struct Connection {
     write: OwnedWriteHalf,
     /// The answer's head and the body bytes that go out with it (kept across requests).
     out: Vec<u8>,
-    /// The wait for the next head: when it ends, and the one sleep that watches it.
-    deadline: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The one sleep that watches the wait for the next head.
+    deadline: Deadline,
     /// Registered once per connection with the task's waker; later waits only look at
     /// the token (the task's waker does not change, so the registration stays good).
     shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -236,27 +237,10 @@ impl Connection {
         if idle && self.shutdown.is_cancelled() {
             return Poll::Ready(Err(Stop::Quiet));
         }
-        if self.deadline_passed(cx, wait_ends) {
+        if self.deadline.poll_passed(cx, wait_ends) {
             return Poll::Ready(Err(Stop::Quiet));
         }
         Poll::Pending
-    }
-
-    /// Whether `wait_ends` has passed; else the connection's sleep is set to wake the task
-    /// by then. The sleep is made once and moved only when it fires before `wait_ends`.
-    fn deadline_passed(&mut self, cx: &mut Context<'_>, wait_ends: Instant) -> bool {
-        let (ends, sleep) =
-            self.deadline.get_or_insert_with(|| (wait_ends, Box::pin(tokio::time::sleep_until(wait_ends))));
-        *ends = wait_ends;
-        loop {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if sleep.deadline() >= *ends {
-                return true;
-            }
-            sleep.as_mut().reset(*ends);
-        }
     }
 
     /// The request of a parsed head, its body framed and handed on.

@@ -53,6 +53,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::deadline::Deadline;
 pub use crate::http1::BodyFault;
 use crate::http1::{chunked_step, content_length, format_len, itoa_buffer, push_header, Chunk, Step};
 use crate::protocol::{Direction, Filter};
@@ -83,6 +84,8 @@ pub enum CallError {
     Invalid(&'static str),
     #[error("request failed: a streamed body is not sent by this client")]
     Streamed,
+    #[error("the API did not answer in time")]
+    TimedOut,
 }
 
 /// The pooled HTTP/1.1 client to one origin (`upstream.base_url`'s).
@@ -136,15 +139,16 @@ impl H1Client {
         Ok(Self { inner })
     }
 
-    /// Sends `parts` with `body` (empty or one buffer) and reads the answer's head; the
-    /// answer's body follows as it is read. No deadline of its own: the caller bounds it.
-    /// `bearer`: the access token, written as `Authorization: Bearer` (the caller has
-    /// checked it is visible ASCII).
+    /// Sends `parts` with `body` (empty or one buffer) and reads the answer's head by
+    /// `deadline` ([`CallError::TimedOut`] after it); the answer's body follows as it is
+    /// read. `bearer`: the access token, written as `Authorization: Bearer` (the caller
+    /// has checked it is visible ASCII).
     pub async fn send(
         &self,
         parts: &Parts,
         body: &Body,
         bearer: Option<&[u8]>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, CallError> {
         let payload: &[u8] = match body {
             Body::Empty | Body::Full(None) => &[],
@@ -159,7 +163,7 @@ impl H1Client {
             keep: &|_| true,
             added: &[],
         };
-        self.send_head(head, payload, bearer).await
+        self.send_head(head, payload, bearer, deadline).await
     }
 
     /// [`H1Client::send`] from borrowed parts (a request kept for a replay is sent
@@ -169,6 +173,7 @@ impl H1Client {
         head: RequestHead<'_>,
         payload: &[u8],
         bearer: Option<&[u8]>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, CallError> {
         let retry_allowed = is_idempotent(head.method);
         let mut attempt = 0;
@@ -178,10 +183,15 @@ impl H1Client {
                 Some(conn) => (conn, true),
                 // Boxed: a TLS handshake's future is large, and a new connection is rare;
                 // inline it would be copied with every call's future.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (Box::pin(self.connect(deadline)).await?, false),
             };
             encode_head(&mut conn.write, head, payload.len(), &self.inner.host_header, bearer);
-            match conn.exchange(payload).await {
+            // The connection's own sleep bounds the exchange (no timer per call).
+            let mut timer = std::mem::take(&mut conn.deadline);
+            let exchanged = timer.within(deadline, conn.exchange(payload)).await;
+            conn.deadline = timer;
+            let Some(exchanged) = exchanged else { return Err(CallError::TimedOut) };
+            match exchanged {
                 Ok(answer) => return Ok(self.answer(conn, answer, *head.method == Method::HEAD)),
                 Err(failure) => {
                     let retry =
@@ -194,7 +204,8 @@ impl H1Client {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, CallError> {
+    /// A new connection within `connect_timeout`, and by the call's `deadline`.
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Box<Conn>, CallError> {
         let inner = &self.inner;
         let connect = async {
             let tcp =
@@ -211,7 +222,12 @@ impl H1Client {
             };
             Ok(Box::new(Conn::new(io)))
         };
-        tokio::time::timeout(inner.connect_timeout, connect).await.map_err(|_| CallError::ConnectTimeout)?
+        let connect_by = tokio::time::Instant::now() + inner.connect_timeout;
+        match tokio::time::timeout_at(connect_by.min(deadline), connect).await {
+            Ok(connected) => connected,
+            Err(_) if deadline <= connect_by => Err(CallError::TimedOut),
+            Err(_) => Err(CallError::ConnectTimeout),
+        }
     }
 
     /// The answer to hand on: its body whole when it is already read (the connection
@@ -467,6 +483,8 @@ struct Conn {
     read: BytesMut,
     write: Vec<u8>,
     idle_since: Instant,
+    /// Bounds each exchange; kept with the connection across calls.
+    deadline: Deadline,
 }
 
 impl Conn {
@@ -476,6 +494,7 @@ impl Conn {
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
             idle_since: Instant::now(),
+            deadline: Deadline::default(),
         }
     }
 
