@@ -27,14 +27,19 @@ pub enum CookieLookup {
 /// so another cookie's non-ASCII value cannot hide ours.
 pub fn read_session_cookie(headers: &HeaderMap, cookie_name: &str) -> CookieLookup {
     for header in headers.get_all(COOKIE) {
-        for pair in header.as_bytes().split(|byte| *byte == b';') {
-            let Some(equals) = pair.iter().position(|byte| *byte == b'=') else { continue };
+        // `memchr` for the separators: a cookie header is read on every request.
+        let mut rest = header.as_bytes();
+        while !rest.is_empty() {
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            let pair = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or_default();
+            let Some(equals) = memchr::memchr(b'=', pair) else { continue };
             let (name, value) = (pair[..equals].trim_ascii(), pair[equals + 1..].trim_ascii());
             if name != cookie_name.as_bytes() {
                 continue;
             }
             let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
-            return match std::str::from_utf8(value).ok().and_then(SessionId::parse) {
+            return match SessionId::parse_bytes(value) {
                 Some(id) => CookieLookup::Present(id),
                 None => CookieLookup::Malformed,
             };

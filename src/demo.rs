@@ -5,6 +5,10 @@
 //! built or brought up to date by the same cargo first); it is started on a free loopback
 //! port and stopped with the demo. The demo config is the same TOML a user
 //! would write, with the secret handed over in memory instead of an environment variable.
+//!
+//! Processes are run with `std::process` on blocking threads, not `tokio::process`: that
+//! would put tokio's process driver (an orphan check at every park of every worker) on the
+//! proxy's runtime for the sake of one command.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
@@ -12,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -40,7 +45,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         .await
         .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
     let listen = public.local_addr().map_err(|error| error.to_string())?;
-    let (mut mock, mock_url) = start_mock(listen).await?;
+    let (mock, mock_url) = start_mock(listen).await?;
     let config = demo_config(listen, &mock_url)?;
     let listeners = runtime::Listeners { public, admin: None };
     let result = runtime::run_on(config, listeners, shutdown, |bound| {
@@ -55,7 +60,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         );
     })
     .await;
-    let _ = mock.kill().await;
+    drop(mock);
     result.map_err(|error| error.to_string())
 }
 
@@ -142,7 +147,10 @@ async fn build_mock_with_cargo(exe: &Path) -> Result<(), String> {
             };
         }
     }
-    let status = command.status().await.map_err(|error| format!("cannot run cargo: {error}"))?;
+    let status = tokio::task::spawn_blocking(move || command.status())
+        .await
+        .map_err(|error| format!("cannot run cargo: {error}"))?
+        .map_err(|error| format!("cannot run cargo: {error}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -189,9 +197,19 @@ fn without_cargo_library_paths(value: &OsStr, profile_dir: &Path) -> Option<OsSt
     std::env::join_paths(&entries[first_own..]).ok()
 }
 
+/// The running mock, stopped when dropped.
+struct Mock(Child);
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the sibling `commerce-mock` binary, with the callback of the demo on `listen`
 /// as its registered redirect URI, and reads the URL it announces.
-async fn start_mock(listen: SocketAddr) -> Result<(Child, String), String> {
+async fn start_mock(listen: SocketAddr) -> Result<(Mock, String), String> {
     let exe = std::env::current_exe().map_err(|error| format!("cannot find own binary: {error}"))?;
     let mock_path = exe.with_file_name(format!("commerce-mock{}", std::env::consts::EXE_SUFFIX));
     build_mock_with_cargo(&exe).await?;
@@ -201,30 +219,36 @@ async fn start_mock(listen: SocketAddr) -> Result<(Child, String), String> {
             mock_path.display()
         ));
     }
-    let mut child = Command::new(&mock_path)
+    let child = Command::new(&mock_path)
         .args(["--listen", "127.0.0.1:0", "--client-id", "demo-api-key", "--client-secret", DEMO_SECRET])
         .args(["--redirect-uri", &format!("http://{listen}/session/callback")])
         .args(["--access-ttl", &DEMO_ACCESS_TTL_SECS.to_string()])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|error| format!("cannot start {}: {error}", mock_path.display()))?;
-    let stdout = child.stdout.take().ok_or("commerce-mock has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+    let mut mock = Mock(child);
+    let stdout = mock.0.stdout.take().ok_or("commerce-mock has no stdout")?;
+    // Its first line announces the URL; the rest is drained so it never blocks on a
+    // full pipe (the thread ends when the mock does).
+    let (first, announced) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = first.send(lines.next());
+        for _ in lines.map_while(Result::ok) {}
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), announced)
         .await
         .map_err(|_| "commerce-mock did not start within 10s".to_string())?
-        .map_err(|error| format!("reading commerce-mock's output: {error}"))?
-        .ok_or("commerce-mock exited at start")?;
+        .map_err(|_| "commerce-mock exited at start".to_string())?
+        .ok_or("commerce-mock exited at start")?
+        .map_err(|error| format!("reading commerce-mock's output: {error}"))?;
     let url = line
         .split_whitespace()
         .find(|word| word.starts_with("http://"))
         .ok_or_else(|| format!("unexpected commerce-mock output: {line}"))?
         .to_string();
-    // Keep draining its stdout so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, url))
+    Ok((mock, url))
 }
 
 #[cfg(test)]

@@ -481,11 +481,7 @@ fn build(method: Method, uri: Uri, mut headers: HeaderMap, added: &Added, body: 
 /// The token's bytes, if they can go in a header as they are (visible ASCII: a token
 /// from the token service is never trusted to be free of a line break).
 fn header_safe(token: &AccessToken) -> Result<&[u8], Error> {
-    let bytes = token.expose().as_bytes();
-    if bytes.is_empty() || !bytes.iter().all(|byte| (0x21..=0x7e).contains(byte)) {
-        return Err(Error::Internal("an access token is not a valid header value"));
-    }
-    Ok(bytes)
+    token.header_bytes().ok_or(Error::Internal("an access token is not a valid header value"))
 }
 
 /// `Bearer <token>`, marked sensitive so HPACK never indexes it and `Debug` hides it.

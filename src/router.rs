@@ -112,27 +112,30 @@ pub fn classify<'a>(path: &str, routes: &'a [Route], demo_page: bool) -> Target<
 }
 
 /// No dot segments (also not `..;x`, which some servers read as `..`), no encoded or
-/// double-encoded dots, slashes or backslashes, no backslashes. One pass over the bytes
-/// for the escapes (only at a `%`) and one over the segments: every forwarded call's path
-/// is checked (issue 11: six caseless window scans and a string split cost ~1,000
-/// instructions per request).
+/// double-encoded dots, slashes or backslashes, no backslashes. `memchr` finds the
+/// backslashes, the escapes (each `%` looked at) and whether there is a dot at all; only
+/// a path with a dot is split into segments: every forwarded call's path is checked
+/// (issue 11: six caseless window scans and a string split cost ~1,000 instructions per
+/// request).
 fn is_safe_path(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.contains(&b'\\') {
+    if memchr::memchr(b'\\', bytes).is_some() {
         return false;
     }
-    let encoded_separator = bytes.iter().enumerate().filter(|(_, byte)| **byte == b'%').any(|(at, _)| {
+    let encoded_separator = memchr::memchr_iter(b'%', bytes).any(|at| {
         // `%2e` or, double-encoded, `%252e` (and the same for `2f` and `5c`), any case.
         let after = &bytes[at + 1..];
         let hex = after.strip_prefix(b"25").unwrap_or(after);
         hex.get(..2)
             .is_some_and(|hex| [b"2e", b"2f", b"5c"].iter().any(|escape| hex.eq_ignore_ascii_case(*escape)))
     });
+    // A dot segment needs a dot, which most API paths do not have.
     !encoded_separator
-        && !bytes.split(|byte| *byte == b'/').any(|segment| {
-            let name = segment.split(|byte| *byte == b';').next().unwrap_or(segment);
-            name == b"." || name == b".."
-        })
+        && (memchr::memchr(b'.', bytes).is_none()
+            || !bytes.split(|byte| *byte == b'/').any(|segment| {
+                let name = segment.split(|byte| *byte == b';').next().unwrap_or(segment);
+                name == b"." || name == b".."
+            }))
 }
 
 #[cfg(test)]

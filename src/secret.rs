@@ -100,10 +100,50 @@ macro_rules! secret_newtype {
     };
 }
 
-secret_newtype!(
-    /// An access token issued by the Commerce API. Sent only upstream, in `Authorization`.
-    AccessToken
-);
+/// An access token issued by the Commerce API. Sent only upstream, in `Authorization`.
+///
+/// Whether it can go in a header as it is (visible ASCII: a token from the token service
+/// is never trusted to be free of a line break) is worked out once, when it is made, not
+/// on every call it is sent with.
+///
+/// `==` is constant-time (it compares the inner [`SecretString`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    value: SecretString,
+    header_safe: bool,
+}
+
+impl AccessToken {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = SecretString::new(value.into());
+        let bytes = value.expose().as_bytes();
+        let header_safe = !bytes.is_empty() && bytes.iter().all(|byte| (0x21..=0x7e).contains(byte));
+        Self { value, header_safe }
+    }
+
+    /// The secret itself. Every caller is a place where a secret leaves its box.
+    pub fn expose(&self) -> &str {
+        self.value.expose()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    /// The token's bytes, if they can go in a header as they are.
+    pub fn header_bytes(&self) -> Option<&[u8]> {
+        self.header_safe.then(|| self.value.expose().as_bytes())
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
 secret_newtype!(
     /// A refresh token. Sent only to the token endpoint.
     RefreshToken
@@ -193,5 +233,9 @@ mod tests {
     #[test]
     fn expose_returns_the_value() {
         assert_eq!(AccessToken::new("t0k").expose(), "t0k");
+        assert_eq!(AccessToken::new("t0k").header_bytes(), Some(&b"t0k"[..]));
+        for unsafe_token in ["", "a b", "a\r\nX-Evil: 1", "caf\u{e9}", "tab\t"] {
+            assert_eq!(AccessToken::new(unsafe_token).header_bytes(), None, "{unsafe_token:?}");
+        }
     }
 }
