@@ -39,7 +39,8 @@ pub enum Body {
     /// (`upstream::h1`).
     Upstream(Box<ResponseBody>),
     /// A browser's request body on its way to the API.
-    Upload(Upload),
+    /// Boxed: a rare body, which would otherwise double the size of every `Body`.
+    Upload(Box<Upload>),
     /// An API response on its way to the browser, watched as it flows: cut off when it
     /// stalls for the request timeout, and searched for the session's tokens.
     Watched(Box<Watched>),

@@ -150,7 +150,7 @@ enum PreparedBody {
     Empty,
     /// Read whole, so the call can be replayed.
     Buffered(Bytes),
-    Streaming(Upload),
+    Streaming(Box<Upload>),
 }
 
 /// A prepared body, the watch on the browser's upload, and its share of the budget.
@@ -245,7 +245,7 @@ impl Forwarder {
         let Some(permit) = budget else {
             let watch = Arc::new(UploadWatch::default());
             let upload = Upload::new(None, incoming, limits.max_body_bytes, Arc::clone(&watch));
-            return Ok((PreparedBody::Streaming(upload), watch, None));
+            return Ok((PreparedBody::Streaming(Box::new(upload)), watch, None));
         };
         let read = read_up_to(incoming, keep)
             .await
@@ -258,7 +258,7 @@ impl Forwarder {
                 drop(permit);
                 let watch = Arc::new(UploadWatch::default());
                 let upload = Upload::new(Some(prefix), rest, limits.max_body_bytes, Arc::clone(&watch));
-                Ok((PreparedBody::Streaming(upload), watch, None))
+                Ok((PreparedBody::Streaming(Box::new(upload)), watch, None))
             }
         }
     }

@@ -162,7 +162,6 @@ impl Needles {
         let mut bytes = Vec::with_capacity(raw.len() * (MAX_NEEDLE_LEN + cores * 44));
         let mut ends = Vec::with_capacity(raw.len() * (1 + cores));
         let mut filter = [0u64; FILTER_WORDS];
-        let mut grams = Box::new([0u64; GRAM_WORDS]);
         let (mut shortest, mut longest_needle) = (usize::MAX, 0);
         let mut add = |needle: &[u8]| {
             bytes.extend_from_slice(needle);
@@ -173,23 +172,21 @@ impl Needles {
                 let bit = filter_bit(*prefix);
                 filter[bit / 64] |= 1 << (bit % 64);
             }
-            for gram in needle.windows(4) {
-                let bit = gram_bit([gram[0], gram[1], gram[2], gram[3]]);
-                grams[bit / 64] |= 1 << (bit % 64);
-            }
         };
         raw.iter().for_each(|secret| add(secret));
         if forms.base64 {
             raw.iter().for_each(|secret| base64_cores(secret, &mut add));
         }
+        // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
+        let stride = shortest.saturating_sub(3).max(1);
+        let grams = strided_grams(&bytes, &ends, stride);
         Some(Self {
             bytes: bytes.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
             raw_count: raw.len(),
             filter,
             grams,
-            // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
-            stride: shortest.saturating_sub(3).max(1),
+            stride,
             longest_needle,
             finders: OnceLock::new(),
             window: longest * MAX_ESCAPE_LEN,
@@ -300,6 +297,25 @@ impl Needles {
             },
         )
     }
+}
+
+/// The gram filter of the strided search. An occurrence of a needle at `p` is tested at
+/// the first multiple of `stride` at or after `p`, which is at most `stride - 1` bytes
+/// into the needle: only the grams starting at the needle's first `stride` bytes can ever
+/// be tested, so only those are set (fewer bits to set at every cache miss, and fewer
+/// false passes).
+fn strided_grams(bytes: &[u8], ends: &[usize], stride: usize) -> Box<[u64; GRAM_WORDS]> {
+    let mut grams = Box::new([0u64; GRAM_WORDS]);
+    let mut start = 0;
+    for &end in ends {
+        let needle = &bytes[start..end];
+        for gram in needle.windows(4).take(stride) {
+            let bit = gram_bit([gram[0], gram[1], gram[2], gram[3]]);
+            grams[bit / 64] |= 1 << (bit % 64);
+        }
+        start = end;
+    }
+    grams
 }
 
 /// The last [`MAX_NEEDLE_LEN`] bytes of `secret`.
