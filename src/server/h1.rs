@@ -210,12 +210,24 @@ impl Connection {
     /// Reads the next request's head (and, when it came along, its body).
     async fn next_request(&mut self) -> Result<(Request<Inbound>, Meta), Stop> {
         let wait_ends = Instant::now() + self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);
+        // After a partial head, how much of the buffer is known to hold no head's end.
+        let mut looked: Option<usize> = None;
         loop {
             let side = self.side.as_mut().ok_or(Stop::Quiet)?;
-            if !side.buf.is_empty() {
-                if let Some(head) = parse(&mut side.buf, self.limits.max_header_bytes)? {
+            let max = self.limits.max_header_bytes;
+            // A head that came in pieces is parsed again only once its end has arrived:
+            // parsing (and copying back) the whole head at every piece would cost the
+            // square of its length for a client sending it byte by byte.
+            let ready = looked.is_none_or(|from| has_head_end(&side.buf, from));
+            if !side.buf.is_empty() && ready {
+                if let Some(head) = parse(&mut side.buf, max)? {
                     return Ok(self.request(head));
                 }
+            } else if side.buf.len() >= max {
+                return Err(Stop::Refuse(Error::HeadersTooLarge));
+            }
+            if !side.buf.is_empty() {
+                looked = Some(side.buf.len());
             }
             poll_fn(|cx| self.poll_wait(cx, wait_ends)).await?;
         }
@@ -563,6 +575,18 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Stop> {
     Ok(Some(Head { request, framing, keep_alive, rest: bytes.slice(length..) }))
 }
 
+/// Whether `buf` holds the end of a head (an empty line: `\n\n` or `\n\r\n`) that ends
+/// after `from`, the length already looked at.
+fn has_head_end(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    let rest = buf.get(start..).unwrap_or_default();
+    memchr::memchr_iter(b'\n', rest).any(|at| match rest.get(at + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => rest.get(at + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
 fn bad(why: &'static str) -> Stop {
     Stop::Refuse(Error::BadRequest(why))
 }
@@ -723,6 +747,18 @@ mod tests {
         ));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(431));
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_pieces() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 1..head.len() {
+            // Looked at `cut` bytes before: the end is found once it has arrived.
+            assert!(has_head_end(head, cut), "{cut}");
+            assert!(!has_head_end(&head[..cut], 0) || cut >= head.len() - 1, "{cut}");
+        }
+        assert!(has_head_end(b"GET / HTTP/1.1\n\n", 10));
+        assert!(!has_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
     }
 
     #[test]
