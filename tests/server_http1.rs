@@ -915,3 +915,25 @@ async fn twenty_connections_open_at_once_are_all_answered() {
         assert_eq!(conn.answer().status, 200, "connection {i}, second request");
     }
 }
+
+/// A body refused before it is read (its declared length is over `max_body_bytes`) while
+/// the client is still sending it: the client still reads the 413 (the server reads and
+/// drops the rest for a moment before closing, so the kernel does not reset the
+/// connection over unread bytes), and the connection then ends.
+#[tokio::test]
+async fn an_early_413_reaches_a_client_still_sending_its_body() {
+    let env = Env::with(Options::default().set("server", "max_body_bytes", 64 * 1024)).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let cookie = browser.cookie().expect("a guest cookie");
+    let mut conn = Conn::open(env.proxy.addr);
+    let declared = 4 * 1024 * 1024;
+    conn.send(echo_post_head(&cookie, &format!("Content-Length: {declared}\r\n\r\n")));
+    // Part of the body, as a client does before it looks at an answer.
+    conn.send_lossy(vec![b'z'; 192 * 1024]);
+    let answer = conn.answer();
+    assert_eq!(answer.status, 413, "{}", answer.describe());
+    assert_eq!(answer.json()["error"]["code"], "payload_too_large", "{}", answer.describe());
+    conn.closed().unwrap_or_else(|e| panic!("after an unread body: {e}"));
+    assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session survives");
+}

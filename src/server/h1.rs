@@ -98,6 +98,7 @@ pub async fn serve<H: Handler>(
         shutdown_registered: false,
         shutdown,
         limits,
+        unread_body: false,
     };
     connection.run(&*handler, &conn).await;
 }
@@ -133,6 +134,8 @@ struct Connection {
     shutdown_registered: bool,
     shutdown: CancellationToken,
     limits: Limits,
+    /// The last request's body came back unread: linger before closing.
+    unread_body: bool,
 }
 
 /// What the connection knows of the request it answers.
@@ -141,7 +144,7 @@ struct Meta {
     http10: bool,
     keep_alive: bool,
     /// Where the read side comes back from the request's body, when the body has it.
-    lent: Option<oneshot::Receiver<ReadSide>>,
+    lent: Option<oneshot::Receiver<Home>>,
 }
 
 /// Why no request was read.
@@ -171,6 +174,9 @@ impl Connection {
             let response = handler.call(request, conn.clone()).await;
             meta.keep_alive &= !self.shutdown.is_cancelled();
             if !self.respond(response, meta).await {
+                if self.unread_body {
+                    self.linger().await;
+                }
                 return;
             }
         }
@@ -287,7 +293,7 @@ impl Connection {
     }
 
     /// A body still to be read from the connection: the read side goes with it.
-    fn lend(&mut self, framing: Framing, lent: &mut Option<oneshot::Receiver<ReadSide>>) -> Inbound {
+    fn lend(&mut self, framing: Framing, lent: &mut Option<oneshot::Receiver<Home>>) -> Inbound {
         let (home, back) = oneshot::channel();
         *lent = Some(back);
         Inbound::Reading(Box::new(RequestBody { side: self.side.take(), framing, home: Some(home) }))
@@ -298,7 +304,13 @@ impl Connection {
         // The read side must be home before the head says whether the connection stays.
         if let Some(mut back) = meta.lent.take() {
             match back.try_recv() {
-                Ok(side) => self.side = Some(side),
+                Ok(Home { side, finished }) => {
+                    self.side = Some(side);
+                    if !finished {
+                        meta.keep_alive = false;
+                        self.unread_body = true;
+                    }
+                }
                 Err(_) => meta.keep_alive = false,
             }
         }
@@ -623,13 +635,24 @@ fn request_framing(
     Ok(Framing::Length(length.unwrap_or(0)))
 }
 
+/// The read side coming back from a request's body: at its clean end, or unfinished when
+/// the body was dropped before it (the connection then closes after the answer, reading
+/// and dropping what the client still sends for a moment, so the answer is not lost to a
+/// reset).
+#[derive(Debug)]
+pub struct Home {
+    side: ReadSide,
+    finished: bool,
+}
+
 /// The rest of a browser's request body, read from its connection as the handler asks
-/// for it; the connection's read side goes home at the body's clean end.
+/// for it; the connection's read side goes home at the body's clean end, or when the body
+/// is dropped.
 #[derive(Debug)]
 pub struct RequestBody {
     side: Option<ReadSide>,
     framing: Framing,
-    home: Option<oneshot::Sender<ReadSide>>,
+    home: Option<oneshot::Sender<Home>>,
 }
 
 impl RequestBody {
@@ -687,7 +710,7 @@ impl RequestBody {
     /// The body ended cleanly: the read side goes back to its connection.
     fn go_home(&mut self) {
         if let (Some(side), Some(home)) = (self.side.take(), self.home.take()) {
-            let _ = home.send(side);
+            let _ = home.send(Home { side, finished: true });
         }
     }
 
@@ -695,7 +718,17 @@ impl RequestBody {
     pub fn is_end_stream(&self) -> bool {
         self.side.is_none() || self.framing == Framing::Length(0)
     }
+}
 
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(side), Some(home)) = (self.side.take(), self.home.take()) {
+            let _ = home.send(Home { side, finished: false });
+        }
+    }
+}
+
+impl RequestBody {
     /// What is known of the rest's length.
     pub fn size_hint(&self) -> SizeHint {
         match (self.side.is_some(), self.framing) {
