@@ -291,8 +291,20 @@ async fn serve(
         let admin = Arc::new(Admin::new(Arc::clone(&store), Arc::clone(&metrics), readiness));
         tokio::spawn(server::serve(listener, admin, options, shutdown.clone(), None, None))
     });
-    // 10. Drain (inside `server::serve`), stop the background tasks, write the snapshot.
-    let drained = server::serve(public, app, options, shutdown.clone(), Some(metrics), tls).await;
+    // 10. Drain (inside `server::serve_on`), stop the workers and the background tasks,
+    // write the snapshot.
+    let drained = match server::Workers::per_core() {
+        Ok(workers) => {
+            let drained =
+                server::serve_on(&workers, public, app, options, shutdown.clone(), Some(metrics), tls).await;
+            workers.stop().await;
+            drained
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no connection workers; serving on the main runtime");
+            server::serve(public, app, options, shutdown.clone(), Some(metrics), tls).await
+        }
+    };
     if let Some(task) = admin_task {
         let _ = task.await;
     }

@@ -88,7 +88,8 @@ impl ServeOptions {
 }
 
 /// Serves `listener` until `shutdown` fires, then drains. Returns whether every
-/// connection finished within the grace period.
+/// connection finished within the grace period. Connections are served on the runtime
+/// this runs on (the admin listener's way).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -97,16 +98,211 @@ pub async fn serve<H: Handler>(
     metrics: Option<Arc<Metrics>>,
     tls: Option<TlsAcceptor>,
 ) -> bool {
-    let builder = Arc::new(http_builder(&options));
-    let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let shared = Shared::new(handler, options, shutdown, metrics, tls);
+    accept_loop(listener, shared.clone()).await;
+    shared.drain().await
+}
+
+/// [`serve`] on the connection workers: each worker accepts on its own copy of the
+/// listener and serves what it accepted on its own runtime.
+pub async fn serve_on<H: Handler>(
+    workers: &Workers,
+    listener: TcpListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
+    tls: Option<TlsAcceptor>,
+) -> bool {
+    let shared = Shared::new(handler, options, shutdown, metrics, tls);
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "the listener cannot be handed to the workers");
+            return false;
+        }
+    };
+    let mut loops = Vec::with_capacity(workers.handles.len());
+    for handle in &workers.handles {
+        let copy = match listener.try_clone() {
+            Ok(copy) => copy,
+            Err(error) => {
+                tracing::error!(%error, "the listener cannot be handed to a worker");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        loops.push(handle.spawn(async move {
+            // Registered with this worker's own reactor.
+            match TcpListener::from_std(copy) {
+                Ok(listener) => accept_loop(listener, shared).await,
+                Err(error) => tracing::error!(%error, "a worker cannot listen"),
+            }
+        }));
+    }
+    drop(listener);
+    for accepting in loops {
+        let _ = accepting.await;
+    }
+    shared.drain().await
+}
+
+thread_local! {
+    /// This thread's index among the connection workers (`None` on any other thread).
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the connection worker this runs on, if it runs on one: per-thread state
+/// elsewhere (the upstream connection pool's shards) follows the workers with it.
+pub fn worker_index() -> Option<usize> {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// Connection workers, as nginx's worker processes and pingora's threads: one
+/// current-thread tokio runtime per core, each accepting and serving its own connections.
+/// A connection, its request walk and its upstream connections (`upstream::h1`'s pool is
+/// sharded by thread) stay on one thread: no work-stealing bookkeeping per task poll (two
+/// clock reads and a `powf` in tokio's multi-thread scheduler) and no cross-thread wake.
+/// The process's other tasks (signals, the sweeper, the Redis client, the reloader) stay
+/// on the main runtime.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// One worker per core this process may use (cgroup CPU quotas included).
+    pub fn per_core() -> io::Result<Self> {
+        Self::start(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    }
+
+    /// `count` workers (at least one), each on its own thread.
+    pub fn start(count: usize) -> io::Result<Self> {
+        let mut workers = Self { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for index in 0..count.max(1) {
+            let (ready, handle) = std::sync::mpsc::channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread =
+                std::thread::Builder::new().name(format!("tokengate-worker-{index}")).spawn(move || {
+                    WORKER.with(|worker| worker.set(Some(index)));
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => {
+                            let _ = ready.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(async {
+                                let _ = stopped.await;
+                            });
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                        }
+                    }
+                })?;
+            let handle = handle.recv().map_err(|_| io::Error::other("a worker did not start"))??;
+            workers.handles.push(handle);
+            workers.stops.push(stop);
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Stops every worker's runtime (what is still running on it is dropped) and waits
+    /// for its thread.
+    pub async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// What every accept loop of one listener shares: the handler, the limits, the
+/// connection cap and the tracker the drain waits on.
+struct Shared<H> {
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl<H> Clone for Shared<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: Arc::clone(&self.handler),
+            options: self.options,
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+            tls: self.tls.clone(),
+            builder: Arc::clone(&self.builder),
+            connections: self.connections.clone(),
+            slots: Arc::clone(&self.slots),
+        }
+    }
+}
+
+impl<H: Handler> Shared<H> {
+    fn new(
+        handler: Arc<H>,
+        options: ServeOptions,
+        shutdown: CancellationToken,
+        metrics: Option<Arc<Metrics>>,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        Self {
+            handler,
+            builder: Arc::new(http_builder(&options)),
+            options,
+            shutdown,
+            metrics,
+            tls,
+            connections: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+        }
+    }
+
+    /// After the accept loops ended: waits for the connections, at most the grace period.
+    async fn drain(&self) -> bool {
+        self.connections.close();
+        tokio::select! {
+            () = self.connections.wait() => true,
+            () = tokio::time::sleep(self.options.grace) => {
+                tracing::warn!(grace = ?self.options.grace, open = self.connections.len(), "connections still open after the shutdown grace period");
+                false
+            }
+        }
+    }
+}
+
+/// Accepts until shutdown, serving each connection in a task of the runtime this runs on.
+async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
+    let options = shared.options;
     loop {
         let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
+            permit = Arc::clone(&shared.slots).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = shutdown.cancelled() => break,
+            () = shared.shutdown.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -118,16 +314,16 @@ pub async fn serve<H: Handler>(
                     continue;
                 }
             },
-            () = shutdown.cancelled() => break,
+            () = shared.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo::new(peer, tls.is_some());
-        let tls = tls.clone();
-        let handler = Arc::clone(&handler);
-        let builder = Arc::clone(&builder);
-        let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        connections.spawn(async move {
+        let conn = ConnInfo::new(peer, shared.tls.is_some());
+        let tls = shared.tls.clone();
+        let handler = Arc::clone(&shared.handler);
+        let builder = Arc::clone(&shared.builder);
+        let shutdown = shared.shutdown.clone();
+        let metrics = shared.metrics.clone();
+        shared.connections.spawn(async move {
             if let Some(metrics) = &metrics {
                 metrics.connection_opened();
             }
@@ -157,15 +353,6 @@ pub async fn serve<H: Handler>(
             }
             drop(permit);
         });
-    }
-    drop(listener);
-    connections.close();
-    tokio::select! {
-        () = connections.wait() => true,
-        () = tokio::time::sleep(options.grace) => {
-            tracing::warn!(grace = ?options.grace, open = connections.len(), "connections still open after the shutdown grace period");
-            false
-        }
     }
 }
 

@@ -723,28 +723,22 @@ impl Pool {
         Self { shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(), per_shard, idle_timeout }
     }
 
+    /// This thread's shard: a connection worker's own (`server::worker_index`), else one
+    /// picked once per thread.
     fn home(&self) -> usize {
-        SHARD.with(|shard| *shard) % self.shards.len()
+        crate::server::worker_index().unwrap_or_else(|| SHARD.with(|shard| *shard)) % self.shards.len()
     }
 
-    /// A usable idle connection, the most recently used first; stale ones are dropped.
+    /// A usable idle connection of this thread's shard, the most recently used first;
+    /// stale ones are dropped. Other shards are not looked at: on the connection workers
+    /// (`server::Workers`) a shard's connections are registered with its thread's own
+    /// runtime, which alone reads their readiness, so another thread using one would wait
+    /// for that runtime's next turn.
     fn take(&self) -> Option<Box<Conn>> {
-        let home = self.home();
-        let count = self.shards.len();
-        for offset in 0..count {
-            let shard = &self.shards[(home + offset) % count];
-            let mut idle = if offset == 0 {
-                shard.lock().unwrap_or_else(PoisonError::into_inner)
-            } else {
-                match shard.try_lock() {
-                    Ok(idle) => idle,
-                    Err(_) => continue,
-                }
-            };
-            while let Some(mut conn) = idle.pop() {
-                if conn.idle_since.elapsed() < self.idle_timeout && conn.is_reusable() {
-                    return Some(conn);
-                }
+        let mut idle = self.shards[self.home()].lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(mut conn) = idle.pop() {
+            if conn.idle_since.elapsed() < self.idle_timeout && conn.is_reusable() {
+                return Some(conn);
             }
         }
         None
