@@ -698,9 +698,9 @@ impl ResponseBody {
     }
 }
 
-/// Idle connections, one shard per worker thread (a thread's shard is picked once), so
-/// taking and returning a connection is an uncontended lock; a thread whose shard is
-/// empty looks at the others without waiting on them.
+/// Idle connections, one shard per worker thread (a connection worker's own, else picked
+/// once per thread), so taking and returning a connection is an uncontended lock; a
+/// thread takes only from its own shard (see [`Pool::take`]).
 #[derive(Debug)]
 struct Pool {
     // Boxed: a connection moves between the pool and an answer's body by pointer.
