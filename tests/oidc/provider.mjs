@@ -14,7 +14,7 @@
 //                       token_type_hint, introspections, back-channel logout deliveries
 //   GET /__test/tokens  every token the token endpoint handed out, with its live state
 //   GET /__test/grants  every grant, and whether it is still alive
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 
 import Provider from 'oidc-provider';
@@ -39,9 +39,19 @@ const ttl = {
 const initialAccessToken = process.env.OIDC_INITIAL_ACCESS_TOKEN || 'test-initial-access-token';
 
 // Signing keys made fresh at every start: RS256 (the default for ID and logout tokens) and ES256.
+// The key is generated as PEM and read back into a key object of its own before the JWK export:
+// Node.js 20 can deadlock at start when a garbage collection during `export({ format: 'jwk' })`
+// of a freshly generated key finalizes its key-generation job, whose destructor takes the
+// mutex the export holds (seen as a provider that never printed its ready line; gdb showed
+// ~KeyGenJob waiting in uv_mutex_lock under ExportJWKEcKey).
 function jwk(type, options, alg) {
-  const { privateKey } = generateKeyPairSync(type, options);
-  return { ...privateKey.export({ format: 'jwk' }), alg, use: 'sig', kid: `${alg.toLowerCase()}-${randomBytes(4).toString('hex')}` };
+  const { privateKey } = generateKeyPairSync(type, {
+    ...options,
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const key = createPrivateKey(privateKey);
+  return { ...key.export({ format: 'jwk' }), alg, use: 'sig', kid: `${alg.toLowerCase()}-${randomBytes(4).toString('hex')}` };
 }
 const jwks = {
   keys: [jwk('rsa', { modulusLength: 2048 }, 'RS256'), jwk('ec', { namedCurve: 'P-256' }, 'ES256')],
