@@ -336,6 +336,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
                             serve_connection(
                                 &builder,
                                 stream,
+                                Bytes::new(),
                                 conn,
                                 handler,
                                 options.keep_alive_timeout,
@@ -398,8 +399,9 @@ async fn serve_plain<H: Handler>(
         }
     }
     if first.starts_with(H2_PREFACE) {
-        let stream = Rewind { prefix: first.freeze(), inner: stream };
-        return serve_connection(builder, stream, conn, handler, options.keep_alive_timeout, shutdown).await;
+        let first = first.freeze();
+        return serve_connection(builder, stream, first, conn, handler, options.keep_alive_timeout, shutdown)
+            .await;
     }
     let limits = h1::Limits {
         header_read_timeout: options.header_read_timeout,
@@ -409,56 +411,13 @@ async fn serve_plain<H: Handler>(
     h1::serve(stream, first, conn, handler, limits, shutdown).await;
 }
 
-/// A stream whose first bytes were already read: they are read again first.
-struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// Serves one connection with hyper until it ends, closing it gracefully when it has been idle for
-/// `idle_timeout` or when shutdown begins.
+/// `idle_timeout` or when shutdown begins. `first`: bytes already read from `stream`, read
+/// again first.
 async fn serve_connection<H: Handler, S>(
     builder: &auto::Builder<TokioExecutor>,
     stream: S,
+    first: Bytes,
     conn: ConnInfo,
     handler: Arc<H>,
     idle_timeout: Duration,
@@ -467,7 +426,7 @@ async fn serve_connection<H: Handler, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
+    let io = TokioIo::new(ActivityIo { inner: stream, first, activity: Arc::clone(&activity) });
     let service = service_fn(move |request| {
         let handler = Arc::clone(&handler);
         let conn = conn.clone();
@@ -504,9 +463,12 @@ async fn serve_connection<H: Handler, S>(
     }
 }
 
-/// A socket that counts read and write calls that moved bytes, for the idle watchdog.
+/// A socket that counts read and write calls that moved bytes, for the idle watchdog, and
+/// hands out the bytes already read from it (`first`: HTTP/2's preface, read to tell it
+/// from an HTTP/1.1 request) before reading more.
 struct ActivityIo<S> {
     inner: S,
+    first: Bytes,
     activity: Arc<AtomicU64>,
 }
 
@@ -519,6 +481,12 @@ impl<S> ActivityIo<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first[..n]);
+            this.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
