@@ -20,6 +20,40 @@ pub enum BodyFault {
     Framing,
 }
 
+/// How a body read from an HTTP/1.1 connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// When the connection closes (an answer only; never a request).
+    UntilClose,
+}
+
+impl Framing {
+    /// The next step of a body so framed, from what is buffered in `read`: data to hand
+    /// on (taken off `read`), read more, the end, or a framing fault. `self` moves on.
+    pub fn step(&mut self, read: &mut BytesMut) -> Step {
+        match *self {
+            Framing::Length(0) => Step::End,
+            Framing::Length(left) if !read.is_empty() => {
+                let take = left.min(read.len() as u64);
+                *self = Framing::Length(left - take);
+                // `take` is at most `read.len()`, so it fits in usize.
+                Step::Data(read.split_to(take as usize).freeze())
+            }
+            Framing::UntilClose if !read.is_empty() => Step::Data(read.split().freeze()),
+            Framing::Chunked(chunk) => match chunked_step(read, chunk) {
+                Ok((next, step)) => {
+                    *self = Framing::Chunked(next);
+                    step
+                }
+                Err(fault) => Step::Fail(fault),
+            },
+            Framing::Length(_) | Framing::UntilClose => Step::Fill,
+        }
+    }
+}
+
 /// Where a chunked body's reader is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunk {

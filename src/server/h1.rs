@@ -60,7 +60,7 @@ use crate::body::{Body, Inbound};
 use crate::context::ConnInfo;
 use crate::deadline::Deadline;
 use crate::error::Error;
-use crate::http1::{chunked_step, format_len, itoa_buffer, merge_length, BodyFault, Chunk, Step};
+use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
 
 /// Most headers a request may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -271,7 +271,7 @@ impl Connection {
             Framing::Length(length) if rest.len() as u64 >= length => {
                 Some(Inbound::Whole(Some(rest.split_to(length as usize))))
             }
-            Framing::Length(_) | Framing::Chunked(_) => None,
+            Framing::Length(_) | Framing::Chunked(_) | Framing::UntilClose => None,
         };
         // What is left (a pipelined request, the start of a body still coming) is read
         // again from the buffer: a copy, in the rare case there is anything.
@@ -510,13 +510,6 @@ async fn write_all_vectored(write: &mut OwnedWriteHalf, mut slices: &mut [IoSlic
     Ok(())
 }
 
-/// How a request's body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked(Chunk),
-}
-
 /// A parsed request head.
 struct Head {
     request: Request<Inbound>,
@@ -660,31 +653,18 @@ impl RequestBody {
     pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
         loop {
             let Some(side) = self.side.as_mut() else { return Poll::Ready(None) };
-            let step = match self.framing {
-                Framing::Length(0) => Step::End,
-                Framing::Length(left) if !side.buf.is_empty() => {
-                    let take = left.min(side.buf.len() as u64);
-                    self.framing = Framing::Length(left - take);
-                    let data = side.buf.split_to(take as usize).freeze();
-                    if take == left {
-                        self.go_home();
+            match self.framing.step(&mut side.buf) {
+                Step::Data(bytes) => {
+                    // The last bytes of a length: home at once, not at the next poll (a
+                    // client of the body may stop at `is_end_stream`).
+                    if self.framing == Framing::Length(0) {
+                        self.send_home(true);
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Framing::Chunked(chunk) => match chunked_step(&mut side.buf, chunk) {
-                    Ok((next, step)) => {
-                        self.framing = Framing::Chunked(next);
-                        step
-                    }
-                    Err(fault) => Step::Fail(fault),
-                },
-                Framing::Length(_) => Step::Fill,
-            };
-            match step {
-                Step::Data(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 Step::Continue => {}
                 Step::End => {
-                    self.go_home();
+                    self.send_home(true);
                     return Poll::Ready(None);
                 }
                 Step::Fail(fault) => {
@@ -707,10 +687,11 @@ impl RequestBody {
         }
     }
 
-    /// The body ended cleanly: the read side goes back to its connection.
-    fn go_home(&mut self) {
+    /// The read side goes back to its connection: at the body's clean end (`finished`), or
+    /// when the body is dropped before it.
+    fn send_home(&mut self, finished: bool) {
         if let (Some(side), Some(home)) = (self.side.take(), self.home.take()) {
-            let _ = home.send(Home { side, finished: true });
+            let _ = home.send(Home { side, finished });
         }
     }
 
@@ -718,24 +699,20 @@ impl RequestBody {
     pub fn is_end_stream(&self) -> bool {
         self.side.is_none() || self.framing == Framing::Length(0)
     }
-}
 
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        if let (Some(side), Some(home)) = (self.side.take(), self.home.take()) {
-            let _ = home.send(Home { side, finished: false });
-        }
-    }
-}
-
-impl RequestBody {
     /// What is known of the rest's length.
     pub fn size_hint(&self) -> SizeHint {
         match (self.side.is_some(), self.framing) {
             (false, _) => SizeHint::with_exact(0),
             (true, Framing::Length(left)) => SizeHint::with_exact(left),
-            (true, Framing::Chunked(_)) => SizeHint::new(),
+            (true, Framing::Chunked(_) | Framing::UntilClose) => SizeHint::new(),
         }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.send_home(false);
     }
 }
 

@@ -55,7 +55,7 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
 pub use crate::http1::BodyFault;
-use crate::http1::{chunked_step, content_length, format_len, itoa_buffer, push_header, Chunk, Step};
+use crate::http1::{content_length, format_len, itoa_buffer, push_header, Chunk, Framing, Step};
 use crate::protocol::{Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
@@ -362,14 +362,6 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// How an answer's body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked(Chunk),
-    UntilClose,
-}
-
 /// RFC 9112 §6.3, for an answer that is not `1xx`. A `Transfer-Encoding` wins over a
 /// `Content-Length` (which is then removed: the browser's answer is framed anew), and an
 /// answer framed by neither, or by a coding other than a final `chunked`, ends at close.
@@ -626,24 +618,7 @@ impl ResponseBody {
     pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            let step = match self.framing {
-                Framing::Length(0) => Step::End,
-                Framing::Length(left) if !conn.read.is_empty() => {
-                    let take = left.min(conn.read.len() as u64);
-                    self.framing = Framing::Length(left - take);
-                    Step::Data(conn.read.split_to(take as usize).freeze())
-                }
-                Framing::UntilClose if !conn.read.is_empty() => Step::Data(conn.read.split().freeze()),
-                Framing::Chunked(chunk) => match chunked_step(&mut conn.read, chunk) {
-                    Ok((next, step)) => {
-                        self.framing = Framing::Chunked(next);
-                        step
-                    }
-                    Err(fault) => Step::Fail(fault),
-                },
-                Framing::Length(_) | Framing::UntilClose => Step::Fill,
-            };
-            match step {
+            match self.framing.step(&mut conn.read) {
                 Step::Data(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 Step::Continue => {}
                 Step::End => {
@@ -770,6 +745,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::chunked_step;
 
     fn parse(text: &str) -> Head {
         let mut read = BytesMut::from(text);
