@@ -206,16 +206,6 @@ impl Workers {
         Ok(workers)
     }
 
-    /// How many workers there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are none (never, once started).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Stops every worker's runtime (what is still running on it is dropped) and waits
     /// for its thread.
     pub async fn stop(self) {
