@@ -19,7 +19,9 @@
 # each measured request is the first of its session since the warm-up, so the leak guard's
 # needle cache holds nearly none of them (what 100,000 sessions look like to a 16,384-slot
 # cache). nginx has no sessions and is measured as usual.
-# Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_DUMP_INSTR=yes records costs per instruction (for `callgrind_annotate` or
+# Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_CACHE_SIM=yes also
+# simulates the caches (events D1mr, DLmr, ...: which code misses the last-level cache, as a
+# rotating-sessions run does), CALLGRIND_DUMP_INSTR=yes records costs per instruction (for `callgrind_annotate` or
 # `objdump`/`addr2line` of hot addresses), CALLGRIND_KEEP=1 keeps the
 # work directory (callgrind.out files: open them with callgrind_annotate --inclusive=yes).
 # All traffic is on 127.0.0.1; every process started here is stopped by its PID.
@@ -147,7 +149,7 @@ EOF
 
 under_callgrind() { # name cmd...: starts cmd under callgrind, dumps into $WORK/name.out.N
   local name="$1"; shift
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr="${CALLGRIND_DUMP_INSTR:-no}" \
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr="${CALLGRIND_DUMP_INSTR:-no}" --cache-sim="${CALLGRIND_CACHE_SIM:-no}" \
     --collect-atstart=yes "$@" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
 }
@@ -191,7 +193,7 @@ tokengate_leg() { # name [env...]
     TOKENGATE_SESSION_MAX_SESSIONS=$((SESSIONS + 1000)) \
     TOKENGATE_RATE_LIMIT_NEW_SESSIONS_PER_MINUTE=100000000 TOKENGATE_RATE_LIMIT_NEW_SESSIONS_BURST=100000000 \
     "$@" \
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr="${CALLGRIND_DUMP_INSTR:-no}" \
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" --dump-instr="${CALLGRIND_DUMP_INSTR:-no}" --cache-sim="${CALLGRIND_CACHE_SIM:-no}" \
     "$TOKENGATE" --config "$WORK/$name.toml" >"$WORK/$name.stdout" 2>"$WORK/$name.valgrind" </dev/null &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/session" "${PIDS[-1]}" "$name under callgrind"

@@ -31,15 +31,16 @@
 //! stretch; shorter ones (header values, most JSON answers) are searched in a strided pass:
 //! only every `stride`-th position is tested against a filter of every four-byte gram of
 //! every needle (an occurrence always covers such a position), and where it passes the
-//! starts that could cover it are compared in full. The needles (and any searchers) are built once
+//! starts that could cover it are compared in full. The base64 cores are encoded only at a
+//! session's first stretch holding a run of base64 characters long enough to be one (most
+//! JSON answers and header values hold none). The needles (and any searchers) are built once
 //! per session generation and shared by every response of that generation ([`NeedleCache`]),
-//! and a session the cache no longer holds costs only the needles' bytes (well under a
-//! microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
+//! and a session the cache no longer holds costs only its raw tails' bytes and filters (well
+//! under a microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
 //! decoded view only when the stretch holds a `%` or `\`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use arc_swap::ArcSwapOption;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -58,27 +59,42 @@ const MAX_ESCAPE_LEN: usize = 6;
 
 /// The session's tokens, in every form searched. Its `Debug` shows no token byte.
 ///
-/// Only the needles' *bytes* are computed when they are built (a few hundred bytes and a
-/// small filter, well under a microsecond): the `memmem` searchers, which cost several
-/// microseconds to build for a session's dozen needles, are built the first time a stretch
-/// of at least [`FINDER_MIN_HAYSTACK`] bytes is searched and kept from then on. Shorter
-/// stretches (header values, a typical JSON answer) are searched in one pass with
-/// [`Needles::filter`]: a cheap test per position of the first four bytes of every needle,
-/// a full comparison only where it passes. Both find every needle at every position.
+/// The needles come in two sets: the raw tails, built with the needles (a few dozen bytes
+/// and two small filters), and the base64 cores, built only at the first stretch that could
+/// hold one: a core is made of base64 characters alone, so a stretch without a run of them
+/// as long as the shortest core (a JSON answer of short words, a header value) holds none,
+/// and a session whose answers never carry such a run never pays for encoding its tokens.
+/// Within a set, the `memmem` searchers, which cost several microseconds to build for a
+/// session's dozen needles, are built the first time a stretch of at least
+/// [`FINDER_MIN_HAYSTACK`] bytes is searched and kept from then on; shorter stretches are
+/// searched in one strided pass ([`Needles::found_by_stride`]). Every search finds every
+/// needle at every position.
 pub struct Needles {
-    /// Every needle, end to end: the raw tails first (in the order given), then the
-    /// base64 cores.
+    /// The raw tails, in the order given.
+    raw: NeedleSet,
+    /// The base64 cores of the raw tails (`None`: none is long enough to search for).
+    encoded: OnceLock<Option<Box<NeedleSet>>>,
+    /// The shortest base64 core's length: a stretch with no run of base64 characters this
+    /// long holds no core. `usize::MAX` when base64 is not searched.
+    shortest_core: usize,
+    /// The longest raw stretch one occurrence can span.
+    window: usize,
+    /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
+    escapes: bool,
+}
+
+/// Needles searched together, with what makes the search fast.
+struct NeedleSet {
+    /// Every needle, end to end.
     bytes: Box<[u8]>,
     /// Where each needle ends in `bytes`.
     ends: Box<[usize]>,
-    /// How many of the needles are raw tails (for header names and [`Needles::are_for`]).
-    raw_count: usize,
     /// One bit per hash of the first four bytes of some needle: a position whose four
     /// bytes hash to a clear bit starts no needle.
     filter: [u64; FILTER_WORDS],
-    /// One bit per hash of *every* four bytes inside some needle: the strided search
-    /// ([`Needles::found_by_stride`]) tests only every `stride`-th position against it.
-    grams: Box<[u64; GRAM_WORDS]>,
+    /// One bit per hash of four bytes inside some needle: the strided search
+    /// ([`NeedleSet::found_by_stride`]) tests only every `stride`-th position against it.
+    grams: [u64; GRAM_WORDS],
     /// The shortest needle's length, less three: every occurrence of a needle holds four
     /// whole bytes starting at a multiple of this.
     stride: usize,
@@ -86,10 +102,6 @@ pub struct Needles {
     longest_needle: usize,
     /// The `memmem` searchers, built at the first long stretch.
     finders: OnceLock<Box<[Finder<'static>]>>,
-    /// The longest raw stretch one occurrence can span.
-    window: usize,
-    /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
-    escapes: bool,
 }
 
 /// Stretches at least this long are searched with the prebuilt `memmem` searchers (SIMD,
@@ -136,9 +148,11 @@ impl Forms {
 
 impl std::fmt::Debug for Needles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let encoded = self.encoded.get().and_then(Option::as_deref);
         f.debug_struct("Needles")
-            .field("needles", &self.ends.len())
-            .field("searchers_built", &self.finders.get().is_some())
+            .field("raw", &self.raw.ends.len())
+            .field("encoded", &encoded.map(|set| set.ends.len()))
+            .field("searchers_built", &self.raw.finders.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -153,71 +167,57 @@ impl Needles {
     /// The needles for only some [`Forms`]: for pricing each form (`examples/scan_cost.rs`);
     /// the leak guard always searches them all.
     pub fn with_forms<'a>(secrets: impl IntoIterator<Item = &'a [u8]>, forms: Forms) -> Option<Self> {
-        let raw: Vec<&[u8]> =
-            secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN).map(tail).collect();
-        let longest = raw.iter().map(|secret| secret.len()).max()?;
-        // One allocation for every needle's bytes: the base64 cores are encoded on the
-        // stack and copied in (a duplicate core would only be searched twice).
-        let cores = if forms.base64 { 6 } else { 0 };
-        let mut bytes = Vec::with_capacity(raw.len() * (MAX_NEEDLE_LEN + cores * 44));
-        let mut ends = Vec::with_capacity(raw.len() * (1 + cores));
-        let mut filter = [0u64; FILTER_WORDS];
-        let (mut shortest, mut longest_needle) = (usize::MAX, 0);
-        let mut add = |needle: &[u8]| {
-            bytes.extend_from_slice(needle);
-            ends.push(bytes.len());
-            shortest = shortest.min(needle.len());
-            longest_needle = longest_needle.max(needle.len());
-            if let Some(prefix) = needle.first_chunk::<4>() {
-                let bit = filter_bit(*prefix);
-                filter[bit / 64] |= 1 << (bit % 64);
+        let raw = NeedleSet::new(|add| {
+            for secret in secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN) {
+                add(tail(secret));
             }
+        })?;
+        let longest = raw.longest_needle;
+        let shortest_core = if forms.base64 {
+            raw.needles().filter_map(|tail| shortest_base64_core(tail.len())).min()
+        } else {
+            None
         };
-        raw.iter().for_each(|secret| add(secret));
-        if forms.base64 {
-            raw.iter().for_each(|secret| base64_cores(secret, &mut add));
-        }
-        // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
-        let stride = shortest.saturating_sub(3).max(1);
-        let grams = strided_grams(&bytes, &ends, stride);
         Some(Self {
-            bytes: bytes.into_boxed_slice(),
-            ends: ends.into_boxed_slice(),
-            raw_count: raw.len(),
-            filter,
-            grams,
-            stride,
-            longest_needle,
-            finders: OnceLock::new(),
+            raw,
+            encoded: OnceLock::new(),
+            shortest_core: shortest_core.unwrap_or(usize::MAX),
             window: longest * MAX_ESCAPE_LEN,
             escapes: forms.escapes,
         })
     }
 
-    /// Builds the `memmem` searchers now rather than at the first long stretch (for
-    /// pricing them: `examples/scan_cost.rs`).
+    /// Builds every needle and the `memmem` searchers now rather than at the first stretch
+    /// that needs them (for pricing them: `examples/scan_cost.rs`).
     pub fn build_searchers(&self) {
-        self.finders();
+        self.raw.finders();
+        if let Some(encoded) = self.encoded() {
+            encoded.finders();
+        }
     }
 
-    /// Every needle: the raw tails first.
+    /// The base64 cores, built now if they are not yet; `None` when base64 is not searched.
+    fn encoded(&self) -> Option<&NeedleSet> {
+        if self.shortest_core == usize::MAX {
+            return None;
+        }
+        self.encoded
+            .get_or_init(|| {
+                NeedleSet::new(|add| self.raw.needles().for_each(|tail| base64_cores(tail, add)))
+                    .map(Box::new)
+            })
+            .as_deref()
+    }
+
+    /// Every needle: the raw tails first (the base64 cores built if they are not yet).
+    #[cfg(test)]
     fn needles(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.bytes[start..end])
-    }
-
-    /// The raw tails, in the order given.
-    fn raw(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.needles().take(self.raw_count)
-    }
-
-    fn finders(&self) -> &[Finder<'static>] {
-        self.finders.get_or_init(|| self.needles().map(|needle| Finder::new(needle).into_owned()).collect())
+        self.raw.needles().chain(self.encoded().into_iter().flat_map(NeedleSet::needles))
     }
 
     /// Whether these are the needles of `secrets` (in the order given to [`Needles::new`]).
     pub fn are_for<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) -> bool {
-        let mut raw = self.raw();
+        let mut raw = self.raw.needles();
         secrets
             .into_iter()
             .filter(|secret| secret.len() >= MIN_SECRET_LEN)
@@ -227,7 +227,7 @@ impl Needles {
 
     /// Whether `haystack` holds a secret as it is, in any case (for header names).
     pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
-        self.raw().any(|secret| {
+        self.raw.needles().any(|secret| {
             haystack.len() >= secret.len()
                 && haystack.windows(secret.len()).any(|window| window.eq_ignore_ascii_case(secret))
         })
@@ -239,6 +239,81 @@ impl Needles {
             return true;
         }
         self.escapes && memchr::memchr2(b'%', b'\\', haystack).is_some() && self.matches(&decoded(haystack))
+    }
+
+    fn matches(&self, haystack: &[u8]) -> bool {
+        self.raw.matches(haystack)
+            || self.encoded_for(haystack).is_some_and(|encoded| encoded.matches(haystack))
+    }
+
+    /// The base64 cores, if `haystack` could hold one.
+    fn encoded_for(&self, haystack: &[u8]) -> Option<&NeedleSet> {
+        has_base64_run(haystack, self.shortest_core).then(|| self.encoded()).flatten()
+    }
+
+    /// The strided search over every needle (public for pricing: `scan_cost`; the guard
+    /// picks the search by the stretch's length).
+    pub fn found_by_stride(&self, haystack: &[u8]) -> bool {
+        self.raw.found_by_stride(haystack)
+            || self.encoded_for(haystack).is_some_and(|encoded| encoded.found_by_stride(haystack))
+    }
+
+    /// The raw search with the `memmem` searchers (built now if they are not yet), whatever
+    /// the length: for pricing against [`Needles::found_by_filter`] (`scan_cost`).
+    pub fn found_by_searchers(&self, haystack: &[u8]) -> bool {
+        self.raw.found_by_searchers(haystack)
+            || self.encoded_for(haystack).is_some_and(|encoded| encoded.found_by_searchers(haystack))
+    }
+
+    /// The search without searchers: every position whose first four bytes pass the
+    /// filter is compared with every needle (public for pricing: `scan_cost`).
+    pub fn found_by_filter(&self, haystack: &[u8]) -> bool {
+        self.raw.found_by_filter(haystack)
+            || self.encoded_for(haystack).is_some_and(|encoded| encoded.found_by_filter(haystack))
+    }
+}
+
+impl NeedleSet {
+    /// The set of the needles `fill` hands to its `add`; `None` if it hands none.
+    fn new(fill: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Option<Self> {
+        let mut bytes = Vec::with_capacity(2 * MAX_NEEDLE_LEN);
+        let mut ends = Vec::with_capacity(2);
+        let mut filter = [0u64; FILTER_WORDS];
+        let (mut shortest, mut longest_needle) = (usize::MAX, 0);
+        fill(&mut |needle: &[u8]| {
+            bytes.extend_from_slice(needle);
+            ends.push(bytes.len());
+            shortest = shortest.min(needle.len());
+            longest_needle = longest_needle.max(needle.len());
+            if let Some(prefix) = needle.first_chunk::<4>() {
+                let bit = filter_bit(*prefix);
+                filter[bit / 64] |= 1 << (bit % 64);
+            }
+        });
+        if ends.is_empty() {
+            return None;
+        }
+        // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
+        let stride = shortest.saturating_sub(3).max(1);
+        let grams = strided_grams(&bytes, &ends, stride);
+        Some(Self {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+            filter,
+            grams,
+            stride,
+            longest_needle,
+            finders: OnceLock::new(),
+        })
+    }
+
+    fn needles(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.bytes[start..end])
+    }
+
+    fn finders(&self) -> &[Finder<'static>] {
+        self.finders.get_or_init(|| self.needles().map(|needle| Finder::new(needle).into_owned()).collect())
     }
 
     fn matches(&self, haystack: &[u8]) -> bool {
@@ -254,8 +329,8 @@ impl Needles {
     /// needle. Only those positions are tested against the gram filter; where one
     /// passes, every start that could put a needle over it is checked with the
     /// per-position filter loop. About `1/stride` of the positions are looked at (a
-    /// 32-byte Digital River tail: one in 29). Public for pricing (`scan_cost`).
-    pub fn found_by_stride(&self, haystack: &[u8]) -> bool {
+    /// 32-byte Digital River tail: one in 29).
+    fn found_by_stride(&self, haystack: &[u8]) -> bool {
         let mut at = 0;
         while at + 4 <= haystack.len() {
             let bit = gram_bit([haystack[at], haystack[at + 1], haystack[at + 2], haystack[at + 3]]);
@@ -271,23 +346,19 @@ impl Needles {
         false
     }
 
-    /// The raw search with the `memmem` searchers (built now if they are not yet), whatever
-    /// the length: for pricing against [`Needles::found_by_filter`] (`scan_cost`).
-    pub fn found_by_searchers(&self, haystack: &[u8]) -> bool {
+    fn found_by_searchers(&self, haystack: &[u8]) -> bool {
         self.finders()
             .iter()
             .any(|finder| haystack.len() >= finder.needle().len() && finder.find(haystack).is_some())
     }
 
-    /// The search without searchers: every position whose first four bytes pass the
-    /// filter is compared with every needle. Every needle is at least [`MIN_SECRET_LEN`]
-    /// bytes long, so only positions with that many bytes after them can start one. Public
-    /// for pricing (`scan_cost`); the guard picks the search by the stretch's length.
-    pub fn found_by_filter(&self, haystack: &[u8]) -> bool {
+    /// Every needle is at least [`MIN_SECRET_LEN`] bytes long, so only positions with that
+    /// many bytes after them can start one.
+    fn found_by_filter(&self, haystack: &[u8]) -> bool {
         self.found_by_filter_from(haystack, 0, haystack.len())
     }
 
-    /// [`Needles::found_by_filter`] for needles starting at `first..=last` only.
+    /// [`NeedleSet::found_by_filter`] for needles starting at `first..=last` only.
     fn found_by_filter_from(&self, haystack: &[u8], first: usize, last: usize) -> bool {
         haystack.windows(MIN_SECRET_LEN).enumerate().skip(first).take_while(|(at, _)| *at <= last).any(
             |(at, window)| {
@@ -299,13 +370,62 @@ impl Needles {
     }
 }
 
+/// Whether `haystack` has a run of at least `run` characters of base64 or base64url (any
+/// base64 core is one). Only every `run / 2`-th position is looked at: a long enough run
+/// covers two neighbouring ones, so the run around a position is measured only where the
+/// next one is a base64 character too (in text, where words are short, almost never).
+fn has_base64_run(haystack: &[u8], run: usize) -> bool {
+    if haystack.len() < run {
+        return false;
+    }
+    if run <= 1 {
+        return run == 0 || haystack.iter().any(|&byte| is_base64(byte));
+    }
+    let step = run / 2;
+    // The probes are the chunks' last bytes; a run is measured around the earlier of two
+    // neighbouring probes that are both base64 characters.
+    let mut previous = false;
+    for (index, chunk) in haystack.chunks_exact(step).enumerate() {
+        let here = chunk.last().is_some_and(|&byte| is_base64(byte));
+        if previous && here && run_around(haystack, index * step - 1, run) >= run {
+            return true;
+        }
+        previous = here;
+    }
+    false
+}
+
+/// The length of the run of base64 characters around `at`, counted up to `cap` each side.
+fn run_around(haystack: &[u8], at: usize, cap: usize) -> usize {
+    let before = haystack[..at].iter().rev().take(cap).take_while(|&&byte| is_base64(byte)).count();
+    let after = haystack[at..].iter().take(cap).take_while(|&&byte| is_base64(byte)).count();
+    before + after
+}
+
+/// A character of the base64 or the base64url alphabet.
+fn is_base64(byte: u8) -> bool {
+    BASE64_ALPHABETS[usize::from(byte)]
+}
+
+/// [`is_base64`] as a table.
+static BASE64_ALPHABETS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_');
+        byte += 1;
+    }
+    table
+};
+
 /// The gram filter of the strided search. An occurrence of a needle at `p` is tested at
 /// the first multiple of `stride` at or after `p`, which is at most `stride - 1` bytes
 /// into the needle: only the grams starting at the needle's first `stride` bytes can ever
 /// be tested, so only those are set (fewer bits to set at every cache miss, and fewer
 /// false passes).
-fn strided_grams(bytes: &[u8], ends: &[usize], stride: usize) -> Box<[u64; GRAM_WORDS]> {
-    let mut grams = Box::new([0u64; GRAM_WORDS]);
+fn strided_grams(bytes: &[u8], ends: &[usize], stride: usize) -> [u64; GRAM_WORDS] {
+    let mut grams = [0u64; GRAM_WORDS];
     let mut start = 0;
     for &end in ends {
         let needle = &bytes[start..end];
@@ -323,20 +443,23 @@ fn tail(secret: &[u8]) -> &[u8] {
     &secret[secret.len().saturating_sub(MAX_NEEDLE_LEN)..]
 }
 
-/// Slots in the [`NeedleCache`]. An entry is about 1 KiB (the needles' bytes, the filter)
-/// until its session's first long stretch builds the searchers (about 4 KiB more): 16 MiB
-/// for the bytes of every slot, 80 MiB at most if every cached session also had a long
-/// body searched.
+/// Slots in the [`NeedleCache`]. An entry is about 0.9 KiB (the raw tails and their two
+/// filters, in three allocations), about 1.4 KiB more once a stretch with a long base64 run
+/// has its session's base64 cores built, and about 4 KiB more once a long stretch has the
+/// searchers built: 15 MiB with every slot taken, about 100 MiB at most if every cached
+/// session also had long bodies of every kind searched.
 const CACHE_SLOTS: usize = 16_384;
 
 /// The needles of recently served sessions, so that a session's searchers are built once
 /// per token generation instead of once per response. Slots are picked by the session key
-/// (a SHA-256 output, already uniform) and read without a lock; a slot holds one session
-/// and a newcomer takes it over, so memory stays bounded whatever the number of sessions
-/// while the sessions in use keep theirs. An entry is used only for the same key, the same
-/// generation *and* the same token tails: needles of a rotated-away token are never used.
+/// (a SHA-256 output, already uniform), each behind its own lock (held for a comparison or a
+/// swap, never while needles are built: no two requests wait on each other unless they
+/// want the same slot at the same instant); a slot holds one session and a newcomer takes it
+/// over, so memory stays bounded whatever the number of sessions while the sessions in use
+/// keep theirs. An entry is used only for the same key, the same generation *and* the same
+/// token tails: needles of a rotated-away token are never used.
 pub struct NeedleCache {
-    slots: Box<[ArcSwapOption<Cached>]>,
+    slots: Box<[Mutex<Option<Cached>>]>,
 }
 
 struct Cached {
@@ -353,7 +476,7 @@ impl std::fmt::Debug for NeedleCache {
 
 impl Default for NeedleCache {
     fn default() -> Self {
-        Self { slots: (0..CACHE_SLOTS).map(|_| ArcSwapOption::empty()).collect() }
+        Self { slots: (0..CACHE_SLOTS).map(|_| Mutex::new(None)).collect() }
     }
 }
 
@@ -365,8 +488,11 @@ impl NeedleCache {
     where
         I: IntoIterator<Item = &'a [u8]> + Clone,
     {
+        // A panic cannot leave a slot half-written (it is replaced whole), so a poisoned
+        // lock's value is as good as any.
         let slot = &self.slots[slot_of(key)];
-        if let Some(cached) = slot.load().as_ref() {
+        let lock = || slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = lock().as_ref() {
             if cached.key == *key
                 && cached.generation == generation
                 && cached.needles.are_for(secrets.clone())
@@ -375,7 +501,9 @@ impl NeedleCache {
             }
         }
         let needles = Arc::new(Needles::new(secrets)?);
-        slot.store(Some(Arc::new(Cached { key: *key, generation, needles: Arc::clone(&needles) })));
+        let evicted = lock().replace(Cached { key: *key, generation, needles: Arc::clone(&needles) });
+        // The entry it takes over is freed here, outside the lock.
+        drop(evicted);
         Some(needles)
     }
 }
@@ -390,7 +518,7 @@ fn slot_of(key: &SessionKey) -> usize {
 /// the three positions it can start at within a 3-byte group, in both alphabets.
 /// Each is handed to `add`; `secret` is a tail, at most [`MAX_NEEDLE_LEN`] bytes, so the
 /// work is done in stack buffers.
-fn base64_cores(secret: &[u8], add: &mut impl FnMut(&[u8])) {
+fn base64_cores(secret: &[u8], add: &mut dyn FnMut(&[u8])) {
     let mut shifted = [0u8; MAX_NEEDLE_LEN + 2];
     let mut encoded = [0u8; (MAX_NEEDLE_LEN + 2).div_ceil(3) * 4];
     let Some(len) = secret.len().checked_add(2).filter(|len| *len <= shifted.len()) else {
@@ -398,29 +526,37 @@ fn base64_cores(secret: &[u8], add: &mut impl FnMut(&[u8])) {
     };
     shifted[2..len].copy_from_slice(secret);
     for offset in 0..3usize {
+        let Some(core) = base64_core_span(secret.len(), offset) else { continue };
         // The secret after `offset` zero bytes (the buffer's first bytes stay zero).
         let shifted = &shifted[2 - offset..len];
-        // The first characters mix in the zero padding before the secret; the last ones
-        // the bytes after it. Keep only the characters made of the secret's bits alone.
-        let skip_front = if offset == 0 { 0 } else { offset + 1 };
-        let whole_groups = shifted.len() / 3;
-        let end = whole_groups * 4;
-        if end <= skip_front + MIN_SECRET_LEN {
-            continue;
-        }
         // Encoded once: base64url differs from base64 only in two characters, so its
         // core is the same bytes mapped (and not added again when neither occurs).
         let Ok(written) = STANDARD_NO_PAD.encode_slice(shifted, &mut encoded) else { continue };
-        if written < end {
+        if written < core.end {
             continue;
         }
-        let core = &mut encoded[skip_front..end];
+        let core = &mut encoded[core];
         add(core);
         if core.iter().any(|&byte| byte == b'+' || byte == b'/') {
             core.iter_mut().for_each(|byte| *byte = url_safe(*byte));
             add(core);
         }
     }
+}
+
+/// Where, in the base64 of a `len`-byte secret after `offset` other bytes (0 to 2), the
+/// characters made of the secret's bits alone are: the first characters mix in the bytes
+/// before the secret, the last ones the bytes after it. `None` when too few are left to
+/// search for.
+fn base64_core_span(len: usize, offset: usize) -> Option<std::ops::Range<usize>> {
+    let skip_front = if offset == 0 { 0 } else { offset + 1 };
+    let end = (len + offset) / 3 * 4;
+    (end > skip_front + MIN_SECRET_LEN).then_some(skip_front..end)
+}
+
+/// The length of the shortest base64 core of a `len`-byte secret (`None`: it has none).
+fn shortest_base64_core(len: usize) -> Option<usize> {
+    (0..3).filter_map(|offset| base64_core_span(len, offset)).map(|span| span.len()).min()
 }
 
 /// The base64url character for a base64 character.
@@ -747,6 +883,36 @@ mod tests {
         long.extend_from_slice(TOKEN);
         assert_eq!(scanner.push(&Bytes::from(long)), Err(Hit));
         assert!(format!("{needles:?}").contains("searchers_built: true"), "{needles:?}");
+    }
+
+    #[test]
+    fn the_base64_cores_are_built_only_for_a_stretch_that_could_hold_one() {
+        let needles = Arc::new(needles());
+        let mut scanner = Scanner::new(Arc::clone(&needles));
+        let answer = br#"{"id":"8812345","firstName":"Jane","lastName":"Doe","locale":"en_US"}"#;
+        assert_eq!(scanner.push(&Bytes::from_static(answer)), Ok(()));
+        assert!(format!("{needles:?}").contains("encoded: None"), "short words only: {needles:?}");
+        let blob = STANDARD_NO_PAD.encode(b"nothing secret in here, only a long enough run");
+        assert_eq!(scanner.push(&Bytes::from(blob)), Ok(()));
+        assert!(format!("{needles:?}").contains("encoded: Some("), "a long run: {needles:?}");
+    }
+
+    #[test]
+    fn a_base64_run_is_found_wherever_it_lies_and_only_when_long_enough() {
+        for run in [9, 13, 40] {
+            for before in 0..2 * run {
+                for len in [run - 1, run, run + 5] {
+                    let mut haystack = vec![b'"'; before];
+                    haystack.extend((0..len).map(|i| b"Az09+/-_"[i % 8]));
+                    haystack.extend(vec![b','; (before * 7) % 5]);
+                    assert_eq!(
+                        has_base64_run(&haystack, run),
+                        len >= run,
+                        "run {run}, {before} before, {len}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
