@@ -71,9 +71,9 @@ const MAX_ESCAPE_LEN: usize = 6;
 /// needle at every position.
 pub struct Needles {
     /// The raw tails, in the order given.
-    raw: NeedleSet,
+    raw: RawSet,
     /// The base64 cores of the raw tails (`None`: none is long enough to search for).
-    encoded: OnceLock<Option<Box<NeedleSet>>>,
+    encoded: OnceLock<Option<Box<EncodedSet>>>,
     /// The shortest base64 core's length: a stretch with no run of base64 characters this
     /// long holds no core. `usize::MAX` when base64 is not searched.
     shortest_core: usize,
@@ -83,18 +83,20 @@ pub struct Needles {
     escapes: bool,
 }
 
-/// Needles searched together, with what makes the search fast.
-struct NeedleSet {
+/// Needles searched together, with what makes the search fast: a filter of `F` words of
+/// the needles' first four bytes and one of `G` words of their grams, sized for how many
+/// needles a set holds (a small set is built at every needle-cache miss, so its bytes count).
+struct NeedleSet<const F: usize, const G: usize> {
     /// Every needle, end to end.
     bytes: Box<[u8]>,
     /// Where each needle ends in `bytes`.
     ends: Box<[usize]>,
     /// One bit per hash of the first four bytes of some needle: a position whose four
     /// bytes hash to a clear bit starts no needle.
-    filter: [u64; FILTER_WORDS],
+    filter: [u64; F],
     /// One bit per hash of four bytes inside some needle: the strided search
     /// ([`NeedleSet::found_by_stride`]) tests only every `stride`-th position against it.
-    grams: [u64; GRAM_WORDS],
+    grams: [u64; G],
     /// The shortest needle's length, less three: every occurrence of a needle holds four
     /// whole bytes starting at a multiple of this.
     stride: usize,
@@ -110,25 +112,14 @@ struct NeedleSet {
 /// would cost more than it saves (measured with `examples/scan_cost.rs`).
 pub const FINDER_MIN_HAYSTACK: usize = 2048;
 
-/// The filter's size: 1,024 bits, so with a session's dozen needles about 1% of the
-/// positions of a body pass it and are compared in full.
-const FILTER_WORDS: usize = 16;
-const FILTER_BITS_LOG2: u32 = 10;
+/// The raw tails (a session's two): 2 prefixes in 256 bits, and the grams the strided
+/// search tests (58 for two 32-byte Digital River tails) in 2,048 bits, so about 3% of the
+/// probed positions pass. 300 bytes of filters, written at every needle-cache miss.
+type RawSet = NeedleSet<4, 32>;
 
-/// The four-byte-gram filter of the strided search: 4,096 bits, so a session's dozen
-/// needles (about 450 grams of Digital River tokens) set about a tenth of them.
-const GRAM_WORDS: usize = 64;
-const GRAM_BITS_LOG2: u32 = 12;
-
-/// The gram-filter bit of four bytes.
-fn gram_bit(gram: [u8; 4]) -> usize {
-    (u32::from_le_bytes(gram).wrapping_mul(0x85EB_CA77) >> (32 - GRAM_BITS_LOG2)) as usize
-}
-
-/// The filter bit of a position starting with `prefix` (its first four bytes).
-fn filter_bit(prefix: [u8; 4]) -> usize {
-    (u32::from_le_bytes(prefix).wrapping_mul(0x9E37_79B1) >> (32 - FILTER_BITS_LOG2)) as usize
-}
+/// The base64 cores (a dozen): 12 prefixes in 1,024 bits (about 1% of the positions pass
+/// and are compared in full) and about 400 grams in 4,096 bits (a tenth).
+type EncodedSet = NeedleSet<16, 64>;
 
 /// The forms of a token searched besides the raw one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +158,7 @@ impl Needles {
     /// The needles for only some [`Forms`]: for pricing each form (`examples/scan_cost.rs`);
     /// the leak guard always searches them all.
     pub fn with_forms<'a>(secrets: impl IntoIterator<Item = &'a [u8]>, forms: Forms) -> Option<Self> {
-        let raw = NeedleSet::new(|add| {
+        let raw = RawSet::new(|add| {
             for secret in secrets.into_iter().filter(|secret| secret.len() >= MIN_SECRET_LEN) {
                 add(tail(secret));
             }
@@ -197,13 +188,13 @@ impl Needles {
     }
 
     /// The base64 cores, built now if they are not yet; `None` when base64 is not searched.
-    fn encoded(&self) -> Option<&NeedleSet> {
+    fn encoded(&self) -> Option<&EncodedSet> {
         if self.shortest_core == usize::MAX {
             return None;
         }
         self.encoded
             .get_or_init(|| {
-                NeedleSet::new(|add| self.raw.needles().for_each(|tail| base64_cores(tail, add)))
+                EncodedSet::new(|add| self.raw.needles().for_each(|tail| base64_cores(tail, add)))
                     .map(Box::new)
             })
             .as_deref()
@@ -212,7 +203,7 @@ impl Needles {
     /// Every needle: the raw tails first (the base64 cores built if they are not yet).
     #[cfg(test)]
     fn needles(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.raw.needles().chain(self.encoded().into_iter().flat_map(NeedleSet::needles))
+        self.raw.needles().chain(self.encoded().into_iter().flat_map(EncodedSet::needles))
     }
 
     /// Whether these are the needles of `secrets` (in the order given to [`Needles::new`]).
@@ -247,7 +238,7 @@ impl Needles {
     }
 
     /// The base64 cores, if `haystack` could hold one.
-    fn encoded_for(&self, haystack: &[u8]) -> Option<&NeedleSet> {
+    fn encoded_for(&self, haystack: &[u8]) -> Option<&EncodedSet> {
         has_base64_run(haystack, self.shortest_core).then(|| self.encoded()).flatten()
     }
 
@@ -273,12 +264,25 @@ impl Needles {
     }
 }
 
-impl NeedleSet {
+impl<const F: usize, const G: usize> NeedleSet<F, G> {
+    const FILTER_BITS_LOG2: u32 = (F * 64).trailing_zeros();
+    const GRAM_BITS_LOG2: u32 = (G * 64).trailing_zeros();
+
+    /// The filter bit of a position starting with `prefix` (its first four bytes).
+    fn filter_bit(prefix: [u8; 4]) -> usize {
+        (u32::from_le_bytes(prefix).wrapping_mul(0x9E37_79B1) >> (32 - Self::FILTER_BITS_LOG2)) as usize
+    }
+
+    /// The gram-filter bit of four bytes.
+    fn gram_bit(gram: [u8; 4]) -> usize {
+        (u32::from_le_bytes(gram).wrapping_mul(0x85EB_CA77) >> (32 - Self::GRAM_BITS_LOG2)) as usize
+    }
+
     /// The set of the needles `fill` hands to its `add`; `None` if it hands none.
     fn new(fill: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Option<Self> {
         let mut bytes = Vec::with_capacity(2 * MAX_NEEDLE_LEN);
         let mut ends = Vec::with_capacity(2);
-        let mut filter = [0u64; FILTER_WORDS];
+        let mut filter = [0u64; F];
         let (mut shortest, mut longest_needle) = (usize::MAX, 0);
         fill(&mut |needle: &[u8]| {
             bytes.extend_from_slice(needle);
@@ -286,7 +290,7 @@ impl NeedleSet {
             shortest = shortest.min(needle.len());
             longest_needle = longest_needle.max(needle.len());
             if let Some(prefix) = needle.first_chunk::<4>() {
-                let bit = filter_bit(*prefix);
+                let bit = Self::filter_bit(*prefix);
                 filter[bit / 64] |= 1 << (bit % 64);
             }
         });
@@ -295,7 +299,7 @@ impl NeedleSet {
         }
         // Needles are at least MIN_SECRET_LEN (8) bytes, so the stride is at least 5.
         let stride = shortest.saturating_sub(3).max(1);
-        let grams = strided_grams(&bytes, &ends, stride);
+        let grams = Self::strided_grams(&bytes, &ends, stride);
         Some(Self {
             bytes: bytes.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
@@ -305,6 +309,25 @@ impl NeedleSet {
             longest_needle,
             finders: OnceLock::new(),
         })
+    }
+
+    /// The gram filter of the strided search. An occurrence of a needle at `p` is tested at
+    /// the first multiple of `stride` at or after `p`, which is at most `stride - 1` bytes
+    /// into the needle: only the grams starting at the needle's first `stride` bytes can ever
+    /// be tested, so only those are set (fewer bits to set at every cache miss, and fewer
+    /// false passes).
+    fn strided_grams(bytes: &[u8], ends: &[usize], stride: usize) -> [u64; G] {
+        let mut grams = [0u64; G];
+        let mut start = 0;
+        for &end in ends {
+            let needle = &bytes[start..end];
+            for gram in needle.windows(4).take(stride) {
+                let bit = Self::gram_bit([gram[0], gram[1], gram[2], gram[3]]);
+                grams[bit / 64] |= 1 << (bit % 64);
+            }
+            start = end;
+        }
+        grams
     }
 
     fn needles(&self) -> impl Iterator<Item = &[u8]> + '_ {
@@ -333,7 +356,7 @@ impl NeedleSet {
     fn found_by_stride(&self, haystack: &[u8]) -> bool {
         let mut at = 0;
         while at + 4 <= haystack.len() {
-            let bit = gram_bit([haystack[at], haystack[at + 1], haystack[at + 2], haystack[at + 3]]);
+            let bit = Self::gram_bit([haystack[at], haystack[at + 1], haystack[at + 2], haystack[at + 3]]);
             if self.grams[bit / 64] & (1 << (bit % 64)) != 0 {
                 let first = at.saturating_sub(self.longest_needle - 4);
                 let end = (at + self.longest_needle).min(haystack.len());
@@ -362,7 +385,7 @@ impl NeedleSet {
     fn found_by_filter_from(&self, haystack: &[u8], first: usize, last: usize) -> bool {
         haystack.windows(MIN_SECRET_LEN).enumerate().skip(first).take_while(|(at, _)| *at <= last).any(
             |(at, window)| {
-                let bit = filter_bit([window[0], window[1], window[2], window[3]]);
+                let bit = Self::filter_bit([window[0], window[1], window[2], window[3]]);
                 self.filter[bit / 64] & (1 << (bit % 64)) != 0
                     && self.needles().any(|needle| haystack[at..].starts_with(needle))
             },
@@ -418,25 +441,6 @@ static BASE64_ALPHABETS: [bool; 256] = {
     }
     table
 };
-
-/// The gram filter of the strided search. An occurrence of a needle at `p` is tested at
-/// the first multiple of `stride` at or after `p`, which is at most `stride - 1` bytes
-/// into the needle: only the grams starting at the needle's first `stride` bytes can ever
-/// be tested, so only those are set (fewer bits to set at every cache miss, and fewer
-/// false passes).
-fn strided_grams(bytes: &[u8], ends: &[usize], stride: usize) -> [u64; GRAM_WORDS] {
-    let mut grams = [0u64; GRAM_WORDS];
-    let mut start = 0;
-    for &end in ends {
-        let needle = &bytes[start..end];
-        for gram in needle.windows(4).take(stride) {
-            let bit = gram_bit([gram[0], gram[1], gram[2], gram[3]]);
-            grams[bit / 64] |= 1 << (bit % 64);
-        }
-        start = end;
-    }
-    grams
-}
 
 /// The last [`MAX_NEEDLE_LEN`] bytes of `secret`.
 fn tail(secret: &[u8]) -> &[u8] {
