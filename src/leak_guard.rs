@@ -80,9 +80,13 @@ impl LeakGuard {
         }
         let mut stage = plan(&mut parts.headers, browser)?;
         stage.scanner = needles.map(Scanner::new);
-        let first = tokio::time::timeout(self.deadline, first_data(&mut body))
-            .await
-            .map_err(|_| Error::UpstreamTimeout)??;
+        // A body read whole with its head (most JSON answers) cannot stall: no timer then.
+        let first = match &mut body {
+            Body::Full(whole) => whole.take(),
+            _ => tokio::time::timeout(self.deadline, first_data(&mut body))
+                .await
+                .map_err(|_| Error::UpstreamTimeout)??,
+        };
         let cut = |cut| match cut {
             Cut::Leak => blocked("body"),
             Cut::Corrupt => corrupt(),
