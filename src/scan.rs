@@ -942,6 +942,39 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_never_serves_another_sessions_or_generations_needles_under_contention() {
+        // Four sessions sharing one slot (same first eight key bytes), each rotating its
+        // token through generations, read and replaced from four threads at once.
+        let cache = Arc::new(NeedleCache::default());
+        let token = |session: u8, generation: u64| format!("{session:02x}{generation:030x}tail-of-the-token");
+        let threads: Vec<_> = (0..4u8)
+            .map(|thread| {
+                let cache = Arc::clone(&cache);
+                std::thread::spawn(move || {
+                    for round in 0..2_000u64 {
+                        let session = (thread + (round % 4) as u8) % 4;
+                        let mut key = [0u8; 32];
+                        key[31] = session;
+                        let generation = round / 16;
+                        let token = token(session, generation);
+                        let needles = cache
+                            .get(&SessionKey(key), generation, [token.as_bytes()])
+                            .unwrap_or_else(|| panic!("needles"));
+                        assert!(
+                            needles.are_for([token.as_bytes()]),
+                            "session {session}, generation {generation}"
+                        );
+                        assert!(needles.found_in(token.as_bytes()));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().is_ok(), "a reader saw needles of other tokens");
+        }
+    }
+
+    #[test]
     fn the_decoded_view_undoes_only_what_it_should() {
         assert_eq!(decoded(b"a%41\\u0042\\/\\\\%zz%4"), b"aAB/\\%zz%4".to_vec());
         assert_eq!(decoded(b"\\u2603"), b"\\u2603".to_vec(), "non-ASCII escapes stay");
