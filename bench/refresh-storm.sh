@@ -144,19 +144,27 @@ start_mock() { # instant
 }
 
 start_redis() {
-  local port pong=""
-  port="$(free_port)"
-  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$WORK" \
-    --daemonize no --protected-mode yes >"$WORK/redis.log" 2>&1 </dev/null &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  for _ in $(seq 100); do
-    pong="$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)"
+  local port pong="" attempt
+  # A port free when picked can be taken by one of the load's outgoing connections before
+  # redis-server binds it (the previous leg leaves thousands): a new port, up to 5 times.
+  for attempt in 1 2 3 4 5; do
+    port="$(free_port)"
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$WORK" \
+      --daemonize no --protected-mode yes >"$WORK/redis.log" 2>&1 </dev/null &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 100); do
+      pong="$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)"
+      [[ "$pong" == PONG ]] && break
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
     [[ "$pong" == PONG ]] && break
-    kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited: $(tail -n5 "$WORK/redis.log")"
-    sleep 0.1
+    if kill -0 "$REDIS_PID" 2>/dev/null; then die "redis-server did not answer PING in 10 s"; fi
+    grep -q "Address already in use" "$WORK/redis.log" || die "redis-server exited: $(tail -n5 "$WORK/redis.log")"
+    log "port $port was taken before redis-server bound it (attempt $attempt); another"
   done
-  [[ "$pong" == PONG ]] || die "redis-server did not answer PING in 10 s"
+  [[ "$pong" == PONG ]] || die "redis-server found no free port in 5 attempts"
   REDIS_URL="redis://127.0.0.1:$port"
 }
 
