@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
 use crate::trace;
-use crate::upstream::h1::{CallError, H1Client, RequestHead};
+use crate::upstream::h1::{CallError, H1Client, RequestHead, Window};
 use crate::upstream::HttpClient;
 
 /// Bodies up to this size are kept for one replay after an upstream 401.
@@ -319,7 +319,7 @@ impl Forwarder {
         };
         let started = Instant::now();
         let bounded = via_h1;
-        let call = self.call(request, token, started + self.request_timeout);
+        let call = self.call(request, token, Window { started, deadline: started + self.request_timeout });
         let result = self.timed(call, started, bounded, watch, ctx).await;
         match &result {
             Ok(response) => span.answered(response.status()),
@@ -358,8 +358,8 @@ impl Forwarder {
             added: &added,
         };
         let started = Instant::now();
-        let deadline = started + self.request_timeout;
-        let call = async { h1.send_head(head, payload, token, deadline).await.map_err(CallFailed::from) };
+        let window = Window { started, deadline: started + self.request_timeout };
+        let call = async { h1.send_head(head, payload, token, window).await.map_err(CallFailed::from) };
         self.timed(call, started, true, &prepared.watch, ctx).await
     }
 
@@ -392,18 +392,18 @@ impl Forwarder {
         }
     }
 
-    /// One call on the client that carries it (the h1 client bounded by `deadline`); an
-    /// error in words for the logs.
+    /// One call on the client that carries it (the h1 client bounded by the window's
+    /// deadline); an error in words for the logs.
     async fn call(
         &self,
         request: Request<Body>,
         token: Option<&[u8]>,
-        deadline: Instant,
+        window: Window,
     ) -> Result<Response<Body>, CallFailed> {
         match &self.h1 {
             Some(h1) if !matches!(request.body(), Body::Upload(_)) => {
                 let (parts, body) = request.into_parts();
-                h1.send(&parts, &body, token, deadline).await.map_err(CallFailed::from)
+                h1.send(&parts, &body, token, window).await.map_err(CallFailed::from)
             }
             // The h1 client drops what the browser must not see as it reads the head;
             // hyper's answers are cleaned here.

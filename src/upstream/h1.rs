@@ -88,6 +88,14 @@ pub enum CallError {
     TimedOut,
 }
 
+/// When a call started and by when its answer's head must have come: the start stands in
+/// for the clock where a moment's precision does not matter (the pool's idle times).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub started: tokio::time::Instant,
+    pub deadline: tokio::time::Instant,
+}
+
 /// The pooled HTTP/1.1 client to one origin (`upstream.base_url`'s).
 #[derive(Debug, Clone)]
 pub struct H1Client {
@@ -140,15 +148,15 @@ impl H1Client {
     }
 
     /// Sends `parts` with `body` (empty or one buffer) and reads the answer's head by
-    /// `deadline` ([`CallError::TimedOut`] after it); the answer's body follows as it is
-    /// read. `bearer`: the access token, written as `Authorization: Bearer` (the caller
+    /// `window.deadline` ([`CallError::TimedOut`] after it); the answer's body follows as it
+    /// is read. `bearer`: the access token, written as `Authorization: Bearer` (the caller
     /// has checked it is visible ASCII).
     pub async fn send(
         &self,
         parts: &Parts,
         body: &Body,
         bearer: Option<&[u8]>,
-        deadline: tokio::time::Instant,
+        window: Window,
     ) -> Result<Response<Body>, CallError> {
         let payload: &[u8] = match body {
             Body::Empty | Body::Full(None) => &[],
@@ -163,7 +171,7 @@ impl H1Client {
             keep: &|_| true,
             added: &[],
         };
-        self.send_head(head, payload, bearer, deadline).await
+        self.send_head(head, payload, bearer, window).await
     }
 
     /// [`H1Client::send`] from borrowed parts (a request kept for a replay is sent
@@ -173,13 +181,14 @@ impl H1Client {
         head: RequestHead<'_>,
         payload: &[u8],
         bearer: Option<&[u8]>,
-        deadline: tokio::time::Instant,
+        window: Window,
     ) -> Result<Response<Body>, CallError> {
+        let Window { started, deadline } = window;
         let retry_allowed = is_idempotent(head.method);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut conn, reused) = match self.inner.pool.take() {
+            let (mut conn, reused) = match self.inner.pool.take(started.into_std()) {
                 Some(conn) => (conn, true),
                 // Boxed: a TLS handshake's future is large, and a new connection is rare;
                 // inline it would be copied with every call's future.
@@ -192,7 +201,7 @@ impl H1Client {
             conn.deadline = timer;
             let Some(exchanged) = exchanged else { return Err(CallError::TimedOut) };
             match exchanged {
-                Ok(answer) => return Ok(self.answer(conn, answer, *head.method == Method::HEAD)),
+                Ok(answer) => return Ok(self.answer(conn, answer, *head.method == Method::HEAD, started)),
                 Err(failure) => {
                     let retry =
                         reused && attempt == 1 && (failure.unsent || (retry_allowed && failure.nothing_read));
@@ -232,7 +241,16 @@ impl H1Client {
 
     /// The answer to hand on: its body whole when it is already read (the connection
     /// back in the pool at once), else a body that reads the rest from the connection.
-    fn answer(&self, mut conn: Box<Conn>, head: Head, head_request: bool) -> Response<Body> {
+    /// `started`: when the call began, taken as the connection's idle time if it goes
+    /// back to the pool now (earlier than the truth by the exchange: it is dropped that
+    /// much sooner, never later, and no clock is read).
+    fn answer(
+        &self,
+        mut conn: Box<Conn>,
+        head: Head,
+        head_request: bool,
+        started: tokio::time::Instant,
+    ) -> Response<Body> {
         let Head { status, mut headers, mut close, transfer_encoding, rest } = head;
         let framing = framing(status, &mut headers, transfer_encoding.as_ref(), head_request, &mut close);
         let body = match framing {
@@ -240,7 +258,7 @@ impl H1Client {
                 // `length` fits in the buffer, so it fits in usize.
                 let bytes = rest.slice(..length as usize);
                 if !close && rest.len() as u64 == length {
-                    self.inner.pool.put(conn);
+                    self.inner.pool.put(conn, started.into_std());
                 }
                 if bytes.is_empty() {
                     Body::Empty
@@ -653,7 +671,7 @@ impl ResponseBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
             if !self.close && conn.read.is_empty() {
-                self.pool.pool.put(conn);
+                self.pool.pool.put(conn, Instant::now());
             }
         }
     }
@@ -709,21 +727,23 @@ impl Pool {
     /// (`server::Workers`) a shard's connections are registered with its thread's own
     /// runtime, which alone reads their readiness, so another thread using one would wait
     /// for that runtime's next turn.
-    fn take(&self) -> Option<Box<Conn>> {
+    /// `now`: the call's start, a moment ago (no clock read of its own).
+    fn take(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.shards[self.home()].lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut conn) = idle.pop() {
-            if conn.idle_since.elapsed() < self.idle_timeout && conn.is_reusable() {
+            if now.saturating_duration_since(conn.idle_since) < self.idle_timeout && conn.is_reusable() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, mut conn: Box<Conn>) {
+    /// `idle_since`: when the connection became idle, or a moment before.
+    fn put(&self, mut conn: Box<Conn>, idle_since: Instant) {
         if self.per_shard == 0 {
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since = idle_since;
         let mut idle = self.shards[self.home()].lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.per_shard {
             idle.push(conn);
@@ -767,6 +787,26 @@ mod tests {
                 Step::Fail(fault) => return Err(fault),
             }
         }
+    }
+
+    async fn idle_connection() -> (Box<Conn>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let stream = TcpStream::connect(listener.local_addr().expect("an address")).await.expect("connects");
+        let (server, _) = listener.accept().await.expect("accepts");
+        (Box::new(Conn::new(Io::Plain(stream))), server)
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_is_taken_only_within_the_idle_timeout_of_when_it_was_put() {
+        let pool = Pool::new(64, Duration::from_secs(30));
+        let put_at = Instant::now();
+        let (conn, _server) = idle_connection().await;
+        pool.put(conn, put_at);
+        assert!(pool.take(put_at + Duration::from_secs(31)).is_none(), "idle past the timeout: dropped");
+        assert_eq!(pool.len(), 0, "and not kept");
+        let (conn, _server) = idle_connection().await;
+        pool.put(conn, put_at);
+        assert!(pool.take(put_at + Duration::from_secs(29)).is_some(), "idle within the timeout: reused");
     }
 
     #[test]
