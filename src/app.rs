@@ -211,7 +211,7 @@ impl App {
         let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
         let needles = match (&active, &record) {
             (Some(active), Some(record)) if guard.is_enabled() => {
-                leak_guard::needles_of(&self.needles, &active.key, record)
+                leak_guard::needles_of(&self.needles, &active.key, record, ctx.now)
             }
             _ => None,
         };

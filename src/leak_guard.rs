@@ -196,10 +196,16 @@ fn blocked(place: &'static str) -> Error {
 }
 
 /// The tokens of session `key` (as `record` holds them) as needles, built once per token
-/// generation and kept in `cache`.
-pub fn needles_of(cache: &NeedleCache, key: &SessionKey, record: &SessionRecord) -> Option<Arc<Needles>> {
+/// generation and kept in `cache` (`now`: Unix seconds).
+pub fn needles_of(
+    cache: &NeedleCache,
+    key: &SessionKey,
+    record: &SessionRecord,
+    now: u64,
+) -> Option<Arc<Needles>> {
     let refresh = record.refresh_token.as_ref().map(|token| token.expose().as_bytes());
-    cache.get(key, record.generation, std::iter::once(record.access_token.expose().as_bytes()).chain(refresh))
+    let secrets = std::iter::once(record.access_token.expose().as_bytes()).chain(refresh);
+    cache.get(key, record.generation, secrets, now)
 }
 
 /// Names too: a page reads them through `headers.keys()`. Names arrive lowercased and
@@ -258,7 +264,7 @@ mod tests {
     }
 
     async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
-        let needles = needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record());
+        let needles = needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record(), 0);
         let passed = guard.inspect(response, needles, None, reporter()).await?;
         passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
     }

@@ -458,10 +458,14 @@ const CACHE_SLOTS: usize = 16_384;
 /// per token generation instead of once per response. Slots are picked by the session key
 /// (a SHA-256 output, already uniform), each behind its own lock (held for a comparison or a
 /// swap, never while needles are built: no two requests wait on each other unless they
-/// want the same slot at the same instant); a slot holds one session and a newcomer takes it
-/// over, so memory stays bounded whatever the number of sessions while the sessions in use
-/// keep theirs. An entry is used only for the same key, the same generation *and* the same
-/// token tails: needles of a rotated-away token are never used.
+/// want the same slot at the same instant); a slot holds one session, so memory stays
+/// bounded whatever the number of sessions. A newcomer takes a slot over only from an
+/// occupant not used for [`EVICT_IDLE_SECS`] (or from its own session's older generation):
+/// when more sessions are active than there are slots, the ones holding slots keep them
+/// and the others have their needles built for each response (cheap: the raw tails' set)
+/// instead of every request evicting and freeing another's entry in cold memory. An entry
+/// is used only for the same key, the same generation *and* the same token tails: needles
+/// of a rotated-away token are never used.
 pub struct NeedleCache {
     slots: Box<[Mutex<Option<Cached>>]>,
 }
@@ -470,7 +474,12 @@ struct Cached {
     key: SessionKey,
     generation: u64,
     needles: Arc<Needles>,
+    /// When (Unix seconds) the entry was last used.
+    used_at: u64,
 }
+
+/// How long an entry must have gone unused before another session may take its slot.
+pub const EVICT_IDLE_SECS: u64 = 5;
 
 impl std::fmt::Debug for NeedleCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -486,9 +495,10 @@ impl Default for NeedleCache {
 
 impl NeedleCache {
     /// The needles for the tokens `secrets` of generation `generation` of session `key`,
-    /// from the cache or built (and cached) now; `None` when nothing is long enough to
+    /// from the cache or built now (and cached unless another session used the slot within
+    /// [`EVICT_IDLE_SECS`] of `now`, in Unix seconds); `None` when nothing is long enough to
     /// search for.
-    pub fn get<'a, I>(&self, key: &SessionKey, generation: u64, secrets: I) -> Option<Arc<Needles>>
+    pub fn get<'a, I>(&self, key: &SessionKey, generation: u64, secrets: I, now: u64) -> Option<Arc<Needles>>
     where
         I: IntoIterator<Item = &'a [u8]> + Clone,
     {
@@ -496,16 +506,27 @@ impl NeedleCache {
         // lock's value is as good as any.
         let slot = &self.slots[slot_of(key)];
         let lock = || slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cached) = lock().as_ref() {
+        if let Some(cached) = lock().as_mut() {
             if cached.key == *key
                 && cached.generation == generation
                 && cached.needles.are_for(secrets.clone())
             {
+                cached.used_at = cached.used_at.max(now);
                 return Some(Arc::clone(&cached.needles));
             }
         }
         let needles = Arc::new(Needles::new(secrets)?);
-        let evicted = lock().replace(Cached { key: *key, generation, needles: Arc::clone(&needles) });
+        let mut taken = lock();
+        let admitted = match taken.as_ref() {
+            None => true,
+            Some(occupant) => occupant.key == *key || occupant.used_at.saturating_add(EVICT_IDLE_SECS) <= now,
+        };
+        if !admitted {
+            return Some(needles);
+        }
+        let evicted =
+            taken.replace(Cached { key: *key, generation, needles: Arc::clone(&needles), used_at: now });
+        drop(taken);
         // The entry it takes over is freed here, outside the lock.
         drop(evicted);
         Some(needles)
@@ -929,16 +950,16 @@ mod tests {
     fn the_cache_builds_once_per_generation_and_never_serves_other_tokens() {
         let cache = NeedleCache::default();
         let key = SessionKey([1; 32]);
-        let first = cache.get(&key, 1, [TOKEN]).unwrap_or_else(|| panic!("needles"));
-        let again = cache.get(&key, 1, [TOKEN]).unwrap_or_else(|| panic!("needles"));
+        let first = cache.get(&key, 1, [TOKEN], 0).unwrap_or_else(|| panic!("needles"));
+        let again = cache.get(&key, 1, [TOKEN], 0).unwrap_or_else(|| panic!("needles"));
         assert!(Arc::ptr_eq(&first, &again), "same session, same generation: built once");
         let other: &[u8] = b"99acc9dd3162322cbdb95801d54d600dfaaf7400";
-        let rotated = cache.get(&key, 1, [other]).unwrap_or_else(|| panic!("needles"));
+        let rotated = cache.get(&key, 1, [other], 0).unwrap_or_else(|| panic!("needles"));
         assert!(!Arc::ptr_eq(&first, &rotated), "other tokens under the same generation are rebuilt");
         assert!(rotated.found_in(other) && !rotated.found_in(TOKEN));
-        let next = cache.get(&key, 2, [other]).unwrap_or_else(|| panic!("needles"));
+        let next = cache.get(&key, 2, [other], 0).unwrap_or_else(|| panic!("needles"));
         assert!(!Arc::ptr_eq(&rotated, &next), "a new generation is rebuilt");
-        assert!(cache.get(&SessionKey([2; 32]), 2, [b"short".as_slice()]).is_none());
+        assert!(cache.get(&SessionKey([2; 32]), 2, [b"short".as_slice()], 0).is_none());
     }
 
     #[test]
@@ -958,7 +979,7 @@ mod tests {
                         let generation = round / 16;
                         let token = token(session, generation);
                         let needles = cache
-                            .get(&SessionKey(key), generation, [token.as_bytes()])
+                            .get(&SessionKey(key), generation, [token.as_bytes()], round / 100)
                             .unwrap_or_else(|| panic!("needles"));
                         assert!(
                             needles.are_for([token.as_bytes()]),
@@ -972,6 +993,38 @@ mod tests {
         for thread in threads {
             assert!(thread.join().is_ok(), "a reader saw needles of other tokens");
         }
+    }
+
+    #[test]
+    fn a_slot_in_use_is_kept_and_an_idle_one_taken_over() {
+        let cache = NeedleCache::default();
+        // Two sessions in one slot (the slot is picked by the first eight key bytes).
+        let (first, second) = (
+            SessionKey([3; 32]),
+            SessionKey({
+                let mut key = [3; 32];
+                key[31] = 4;
+                key
+            }),
+        );
+        let other: &[u8] = b"99acc9dd3162322cbdb95801d54d600dfaaf7400";
+        let held = cache.get(&first, 1, [TOKEN], 100).unwrap_or_else(|| panic!("needles"));
+        let newcomer =
+            cache.get(&second, 1, [other], 100 + EVICT_IDLE_SECS - 1).unwrap_or_else(|| panic!("needles"));
+        assert!(newcomer.found_in(other) && !newcomer.found_in(TOKEN), "the newcomer's own needles");
+        let again =
+            cache.get(&first, 1, [TOKEN], 100 + EVICT_IDLE_SECS - 1).unwrap_or_else(|| panic!("needles"));
+        assert!(Arc::ptr_eq(&held, &again), "a slot used within the last seconds is kept");
+        let later = 100 + 2 * EVICT_IDLE_SECS;
+        let taken = cache.get(&second, 1, [other], later).unwrap_or_else(|| panic!("needles"));
+        let kept = cache.get(&second, 1, [other], later).unwrap_or_else(|| panic!("needles"));
+        assert!(Arc::ptr_eq(&taken, &kept), "an idle occupant's slot is taken over");
+        let rotated = cache.get(&second, 2, [TOKEN], later).unwrap_or_else(|| panic!("needles"));
+        let cached = cache.get(&second, 2, [TOKEN], later).unwrap_or_else(|| panic!("needles"));
+        assert!(
+            Arc::ptr_eq(&rotated, &cached),
+            "a session's own new generation replaces its old one at once"
+        );
     }
 
     #[test]
