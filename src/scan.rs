@@ -75,8 +75,8 @@ pub struct Needles {
     /// The base64 cores of the raw tails (`None`: none is long enough to search for).
     encoded: OnceLock<Option<Box<EncodedSet>>>,
     /// The shortest base64 core's length: a stretch with no run of base64 characters this
-    /// long holds no core. `usize::MAX` when base64 is not searched.
-    shortest_core: usize,
+    /// long holds no core. `None` when base64 is not searched (or no tail has a core).
+    shortest_core: Option<usize>,
     /// The longest raw stretch one occurrence can span.
     window: usize,
     /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
@@ -164,15 +164,14 @@ impl Needles {
             }
         })?;
         let longest = raw.longest_needle;
-        let shortest_core = if forms.base64 {
-            raw.needles().filter_map(|tail| shortest_base64_core(tail.len())).min()
-        } else {
-            None
-        };
+        let shortest_core = forms
+            .base64
+            .then(|| raw.needles().filter_map(|tail| shortest_base64_core(tail.len())).min())
+            .flatten();
         Some(Self {
             raw,
             encoded: OnceLock::new(),
-            shortest_core: shortest_core.unwrap_or(usize::MAX),
+            shortest_core,
             window: longest * MAX_ESCAPE_LEN,
             escapes: forms.escapes,
         })
@@ -189,9 +188,7 @@ impl Needles {
 
     /// The base64 cores, built now if they are not yet; `None` when base64 is not searched.
     fn encoded(&self) -> Option<&EncodedSet> {
-        if self.shortest_core == usize::MAX {
-            return None;
-        }
+        self.shortest_core?;
         self.encoded
             .get_or_init(|| {
                 EncodedSet::new(|add| self.raw.needles().for_each(|tail| base64_cores(tail, add)))
@@ -239,7 +236,8 @@ impl Needles {
 
     /// The base64 cores, if `haystack` could hold one.
     fn encoded_for(&self, haystack: &[u8]) -> Option<&EncodedSet> {
-        has_base64_run(haystack, self.shortest_core).then(|| self.encoded()).flatten()
+        let run = self.shortest_core?;
+        has_base64_run(haystack, run).then(|| self.encoded()).flatten()
     }
 
     /// The strided search over every needle (public for pricing: `scan_cost`; the guard
@@ -397,14 +395,13 @@ impl<const F: usize, const G: usize> NeedleSet<F, G> {
 /// base64 core is one). Only every `run / 2`-th position is looked at: a long enough run
 /// covers two neighbouring ones, so the run around a position is measured only where the
 /// next one is a base64 character too (in text, where words are short, almost never).
+/// `run` is a core's length, more than [`MIN_SECRET_LEN`] (`base64_core_span`), so the
+/// step is at least four.
 fn has_base64_run(haystack: &[u8], run: usize) -> bool {
     if haystack.len() < run {
         return false;
     }
-    if run <= 1 {
-        return run == 0 || haystack.iter().any(|&byte| is_base64(byte));
-    }
-    let step = run / 2;
+    let step = (run / 2).max(1);
     // The probes are the chunks' last bytes; a run is measured around the earlier of two
     // neighbouring probes that are both base64 characters.
     let mut previous = false;
