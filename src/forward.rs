@@ -87,8 +87,9 @@ pub struct Forwarder {
 #[derive(Debug)]
 pub struct Prepared {
     method: Method,
-    /// The upstream path and query (on the configured base).
-    target: PathAndQuery,
+    /// The upstream path and query (on the configured base): a valid request-target by
+    /// construction, so not parsed again for the h1 client (see [`Forwarder::upstream_target`]).
+    target: String,
     /// The browser's headers, as they came.
     headers: HeaderMap,
     added: Added,
@@ -203,7 +204,7 @@ impl Forwarder {
         limits: Limits,
     ) -> Result<Prepared, Error> {
         let (parts, incoming) = request.into_parts();
-        let target = self.upstream_target(&parts.uri, route)?;
+        let target = self.upstream_target(&parts.uri, route);
         let added = Added {
             forwarded_for: ctx.client.forwarded_for.clone(),
             forwarded_proto: if ctx.conn.tls { "https" } else { self.forwarded_proto },
@@ -268,8 +269,12 @@ impl Forwarder {
         Arc::clone(&self.replay_budget).try_acquire_many_owned(units).ok()
     }
 
-    /// The upstream path and query of the browser's `uri` on `route`.
-    fn upstream_target(&self, uri: &Uri, route: &Route) -> Result<PathAndQuery, Error> {
+    /// The upstream path and query of the browser's `uri` on `route`. Every piece is
+    /// already valid in a request-target, so their concatenation is too, without a
+    /// second parse (~230 instructions a request): the base path comes from a parsed URL,
+    /// `upstream_prefix` is checked at load (a path, no `?` or `#`), the rest of the path
+    /// and the query from the request's URI, parsed by the same rules as `PathAndQuery`.
+    fn upstream_target(&self, uri: &Uri, route: &Route) -> String {
         let rest = uri.path().get(route.prefix.len()..).unwrap_or("");
         let mut path_and_query =
             String::with_capacity(self.base.path.len() + route.upstream_prefix.len() + rest.len() + 64);
@@ -279,12 +284,13 @@ impl Forwarder {
         if let Some(query) = uri.query() {
             push_query_without_token(&mut path_and_query, query);
         }
-        PathAndQuery::try_from(path_and_query)
-            .map_err(|_| Error::BadRequest("The request path cannot be forwarded."))
+        path_and_query
     }
 
     /// The whole upstream URI of a prepared call (for hyper's client).
-    fn upstream_uri(&self, target: PathAndQuery) -> Result<Uri, Error> {
+    fn upstream_uri(&self, target: String) -> Result<Uri, Error> {
+        let target = PathAndQuery::try_from(target)
+            .map_err(|_| Error::BadRequest("The request path cannot be forwarded."))?;
         Uri::builder()
             .scheme(self.base.scheme.clone())
             .authority(self.base.authority.clone())

@@ -831,6 +831,16 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
         if !upstream_prefix.starts_with('/') {
             checker.error(&key("upstream_prefix"), "must start with '/'");
         }
+        // The upstream target is built by concatenation and not parsed again per request
+        // (`forward::Forwarder::upstream_target`), so the prefix must be a valid path here.
+        if upstream_prefix.contains(['?', '#'])
+            || http::uri::PathAndQuery::try_from(upstream_prefix.as_str()).is_err()
+        {
+            checker.error(
+                &key("upstream_prefix"),
+                "must be a URL path: no spaces, '?' or '#' (percent-encode other characters)",
+            );
+        }
         if upstream_prefix.starts_with("/oauth20") {
             checker.error(
                 &key("upstream_prefix"),
@@ -1008,6 +1018,26 @@ mod tests {
             "route[0].prefix",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_prefix_that_is_not_a_url_path_is_refused_at_load() {
+        for bad in ["/v1 x/", "/v1/?debug=1", "/v1/#top", "/v1/\\u0001"] {
+            let text = format!(
+                "[oauth]\nclient_id = \"key\"\n[[route]]\nprefix = \"/api/\"\nupstream_prefix = \"{bad}\"\n"
+            );
+            let errors = Config::from_toml(&text, &env).err().unwrap_or_default();
+            assert!(
+                errors.iter().any(|e| e.key == "route[0].upstream_prefix"),
+                "{bad:?} accepted: {errors:?}"
+            );
+        }
+        for good in ["/v1/", "/v1/%20x/", "/"] {
+            let text = format!(
+                "[oauth]\nclient_id = \"key\"\n[[route]]\nprefix = \"/api/\"\nupstream_prefix = \"{good}\"\n"
+            );
+            assert!(Config::from_toml(&text, &env).is_ok(), "{good:?} refused");
         }
     }
 
