@@ -26,6 +26,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod unauthorized;
 pub mod protocol;
+mod header_memo;
 mod http1;
 pub mod deadline;
 pub mod leak_guard;

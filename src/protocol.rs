@@ -76,17 +76,18 @@ impl<'a> Filter<'a> {
     /// The filter of a message going `direction` whose `Connection` headers have these
     /// values.
     pub fn new(direction: Direction, connection: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let named = connection
-            .into_iter()
-            .filter_map(|value| std::str::from_utf8(value).ok())
-            .flat_map(|list| list.split(','))
-            .map(str::trim)
-            .filter(|token| {
-                !token.is_empty()
-                    && !token.eq_ignore_ascii_case("keep-alive")
-                    && !token.eq_ignore_ascii_case("close")
-            })
-            .collect();
+        // On bytes, without `str` splitting: the usual `keep-alive` alone costs a few
+        // dozen instructions this way (it was ~600 with `split`/`trim`/`collect`).
+        let mut named = Vec::new();
+        for value in connection {
+            for token in list_tokens(value) {
+                if !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close") {
+                    if let Ok(token) = std::str::from_utf8(token) {
+                        named.push(token);
+                    }
+                }
+            }
+        }
         Self { direction, named }
     }
 
@@ -99,6 +100,12 @@ impl<'a> Filter<'a> {
     pub fn drops(&self, name: &str) -> bool {
         dropped(name, self.direction) || self.named.iter().any(|token| token.eq_ignore_ascii_case(name))
     }
+}
+
+/// The tokens of a comma-separated header value (`Connection`, `Transfer-Encoding`),
+/// trimmed, empty ones skipped.
+pub fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|token| !token.is_empty())
 }
 
 /// Whether the header `name` (lower case, as `HeaderName` holds it) never crosses

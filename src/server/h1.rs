@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use httparse::ParserConfig;
@@ -60,6 +60,7 @@ use crate::body::{Body, Inbound};
 use crate::context::ConnInfo;
 use crate::deadline::Deadline;
 use crate::error::Error;
+use crate::header_memo::{BadLine, HeaderMemo};
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
 
 /// Most headers a request may have (hyper's default).
@@ -98,6 +99,7 @@ pub async fn serve<H: Handler>(
         shutdown_registered: false,
         shutdown,
         limits,
+        memo: HeaderMemo::default(),
         unread_body: false,
     };
     connection.run(&*handler, &conn).await;
@@ -134,6 +136,8 @@ struct Connection {
     shutdown_registered: bool,
     shutdown: CancellationToken,
     limits: Limits,
+    /// The header lines of the last heads, so alike ones are not made again.
+    memo: HeaderMemo,
     /// The last request's body came back unread: linger before closing.
     unread_body: bool,
 }
@@ -226,7 +230,7 @@ impl Connection {
             // square of its length for a client sending it byte by byte.
             let ready = looked.is_none_or(|from| has_head_end(&side.buf, from));
             if !side.buf.is_empty() && ready {
-                if let Some(head) = parse(&mut side.buf, max)? {
+                if let Some(head) = parse(&mut side.buf, max, &mut self.memo)? {
                     return Ok(self.request(head));
                 }
             } else if side.buf.len() >= max {
@@ -522,7 +526,7 @@ struct Head {
 /// Parses a request head from the front of `buf`, taking it off; `None` (and `buf` as it
 /// was) until it is whole. The buffer is frozen first, so header values are slices of it,
 /// not copies; what followed the head comes back as `Head::rest`.
-fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Stop> {
+fn parse(buf: &mut BytesMut, max_head: usize, memo: &mut HeaderMemo) -> Result<Option<Head>, Stop> {
     let bytes = buf.split().freeze();
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -550,11 +554,14 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Stop> {
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     let mut keep_alive = version == Version::HTTP_11;
     let (mut chunked, mut coded, mut length_seen) = (false, false, None);
-    for header in request.headers.iter() {
-        let name =
-            HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| bad("A header name is not valid."))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(header.value))
-            .map_err(|_| bad("A header value is not valid."))?;
+    for (place, header) in request.headers.iter().enumerate() {
+        let (name, value) =
+            memo.line(place, header.name.as_bytes(), header.value, &bytes).map_err(|bad_line| {
+                bad(match bad_line {
+                    BadLine::Name => "A header name is not valid.",
+                    BadLine::Value => "A header value is not valid.",
+                })
+            })?;
         if name == header::CONNECTION {
             keep_alive = keeps_alive(version, &value, keep_alive);
         } else if name == header::TRANSFER_ENCODING {
@@ -721,7 +728,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<Option<Head>, Stop> {
-        parse(&mut BytesMut::from(text), 16 * 1024)
+        parse(&mut BytesMut::from(text), 16 * 1024, &mut HeaderMemo::default())
     }
 
     fn refused(text: &str) -> Option<u16> {
@@ -734,7 +741,8 @@ mod tests {
     #[test]
     fn a_head_is_parsed_and_taken_off_the_buffer() {
         let mut buf = BytesMut::from("GET /api/x?y=1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\nGET /next");
-        let parsed = parse(&mut buf, 16 * 1024).ok().flatten().expect("a whole head");
+        let parsed =
+            parse(&mut buf, 16 * 1024, &mut HeaderMemo::default()).ok().flatten().expect("a whole head");
         assert_eq!(parsed.request.method(), Method::GET);
         assert_eq!(parsed.request.uri().path(), "/api/x");
         assert_eq!(parsed.request.uri().query(), Some("y=1"));
@@ -746,13 +754,38 @@ mod tests {
     }
 
     #[test]
+    fn heads_on_one_connection_keep_their_own_headers() {
+        // The connection's memo answers alike lines; every head must still come out as sent.
+        let mut memo = HeaderMemo::default();
+        let heads = [
+            "GET /a HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nCookie: tg=one\r\n\r\n",
+            "GET /b HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\nCookie: tg=two\r\n\r\n",
+            "POST /c HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\nAccept: text/html\r\n\r\n",
+            "GET /d HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nCookie: tg=one\r\n\r\n",
+        ];
+        for text in heads.iter().cycle().take(12) {
+            let parsed =
+                parse(&mut BytesMut::from(*text), 16 * 1024, &mut memo).ok().flatten().expect("a head");
+            let sent: Vec<String> =
+                text.lines().skip(1).filter(|line| !line.is_empty()).map(str::to_lowercase).collect();
+            let got: Vec<String> = parsed
+                .request
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")).to_lowercase())
+                .collect();
+            assert_eq!(got, sent, "{text}");
+        }
+    }
+
+    #[test]
     fn a_partial_head_waits_and_an_oversized_one_is_431() {
         let mut buf = BytesMut::from("GET / HTTP/1.1\r\nHost: a\r\n");
-        assert!(matches!(parse(&mut buf, 16 * 1024), Ok(None)));
+        assert!(matches!(parse(&mut buf, 16 * 1024, &mut HeaderMemo::default()), Ok(None)));
         assert_eq!(buf.len(), 25, "nothing taken off");
         let long = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "x".repeat(300));
         assert!(matches!(
-            parse(&mut BytesMut::from(long.as_str()), 256),
+            parse(&mut BytesMut::from(long.as_str()), 256, &mut HeaderMemo::default()),
             Err(Stop::Refuse(Error::HeadersTooLarge))
         ));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: 1\r\n")).collect();

@@ -54,9 +54,10 @@ use tokio_rustls::TlsConnector;
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
+use crate::header_memo::{BadLine, HeaderMemo};
 pub use crate::http1::BodyFault;
 use crate::http1::{content_length, format_len, itoa_buffer, push_header, Chunk, Framing, Step};
-use crate::protocol::{Direction, Filter};
+use crate::protocol::{list_tokens, Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -495,6 +496,8 @@ struct Conn {
     idle_since: Instant,
     /// Bounds each exchange; kept with the connection across calls.
     deadline: Deadline,
+    /// The header lines of the last answers, so alike ones are not made again.
+    memo: HeaderMemo,
 }
 
 impl Conn {
@@ -505,6 +508,7 @@ impl Conn {
             write: Vec::with_capacity(1024),
             idle_since: Instant::now(),
             deadline: Deadline::default(),
+            memo: HeaderMemo::default(),
         }
     }
 
@@ -528,7 +532,7 @@ impl Conn {
         let failed = |error, read_any: bool| Failure { error, unsent: false, nothing_read: !read_any };
         loop {
             if !self.read.is_empty() {
-                match parse_head(&mut self.read) {
+                match parse_head(&mut self.read, &mut self.memo) {
                     Ok(Some(head)) if head.status.is_informational() => {
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
                             return Err(failed(
@@ -578,7 +582,7 @@ impl Conn {
 /// Parses an answer's head from the front of `read`, taking it off; `None` (and `read`
 /// as it was) until it is whole. The buffer is frozen first, so header values are
 /// slices of it, not copies; what follows the head comes back as `Head::rest`.
-fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
+fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>, &'static str> {
     let buf = read.split().freeze();
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -599,19 +603,22 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
     let filter = Filter::new(Direction::Response, connection.map(|header| header.value));
     let mut map = HeaderMap::with_capacity(response.headers.len());
     let (mut close, mut transfer_encoding) = (http10, None);
-    for header in response.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| "bad header name")?;
-        let value =
-            HeaderValue::from_maybe_shared(buf.slice_ref(header.value)).map_err(|_| "bad header value")?;
-        if name == header::CONNECTION {
-            let tokens = value.to_str().unwrap_or("");
-            if tokens.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")) {
+    for (place, header) in response.headers.iter().enumerate() {
+        if header.name.eq_ignore_ascii_case("connection") {
+            let lists = |want: &[u8]| list_tokens(header.value).any(|token| token.eq_ignore_ascii_case(want));
+            if lists(b"close") {
                 close = true;
-            } else if http10 && tokens.split(',').any(|token| token.trim().eq_ignore_ascii_case("keep-alive"))
-            {
+            } else if http10 && lists(b"keep-alive") {
                 close = false;
             }
-        } else if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        let (name, value) =
+            memo.line(place, header.name.as_bytes(), header.value, &buf).map_err(|bad| match bad {
+                BadLine::Name => "bad header name",
+                BadLine::Value => "bad header value",
+            })?;
+        if name == header::TRANSFER_ENCODING {
             // The last line's last coding decides the framing.
             transfer_encoding = Some(value);
         } else if !filter.drops(name.as_str()) {
@@ -769,7 +776,7 @@ mod tests {
 
     fn parse(text: &str) -> Head {
         let mut read = BytesMut::from(text);
-        parse_head(&mut read).expect("valid").expect("whole")
+        parse_head(&mut read, &mut HeaderMemo::default()).expect("valid").expect("whole")
     }
 
     fn body_of(chunked: &str) -> Result<Vec<u8>, BodyFault> {
@@ -813,16 +820,16 @@ mod tests {
     fn a_head_is_parsed_and_taken_off_the_buffer() {
         let mut read =
             BytesMut::from("HTTP/1.1 201 Whatever\r\nContent-Length: 2\r\nX-A: 1\r\nx-a: 2\r\n\r\nok");
-        let head = parse_head(&mut read).expect("valid").expect("whole");
+        let head = parse_head(&mut read, &mut HeaderMemo::default()).expect("valid").expect("whole");
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
         assert!(!head.close);
         assert_eq!(&head.rest[..], b"ok");
         assert!(read.is_empty());
         let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Le");
-        assert!(parse_head(&mut partial).expect("valid").is_none());
+        assert!(parse_head(&mut partial, &mut HeaderMemo::default()).expect("valid").is_none());
         assert_eq!(&partial[..], b"HTTP/1.1 200 OK\r\nContent-Le", "a partial head stays in the buffer");
-        assert!(parse_head(&mut BytesMut::from("NOT HTTP\r\n\r\n")).is_err());
+        assert!(parse_head(&mut BytesMut::from("NOT HTTP\r\n\r\n"), &mut HeaderMemo::default()).is_err());
     }
 
     #[test]
