@@ -3,7 +3,6 @@
 //! the chunked decoder, and writing header lines and lengths without `fmt`.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
 
 /// Longest chunk-size line, and the most trailer bytes read (and dropped).
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -61,15 +60,6 @@ pub enum Chunk {
     Data(u64),
     DataEnd,
     Trailers(usize),
-}
-
-/// The one length all `Content-Length` values agree on.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        merge_length(value.as_bytes(), &mut length)?;
-    }
-    Ok(length)
 }
 
 /// Adds one `Content-Length` line (a list of lengths) to the `length` seen so far: every

@@ -56,7 +56,7 @@ use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
 use crate::header_memo::{BadLine, HeaderMemo};
 pub use crate::http1::BodyFault;
-use crate::http1::{content_length, format_len, itoa_buffer, push_header, Chunk, Framing, Step};
+use crate::http1::{format_len, itoa_buffer, merge_length, push_header, Chunk, Framing, Step};
 use crate::protocol::{list_tokens, Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
@@ -252,8 +252,9 @@ impl H1Client {
         head_request: bool,
         started: tokio::time::Instant,
     ) -> Response<Body> {
-        let Head { status, mut headers, mut close, transfer_encoding, rest } = head;
-        let framing = framing(status, &mut headers, transfer_encoding.as_ref(), head_request, &mut close);
+        let Head { status, mut headers, mut close, transfer_encoding, length, rest } = head;
+        let framing =
+            framing(status, &mut headers, transfer_encoding.as_ref(), length, head_request, &mut close);
         let body = match framing {
             Framing::Length(length) if length <= rest.len() as u64 => {
                 // `length` fits in the buffer, so it fits in usize.
@@ -388,6 +389,7 @@ fn framing(
     status: StatusCode,
     headers: &mut HeaderMap,
     transfer_encoding: Option<&HeaderValue>,
+    length: Result<Option<u64>, ()>,
     head_request: bool,
     close: &mut bool,
 ) -> Framing {
@@ -409,7 +411,7 @@ fn framing(
         *close = true;
         return Framing::UntilClose;
     }
-    match content_length(headers) {
+    match length {
         Ok(Some(length)) => Framing::Length(length),
         Ok(None) => {
             *close = true;
@@ -435,6 +437,9 @@ struct Head {
     /// The last `Transfer-Encoding` line, for the framing (the header itself is
     /// hop-by-hop and not in `headers`).
     transfer_encoding: Option<HeaderValue>,
+    /// The one length all kept `Content-Length` lines agree on (read as the head is, so
+    /// the map is not searched for it); `Err` if they disagree or are not numbers.
+    length: Result<Option<u64>, ()>,
     /// The bytes read after the head (the body's start).
     rest: Bytes,
 }
@@ -586,7 +591,7 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
     let buf = read.split().freeze();
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
-    let length =
+    let head_length =
         match ParserConfig::default().parse_response_with_uninit_headers(&mut response, &buf, &mut slots) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => {
@@ -602,7 +607,7 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
     // What never reaches the browser is dropped here, as the head is read (`protocol`).
     let filter = Filter::new(Direction::Response, connection.map(|header| header.value));
     let mut map = HeaderMap::with_capacity(response.headers.len());
-    let (mut close, mut transfer_encoding) = (http10, None);
+    let (mut close, mut transfer_encoding, mut length) = (http10, None, Ok(None));
     for (place, header) in response.headers.iter().enumerate() {
         if header.name.eq_ignore_ascii_case("connection") {
             let lists = |want: &[u8]| list_tokens(header.value).any(|token| token.eq_ignore_ascii_case(want));
@@ -622,10 +627,13 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
             // The last line's last coding decides the framing.
             transfer_encoding = Some(value);
         } else if !filter.drops(name.as_str()) {
+            if name == header::CONTENT_LENGTH {
+                length = length.and_then(|mut seen| merge_length(value.as_bytes(), &mut seen).map(|()| seen));
+            }
             map.append(name, value);
         }
     }
-    Ok(Some(Head { status, headers: map, close, transfer_encoding, rest: buf.slice(length..) }))
+    Ok(Some(Head { status, headers: map, close, transfer_encoding, length, rest: buf.slice(head_length..) }))
 }
 
 /// The rest of an answer's body, read from its connection as the browser's side asks
@@ -860,7 +868,14 @@ mod tests {
         let frame = |text: &str, head_request: bool| {
             let mut head = parse(text);
             let te = head.transfer_encoding.clone();
-            let framing = framing(head.status, &mut head.headers, te.as_ref(), head_request, &mut head.close);
+            let framing = framing(
+                head.status,
+                &mut head.headers,
+                te.as_ref(),
+                head.length,
+                head_request,
+                &mut head.close,
+            );
             (framing, head.close, head.headers.contains_key(header::CONTENT_LENGTH))
         };
         let length = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
