@@ -132,7 +132,12 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
+// The constructors, `push` and `finish` are never inlined: a codec's state (miniz's is
+// ~43 KiB) is built on the stack before it is boxed, and inlined into the request walk
+// that frame made every poll of `App::proxy` probe and touch 57 KiB of stack, encoded
+// answer or not (docs/performance.md).
 impl Decoder {
+    #[inline(never)]
     pub fn new(coding: Coding) -> Self {
         match coding {
             Coding::Gzip => Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
@@ -143,6 +148,7 @@ impl Decoder {
     }
 
     /// What `input` decodes to (possibly nothing yet).
+    #[inline(never)]
     pub fn push(&mut self, input: &[u8]) -> Result<Bytes, CodecError> {
         let corrupt = |_| CodecError::Corrupt;
         let output = match self {
@@ -167,6 +173,7 @@ impl Decoder {
     }
 
     /// The rest at the end of the body; `Corrupt` if the body stopped mid-stream.
+    #[inline(never)]
     pub fn finish(self) -> Result<Bytes, CodecError> {
         let corrupt = |_| CodecError::Corrupt;
         let output = match self {
@@ -235,6 +242,8 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     /// gzip at level 5 and brotli at quality 4: fast levels, for a proxy on the request path.
+    /// Never inlined, like [`Decoder::new`].
+    #[inline(never)]
     pub fn new(coding: Coding) -> Self {
         match coding {
             Coding::Brotli => {
@@ -248,6 +257,7 @@ impl Encoder {
     }
 
     /// `input`, encoded and flushed.
+    #[inline(never)]
     pub fn push(&mut self, input: &[u8]) -> Result<Bytes, CodecError> {
         let corrupt = |_| CodecError::Corrupt;
         let output = match self {
@@ -266,6 +276,7 @@ impl Encoder {
     }
 
     /// The encoding's end.
+    #[inline(never)]
     pub fn finish(self) -> Result<Bytes, CodecError> {
         match self {
             Encoder::Gzip(encoder) => encoder.finish().map(Bytes::from).map_err(|_| CodecError::Corrupt),
