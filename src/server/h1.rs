@@ -219,7 +219,9 @@ impl Connection {
 
     /// Reads the next request's head (and, when it came along, its body).
     async fn next_request(&mut self) -> Result<(Request<Inbound>, Meta), Stop> {
-        let wait_ends = Instant::now() + self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);
+        // The wait is bounded from the first time nothing is there to read: a head already
+        // read (a busy keep-alive connection's usual case) costs no clock read.
+        let mut wait_ends = None;
         // After a partial head, how much of the buffer is known to hold no head's end.
         let mut looked: Option<usize> = None;
         loop {
@@ -239,12 +241,13 @@ impl Connection {
             if !side.buf.is_empty() {
                 looked = Some(side.buf.len());
             }
-            poll_fn(|cx| self.poll_wait(cx, wait_ends)).await?;
+            poll_fn(|cx| self.poll_wait(cx, &mut wait_ends)).await?;
         }
     }
 
-    /// Reads more of a head, until `wait_ends` or shutdown (when nothing of a head came).
-    fn poll_wait(&mut self, cx: &mut Context<'_>, wait_ends: Instant) -> Poll<Result<(), Stop>> {
+    /// Reads more of a head, until `wait_ends` (set at the first wait) or shutdown (when
+    /// nothing of a head came).
+    fn poll_wait(&mut self, cx: &mut Context<'_>, wait_ends: &mut Option<Instant>) -> Poll<Result<(), Stop>> {
         let Some(side) = self.side.as_mut() else { return Poll::Ready(Err(Stop::Quiet)) };
         match side.poll_fill(cx) {
             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Stop::Quiet)),
@@ -259,7 +262,9 @@ impl Connection {
         if idle && self.shutdown.is_cancelled() {
             return Poll::Ready(Err(Stop::Quiet));
         }
-        if self.deadline.poll_passed(cx, wait_ends) {
+        let limit = self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);
+        let ends = *wait_ends.get_or_insert_with(|| Instant::now() + limit);
+        if self.deadline.poll_passed(cx, ends) {
             return Poll::Ready(Err(Stop::Quiet));
         }
         Poll::Pending
