@@ -49,6 +49,15 @@ use crate::unauthorized;
 pub use crate::context::ConnInfo;
 use crate::context::{RequestContext, RequestIds, X_REQUEST_ID};
 
+/// `live` with each route's metric handles attached (made once per configuration, so a
+/// request records without looking its label up).
+fn with_route_metrics(metrics: &Metrics, mut live: Live) -> Live {
+    for route in &mut live.routes {
+        route.metrics = metrics.route_metrics(&route.label);
+    }
+    live
+}
+
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
 
 /// The storefront-facing service: shared by every connection.
@@ -76,7 +85,7 @@ impl App {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            live: ArcSwap::from_pointee(live),
+            live: ArcSwap::from_pointee(with_route_metrics(&metrics, live)),
             fixed,
             sessions,
             forwarder,
@@ -89,7 +98,7 @@ impl App {
     /// Replaces the live settings (a reload; see `Config::reloaded`).
     pub fn reload(&self, live: Live) {
         self.metrics.add_route_labels(&crate::router::all_labels(&live.routes));
-        self.live.store(Arc::new(live));
+        self.live.store(Arc::new(with_route_metrics(&self.metrics, live)));
     }
 
     /// The live settings.
@@ -129,6 +138,9 @@ impl App {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
         ctx.route = target.label();
+        if let Target::Route(route) = &target {
+            ctx.route_metrics = &route.metrics;
+        }
         let server_to_server =
             matches!(target, Target::Endpoint(Endpoint::External | Endpoint::BackchannelLogout));
         if live.cors.is_some() && !server_to_server && cors::is_preflight(request.method(), request.headers())
@@ -327,7 +339,7 @@ impl App {
             cors::decorate(headers, ctx.cors_origin.take());
         }
         let latency = ctx.started.elapsed();
-        self.metrics.record_request(ctx.route, response.status(), latency);
+        self.metrics.record_request(ctx.route, ctx.route_metrics, response.status(), latency);
         if ctx.live.log_access {
             log_access(ctx, response.status(), latency);
         }

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 
 use crate::config::{Fixed, Live};
 use crate::cookie::{self, CookieLookup};
+use crate::metrics::RouteMetrics;
 use crate::ratelimit::ClientAddress;
 use crate::session_id::KeyMemo;
 use crate::store::SessionKind;
@@ -60,6 +61,8 @@ pub struct RequestContext<'a> {
     pub method: Method,
     /// The route label for logs and metrics (never the raw path).
     pub route: &'a str,
+    /// A route's metric handles, attached to its configuration (else the label is looked up).
+    pub route_metrics: &'a RouteMetrics,
     pub conn: ConnInfo,
     /// The client, as the trusted `X-Forwarded-For` depth says.
     pub client: ClientAddress,
@@ -102,6 +105,7 @@ impl<'a> RequestContext<'a> {
             request_id,
             method: request.method().clone(),
             route: "",
+            route_metrics: &RouteMetrics::DETACHED,
             conn,
             client,
             cookie,

@@ -388,7 +388,7 @@ impl Forwarder {
         };
         let waited = started.elapsed();
         ctx.upstream += waited;
-        self.metrics.record_upstream(ctx.route, waited);
+        self.metrics.record_upstream(ctx.route, ctx.route_metrics, waited);
         match outcome {
             Ok(response) => Ok(response),
             _ if watch.exceeded() => Err(Error::PayloadTooLarge),

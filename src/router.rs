@@ -150,6 +150,7 @@ mod tests {
             session,
             extra_methods: Vec::new(),
             label: prefix.into(),
+            metrics: Default::default(),
         };
         // Sorted longest first, as the config loader leaves them.
         vec![route("/api/public/", SessionPolicy::None), route("/api/", SessionPolicy::Required)]

@@ -334,3 +334,34 @@ async fn restart_only_changes_are_reported_and_not_applied() {
         "the mock knows only the client id the proxy started with"
     );
 }
+
+/// The `/metrics` line `key`'s value, 0 when absent.
+async fn metric(env: &Env, key: &str) -> f64 {
+    let admin = env.proxy.admin.expect("the harness config has an admin listener");
+    let reply = env.raw(Method::GET, &format!("http://{admin}/metrics"), &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(key).and_then(|value| value.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_new_routes_calls_are_counted_under_its_own_label() {
+    // Route metrics are attached to each route as the configuration is taken, at start
+    // and at every reload: a route a reload adds must not be counted as `(other)`.
+    let mut env = Env::with(Options::default()).await;
+    let browser = env.browser();
+    browser.post("/session/guest").await;
+    let requests = r#"tokengate_requests_total{route="/shop/",status_class="2xx"}"#;
+    let upstream = r#"tokengate_upstream_request_duration_seconds_count{route="/shop/"}"#;
+    reload_with(&mut env, |config| config.route("/shop/", "/v1/", "required")).await;
+    for _ in 0..3 {
+        assert_eq!(browser.get("/shop/shoppers/me").await.status, StatusCode::OK);
+    }
+    assert_eq!(metric(&env, requests).await, 3.0, "counted under the new route's label");
+    assert_eq!(metric(&env, upstream).await, 3.0, "its API calls timed under its label");
+    let other = r#"tokengate_upstream_request_duration_seconds_count{route="(other)"}"#;
+    assert_eq!(metric(&env, other).await, 0.0, "nothing falls to (other)");
+}

@@ -417,6 +417,8 @@ pub struct Route {
     pub extra_methods: Vec<http::Method>,
     /// A short stable label for logs and metrics (the prefix).
     pub label: String,
+    /// The label's metric handles, attached by the app when it takes this configuration.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Config {

@@ -862,7 +862,14 @@ fn routes(checker: &mut Checker, raw: Vec<RawRoute>) -> Vec<Route> {
         );
         let extra_methods =
             extra_methods(checker, &key("extra_methods"), route.extra_methods.unwrap_or_default());
-        routes.push(Route { label: prefix.clone(), prefix, upstream_prefix, session, extra_methods });
+        routes.push(Route {
+            label: prefix.clone(),
+            prefix,
+            upstream_prefix,
+            session,
+            extra_methods,
+            metrics: Default::default(),
+        });
     }
     routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
     routes

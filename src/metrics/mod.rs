@@ -167,7 +167,25 @@ struct RouteHandles {
     upstream: Histogram,
 }
 
-/// Route label → its handles. Looked up twice per forwarded call, so hashed with FNV-1a
+/// A route's metric handles, attached to the route when its configuration is loaded
+/// (`App::new`, `App::reload`), so a forwarded call records without a lookup. Not part of
+/// the configuration: routes compare equal whatever their handles.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMetrics(Option<RouteHandles>);
+
+impl RouteMetrics {
+    /// None attached (a route not yet given its handles, or not a route): the label is
+    /// looked up.
+    pub const DETACHED: RouteMetrics = RouteMetrics(None);
+}
+
+impl PartialEq for RouteMetrics {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+/// Route label → its handles. Looked up for a request that is not a route's, so hashed with FNV-1a
 /// rather than SipHash (~170 instructions a lookup): the labels come from the
 /// configuration and the endpoint names, never from a request, so there is no flooding
 /// to resist.
@@ -407,19 +425,39 @@ impl Metrics {
         self.routes.store(std::sync::Arc::new(next));
     }
 
-    /// One finished request: by route label and status class.
-    pub fn record_request(&self, route: &str, status: StatusCode, latency: Duration) {
-        let routes = self.routes.load();
-        let handles = routes.get(route).unwrap_or(&self.other_route);
+    /// The handles of `label`, to attach to its route.
+    pub fn route_metrics(&self, label: &str) -> RouteMetrics {
+        RouteMetrics(Some(self.routes.load().get(label).unwrap_or(&self.other_route).clone()))
+    }
+
+    /// One finished request: by route label and status class (the `attached` handles, else
+    /// the label's, looked up).
+    pub fn record_request(
+        &self,
+        route: &str,
+        attached: &RouteMetrics,
+        status: StatusCode,
+        latency: Duration,
+    ) {
+        let routes;
+        let handles = match &attached.0 {
+            Some(handles) => handles,
+            None => {
+                routes = self.routes.load();
+                routes.get(route).unwrap_or(&self.other_route)
+            }
+        };
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         handles.by_status_class[class].inc();
         handles.duration.observe(latency);
     }
 
     /// Time from sending an upstream API call to its response head, by route label.
-    pub fn record_upstream(&self, route: &str, latency: Duration) {
-        let routes = self.routes.load();
-        routes.get(route).unwrap_or(&self.other_route).upstream.observe(latency);
+    pub fn record_upstream(&self, route: &str, attached: &RouteMetrics, latency: Duration) {
+        match &attached.0 {
+            Some(handles) => handles.upstream.observe(latency),
+            None => self.routes.load().get(route).unwrap_or(&self.other_route).upstream.observe(latency),
+        }
     }
 
     /// One call to the token service.
@@ -488,9 +526,19 @@ mod tests {
     #[test]
     fn counters_render_with_their_labels() {
         let metrics = Metrics::new(&["/api/"]);
-        metrics.record_request("/api/", StatusCode::OK, Duration::from_millis(3));
-        metrics.record_request("/api/", StatusCode::BAD_GATEWAY, Duration::from_millis(3));
-        metrics.record_request("/nowhere-known", StatusCode::NOT_FOUND, Duration::from_millis(1));
+        metrics.record_request("/api/", &RouteMetrics::DETACHED, StatusCode::OK, Duration::from_millis(3));
+        metrics.record_request(
+            "/api/",
+            &RouteMetrics::DETACHED,
+            StatusCode::BAD_GATEWAY,
+            Duration::from_millis(3),
+        );
+        metrics.record_request(
+            "/nowhere-known",
+            &RouteMetrics::DETACHED,
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+        );
         metrics.record_token_call(TokenOp::Refresh, TokenOutcome::Ok, Duration::from_millis(20));
         metrics.record_rejection("session_expired");
         let text = metrics.render(SessionCounts { guests: 2, shoppers: 1 });
