@@ -77,6 +77,10 @@ pub struct Needles {
     /// The shortest base64 core's length: a stretch with no run of base64 characters this
     /// long holds no core. `None` when base64 is not searched (or no tail has a core).
     shortest_core: Option<usize>,
+    /// The fewest bytes any form of a needle takes (a raw tail or a base64 core; escaped
+    /// forms are longer, undoing escapes only shortens): a shorter stretch holds none, so
+    /// most header values are passed over without a search.
+    shortest: usize,
     /// The longest raw stretch one occurrence can span.
     window: usize,
     /// Whether stretches holding `%` or `\` are also searched with their escapes undone.
@@ -168,10 +172,13 @@ impl Needles {
             .base64
             .then(|| raw.needles().filter_map(|tail| shortest_base64_core(tail.len())).min())
             .flatten();
+        let shortest_raw = raw.needles().map(<[u8]>::len).min().unwrap_or(MIN_SECRET_LEN);
+        let shortest = shortest_core.map_or(shortest_raw, |core| core.min(shortest_raw));
         Some(Self {
             raw,
             encoded: OnceLock::new(),
             shortest_core,
+            shortest,
             window: longest * MAX_ESCAPE_LEN,
             escapes: forms.escapes,
         })
@@ -223,6 +230,9 @@ impl Needles {
 
     /// Whether `haystack` holds a needle, raw or once its escapes are undone.
     pub fn found_in(&self, haystack: &[u8]) -> bool {
+        if haystack.len() < self.shortest {
+            return false;
+        }
         if self.matches(haystack) {
             return true;
         }
@@ -815,6 +825,27 @@ mod tests {
             assert_eq!(scanner.push(&Bytes::from(form)), Err(Hit));
         }
         assert_eq!(scanner.push(&Bytes::copy_from_slice(&jwt[..1000])), Ok(()), "a head without the tail");
+    }
+
+    #[test]
+    fn the_shortest_stretch_that_holds_a_form_is_still_searched() {
+        // `found_in` passes over stretches shorter than any form; each form cut to exactly
+        // what identifies it must still be found, for long tokens and the shortest secrets.
+        for secret in [TOKEN, b"eightby!".as_slice(), b"nine-byte".as_slice()] {
+            let needles = Needles::new([secret]).unwrap_or_else(|| panic!("needles"));
+            let tail = tail(secret);
+            assert!(needles.found_in(tail), "the raw tail alone");
+            assert!(!needles.found_in(&tail[..tail.len() - 1]), "one byte short is not a hit");
+            for offset in 0..3 {
+                let Some(span) = base64_core_span(tail.len(), offset) else { continue };
+                let mut shifted = vec![b'x'; offset];
+                shifted.extend_from_slice(tail);
+                let encoded = STANDARD_NO_PAD.encode(&shifted).into_bytes();
+                let core = &encoded[span];
+                assert!(core.len() >= needles.shortest, "no core is shorter than the bound");
+                assert!(needles.found_in(core), "the base64 core alone, offset {offset}");
+            }
+        }
     }
 
     #[test]
