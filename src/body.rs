@@ -310,11 +310,22 @@ impl Stage {
 
     /// What goes out for one frame from the API.
     pub fn process(&mut self, raw: &Bytes) -> Result<Bytes, Cut> {
+        self.feed(raw, false)
+    }
+
+    /// [`Stage::process`] for a frame known to be the body's last (a body read whole):
+    /// the scanner keeps no seam after it.
+    pub fn process_last(&mut self, raw: &Bytes) -> Result<Bytes, Cut> {
+        self.feed(raw, true)
+    }
+
+    fn feed(&mut self, raw: &Bytes, last: bool) -> Result<Bytes, Cut> {
         let decoded = match &mut self.decoder {
             Some(decoder) => decoder.push(raw).map_err(|_| Cut::Corrupt)?,
             None => raw.clone(),
         };
-        self.out(raw.clone(), decoded)
+        // With a decoder, what it holds back still comes at `finish`: not the last bytes.
+        self.out(raw.clone(), decoded, last && self.decoder.is_none())
     }
 
     /// What goes out at the end of the body.
@@ -323,17 +334,18 @@ impl Stage {
             Some(decoder) => decoder.finish().map_err(|_| Cut::Corrupt)?,
             None => Bytes::new(),
         };
-        let mut out = self.out(Bytes::new(), decoded)?.to_vec();
+        let mut out = self.out(Bytes::new(), decoded, true)?.to_vec();
         if let Some(encoder) = self.encoder.take() {
             out.extend_from_slice(&encoder.finish().map_err(|_| Cut::Corrupt)?);
         }
         Ok(Bytes::from(out))
     }
 
-    fn out(&mut self, raw: Bytes, decoded: Bytes) -> Result<Bytes, Cut> {
+    fn out(&mut self, raw: Bytes, decoded: Bytes, last: bool) -> Result<Bytes, Cut> {
         if let Some(scanner) = &mut self.scanner {
             if !decoded.is_empty() {
-                scanner.push(&decoded).map_err(|_| Cut::Leak)?;
+                let searched = if last { scanner.push_last(&decoded) } else { scanner.push(&decoded) };
+                searched.map_err(|_| Cut::Leak)?;
             }
         }
         if self.passthrough {

@@ -81,17 +81,21 @@ impl LeakGuard {
         let mut stage = plan(&mut parts.headers, browser)?;
         stage.scanner = needles.map(Scanner::new);
         // A body read whole with its head (most JSON answers) cannot stall: no timer then.
-        let first = match &mut body {
-            Body::Full(whole) => whole.take(),
-            _ => tokio::time::timeout(self.deadline, first_data(&mut body))
-                .await
-                .map_err(|_| Error::UpstreamTimeout)??,
+        let (first, whole) = match &mut body {
+            Body::Full(whole) => (whole.take(), true),
+            _ => (
+                tokio::time::timeout(self.deadline, first_data(&mut body))
+                    .await
+                    .map_err(|_| Error::UpstreamTimeout)??,
+                false,
+            ),
         };
         let cut = |cut| match cut {
             Cut::Leak => blocked("body"),
             Cut::Corrupt => corrupt(),
         };
         let first = match first {
+            Some(first) if whole => Some(stage.process_last(&first).map_err(cut)?),
             Some(first) => Some(stage.process(&first).map_err(cut)?),
             None => None,
         };

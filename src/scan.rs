@@ -663,6 +663,20 @@ impl Scanner {
     /// (those two stretches, a few hundred bytes) is searched on its own and the frame
     /// alone: no frame is ever copied whole.
     pub fn push(&mut self, data: &Bytes) -> Result<(), Hit> {
+        let joined = self.search(data)?;
+        self.keep_tail(data, joined);
+        Ok(())
+    }
+
+    /// [`Scanner::push`] for the body's last frame: nothing follows, so no seam is kept (a
+    /// small answer read whole with its head is one frame, and its tail was copied for
+    /// nothing).
+    pub fn push_last(&mut self, data: &Bytes) -> Result<(), Hit> {
+        self.search(data).map(|_| ())
+    }
+
+    /// Searches the seam before `data` and `data`; whether the seam was joined to it.
+    fn search(&mut self, data: &Bytes) -> Result<bool, Hit> {
         let window = self.window();
         let joined = !self.overlap.is_empty();
         if joined {
@@ -674,8 +688,7 @@ impl Scanner {
         if self.needles.found_in(data) {
             return Err(Hit);
         }
-        self.keep_tail(data, joined);
-        Ok(())
+        Ok(joined)
     }
 
     /// Keeps the last `window` bytes searched so far for the next seam. `joined`: the
@@ -721,6 +734,20 @@ mod tests {
 
     fn percent_encoded(text: &[u8]) -> Vec<u8> {
         text.iter().flat_map(|b| format!("%{:02X}", b).into_bytes()).collect()
+    }
+
+    #[test]
+    fn the_last_frame_is_searched_with_its_seam_and_keeps_none() {
+        // A token split over the last two frames is found by `push_last` (the seam the
+        // frame before kept); a clean last frame leaves no seam behind.
+        let (head, rest) = TOKEN.split_at(TOKEN.len() / 2);
+        let mut scanner = Scanner::new(Arc::new(needles()));
+        assert!(scanner.push(&Bytes::copy_from_slice(head)).is_ok());
+        assert!(scanner.push_last(&Bytes::copy_from_slice(rest)).is_err(), "across the seam");
+        let mut clean = Scanner::new(Arc::new(needles()));
+        assert!(clean.push_last(&Bytes::from_static(b"{\"shopper\":{}}")).is_ok());
+        assert!(clean.overlap.is_empty(), "nothing kept after the last frame");
+        assert!(clean.push_last(&Bytes::copy_from_slice(TOKEN)).is_err(), "a whole token");
     }
 
     #[test]
