@@ -21,6 +21,7 @@
 //! This module never parses cookies or decides session policy: it is handed an
 //! `&AccessToken` or none.
 
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -325,7 +326,8 @@ impl Forwarder {
         };
         let started = Instant::now();
         let bounded = via_h1;
-        let call = self.call(request, token, Window { started, deadline: started + self.request_timeout });
+        let call =
+            pin!(self.call(request, token, Window { started, deadline: started + self.request_timeout }));
         let result = self.timed(call, started, bounded, watch, ctx).await;
         match &result {
             Ok(response) => span.answered(response.status()),
@@ -365,7 +367,9 @@ impl Forwarder {
         };
         let started = Instant::now();
         let window = Window { started, deadline: started + self.request_timeout };
-        let call = async { h1.send_head(head, payload, token, window).await.map_err(CallFailed::from) };
+        // Pinned where it is made: `timed` holds a reference, so the call's future (~600
+        // bytes with the h1 exchange inside) is not moved into it and again into its await.
+        let call = pin!(async { h1.send_head(head, payload, token, window).await.map_err(CallFailed::from) });
         self.timed(call, started, true, &prepared.watch, ctx).await
     }
 
@@ -375,7 +379,7 @@ impl Forwarder {
     /// the browser's (its upload too large or too slow) or the API's.
     async fn timed(
         &self,
-        call: impl std::future::Future<Output = Result<Response<Body>, CallFailed>>,
+        call: Pin<&mut impl std::future::Future<Output = Result<Response<Body>, CallFailed>>>,
         started: Instant,
         bounded: bool,
         watch: &UploadWatch,
