@@ -135,17 +135,24 @@ impl<'a> RequestContext<'a> {
 /// for correlation, which is all they are for).
 #[derive(Debug)]
 pub struct RequestIds {
-    prefix: u32,
+    /// The process's random prefix, in hex once (not per request).
+    prefix: [u8; 8],
     counter: AtomicU64,
 }
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self { prefix: rand::random(), counter: AtomicU64::new(0) }
+        Self::with(rand::random(), 0)
     }
 }
 
 impl RequestIds {
+    fn with(prefix: u32, first: u64) -> Self {
+        let mut hex = [0u8; 8];
+        hex_into(&mut hex, u64::from(prefix));
+        Self { prefix: hex, counter: AtomicU64::new(first) }
+    }
+
     /// The id for a request with these headers.
     pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
         if let Some(given) = headers.get(X_REQUEST_ID) {
@@ -156,7 +163,7 @@ impl RequestIds {
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 20];
-        hex_into(&mut id[..8], u64::from(self.prefix));
+        id[..8].copy_from_slice(&self.prefix);
         hex_into(&mut id[8..], n);
         HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
@@ -179,7 +186,7 @@ mod tests {
 
     #[test]
     fn made_ids_are_the_prefix_and_counter_in_fixed_width_hex() {
-        let ids = RequestIds { prefix: 0x00ab_cdef, counter: AtomicU64::new(0x1234_5678_9abc) };
+        let ids = RequestIds::with(0x00ab_cdef, 0x1234_5678_9abc);
         let first = ids.for_request(&HeaderMap::new());
         let second = ids.for_request(&HeaderMap::new());
         assert_eq!(first, format!("{:08x}{:012x}", 0x00ab_cdef, 0x1234_5678_9abc_u64).as_str());
@@ -188,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_plain_caller_id_is_kept_and_an_odd_one_replaced() {
-        let ids = RequestIds { prefix: 1, counter: AtomicU64::new(0) };
+        let ids = RequestIds::with(1, 0);
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(ids.for_request(&headers), "abc-123");
