@@ -121,13 +121,18 @@ impl HeaderMemo {
     }
 }
 
+/// Where `part` lies in `buf`, when it is a slice of it (as `httparse` hands lines over).
+fn span_in(buf: &Bytes, part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let span = start..start.checked_add(part.len())?;
+    (span.end <= buf.len()).then_some(span)
+}
+
 /// The whole line from the name's first byte to the value's last, when both are slices
-/// of `buf` in that order (as `httparse` gives them).
+/// of `buf` in that order.
 fn whole_line<'b>(buf: &'b Bytes, raw_name: &[u8], raw_value: &[u8]) -> Option<&'b [u8]> {
-    let base = buf.as_ptr() as usize;
-    let start = (raw_name.as_ptr() as usize).checked_sub(base)?;
-    let end = (raw_value.as_ptr() as usize).checked_sub(base)?.checked_add(raw_value.len())?;
-    buf.get(start..end).filter(|whole| whole.len() >= raw_name.len() + raw_value.len())
+    let (name, value) = (span_in(buf, raw_name)?, span_in(buf, raw_value)?);
+    (name.end <= value.start).then(|| &buf[name.start..value.end])
 }
 
 /// The line copied into its own buffer, and its value as a slice of that copy.
@@ -141,14 +146,11 @@ fn kept_line(whole: &[u8], raw_name: &[u8], raw_value: &[u8]) -> Option<(Bytes, 
 /// A value made from its bytes in the head: checked, and sharing the head's buffer
 /// (copied only if the bytes are not the head's, which `httparse` never does).
 fn fresh_value(buf: &Bytes, raw_value: &[u8]) -> Result<HeaderValue, BadLine> {
-    let at = (raw_value.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-    let shared = match buf.get(at..at.wrapping_add(raw_value.len())) {
-        Some(within) if within.as_ptr() == raw_value.as_ptr() => {
-            HeaderValue::from_maybe_shared(buf.slice_ref(raw_value))
-        }
-        _ => HeaderValue::from_bytes(raw_value),
+    let value = match span_in(buf, raw_value) {
+        Some(span) => HeaderValue::from_maybe_shared(buf.slice(span)),
+        None => HeaderValue::from_bytes(raw_value),
     };
-    shared.map_err(|_| BadLine::Value)
+    value.map_err(|_| BadLine::Value)
 }
 
 /// Whether a header's value may outlive its message in the memo: not one that carries

@@ -430,8 +430,7 @@ impl Metrics {
         RouteMetrics(Some(self.routes.load().get(label).unwrap_or(&self.other_route).clone()))
     }
 
-    /// One finished request: by route label and status class (the `attached` handles, else
-    /// the label's, looked up).
+    /// One finished request: by route label and status class.
     pub fn record_request(
         &self,
         route: &str,
@@ -439,24 +438,23 @@ impl Metrics {
         status: StatusCode,
         latency: Duration,
     ) {
-        let routes;
-        let handles = match &attached.0 {
-            Some(handles) => handles,
-            None => {
-                routes = self.routes.load();
-                routes.get(route).unwrap_or(&self.other_route)
-            }
-        };
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        handles.by_status_class[class].inc();
-        handles.duration.observe(latency);
+        self.with_handles(route, attached, |handles| {
+            handles.by_status_class[class].inc();
+            handles.duration.observe(latency);
+        });
     }
 
     /// Time from sending an upstream API call to its response head, by route label.
     pub fn record_upstream(&self, route: &str, attached: &RouteMetrics, latency: Duration) {
+        self.with_handles(route, attached, |handles| handles.upstream.observe(latency));
+    }
+
+    /// Runs `record` on the `attached` handles, else on the label's, looked up.
+    fn with_handles(&self, route: &str, attached: &RouteMetrics, record: impl FnOnce(&RouteHandles)) {
         match &attached.0 {
-            Some(handles) => handles.upstream.observe(latency),
-            None => self.routes.load().get(route).unwrap_or(&self.other_route).upstream.observe(latency),
+            Some(handles) => record(handles),
+            None => record(self.routes.load().get(route).unwrap_or(&self.other_route)),
         }
     }
 

@@ -62,6 +62,7 @@ use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::header_memo::{BadLine, HeaderMemo};
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
+use crate::protocol;
 
 /// Most headers a request may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -611,7 +612,7 @@ fn bad(why: &'static str) -> Stop {
 /// What one `Connection` line says of keep-alive (RFC 9112 §9.3).
 fn keeps_alive(version: Version, value: &HeaderValue, before: bool) -> bool {
     let mut keep = before;
-    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+    for token in protocol::list_tokens(value.as_bytes()) {
         if token.eq_ignore_ascii_case(b"close") {
             return false;
         }
