@@ -25,7 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  SHOPPER, WAIT_MS, check, createRecorder, createSteps, findLeaks, header, lastAnswerJson,
+  SHOPPER, WAIT_MS, check, createRecorder, clearLog, createSteps, findLeaks, header, lastAnswerJson,
   launchBrowser, logStartsWith, loopbackOrigin, mockClient, startWatchdog, text, waitUntil,
 } from './lib.mjs';
 
@@ -138,6 +138,7 @@ async function main() {
     const button = page.locator('#products tr').first().locator('button', { hasText: 'Add to cart' });
     product = (await page.locator('#products tr').first().locator('td').first().innerText()).trim();
     price = (await page.locator('#products tr').first().locator('td').nth(1).innerText()).trim();
+    await clearLog(page);
     await button.click();
     // addToCart shows the cart, then re-reads the session (the panel's last call).
     // An error shows as "(STATUS)" in the cart count: stop waiting then too.
@@ -159,6 +160,7 @@ async function main() {
   await step('4. log in through the form; the cart carries over and the session id rotates', async () => {
     check((await page.locator('#login input[name=username]').inputValue()) === SHOPPER, 'the login form is not pre-filled with the demo shopper');
     check((await page.locator('#login input[name=password]').inputValue()) !== '', 'the login form has no pre-filled password');
+    await clearLog(page);
     await page.locator('#login button[type=submit]').click();
     // submit → POST /session/login → GET /session → GET cart (the panel shows the last one).
     // A refused login stays on the panel as "POST /session/login → STATUS": stop waiting then too.
@@ -232,6 +234,7 @@ async function main() {
   });
 
   await step('5. log out; the state goes back to none and the cookie is gone', async () => {
+    await clearLog(page);
     await page.locator('#logout').click();
     await waitUntil(page, 'the session re-read after logout', logStartsWith, 'GET /session → ');
     check((await text(page, '#log')).startsWith('GET /session → 401'), `the session still answers after logout (${lastAnswer('POST', '/session/logout')})`);

@@ -237,6 +237,15 @@ export async function waitUntil(page, description, predicate, arg) {
   }
 }
 
+/**
+ * Blank the "Last answer" panel before an action whose result a test then waits for with
+ * `logStartsWith`: the panel keeps the page's previous call (often the same `GET /session`),
+ * which would otherwise satisfy the wait before the action's own calls have run.
+ */
+export async function clearLog(page) {
+  await page.evaluate(() => { document.getElementById('log').textContent = ''; });
+}
+
 /** True once the "Last answer" panel shows `prefix` (the page's last call and its status). */
 export function logStartsWith(prefix) {
   return document.getElementById('log').textContent.startsWith(prefix);

@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  AssertionError, SHOPPER, check, createRecorder, createSteps, findLeaks, header, lastAnswerJson, launchBrowser,
+  AssertionError, SHOPPER, check, createRecorder, clearLog, createSteps, findLeaks, header, lastAnswerJson, launchBrowser,
   logStartsWith, loopbackOrigin, mockClient, startWatchdog, text, waitUntil,
 } from './lib.mjs';
 
@@ -114,6 +114,7 @@ async function main() {
   });
 
   await step('2. add a product to the cart as a guest', async () => {
+    await clearLog(page);
     await page.locator('#products tr').first().locator('button', { hasText: 'Add to cart' }).click();
     await waitUntil(page, 'the cart to answer', () => /^\((1 item|\d{3})\)$/.test(document.getElementById('cart-count').textContent));
     check((await text(page, '#cart-count')) === '(1 item)', `adding to the cart failed: ${recorder.lastAnswer('POST', '/api/shoppers/me/carts/active')}`);
@@ -124,6 +125,7 @@ async function main() {
   await step(`3. log in as ${SHOPPER}; the cart carries over`, async () => {
     await recorder.settle();
     loginIndex = responses.length;
+    await clearLog(page);
     await page.locator('#login button[type=submit]').click();
     await waitUntil(page, 'state "logged-in shopper" (or a refused login)', () =>
       document.getElementById('state').textContent === 'logged-in shopper' || /^POST \/session\/login → [^2]/.test(document.getElementById('log').textContent));
@@ -162,6 +164,7 @@ async function main() {
     const from = responses.length;
     const rows = page.locator('#products tr');
     const second = (await rows.count()) > 1 ? rows.nth(1) : rows.first();
+    await clearLog(page);
     await second.locator('button', { hasText: 'Add to cart' }).click();
     await waitUntil(page, 'the cart to answer', () => /^\((2 items|\d{3})\)$/.test(document.getElementById('cart-count').textContent));
     check((await text(page, '#cart-count')) === '(2 items)', `shopping after the expiry failed: ${recorder.lastAnswer('POST', '/api/shoppers/me/carts/active')}`);
@@ -195,6 +198,7 @@ async function main() {
   await step('6. log out; the session and the cookie are gone', async () => {
     await recorder.settle();
     logoutIndex = responses.length;
+    await clearLog(page);
     await page.locator('#logout').click();
     await waitUntil(page, 'the session re-read after logout', logStartsWith, 'GET /session → ');
     check((await text(page, '#log')).startsWith('GET /session → 401'), `the session still answers after logout (${recorder.lastAnswer('POST', '/session/logout')})`);
