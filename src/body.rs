@@ -141,12 +141,37 @@ pub struct UploadWatch {
     finished: AtomicBool,
 }
 
-impl UploadWatch {
-    /// A watch on a body that is already whole (nothing left to wait for).
-    pub fn finished() -> Arc<Self> {
-        Arc::new(Self { exceeded: AtomicBool::new(false), finished: AtomicBool::new(true) })
+/// The one watch every body already whole shares: nothing left to wait for, never over
+/// its limit, never written.
+static WHOLE: UploadWatch = UploadWatch { exceeded: AtomicBool::new(false), finished: AtomicBool::new(true) };
+
+/// The watch on a prepared call's upload. A body already whole (most calls: no body, or
+/// one read before the call) has nothing to watch and shares [`WHOLE`], so the common call
+/// allocates no watch and touches no reference count.
+#[derive(Debug, Clone, Default)]
+pub struct Watch(Option<Arc<UploadWatch>>);
+
+impl Watch {
+    /// The watch of a body already whole.
+    pub fn whole() -> Self {
+        Self(None)
     }
 
+    /// The watch of an upload still on its way (shared with the [`Upload`] that sets it).
+    pub fn on(watch: Arc<UploadWatch>) -> Self {
+        Self(Some(watch))
+    }
+}
+
+impl std::ops::Deref for Watch {
+    type Target = UploadWatch;
+
+    fn deref(&self) -> &UploadWatch {
+        self.0.as_deref().unwrap_or(&WHOLE)
+    }
+}
+
+impl UploadWatch {
     /// The upload went past its limit.
     pub fn exceeded(&self) -> bool {
         self.exceeded.load(Ordering::Acquire)

@@ -35,7 +35,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{Body, Upload, UploadWatch};
+use crate::body::{Body, Upload, UploadWatch, Watch};
 use crate::config::{BaseUrl, Route};
 use crate::context::{RequestContext, X_REQUEST_ID};
 use crate::error::Error;
@@ -95,7 +95,7 @@ pub struct Prepared {
     headers: HeaderMap,
     added: Added,
     body: PreparedBody,
-    watch: Arc<UploadWatch>,
+    watch: Watch,
     /// The share of the replay budget a buffered body holds until the call is done.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -156,7 +156,7 @@ enum PreparedBody {
 }
 
 /// A prepared body, the watch on the browser's upload, and its share of the budget.
-type BodyParts = (PreparedBody, Arc<UploadWatch>, Option<OwnedSemaphorePermit>);
+type BodyParts = (PreparedBody, Watch, Option<OwnedSemaphorePermit>);
 
 /// The live limits a call is forwarded under.
 #[derive(Debug, Clone, Copy)]
@@ -213,11 +213,16 @@ impl Forwarder {
             request_id: ctx.request_id.clone(),
             accept_encoding: limits.decodable_encodings,
         };
-        // A body trickled in byte by byte would otherwise hold the connection for ever.
-        let (body, watch, budget) =
+        let (body, watch, budget) = if protocol::declared_length(&incoming) == Some(0) {
+            // No body (most calls): nothing to read, so no timer to arm (a clock read and
+            // the timer's handle, per call).
+            (PreparedBody::Empty, Watch::whole(), None)
+        } else {
+            // A body trickled in byte by byte would otherwise hold the connection for ever.
             tokio::time::timeout(self.request_timeout, self.prepare_body(incoming, limits))
                 .await
-                .map_err(|_| Error::RequestTimeout)??;
+                .map_err(|_| Error::RequestTimeout)??
+        };
         Ok(Prepared {
             method: parts.method,
             target,
@@ -229,14 +234,12 @@ impl Forwarder {
         })
     }
 
-    /// The one body-limit check, and the choice between buffering and streaming.
+    /// The one body-limit check, and the choice between buffering and streaming, for a
+    /// body that may hold bytes (an empty one is settled in [`Forwarder::prepare`]).
     async fn prepare_body(&self, incoming: Inbound, limits: Limits) -> Result<BodyParts, Error> {
         let declared = protocol::declared_length(&incoming);
         if declared.is_some_and(|length| length > limits.max_body_bytes) {
             return Err(Error::PayloadTooLarge);
-        }
-        if declared == Some(0) {
-            return Ok((PreparedBody::Empty, UploadWatch::finished(), None));
         }
         let keep = declared.unwrap_or(REPLAY_LIMIT_BYTES).min(REPLAY_LIMIT_BYTES).min(limits.max_body_bytes);
         let budget = if limits.replayable && declared.is_none_or(|length| length <= REPLAY_LIMIT_BYTES) {
@@ -247,20 +250,20 @@ impl Forwarder {
         let Some(permit) = budget else {
             let watch = Arc::new(UploadWatch::default());
             let upload = Upload::new(None, incoming, limits.max_body_bytes, Arc::clone(&watch));
-            return Ok((PreparedBody::Streaming(Box::new(upload)), watch, None));
+            return Ok((PreparedBody::Streaming(Box::new(upload)), Watch::on(watch), None));
         };
         let read = read_up_to(incoming, keep)
             .await
             .map_err(|_| Error::BadRequest("The request body could not be read."))?;
         match read {
-            Read::Whole(bytes) => Ok((PreparedBody::Buffered(bytes), UploadWatch::finished(), Some(permit))),
+            Read::Whole(bytes) => Ok((PreparedBody::Buffered(bytes), Watch::whole(), Some(permit))),
             Read::Prefix(_, _) if keep == limits.max_body_bytes => Err(Error::PayloadTooLarge),
             // Longer than a replay may hold: stream it, the part read first.
             Read::Prefix(prefix, rest) => {
                 drop(permit);
                 let watch = Arc::new(UploadWatch::default());
                 let upload = Upload::new(Some(prefix), rest, limits.max_body_bytes, Arc::clone(&watch));
-                Ok((PreparedBody::Streaming(Box::new(upload)), watch, None))
+                Ok((PreparedBody::Streaming(Box::new(upload)), Watch::on(watch), None))
             }
         }
     }
@@ -448,8 +451,8 @@ impl Prepared {
     }
 
     /// What the browser's upload did, for [`Forwarder::send`].
-    pub fn watch(&self) -> Arc<UploadWatch> {
-        Arc::clone(&self.watch)
+    pub fn watch(&self) -> Watch {
+        self.watch.clone()
     }
 
     /// The request to send, keeping `self` for a replay (headers are copied); the
