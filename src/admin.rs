@@ -66,11 +66,11 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    fn call(
-        &self,
+    fn call<'a>(
+        &'a self,
         request: Request<Inbound>,
-        _conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
+        _conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + 'a {
         self.handle(request)
     }
 }

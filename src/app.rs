@@ -112,7 +112,7 @@ impl App {
     }
 
     /// Handles one request. Never fails: every error is a response.
-    pub async fn handle(&self, request: Request<Inbound>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Inbound>, conn: &ConnInfo) -> Response<Body> {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();

@@ -63,7 +63,7 @@ pub struct RequestContext<'a> {
     pub route: &'a str,
     /// A route's metric handles, attached to its configuration (else the label is looked up).
     pub route_metrics: &'a RouteMetrics,
-    pub conn: ConnInfo,
+    pub conn: &'a ConnInfo,
     /// The client, as the trusted `X-Forwarded-For` depth says.
     pub client: ClientAddress,
     pub cookie: CookieLookup,
@@ -89,12 +89,12 @@ impl<'a> RequestContext<'a> {
     pub fn new<B>(
         (fixed, live): (&'a Fixed, &'a Live),
         request: &Request<B>,
-        conn: ConnInfo,
+        conn: &'a ConnInfo,
         request_id: HeaderValue,
         now: u64,
     ) -> Self {
         let headers = request.headers();
-        let client = ClientAddress::of(&conn, headers, live.trusted_proxy_depth);
+        let client = ClientAddress::of(conn, headers, live.trusted_proxy_depth);
         let mut cookie = cookie::read_session_cookie(headers, &fixed.session.cookie_name);
         if let CookieLookup::Present(id) = &mut cookie {
             conn.session_keys.fill(id);

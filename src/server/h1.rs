@@ -176,7 +176,7 @@ impl Connection {
             if self.expects_continue(&request) && self.write.write_all(CONTINUE).await.is_err() {
                 return;
             }
-            let response = handler.call(request, conn.clone()).await;
+            let response = handler.call(request, conn).await;
             meta.keep_alive &= !self.shutdown.is_cancelled();
             if !self.respond(response, meta).await {
                 if self.unread_body {

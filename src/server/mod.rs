@@ -53,12 +53,21 @@ pub mod h1;
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request; never fails.
-    fn call(&self, request: Request<Inbound>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send;
+    /// Answers one request; never fails. `conn` is borrowed from the connection for the
+    /// request's life (no per-request copy of its reference counts).
+    fn call<'a>(
+        &'a self,
+        request: Request<Inbound>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + 'a;
 }
 
 impl Handler for App {
-    fn call(&self, request: Request<Inbound>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send {
+    fn call<'a>(
+        &'a self,
+        request: Request<Inbound>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + 'a {
         self.handle(request, conn)
     }
 }
@@ -420,7 +429,7 @@ async fn serve_connection<H: Handler, S>(
     let service = service_fn(move |request| {
         let handler = Arc::clone(&handler);
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.call(request.map(Inbound::Hyper), conn).await) }
+        async move { Ok::<_, std::convert::Infallible>(handler.call(request.map(Inbound::Hyper), &conn).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
