@@ -219,7 +219,7 @@ impl App {
             None => None,
         };
         let (response, record) = self.forward(ctx, prepared, active.as_ref(), record).await?;
-        let reporter = Reporter { metrics: Arc::clone(&self.metrics), request_id: ctx.request_id.clone() };
+        let reporter = || Reporter { metrics: Arc::clone(&self.metrics), request_id: ctx.request_id.clone() };
         let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
         let needles = match (&active, &record) {
             (Some(active), Some(record)) if guard.is_enabled() => {

@@ -59,13 +59,15 @@ impl LeakGuard {
     /// (the browser's preferred coding) asks; fails with `TokenLeakBlocked` if its head or
     /// first frame carries one of the session's tokens (`needles`, from [`needles_of`]).
     /// Without a session there is nothing to search for; with the guard off the API's
-    /// bytes pass as they are (the stall deadline applies either way).
+    /// bytes pass as they are (the stall deadline applies either way). `reporter` is
+    /// called only for a body still to be watched (a body already whole needs none: no
+    /// reference counts taken for it).
     pub async fn inspect(
         &self,
         response: Response<Body>,
         needles: Option<Arc<Needles>>,
         browser: Option<Coding>,
-        reporter: Reporter,
+        reporter: impl FnOnce() -> Reporter,
     ) -> Result<Response<Body>, Error> {
         if !self.config.enabled {
             return Ok(response.map(|body| self.watched(None, body, Stage::default(), reporter)));
@@ -115,11 +117,17 @@ impl LeakGuard {
     }
 
     /// `body` watched as it flows, unless it is already whole (nothing can stall).
-    fn watched(&self, first: Option<Bytes>, body: Body, stage: Stage, reporter: Reporter) -> Body {
+    fn watched(
+        &self,
+        first: Option<Bytes>,
+        body: Body,
+        stage: Stage,
+        reporter: impl FnOnce() -> Reporter,
+    ) -> Body {
         if first.is_none() && matches!(body, Body::Empty | Body::Full(_)) {
             return body;
         }
-        Body::Watched(Box::new(Watched::new(first, body, stage, self.deadline, reporter)))
+        Body::Watched(Box::new(Watched::new(first, body, stage, self.deadline, reporter())))
     }
 }
 
@@ -269,7 +277,7 @@ mod tests {
 
     async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
         let needles = needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record(), 0);
-        let passed = guard.inspect(response, needles, None, reporter()).await?;
+        let passed = guard.inspect(response, needles, None, reporter).await?;
         passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
     }
 
