@@ -37,6 +37,9 @@
 #   BENCH_REDIS_SESSIONS [30000]  sessions minted into Redis first, a third through each replica
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
 #   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
+#   BENCH_PERF_RECORD=1  also `perf record -g` each leg's proxy during one extra JSON run (with the
+#                        leg's script: the rotating leg rotates); perf-LEG.data in the work
+#                        directory (kept), read with `perf report -i ... --no-children`
 #                        on the static upstream (needs perf; prints task-clock etc.)
 #   BENCH_KEEP=1         keep the work directory (raw wrk outputs, logs, configs)
 #   BENCH_NICE=N         niceness for everything this script starts [0]; e.g. -10 (as root) on a
@@ -87,7 +90,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   if [[ -n "$WORK" && -d "$WORK" ]]; then
-    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    if [[ "${BENCH_KEEP:-0}" == 1 || "${KEEP_WORK:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
   fi
   exit "$status"
 }
@@ -597,6 +600,19 @@ perf_run() { # leg: perf stat on the leg's proxy during one extra JSON run
 }
 PERF_LINES=()
 
+perf_record() { # leg: perf record (call graphs) of the leg's proxy during one extra JSON run
+  command -v perf >/dev/null || { log "perf not installed: skipping BENCH_PERF_RECORD"; return 0; }
+  local label="$1" pids
+  pids="$(tr -s ' ' ',' <<<"${LEG_PIDS[$label]}" | sed 's/^,*//; s/,*$//')"
+  leg_headers "$label"
+  perf record -q -g -F 2999 -p "$pids" -o "$WORK/perf-$label.data" -- \
+    timeout 60 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" "${HEADERS[@]}" "${WRK_EXTRA[@]}" \
+    "${LEG_BASE[$label]}/$(path_of json)" >"$WORK/perf-$label-record-wrk.txt" 2>&1 \
+    || { log "perf record failed for $label"; return 0; }
+  log "perf record $label: $(awk '/Requests\/sec/ { print $2 }' "$WORK/perf-$label-record-wrk.txt") requests/s while sampled; $WORK/perf-$label.data"
+  KEEP_WORK=1
+}
+
 # ---------------------------------------------------------------- the legs
 log "work dir $WORK; wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), $REPEATS runs per leg"
 log "niceness $NICE for this script and everything it starts"
@@ -657,6 +673,11 @@ for upstream in $UPSTREAMS; do
       done
     done
   done
+  if [[ "${BENCH_PERF_RECORD:-0}" == 1 && "$upstream" == static ]]; then
+    for leg in "${LEGS[@]}"; do
+      [[ -n "${LEG_BASE[$leg]:-}" && -n "${LEG_PIDS[$leg]:-}" ]] && perf_record "$leg"
+    done
+  fi
   if [[ "${BENCH_PERF:-0}" == 1 && "$upstream" == static ]]; then
     for leg in tokengate tokengate-noguard nginx; do
       [[ -n "${LEG_BASE[$leg]:-}" ]] && perf_run "$leg"
