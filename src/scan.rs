@@ -39,6 +39,7 @@
 //! under a microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
 //! decoded view only when the stretch holds a `%` or `\`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -473,8 +474,47 @@ const CACHE_SLOTS: usize = 16_384;
 /// instead of every request evicting and freeing another's entry in cold memory. An entry
 /// is used only for the same key, the same generation *and* the same token tails: needles
 /// of a rotated-away token are never used.
+///
+/// Beside each slot, a word says who holds it and when it was last used ([`Tag`]): 128 KiB
+/// for all of them, which stay in the core's cache where the slots' megabyte does not. A
+/// request whose session is not the occupant (by the word) and may not take the slot over
+/// reads only the word: with more sessions than slots (every request a different session,
+/// as over 100,000), it no longer waits on the slot's cold lock to learn it has nothing to
+/// do there. The word is a hint, written under the slot's lock: needles are only ever
+/// taken from the slot itself, under the lock, after the full comparison.
 pub struct NeedleCache {
     slots: Box<[Mutex<Option<Cached>>]>,
+    tags: Box<[AtomicU64]>,
+}
+
+/// A slot's word: 32 bits of its occupant's key (bits [`Tag::of`] picks, with the lowest
+/// set, so an occupied slot's word is never 0) above the occupant's last use, in Unix
+/// seconds (saturated at `u32::MAX`); 0 for an empty slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag(u64);
+
+impl Tag {
+    const EMPTY: Tag = Tag(0);
+
+    /// The key's bits in the word: its last four bytes (the slot is picked by its first
+    /// eight, so two keys in one slot differ here unless they agree on twelve bytes).
+    fn of(key: &SessionKey) -> u32 {
+        let mut last = [0u8; 4];
+        last.copy_from_slice(&key.0[28..]);
+        u32::from_le_bytes(last) | 1
+    }
+
+    fn new(key: u32, used_at: u64) -> Self {
+        Tag(u64::from(key) << 32 | used_at.min(u64::from(u32::MAX)))
+    }
+
+    fn key(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    fn used_at(self) -> u64 {
+        self.0 & u64::from(u32::MAX)
+    }
 }
 
 struct Cached {
@@ -496,7 +536,10 @@ impl std::fmt::Debug for NeedleCache {
 
 impl Default for NeedleCache {
     fn default() -> Self {
-        Self { slots: (0..CACHE_SLOTS).map(|_| Mutex::new(None)).collect() }
+        Self {
+            slots: (0..CACHE_SLOTS).map(|_| Mutex::new(None)).collect(),
+            tags: (0..CACHE_SLOTS).map(|_| AtomicU64::new(Tag::EMPTY.0)).collect(),
+        }
     }
 }
 
@@ -511,18 +554,30 @@ impl NeedleCache {
     {
         // A panic cannot leave a slot half-written (it is replaced whole), so a poisoned
         // lock's value is as good as any.
-        let slot = &self.slots[slot_of(key)];
+        let index = slot_of(key);
+        let (slot, word) = (&self.slots[index], &self.tags[index]);
         let lock = || slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cached) = lock().as_mut() {
-            if cached.key == *key
-                && cached.generation == generation
-                && cached.needles.are_for(secrets.clone())
-            {
-                cached.used_at = cached.used_at.max(now);
-                return Some(Arc::clone(&cached.needles));
+        let mine = Tag::of(key);
+        let seen = Tag(word.load(Ordering::Relaxed));
+        if seen.key() == mine {
+            if let Some(cached) = lock().as_mut() {
+                if cached.key == *key
+                    && cached.generation == generation
+                    && cached.needles.are_for(secrets.clone())
+                {
+                    if now > cached.used_at {
+                        cached.used_at = now;
+                        word.store(Tag::new(mine, now).0, Ordering::Relaxed);
+                    }
+                    return Some(Arc::clone(&cached.needles));
+                }
             }
         }
         let needles = Arc::new(Needles::new(secrets)?);
+        if seen != Tag::EMPTY && seen.key() != mine && seen.used_at().saturating_add(EVICT_IDLE_SECS) > now {
+            // Another session's, used lately (by the word): the slot is not ours to take.
+            return Some(needles);
+        }
         let mut taken = lock();
         let admitted = match taken.as_ref() {
             None => true,
@@ -533,6 +588,7 @@ impl NeedleCache {
         }
         let evicted =
             taken.replace(Cached { key: *key, generation, needles: Arc::clone(&needles), used_at: now });
+        word.store(Tag::new(mine, now).0, Ordering::Relaxed);
         drop(taken);
         // The entry it takes over is freed here, outside the lock.
         drop(evicted);
@@ -1080,6 +1136,45 @@ mod tests {
             Arc::ptr_eq(&rotated, &cached),
             "a session's own new generation replaces its old one at once"
         );
+    }
+
+    #[test]
+    fn keys_alike_in_the_slot_word_are_still_told_apart() {
+        // Same slot (first eight bytes) and same word bits (last four): only byte 20 differs,
+        // so the word cannot tell them apart and the slot's own comparison must.
+        let (first, second) = (SessionKey([5; 32]), {
+            let mut key = [5; 32];
+            key[20] = 6;
+            SessionKey(key)
+        });
+        assert_eq!(Tag::of(&first), Tag::of(&second));
+        let other: &[u8] = b"99acc9dd3162322cbdb95801d54d600dfaaf7400";
+        let cache = NeedleCache::default();
+        let held = cache_get(&cache, &first, TOKEN, 100);
+        let newcomer = cache_get(&cache, &second, other, 101);
+        assert!(newcomer.found_in(other) && !newcomer.found_in(TOKEN), "never the occupant's needles");
+        assert!(Arc::ptr_eq(&held, &cache_get(&cache, &first, TOKEN, 101)), "the occupant keeps its slot");
+        let taken = cache_get(&cache, &second, other, 101 + EVICT_IDLE_SECS);
+        assert!(Arc::ptr_eq(&taken, &cache_get(&cache, &second, other, 101 + EVICT_IDLE_SECS)));
+        let back = cache_get(&cache, &first, TOKEN, 101 + EVICT_IDLE_SECS);
+        assert!(back.found_in(TOKEN) && !back.found_in(other), "the first session's own needles again");
+    }
+
+    #[test]
+    fn the_slot_word_follows_its_occupant_and_its_last_use() {
+        let cache = NeedleCache::default();
+        let key = SessionKey([7; 32]);
+        let index = slot_of(&key);
+        assert_eq!(Tag(cache.tags[index].load(Ordering::Relaxed)), Tag::EMPTY);
+        let _ = cache_get(&cache, &key, TOKEN, 40);
+        let word = Tag(cache.tags[index].load(Ordering::Relaxed));
+        assert_eq!((word.key(), word.used_at()), (Tag::of(&key), 40));
+        let _ = cache_get(&cache, &key, TOKEN, 45);
+        assert_eq!(Tag(cache.tags[index].load(Ordering::Relaxed)).used_at(), 45, "a hit moves the last use");
+    }
+
+    fn cache_get(cache: &NeedleCache, key: &SessionKey, token: &[u8], now: u64) -> Arc<Needles> {
+        cache.get(key, 1, [token], now).unwrap_or_else(|| panic!("needles"))
     }
 
     #[test]
