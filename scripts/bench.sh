@@ -39,7 +39,8 @@
 #   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
 #   BENCH_PERF_RECORD=1  also `perf record -g` each leg's proxy during one extra JSON run (with the
 #                        leg's script: the rotating leg rotates); perf-LEG.data in the work
-#                        directory (kept), read with `perf report -i ... --no-children`
+#                        directory (kept), read with `perf report -i ... --no-children`;
+#                        BENCH_PERF_CALLGRAPH=dwarf unwinds through code without frame pointers (libc)
 #                        on the static upstream (needs perf; prints task-clock etc.)
 #   BENCH_KEEP=1         keep the work directory (raw wrk outputs, logs, configs)
 #   BENCH_NICE=N         niceness for everything this script starts [0]; e.g. -10 (as root) on a
@@ -605,7 +606,7 @@ perf_record() { # leg: perf record (call graphs) of the leg's proxy during one e
   local label="$1" pids
   pids="$(tr -s ' ' ',' <<<"${LEG_PIDS[$label]}" | sed 's/^,*//; s/,*$//')"
   leg_headers "$label"
-  perf record -q -g -F 2999 -p "$pids" -o "$WORK/perf-$label.data" -- \
+  perf record -q --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" -F 2999 -p "$pids" -o "$WORK/perf-$label.data" -- \
     timeout 60 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" "${HEADERS[@]}" "${WRK_EXTRA[@]}" \
     "${LEG_BASE[$label]}/$(path_of json)" >"$WORK/perf-$label-record-wrk.txt" 2>&1 \
     || { log "perf record failed for $label"; return 0; }
