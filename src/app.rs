@@ -333,7 +333,7 @@ impl App {
         if let Some(set_cookie) = ctx.set_cookie.take() {
             headers.append(SET_COOKIE, set_cookie);
         }
-        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        headers.insert(X_REQUEST_ID, ctx.request_id.to_header_value());
         // Every answer leaves here, errors included, so the CORS grant is added here only.
         if ctx.live.cors.is_some() {
             cors::decorate(headers, ctx.cors_origin.take());

@@ -303,7 +303,7 @@ fn with_prefix(prefix: Option<&Bytes>, rest: SizeHint) -> SizeHint {
 #[derive(Debug, Clone)]
 pub struct Reporter {
     pub metrics: Arc<Metrics>,
-    pub request_id: http::HeaderValue,
+    pub request_id: crate::context::RequestId,
 }
 
 /// What happens to each frame of a response body on its way out: decoded (when the API
@@ -452,14 +452,14 @@ impl Watched {
         }
         self.reporter.metrics.record_body_stalled();
         tracing::warn!(
-            request_id = self.reporter.request_id.to_str().unwrap_or(""),
+            request_id = self.reporter.request_id.as_str(),
             "the API stopped sending the response body; cut off"
         );
         Poll::Ready(Some(Err(BodyError::Stalled)))
     }
 
     fn report(&self, cut: Cut) -> BodyError {
-        let request_id = self.reporter.request_id.to_str().unwrap_or("");
+        let request_id = self.reporter.request_id.as_str();
         match cut {
             Cut::Leak => {
                 self.reporter.metrics.record_leak_blocked();

@@ -57,7 +57,7 @@ pub struct RequestContext<'a> {
     /// The live settings as they were when the request arrived (a reload mid-request
     /// does not change them under the request's feet).
     pub live: &'a Live,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     pub method: Method,
     /// The route label for logs and metrics (never the raw path).
     pub route: &'a str,
@@ -90,7 +90,7 @@ impl<'a> RequestContext<'a> {
         (fixed, live): (&'a Fixed, &'a Live),
         request: &Request<B>,
         conn: &'a ConnInfo,
-        request_id: HeaderValue,
+        request_id: RequestId,
         now: u64,
     ) -> Self {
         let headers = request.headers();
@@ -126,7 +126,41 @@ impl<'a> RequestContext<'a> {
 
     /// The request id as text, for log lines.
     pub fn request_id_str(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
+        self.request_id.as_str()
+    }
+}
+
+/// A request's id: one made here (20 hex digits, held inline: a copy costs a few moves,
+/// where a `HeaderValue` made per request cost an allocation, a second one at its first
+/// clone and a reference count at every clone and drop), or the caller's own.
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    Made([u8; 20]),
+    Given(HeaderValue),
+}
+
+impl RequestId {
+    /// The id's bytes (ASCII: hex digits, or a caller's id checked to be plain).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Made(id) => id,
+            RequestId::Given(value) => value.as_bytes(),
+        }
+    }
+
+    /// The id as text, for log lines.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// The id as a header value (for the answer's `X-Request-Id`).
+    pub fn to_header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Made(id) => {
+                HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+            }
+            RequestId::Given(value) => value.clone(),
+        }
     }
 }
 
@@ -154,18 +188,18 @@ impl RequestIds {
     }
 
     /// The id for a request with these headers.
-    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+    pub fn for_request(&self, headers: &HeaderMap) -> RequestId {
         if let Some(given) = headers.get(X_REQUEST_ID) {
             let plain = given.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
             if plain && (1..=128).contains(&given.len()) {
-                return given.clone();
+                return RequestId::Given(given.clone());
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 20];
         id[..8].copy_from_slice(&self.prefix);
         hex_into(&mut id[8..], n);
-        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        RequestId::Made(id)
     }
 }
 
@@ -189,8 +223,10 @@ mod tests {
         let ids = RequestIds::with(0x00ab_cdef, 0x1234_5678_9abc);
         let first = ids.for_request(&HeaderMap::new());
         let second = ids.for_request(&HeaderMap::new());
-        assert_eq!(first, format!("{:08x}{:012x}", 0x00ab_cdef, 0x1234_5678_9abc_u64).as_str());
-        assert_eq!(second, "00abcdef123456789abd");
+        assert_eq!(first.as_str(), format!("{:08x}{:012x}", 0x00ab_cdef, 0x1234_5678_9abc_u64));
+        assert_eq!(second.as_str(), "00abcdef123456789abd");
+        assert_eq!(second.to_header_value(), "00abcdef123456789abd");
+        assert!(matches!(first, RequestId::Made(_)));
     }
 
     #[test]
@@ -198,8 +234,13 @@ mod tests {
         let ids = RequestIds::with(1, 0);
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ids.for_request(&headers), "abc-123");
+        let given = ids.for_request(&headers);
+        assert!(matches!(given, RequestId::Given(_)));
+        assert_eq!(
+            (given.as_str(), given.to_header_value()),
+            ("abc-123", HeaderValue::from_static("abc-123"))
+        );
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("a b"));
-        assert_eq!(ids.for_request(&headers), "00000001000000000000");
+        assert_eq!(ids.for_request(&headers).as_str(), "00000001000000000000");
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Body, Upload, UploadWatch, Watch};
 use crate::config::{BaseUrl, Route};
-use crate::context::{RequestContext, X_REQUEST_ID};
+use crate::context::{RequestContext, RequestId, X_REQUEST_ID};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
@@ -107,7 +107,7 @@ struct Added {
     forwarded_for: HeaderValue,
     forwarded_proto: &'static str,
     forwarded_host: Option<HeaderValue>,
-    request_id: HeaderValue,
+    request_id: RequestId,
     /// `Accept-Encoding: br, gzip, deflate` (only what the leak guard decodes).
     accept_encoding: bool,
 }
@@ -140,7 +140,7 @@ impl Added {
         if let Some(host) = &self.forwarded_host {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        headers.insert(X_REQUEST_ID, self.request_id.to_header_value());
         if self.accept_encoding {
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(DECODABLE));
         }

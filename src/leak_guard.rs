@@ -264,7 +264,10 @@ mod tests {
     }
 
     fn reporter() -> Reporter {
-        Reporter { metrics: Arc::new(Metrics::default()), request_id: http::HeaderValue::from_static("test") }
+        Reporter {
+            metrics: Arc::new(Metrics::default()),
+            request_id: crate::context::RequestId::Given(http::HeaderValue::from_static("test")),
+        }
     }
 
     fn response(content_type: &'static str, body: &'static str) -> Response<Body> {
