@@ -68,10 +68,10 @@ impl Admin {
 impl Handler for Admin {
     fn call<'a>(
         &'a self,
-        request: Request<Inbound>,
+        request: Box<Request<Inbound>>,
         _conn: &'a ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'a {
-        self.handle(request)
+        self.handle(*request)
     }
 }
 

@@ -112,7 +112,7 @@ impl App {
     }
 
     /// Handles one request. Never fails: every error is a response.
-    pub async fn handle(&self, request: Request<Inbound>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Box<Request<Inbound>>, conn: &ConnInfo) -> Response<Body> {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();
@@ -133,7 +133,7 @@ impl App {
     async fn walk(
         &self,
         ctx: &mut RequestContext<'_>,
-        request: Request<Inbound>,
+        request: Box<Request<Inbound>>,
     ) -> Result<Response<Body>, Error> {
         let live = ctx.live;
         let target = router::classify(request.uri().path(), &live.routes, live.demo_page);
@@ -183,7 +183,7 @@ impl App {
             // Boxed: the session endpoints' futures (token calls, sign-ins) are far larger
             // than the forwarding path's, and every request's future would carry them.
             Target::Endpoint(endpoint) => {
-                Box::pin(endpoints::handle(endpoint, request, ctx, &self.sessions)).await
+                Box::pin(endpoints::handle(endpoint, *request, ctx, &self.sessions)).await
             }
             Target::Route(route) => self.proxy(ctx, route, request).await,
             Target::DemoPage => Ok(demo_page()),
@@ -197,7 +197,7 @@ impl App {
         &self,
         ctx: &mut RequestContext<'_>,
         route: &Route,
-        request: Request<Inbound>,
+        request: Box<Request<Inbound>>,
     ) -> Result<Response<Body>, Error> {
         // Any other method would reach the API with the shopper's Bearer, unless the
         // route names it.
@@ -254,7 +254,7 @@ impl App {
     async fn forward(
         &self,
         ctx: &mut RequestContext<'_>,
-        prepared: Prepared,
+        prepared: Box<Prepared>,
         active: Option<&Active>,
         record: Option<Arc<SessionRecord>>,
     ) -> Result<(Response<Body>, Option<Arc<SessionRecord>>), Error> {
@@ -278,7 +278,7 @@ impl App {
     async fn after_unauthorized(
         &self,
         ctx: &mut RequestContext<'_>,
-        prepared: Prepared,
+        prepared: Box<Prepared>,
         first: Response<Body>,
         active: &Active,
         sent_with: &Arc<SessionRecord>,

@@ -57,7 +57,7 @@ pub trait Handler: Send + Sync + 'static {
     /// request's life (no per-request copy of its reference counts).
     fn call<'a>(
         &'a self,
-        request: Request<Inbound>,
+        request: Box<Request<Inbound>>,
         conn: &'a ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'a;
 }
@@ -65,7 +65,7 @@ pub trait Handler: Send + Sync + 'static {
 impl Handler for App {
     fn call<'a>(
         &'a self,
-        request: Request<Inbound>,
+        request: Box<Request<Inbound>>,
         conn: &'a ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'a {
         self.handle(request, conn)
@@ -429,7 +429,11 @@ async fn serve_connection<H: Handler, S>(
     let service = service_fn(move |request| {
         let handler = Arc::clone(&handler);
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.call(request.map(Inbound::Hyper), &conn).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handler.call(Box::new(request.map(Inbound::Hyper)), &conn).await,
+            )
+        }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
