@@ -213,13 +213,14 @@ impl Forwarder {
             request_id: ctx.request_id.clone(),
             accept_encoding: limits.decodable_encodings,
         };
-        let (body, watch, budget) = if protocol::declared_length(&incoming) == Some(0) {
+        let declared = protocol::declared_length(&incoming);
+        let (body, watch, budget) = if declared == Some(0) {
             // No body (most calls): nothing to read, so no timer to arm (a clock read and
             // the timer's handle, per call).
             (PreparedBody::Empty, Watch::whole(), None)
         } else {
             // A body trickled in byte by byte would otherwise hold the connection for ever.
-            tokio::time::timeout(self.request_timeout, self.prepare_body(incoming, limits))
+            tokio::time::timeout(self.request_timeout, self.prepare_body(incoming, declared, limits))
                 .await
                 .map_err(|_| Error::RequestTimeout)??
         };
@@ -236,9 +237,14 @@ impl Forwarder {
     }
 
     /// The one body-limit check, and the choice between buffering and streaming, for a
-    /// body that may hold bytes (an empty one is settled in [`Forwarder::prepare`]).
-    async fn prepare_body(&self, incoming: Inbound, limits: Limits) -> Result<BodyParts, Error> {
-        let declared = protocol::declared_length(&incoming);
+    /// body that may hold bytes (an empty one is settled in [`Forwarder::prepare`]) and
+    /// declares `declared` bytes, if it says.
+    async fn prepare_body(
+        &self,
+        incoming: Inbound,
+        declared: Option<u64>,
+        limits: Limits,
+    ) -> Result<BodyParts, Error> {
         if declared.is_some_and(|length| length > limits.max_body_bytes) {
             return Err(Error::PayloadTooLarge);
         }
