@@ -574,14 +574,14 @@ impl NeedleCache {
             }
         }
         let needles = Arc::new(Needles::new(secrets)?);
-        if seen != Tag::EMPTY && seen.key() != mine && seen.used_at().saturating_add(EVICT_IDLE_SECS) > now {
+        if seen != Tag::EMPTY && !may_take(seen.key() == mine, seen.used_at(), now) {
             // Another session's, used lately (by the word): the slot is not ours to take.
             return Some(needles);
         }
         let mut taken = lock();
         let admitted = match taken.as_ref() {
             None => true,
-            Some(occupant) => occupant.key == *key || occupant.used_at.saturating_add(EVICT_IDLE_SECS) <= now,
+            Some(occupant) => may_take(occupant.key == *key, occupant.used_at, now),
         };
         if !admitted {
             return Some(needles);
@@ -594,6 +594,13 @@ impl NeedleCache {
         drop(evicted);
         Some(needles)
     }
+}
+
+/// The admission rule: a session may take a slot that holds its own older entry, or
+/// another session's entry unused since `used_at` for [`EVICT_IDLE_SECS`] by `now`. Read
+/// first on the slot's word (a hint), then on the slot itself, under its lock.
+fn may_take(own: bool, used_at: u64, now: u64) -> bool {
+    own || used_at.saturating_add(EVICT_IDLE_SECS) <= now
 }
 
 fn slot_of(key: &SessionKey) -> usize {
