@@ -80,7 +80,16 @@ impl LeakGuard {
         if body.is_end_stream() {
             return Ok(Response::from_parts(parts, self.watched(None, body, Stage::default(), reporter)));
         }
-        let mut stage = plan(&mut parts.headers, browser)?;
+        let plan = plan(&mut parts.headers, browser)?;
+        if let (Body::Full(Some(whole)), false) = (&body, plan.changes_bytes()) {
+            // Read whole with its head (most JSON answers) and sent as it came: one search
+            // of the bytes, and no stage, scanner or copy.
+            if needles.is_some_and(|needles| needles.found_in(whole)) {
+                return Err(blocked("body"));
+            }
+            return Ok(Response::from_parts(parts, body));
+        }
+        let mut stage = plan.stage();
         stage.scanner = needles.map(Scanner::new);
         // A body read whole with its head (most JSON answers) cannot stall: no timer then.
         let (first, whole) = match &mut body {
@@ -131,12 +140,39 @@ impl LeakGuard {
     }
 }
 
+/// How a body goes from the API's encoding to the browser's (see [`plan`]): small, so the
+/// common answer that needs neither builds no [`Stage`].
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// The API's coding, decoded for the search.
+    from: Option<Coding>,
+    /// The browser's coding, encoded for it.
+    to: Option<Coding>,
+    /// The API's bytes go out as they came (the browser takes their coding).
+    passthrough: bool,
+}
+
+impl Plan {
+    /// Whether the bytes that go out differ from the API's.
+    fn changes_bytes(self) -> bool {
+        !self.passthrough && (self.from.is_some() || self.to.is_some())
+    }
+
+    fn stage(self) -> Stage {
+        Stage {
+            decoder: self.from.map(Decoder::new),
+            scanner: None,
+            encoder: self.to.map(Encoder::new),
+            passthrough: self.passthrough,
+        }
+    }
+}
+
 /// How a body goes from the API's encoding to the browser's, with the headers to match:
 /// the API's bytes as they are when the browser takes their encoding; decoded (and, for a
 /// textual body, encoded as the browser prefers) otherwise. An encoding tokengate cannot
 /// decode is refused: it would pass unsearched.
-fn plan(headers: &mut HeaderMap, browser: Option<Coding>) -> Result<Stage, Error> {
-    let mut stage = Stage::default();
+fn plan(headers: &mut HeaderMap, browser: Option<Coding>) -> Result<Plan, Error> {
     let from = match codec::encoding_of(headers) {
         Encoded::Unreadable => {
             return Err(Error::UpstreamUnavailable(
@@ -146,24 +182,22 @@ fn plan(headers: &mut HeaderMap, browser: Option<Coding>) -> Result<Stage, Error
         Encoded::Identity => None,
         Encoded::Readable(coding) => Some(coding),
     };
-    stage.decoder = from.map(Decoder::new);
     if from.is_some() && from == browser {
-        stage.passthrough = true;
-        return Ok(stage);
+        return Ok(Plan { from, to: None, passthrough: true });
     }
     let to = browser.filter(|_| is_compressible(headers, from.is_none()));
+    let plan = Plan { from, to, passthrough: false };
     if from.is_none() && to.is_none() {
-        return Ok(stage);
+        return Ok(plan);
     }
     headers.remove(CONTENT_LENGTH);
     headers.remove(CONTENT_ENCODING);
     weaken_etag(headers);
     if let Some(to) = to {
         headers.insert(CONTENT_ENCODING, to.header_value());
-        stage.encoder = Some(Encoder::new(to));
     }
     headers.append(VARY, HeaderValue::from_static("accept-encoding"));
-    Ok(stage)
+    Ok(plan)
 }
 
 /// Textual, and (when `length_is_plain`: the declared length is not a compressed one) not
