@@ -68,36 +68,58 @@ impl HeaderMemo {
         raw_value: &[u8],
         buf: &Bytes,
     ) -> Result<(HeaderName, HeaderValue), BadLine> {
+        let line = self.line_if(place, raw_name, raw_value, buf, |_| true)?;
+        line.ok_or(BadLine::Name)
+    }
+
+    /// [`HeaderMemo::line`] for a reader that drops some headers: `None` when `wanted`
+    /// says no to the line's name, and then its value is neither checked nor made (an
+    /// answer's `Set-Cookie`, say, which never reaches the browser).
+    pub fn line_if(
+        &mut self,
+        place: usize,
+        raw_name: &[u8],
+        raw_value: &[u8],
+        buf: &Bytes,
+        wanted: impl FnOnce(&HeaderName) -> bool,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, BadLine> {
         let whole = whole_line(buf, raw_name, raw_value);
         let can_update = self.updates < UPDATES;
         if let Some(line) = self.lines.get_mut(place) {
             if let Some(value) =
                 line.value.as_ref().filter(|_| whole.is_some_and(|whole| *line.raw == *whole))
             {
-                return Ok((line.name.clone(), value.clone()));
+                return Ok(wanted(&line.name).then(|| (line.name.clone(), value.clone())));
             }
             if line.raw.get(..line.name_len) == Some(raw_name) {
+                if !wanted(&line.name) {
+                    return Ok(None);
+                }
                 let value = fresh_value(buf, raw_value)?;
                 if can_update && line.value.is_some() && line.value_changes < VALUE_CHANGES {
                     if let Some((raw, kept)) = whole.and_then(|whole| kept_line(whole, raw_name, raw_value)) {
                         (line.raw, line.value) = (raw, Some(kept));
                         line.value_changes += 1;
                         self.updates += 1;
-                        return Ok((line.name.clone(), value));
+                        return Ok(Some((line.name.clone(), value)));
                     }
                 }
                 // A value that keeps changing (or cannot be kept) is made fresh from now on.
                 line.value = None;
                 line.raw.truncate(line.name_len);
-                return Ok((line.name.clone(), value));
+                return Ok(Some((line.name.clone(), value)));
             }
         }
         let name = HeaderName::from_bytes(raw_name).map_err(|_| BadLine::Name)?;
-        let value = fresh_value(buf, raw_value)?;
+        let wanted = wanted(&name);
+        let value = if wanted { Some(fresh_value(buf, raw_value)?) } else { None };
         if can_update && place <= self.lines.len() && place < LINES {
-            self.learn(place, &name, raw_name, whole.filter(|_| keeps_value(&name)), raw_value);
+            // A dropped line's name is learnt (the next one is told at one comparison),
+            // never its value.
+            let whole = whole.filter(|_| wanted && keeps_value(&name));
+            self.learn(place, &name, raw_name, whole, raw_value);
         }
-        Ok((name, value))
+        Ok(value.map(|value| (name, value)))
     }
 
     fn learn(
@@ -253,5 +275,22 @@ mod tests {
         // A name and value that are not slices of the head are still made right.
         let (name, value) = memo.line(2, b"x-apart", b"v", &buf).expect("valid");
         assert_eq!((name.as_str(), value.as_bytes()), ("x-apart", &b"v"[..]));
+    }
+
+    #[test]
+    fn a_line_not_wanted_is_not_made_but_its_name_is_learnt() {
+        let mut memo = HeaderMemo::default();
+        let not_cookies = |name: &HeaderName| *name != header::SET_COOKIE;
+        for round in 0..3 {
+            let buf = Bytes::from(format!("Set-Cookie: id={round}\x7f"));
+            // Its value (bad here) is never looked at: the line is dropped whole.
+            let line = memo.line_if(0, &buf[..10], &buf[12..], &buf, not_cookies);
+            assert_eq!(line, Ok(None), "round {round}");
+        }
+        assert_eq!(memo.lines[0].name, header::SET_COOKIE);
+        assert!(memo.lines[0].value.is_none(), "a dropped line's value is never kept");
+        let buf = Bytes::from_static(b"Server: nginx");
+        let line = memo.line_if(0, &buf[..6], &buf[8..], &buf, not_cookies);
+        assert_eq!(line, Ok(Some((header::SERVER, HeaderValue::from_static("nginx")))));
     }
 }

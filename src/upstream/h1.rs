@@ -618,15 +618,21 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
             }
             continue;
         }
-        let (name, value) =
-            memo.line(place, header.name.as_bytes(), header.value, &buf).map_err(|bad| match bad {
-                BadLine::Name => "bad header name",
-                BadLine::Value => "bad header value",
-            })?;
+        // What the browser never sees is not even made (`Transfer-Encoding` is, for the
+        // framing).
+        let wanted = |name: &HeaderName| *name == header::TRANSFER_ENCODING || !filter.drops(name.as_str());
+        let line = memo.line_if(place, header.name.as_bytes(), header.value, &buf, wanted);
+        let Some((name, value)) = line.map_err(|bad| match bad {
+            BadLine::Name => "bad header name",
+            BadLine::Value => "bad header value",
+        })?
+        else {
+            continue;
+        };
         if name == header::TRANSFER_ENCODING {
             // The last line's last coding decides the framing.
             transfer_encoding = Some(value);
-        } else if !filter.drops(name.as_str()) {
+        } else {
             if name == header::CONTENT_LENGTH {
                 length = length.and_then(|mut seen| merge_length(value.as_bytes(), &mut seen).map(|()| seen));
             }
