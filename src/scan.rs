@@ -364,8 +364,8 @@ impl<const F: usize, const G: usize> NeedleSet<F, G> {
     /// 32-byte Digital River tail: one in 29).
     fn found_by_stride(&self, haystack: &[u8]) -> bool {
         let mut at = 0;
-        while at + 4 <= haystack.len() {
-            let bit = Self::gram_bit([haystack[at], haystack[at + 1], haystack[at + 2], haystack[at + 3]]);
+        while let Some(gram) = haystack.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+            let bit = Self::gram_bit(*gram);
             if self.grams[bit / 64] & (1 << (bit % 64)) != 0 {
                 let first = at.saturating_sub(self.longest_needle - 4);
                 let end = (at + self.longest_needle).min(haystack.len());
@@ -418,7 +418,13 @@ fn has_base64_run(haystack: &[u8], run: usize) -> bool {
     let mut previous = false;
     for (index, chunk) in haystack.chunks_exact(step).enumerate() {
         let here = chunk.last().is_some_and(|&byte| is_base64(byte));
-        if previous && here && run_around(haystack, index * step - 1, run) >= run {
+        // A run over both probes holds every byte between them: those are looked at first
+        // (in text a word ends there), the run measured only if they all are base64. A run
+        // around the earlier probe alone that is long enough holds the probe before it,
+        // and was measured with that one.
+        let from = (index * step).wrapping_sub(1);
+        let between = || haystack[from..from + step].iter().all(|&byte| is_base64(byte));
+        if previous && here && between() && run_around(haystack, from, run) >= run {
             return true;
         }
         previous = here;
