@@ -81,7 +81,7 @@ impl LeakGuard {
             return Ok(Response::from_parts(parts, self.watched(None, body, Stage::default(), reporter)));
         }
         let plan = plan(&mut parts.headers, browser)?;
-        if let (Body::Full(Some(whole)), false) = (&body, plan.changes_bytes()) {
+        if let (Body::Full(Some(whole)), true) = (&body, plan.is_identity()) {
             // Read whole with its head (most JSON answers) and sent as it came: one search
             // of the bytes, and no stage, scanner or copy.
             if needles.is_some_and(|needles| needles.found_in(whole)) {
@@ -153,9 +153,10 @@ struct Plan {
 }
 
 impl Plan {
-    /// Whether the bytes that go out differ from the API's.
-    fn changes_bytes(self) -> bool {
-        !self.passthrough && (self.from.is_some() || self.to.is_some())
+    /// Whether the API's bytes are both what is searched and what goes out: neither
+    /// decoded nor encoded (a passthrough is searched decoded).
+    fn is_identity(self) -> bool {
+        self.from.is_none() && self.to.is_none()
     }
 
     fn stage(self) -> Stage {
@@ -384,6 +385,32 @@ mod tests {
             Some(br#"{"ok":true}"#.as_slice()),
             "decoded for a browser without gzip"
         );
+    }
+
+    #[tokio::test]
+    async fn a_compressed_body_the_browser_takes_as_it_is_is_still_searched_decoded() {
+        let needles = || needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record(), 0);
+        // Long and repetitive, so that gzip codes it (a short text it may store as it is).
+        let text = format!(r#"{{"pad":"{}","echo":"access-0123456789abcdef"}}"#, "ab".repeat(200));
+        let leaked = gzipped("application/json", &text);
+        let Body::Full(Some(compressed)) = leaked.body() else { panic!("a whole body") };
+        assert!(!compressed.windows(8).any(|w| w == b"access-0"), "the token is coded, not stored");
+        let passed = guard(true).inspect(leaked, needles(), Some(Coding::Gzip), reporter).await;
+        assert!(
+            matches!(passed, Err(Error::TokenLeakBlocked { .. })),
+            "read whole, passed through: searched"
+        );
+        let clean = gzipped("application/json", r#"{"ok":true}"#);
+        let sent = match clean.body() {
+            Body::Full(bytes) => bytes.clone(),
+            _ => None,
+        };
+        let passed = guard(true).inspect(clean, needles(), Some(Coding::Gzip), reporter).await;
+        let body = match passed {
+            Ok(passed) => passed.into_body().collect().await.map(|c| c.to_bytes()).ok(),
+            Err(_) => None,
+        };
+        assert_eq!(body, sent, "the API's gzip bytes as they came");
     }
 
     #[tokio::test]
