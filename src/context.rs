@@ -95,10 +95,7 @@ impl<'a> RequestContext<'a> {
     ) -> Self {
         let headers = request.headers();
         let client = ClientAddress::of(conn, headers, live.trusted_proxy_depth);
-        let mut cookie = cookie::read_session_cookie(headers, &fixed.session.cookie_name);
-        if let CookieLookup::Present(id) = &mut cookie {
-            conn.session_keys.fill(id);
-        }
+        let cookie = cookie::read_session_cookie(headers, &fixed.session.cookie_name, &conn.session_keys);
         Self {
             fixed,
             live,

@@ -10,7 +10,7 @@ use http::header::{HeaderMap, COOKIE};
 use http::HeaderValue;
 
 use crate::config::{SameSite, SessionConfig};
-use crate::session_id::SessionId;
+use crate::session_id::{KeyMemo, SessionId};
 
 /// What the browser's `Cookie` headers say about our session cookie.
 #[derive(Debug)]
@@ -25,7 +25,9 @@ pub enum CookieLookup {
 
 /// Finds our cookie among all `Cookie` headers (HTTP/2 may send several). Works on bytes,
 /// so another cookie's non-ASCII value cannot hide ours.
-pub fn read_session_cookie(headers: &HeaderMap, cookie_name: &str) -> CookieLookup {
+/// The id comes from `memo` when it is the one last seen on the connection (no parse and
+/// no digest again).
+pub fn read_session_cookie(headers: &HeaderMap, cookie_name: &str, memo: &KeyMemo) -> CookieLookup {
     for header in headers.get_all(COOKIE) {
         // `memchr` for the separators: a cookie header is read on every request.
         let mut rest = header.as_bytes();
@@ -39,7 +41,7 @@ pub fn read_session_cookie(headers: &HeaderMap, cookie_name: &str) -> CookieLook
                 continue;
             }
             let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
-            return match SessionId::parse_bytes(value) {
+            return match memo.id_of(value) {
                 Some(id) => CookieLookup::Present(id),
                 None => CookieLookup::Malformed,
             };
@@ -151,7 +153,7 @@ mod tests {
         let other = format!("__Host-tokengate={}", id.expose());
         let map = headers(&["a=1; b=2", &format!("c=3; {other}")]);
         assert!(
-            matches!(read_session_cookie(&map, "__Host-tokengate"), CookieLookup::Present(found) if found == id)
+            matches!(read_session_cookie(&map, "__Host-tokengate", &KeyMemo::default()), CookieLookup::Present(found) if found == id)
         );
     }
 
@@ -162,16 +164,26 @@ mod tests {
         let raw = format!("pref=caf\u{e9}; __Host-tokengate={}", id.expose());
         map.append(COOKIE, HeaderValue::from_bytes(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}")));
         assert!(
-            matches!(read_session_cookie(&map, "__Host-tokengate"), CookieLookup::Present(found) if found == id)
+            matches!(read_session_cookie(&map, "__Host-tokengate", &KeyMemo::default()), CookieLookup::Present(found) if found == id)
         );
     }
 
     #[test]
     fn absent_and_malformed_are_told_apart() {
-        assert!(matches!(read_session_cookie(&headers(&["x=1"]), "__Host-tokengate"), CookieLookup::Absent));
-        assert!(matches!(read_session_cookie(&HeaderMap::new(), "__Host-tokengate"), CookieLookup::Absent));
         assert!(matches!(
-            read_session_cookie(&headers(&["__Host-tokengate=forged"]), "__Host-tokengate"),
+            read_session_cookie(&headers(&["x=1"]), "__Host-tokengate", &KeyMemo::default()),
+            CookieLookup::Absent
+        ));
+        assert!(matches!(
+            read_session_cookie(&HeaderMap::new(), "__Host-tokengate", &KeyMemo::default()),
+            CookieLookup::Absent
+        ));
+        assert!(matches!(
+            read_session_cookie(
+                &headers(&["__Host-tokengate=forged"]),
+                "__Host-tokengate",
+                &KeyMemo::default()
+            ),
             CookieLookup::Malformed
         ));
     }

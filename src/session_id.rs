@@ -125,21 +125,24 @@ impl Drop for SessionId {
 pub struct KeyMemo(Mutex<Option<SessionId>>);
 
 impl KeyMemo {
-    /// Gives `id` its store key: the remembered one when `id` is the remembered id
-    /// (compared in constant time), else a fresh digest, which is then remembered.
-    pub fn fill(&self, id: &mut SessionId) {
+    /// The id a cookie `value` holds, with its store key: the remembered id when `value`
+    /// is its value (compared in constant time; checked when it was first seen, so not
+    /// parsed again), else parsed ([`SessionId::parse_bytes`]) and digested, and then
+    /// remembered. `None` for a value tokengate can never have issued.
+    pub fn id_of(&self, value: &[u8]) -> Option<SessionId> {
         let Ok(mut last) = self.0.lock() else {
-            // Poisoned by a panic elsewhere: no memo, just the digest.
+            // Poisoned by a panic elsewhere: no memo, just the parse and the digest.
+            let mut id = SessionId::parse_bytes(value)?;
             id.key = Some(id.digest());
-            return;
+            return Some(id);
         };
-        match last.as_ref() {
-            Some(seen) if *seen == *id => id.key = seen.key,
-            _ => {
-                id.key = Some(id.digest());
-                *last = Some(id.clone());
-            }
+        if let Some(seen) = last.as_ref().filter(|seen| constant_time_eq(&seen.value, value)) {
+            return Some(seen.clone());
         }
+        let mut id = SessionId::parse_bytes(value)?;
+        id.key = Some(id.digest());
+        *last = Some(id.clone());
+        Some(id)
     }
 }
 
@@ -202,10 +205,20 @@ mod tests {
         let a = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
         let b = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
         for id in [&a, &a, &b, &a, &b, &b] {
-            let mut filled = SessionId::parse(id.expose()).unwrap_or_else(|| panic!("parses"));
-            memo.fill(&mut filled);
+            let filled = memo.id_of(id.expose().as_bytes()).unwrap_or_else(|| panic!("parses"));
             assert_eq!(filled.key, Some(id.digest()), "the key of this id, never the last one's");
+            assert!(filled == *id);
         }
+        // What the memo holds is compared whole: a prefix of it, or it with more after,
+        // is parsed as what it is (and refused), never taken for the id.
+        let value = a.expose().as_bytes();
+        assert!(memo.id_of(value).is_some());
+        assert!(memo.id_of(&value[..value.len() - 1]).is_none());
+        assert!(memo.id_of(&[value, b"A"].concat()).is_none());
+        let mut flipped = value.to_vec();
+        flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+        let other = memo.id_of(&flipped);
+        assert!(other.is_some_and(|other| other.key != Some(a.digest())), "another id, its own key");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokengate::config::keys::{env_name, Kind, KEYS};
 use tokengate::config::Config;
 use tokengate::cookie::{read_session_cookie, CookieLookup};
 use tokengate::secret::AccessToken;
-use tokengate::session_id::{SessionId, SESSION_ID_LEN};
+use tokengate::session_id::{KeyMemo, SessionId, SESSION_ID_LEN};
 
 const COOKIE_NAME: &str = "__Host-tokengate";
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -143,7 +143,7 @@ proptest! {
         let value = if quoted { format!("\"{id}\"") } else { id.clone() };
         pairs.insert(pair_at.index(pairs.len() + 1), format!("{padding}{COOKIE_NAME}{padding}={padding}{value}"));
         let texts: Vec<String> = headers.iter().map(|pairs| pairs.join("; ")).collect();
-        let lookup = read_session_cookie(&cookie_headers(&texts), COOKIE_NAME);
+        let lookup = read_session_cookie(&cookie_headers(&texts), COOKIE_NAME, &KeyMemo::default());
         prop_assert!(
             matches!(&lookup, CookieLookup::Present(found) if found.expose() == id),
             "{:?} in {:?}", lookup, texts
@@ -153,7 +153,7 @@ proptest! {
     #[test]
     fn without_our_cookie_the_lookup_is_absent(headers in vec(vec(other_cookie(), 0..6), 0..4)) {
         let texts: Vec<String> = headers.iter().map(|pairs| pairs.join(";")).collect();
-        let lookup = read_session_cookie(&cookie_headers(&texts), COOKIE_NAME);
+        let lookup = read_session_cookie(&cookie_headers(&texts), COOKIE_NAME, &KeyMemo::default());
         prop_assert!(matches!(lookup, CookieLookup::Absent), "{:?} for {:?}", lookup, texts);
     }
 
@@ -167,7 +167,7 @@ proptest! {
         let mut pairs = others;
         pairs.push(format!("{COOKIE_NAME}={value}"));
         let text = pairs.join("; ");
-        let lookup = read_session_cookie(&cookie_headers(std::slice::from_ref(&text)), COOKIE_NAME);
+        let lookup = read_session_cookie(&cookie_headers(std::slice::from_ref(&text)), COOKIE_NAME, &KeyMemo::default());
         prop_assert!(matches!(lookup, CookieLookup::Malformed), "{:?} for {:?}", lookup, text);
     }
 
@@ -181,7 +181,7 @@ proptest! {
                 map.append(COOKIE, value);
             }
         }
-        if let CookieLookup::Present(id) = read_session_cookie(&map, COOKIE_NAME) {
+        if let CookieLookup::Present(id) = read_session_cookie(&map, COOKIE_NAME, &KeyMemo::default()) {
             prop_assert!(is_canonical_id(id.expose()));
         }
     }
@@ -199,7 +199,7 @@ fn a_non_ascii_cookie_beside_ours_does_not_hide_it() {
         COOKIE,
         HeaderValue::from_bytes(header.as_bytes()).expect("a cookie header is a valid header value"),
     );
-    let lookup = read_session_cookie(&map, COOKIE_NAME);
+    let lookup = read_session_cookie(&map, COOKIE_NAME, &KeyMemo::default());
     assert!(matches!(&lookup, CookieLookup::Present(found) if found == &id), "{lookup:?}");
 }
 

@@ -1,5 +1,5 @@
 //! Fuzzes the `Cookie` header parser: `tokengate::cookie::read_session_cookie` and, under
-//! it, `SessionId::parse`.
+//! it, `SessionId::parse` and the connection's `KeyMemo`.
 //!
 //! Input: byte 0 picks the cookie name, bytes 1 and 2 pick where a valid id is inserted,
 //! the rest is one `Cookie` header per `\n`-separated line (controls, which a `HeaderValue`
@@ -14,7 +14,7 @@ use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use tokengate::cookie::{read_session_cookie, CookieLookup};
-use tokengate::session_id::SessionId;
+use tokengate::session_id::{KeyMemo, SessionId};
 
 const NAMES: [&str; 4] = ["__Host-tokengate", "tokengate", "__Secure-sid", "a"];
 /// 32 bytes 0x00..0x1f in unpadded base64url.
@@ -62,12 +62,16 @@ fuzz_target!(|data: &[u8]| {
     let name = NAMES[usize::from(selector.0) % NAMES.len()];
     let lines: Vec<Vec<u8>> = rest.split(|&b| b == b'\n').take(8).map(clean).collect();
 
+    // One memo for both reads, as on one connection: the second read of an id the first
+    // found is answered by the memo, and must still be the inserted one.
+    let memo = KeyMemo::default();
+
     // 1. The input as it is.
     let mut headers = HeaderMap::new();
     for line in &lines {
         headers.append(COOKIE, header_value(line));
     }
-    if let CookieLookup::Present(id) = read_session_cookie(&headers, name) {
+    if let CookieLookup::Present(id) = read_session_cookie(&headers, name, &memo) {
         let text = id.expose();
         assert!(is_canonical_id(text.as_bytes()), "Present with a non-canonical id {text:?}");
         assert_eq!(URL_SAFE_NO_PAD.decode(text).map(|b| b.len()).ok(), Some(32));
@@ -98,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
     for pairs in &edited {
         headers.append(COOKIE, header_value(&pairs.join(&b';')));
     }
-    match read_session_cookie(&headers, name) {
+    match read_session_cookie(&headers, name, &memo) {
         CookieLookup::Present(id) if id.expose() == INSERTED_ID => {}
         other => panic!(
             "inserted id not found: {other:?} in {:?}",
