@@ -268,6 +268,7 @@ impl App {
         };
         let first = self.forwarder.send_prepared(&prepared, token, ctx).await?;
         if first.status() != StatusCode::UNAUTHORIZED {
+            prepared.recycle();
             return Ok((first, record));
         }
         // The rare path (a refresh and a replay) is boxed, off the common future's size.

@@ -39,6 +39,7 @@ use crate::body::{Body, Upload, UploadWatch, Watch};
 use crate::config::{BaseUrl, Route};
 use crate::context::{RequestContext, RequestId, X_REQUEST_ID};
 use crate::error::Error;
+use crate::header_pool;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
@@ -455,6 +456,12 @@ impl Prepared {
     /// Whether the request can be sent a second time (its body is known in full).
     pub fn is_replayable(&self) -> bool {
         !matches!(self.body, PreparedBody::Streaming(_))
+    }
+
+    /// Done with (the call answered and no replay is coming): the headers' map goes back
+    /// to this thread's spares (`header_pool`).
+    pub fn recycle(self: Box<Self>) {
+        header_pool::give(self.headers);
     }
 
     /// What the browser's upload did, for [`Forwarder::send`].

@@ -27,6 +27,7 @@ pub mod forward;
 pub mod unauthorized;
 pub mod protocol;
 mod header_memo;
+pub mod header_pool;
 mod http1;
 pub mod deadline;
 pub mod leak_guard;

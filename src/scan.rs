@@ -223,6 +223,10 @@ impl Needles {
 
     /// Whether `haystack` holds a secret as it is, in any case (for header names).
     pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
+        // Most haystacks here are header names, shorter than any needle.
+        if haystack.len() < self.shortest {
+            return false;
+        }
         self.raw.needles().any(|secret| {
             haystack.len() >= secret.len()
                 && haystack.windows(secret.len()).any(|window| window.eq_ignore_ascii_case(secret))

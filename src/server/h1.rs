@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use httparse::ParserConfig;
@@ -61,6 +61,7 @@ use crate::context::ConnInfo;
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::header_memo::{BadLine, HeaderMemo};
+use crate::header_pool;
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
 use crate::protocol;
 
@@ -339,6 +340,8 @@ impl Connection {
             None => Out::Chunked,
         };
         encode_head(&mut self.out, &parts, framing, &meta);
+        // Written: the map serves a later head on this thread.
+        header_pool::give(parts.headers);
         if bodiless {
             return self.flush().await.is_ok() && meta.keep_alive;
         }
@@ -559,7 +562,7 @@ fn parse(buf: &mut BytesMut, max_head: usize, memo: &mut HeaderMemo) -> Result<O
     let target = bytes.slice_ref(request.path.unwrap_or("/").as_bytes());
     let uri = Uri::from_maybe_shared(target).map_err(|_| bad("The request target is not valid."))?;
     let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    let mut headers = header_pool::take(request.headers.len());
     let mut keep_alive = version == Version::HTTP_11;
     let (mut chunked, mut coded, mut length_seen) = (false, false, None);
     for (place, header) in request.headers.iter().enumerate() {

@@ -55,6 +55,7 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
 use crate::header_memo::{BadLine, HeaderMemo};
+use crate::header_pool;
 pub use crate::http1::BodyFault;
 use crate::http1::{format_len, itoa_buffer, merge_length, push_header, Chunk, Framing, Step};
 use crate::protocol::{list_tokens, Direction, Filter};
@@ -606,7 +607,7 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
     let connection = response.headers.iter().filter(|header| header.name.eq_ignore_ascii_case("connection"));
     // What never reaches the browser is dropped here, as the head is read (`protocol`).
     let filter = Filter::new(Direction::Response, connection.map(|header| header.value));
-    let mut map = HeaderMap::with_capacity(response.headers.len());
+    let mut map = header_pool::take(response.headers.len());
     let (mut close, mut transfer_encoding, mut length) = (http10, None, Ok(None));
     for (place, header) in response.headers.iter().enumerate() {
         if header.name.eq_ignore_ascii_case("connection") {
