@@ -334,8 +334,11 @@ impl<const F: usize, const G: usize> NeedleSet<F, G> {
         let mut start = 0;
         for &end in ends {
             let needle = &bytes[start..end];
-            for gram in needle.windows(4).take(stride) {
-                let bit = Self::gram_bit([gram[0], gram[1], gram[2], gram[3]]);
+            // Built at every needle-cache miss (each request of a session without a slot):
+            // a plain loop over the gram starts, each gram one load.
+            for at in 0..needle.len().saturating_sub(3).min(stride) {
+                let Some(gram) = needle.get(at..).and_then(<[u8]>::first_chunk::<4>) else { break };
+                let bit = Self::gram_bit(*gram);
                 grams[bit / 64] |= 1 << (bit % 64);
             }
             start = end;
