@@ -36,7 +36,8 @@
 #                        first one measured with one session's cookie
 #   BENCH_REDIS_SESSIONS [30000]  sessions minted into Redis first, a third through each replica
 #   BENCH_SKIP_BUILD=1   use the existing target/release binaries
-#   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run
+#   BENCH_PERF=1         also `perf stat` tokengate and nginx during one extra JSON run (the
+#                        rotating leg with its script, rotating)
 #   BENCH_PERF_RECORD=1  also `perf record -g` each leg's proxy during one extra JSON run (with the
 #                        leg's script: the rotating leg rotates); perf-LEG.data in the work
 #                        directory (kept), read with `perf report -i ... --no-children`;
@@ -590,7 +591,8 @@ perf_run() { # leg: perf stat on the leg's proxy during one extra JSON run
   # Syscall counts need the raw_syscalls tracepoint (root, tracefs); without it, CPU only.
   perf stat -e raw_syscalls:sys_enter -o /dev/null -- true 2>/dev/null && events="$events,raw_syscalls:sys_enter"
   perf stat -e "$events" -p "$pids" -o "$file" -- \
-    timeout 60 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" "${HEADERS[@]}" "${LEG_BASE[$label]}/$(path_of json)" \
+    timeout 60 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d$DURATION" "${HEADERS[@]}" "${WRK_EXTRA[@]}" \
+    "${LEG_BASE[$label]}/$(path_of json)" \
     >"$WORK/perf-$label-wrk.txt" 2>&1 || { log "perf stat failed: $(tail -n3 "$file")"; return 0; }
   n="$(awk '/requests in/ { print $1 }' "$WORK/perf-$label-wrk.txt")"
   clock="$(awk '/task-clock/ { gsub(/,/, "", $1); print $1 }' "$file")"
@@ -682,8 +684,8 @@ for upstream in $UPSTREAMS; do
     done
   fi
   if [[ "${BENCH_PERF:-0}" == 1 && "$upstream" == static ]]; then
-    for leg in tokengate tokengate-noguard nginx; do
-      [[ -n "${LEG_BASE[$leg]:-}" ]] && perf_run "$leg"
+    for leg in tokengate tokengate-rotating tokengate-redis tokengate-noguard nginx; do
+      [[ -n "${LEG_BASE[$leg]:-}" && -n "${LEG_PIDS[$leg]:-}" ]] && perf_run "$leg"
     done
   fi
   for leg in "${LEGS[@]}"; do
