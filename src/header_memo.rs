@@ -49,6 +49,9 @@ struct Line {
     /// The value last seen here, a slice of `raw` (never of a read buffer).
     value: Option<HeaderValue>,
     value_changes: u8,
+    /// The reader's verdict on this name, when it said it goes by the name alone
+    /// ([`HeaderMemo::line_if`]'s `by_name`).
+    wanted: Option<bool>,
 }
 
 impl std::fmt::Debug for HeaderMemo {
@@ -68,13 +71,15 @@ impl HeaderMemo {
         raw_value: &[u8],
         buf: &Bytes,
     ) -> Result<(HeaderName, HeaderValue), BadLine> {
-        let line = self.line_if(place, raw_name, raw_value, buf, |_| true)?;
+        let line = self.line_if(place, raw_name, raw_value, buf, |_| true, true)?;
         line.ok_or(BadLine::Name)
     }
 
     /// [`HeaderMemo::line`] for a reader that drops some headers: `None` when `wanted`
     /// says no to the line's name, and then its value is neither checked nor made (an
-    /// answer's `Set-Cookie`, say, which never reaches the browser).
+    /// answer's `Set-Cookie`, say, which never reaches the browser). `by_name`: `wanted`
+    /// answers by the name alone (no `Connection` header named others), so its answer is
+    /// remembered with the line and not asked again for the same name.
     pub fn line_if(
         &mut self,
         place: usize,
@@ -82,6 +87,7 @@ impl HeaderMemo {
         raw_value: &[u8],
         buf: &Bytes,
         wanted: impl FnOnce(&HeaderName) -> bool,
+        by_name: bool,
     ) -> Result<Option<(HeaderName, HeaderValue)>, BadLine> {
         let whole = whole_line(buf, raw_name, raw_value);
         let can_update = self.updates < UPDATES;
@@ -89,10 +95,11 @@ impl HeaderMemo {
             if let Some(value) =
                 line.value.as_ref().filter(|_| whole.is_some_and(|whole| *line.raw == *whole))
             {
-                return Ok(wanted(&line.name).then(|| (line.name.clone(), value.clone())));
+                let keep = verdict(&mut line.wanted, &line.name, wanted, by_name);
+                return Ok(keep.then(|| (line.name.clone(), value.clone())));
             }
             if line.raw.get(..line.name_len) == Some(raw_name) {
-                if !wanted(&line.name) {
+                if !verdict(&mut line.wanted, &line.name, wanted, by_name) {
                     return Ok(None);
                 }
                 let value = fresh_value(buf, raw_value)?;
@@ -117,7 +124,7 @@ impl HeaderMemo {
             // A dropped line's name is learnt (the next one is told at one comparison),
             // never its value.
             let whole = whole.filter(|_| wanted && keeps_value(&name));
-            self.learn(place, &name, raw_name, whole, raw_value);
+            self.learn(place, &name, raw_name, whole, raw_value, by_name.then_some(wanted));
         }
         Ok(value.map(|value| (name, value)))
     }
@@ -129,17 +136,37 @@ impl HeaderMemo {
         raw_name: &[u8],
         whole: Option<&[u8]>,
         raw_value: &[u8],
+        wanted: Option<bool>,
     ) {
         let (raw, value) = match whole.and_then(|whole| kept_line(whole, raw_name, raw_value)) {
             Some((raw, value)) => (raw, Some(value)),
             None => (Bytes::copy_from_slice(raw_name), None),
         };
-        let line = Line { raw, name_len: raw_name.len(), name: name.clone(), value, value_changes: 0 };
+        let line =
+            Line { raw, name_len: raw_name.len(), name: name.clone(), value, value_changes: 0, wanted };
         match self.lines.get_mut(place) {
             Some(slot) => *slot = line,
             None => self.lines.push(line),
         }
         self.updates += 1;
+    }
+}
+
+/// The reader's verdict on a remembered line's `name`: the one remembered with it when the
+/// reader goes `by_name`, else asked (and then remembered, if it may be).
+fn verdict(
+    remembered: &mut Option<bool>,
+    name: &HeaderName,
+    wanted: impl FnOnce(&HeaderName) -> bool,
+    by_name: bool,
+) -> bool {
+    match *remembered {
+        Some(keep) if by_name => keep,
+        _ => {
+            let keep = wanted(name);
+            *remembered = by_name.then_some(keep);
+            keep
+        }
     }
 }
 
@@ -284,13 +311,52 @@ mod tests {
         for round in 0..3 {
             let buf = Bytes::from(format!("Set-Cookie: id={round}\x7f"));
             // Its value (bad here) is never looked at: the line is dropped whole.
-            let line = memo.line_if(0, &buf[..10], &buf[12..], &buf, not_cookies);
+            let line = memo.line_if(0, &buf[..10], &buf[12..], &buf, not_cookies, true);
             assert_eq!(line, Ok(None), "round {round}");
         }
         assert_eq!(memo.lines[0].name, header::SET_COOKIE);
         assert!(memo.lines[0].value.is_none(), "a dropped line's value is never kept");
         let buf = Bytes::from_static(b"Server: nginx");
-        let line = memo.line_if(0, &buf[..6], &buf[8..], &buf, not_cookies);
+        let line = memo.line_if(0, &buf[..6], &buf[8..], &buf, not_cookies, true);
         assert_eq!(line, Ok(Some((header::SERVER, HeaderValue::from_static("nginx")))));
+    }
+
+    #[test]
+    fn a_verdict_by_name_is_asked_once_and_any_other_every_time() {
+        let mut memo = HeaderMemo::default();
+        let buf = Bytes::from_static(b"X-Custom: 1");
+        let (name, value) = (&buf[..8], &buf[10..]);
+        let mut asked = 0;
+        for _ in 0..3 {
+            let line = memo.line_if(
+                0,
+                name,
+                value,
+                &buf,
+                |_| {
+                    asked += 1;
+                    true
+                },
+                true,
+            );
+            assert!(matches!(line, Ok(Some(_))));
+        }
+        assert_eq!(asked, 1, "asked when learnt, remembered after");
+        // Not by name (a `Connection` named it): asked, obeyed, and nothing remembered.
+        let line = memo.line_if(0, name, value, &buf, |_| false, false);
+        assert_eq!(line, Ok(None));
+        let line = memo.line_if(
+            0,
+            name,
+            value,
+            &buf,
+            |_| {
+                asked += 1;
+                true
+            },
+            true,
+        );
+        assert!(matches!(line, Ok(Some(_))));
+        assert_eq!(asked, 2, "asked again after a verdict that was not by name");
     }
 }

@@ -96,6 +96,13 @@ impl<'a> Filter<'a> {
         Self::new(direction, headers.get_all(header::CONNECTION).iter().map(|value| value.as_bytes()))
     }
 
+    /// Whether [`Filter::drops`] goes by the name alone: the message's `Connection` named
+    /// no other header (the usual case), so a verdict holds for that name on the next
+    /// message too (`HeaderMemo::line_if` remembers it).
+    pub fn by_name(&self) -> bool {
+        self.named.is_empty()
+    }
+
     /// Whether the header `name` (lower case, as `HeaderName` holds it) is dropped.
     pub fn drops(&self, name: &str) -> bool {
         dropped(name, self.direction) || self.named.iter().any(|token| token.eq_ignore_ascii_case(name))

@@ -622,7 +622,7 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
         // What the browser never sees is not even made (`Transfer-Encoding` is, for the
         // framing).
         let wanted = |name: &HeaderName| *name == header::TRANSFER_ENCODING || !filter.drops(name.as_str());
-        let line = memo.line_if(place, header.name.as_bytes(), header.value, &buf, wanted);
+        let line = memo.line_if(place, header.name.as_bytes(), header.value, &buf, wanted, filter.by_name());
         let Some((name, value)) = line.map_err(|bad| match bad {
             BadLine::Name => "bad header name",
             BadLine::Value => "bad header value",
@@ -861,6 +861,24 @@ mod tests {
             Some(HeaderValue::from_static("chunked")),
             "still frames the body"
         );
+    }
+
+    #[test]
+    fn a_header_a_connection_names_is_dropped_though_the_memo_knew_it_kept() {
+        // One connection's memo across three answers: the verdict remembered for `X-Hop`
+        // (kept) must not outlive the answer whose `Connection` names it.
+        let mut memo = HeaderMemo::default();
+        let mut kept = |text: &str| {
+            let mut read = BytesMut::from(text);
+            let head = parse_head(&mut read, &mut memo).expect("valid").expect("whole");
+            head.headers.keys().map(|name| name.as_str().to_owned()).collect::<Vec<_>>()
+        };
+        let plain = "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nETag: \"1\"\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(kept(plain), ["x-hop", "etag", "content-length"]);
+        let named =
+            "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nETag: \"1\"\r\nContent-Length: 0\r\nConnection: x-hop\r\n\r\n";
+        assert_eq!(kept(named), ["etag", "content-length"]);
+        assert_eq!(kept(plain), ["x-hop", "etag", "content-length"]);
     }
 
     #[test]
