@@ -188,7 +188,7 @@ fn plan(headers: &mut HeaderMap, browser: Option<Coding>) -> Result<Plan, Error>
     }
     let to = browser.filter(|_| is_compressible(headers, from.is_none()));
     let plan = Plan { from, to, passthrough: false };
-    if from.is_none() && to.is_none() {
+    if plan.is_identity() {
         return Ok(plan);
     }
     headers.remove(CONTENT_LENGTH);

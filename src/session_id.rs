@@ -130,17 +130,17 @@ impl KeyMemo {
     /// parsed again), else parsed ([`SessionId::parse_bytes`]) and digested, and then
     /// remembered. `None` for a value tokengate can never have issued.
     pub fn id_of(&self, value: &[u8]) -> Option<SessionId> {
-        let Ok(mut last) = self.0.lock() else {
-            // Poisoned by a panic elsewhere: no memo, just the parse and the digest.
+        let keyed = || {
             let mut id = SessionId::parse_bytes(value)?;
             id.key = Some(id.digest());
-            return Some(id);
+            Some(id)
         };
+        // Poisoned by a panic elsewhere: no memo, just the parse and the digest.
+        let Ok(mut last) = self.0.lock() else { return keyed() };
         if let Some(seen) = last.as_ref().filter(|seen| constant_time_eq(&seen.value, value)) {
             return Some(seen.clone());
         }
-        let mut id = SessionId::parse_bytes(value)?;
-        id.key = Some(id.digest());
+        let id = keyed()?;
         *last = Some(id.clone());
         Some(id)
     }
