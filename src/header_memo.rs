@@ -15,9 +15,18 @@
 //! `Content-Length`, request ids) is no longer kept. Values of headers that carry
 //! credentials (`Cookie`, `Authorization`, `Proxy-Authorization`, `Set-Cookie`) are never
 //! kept: they live only as long as their request or answer, as before.
+//!
+//! A head whose every header line names, at its place, the header the memo has there is
+//! read by the memo alone ([`HeaderMemo::replay`]): a line that is byte for byte the one
+//! remembered (its end included) costs one comparison, and another only has its value
+//! read (`head_scan`). Any other head is parsed by `httparse`, and the memo learns from it.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+
+use crate::head_scan;
 
 /// Most header lines remembered, from the first.
 pub const LINES: usize = 16;
@@ -33,6 +42,27 @@ pub enum BadLine {
     Value,
 }
 
+/// One header line of a head: its name and value, slices of the head, as `httparse` or
+/// [`HeaderMemo::replay`] hands them over.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLine<'b> {
+    pub name: &'b [u8],
+    pub value: &'b [u8],
+    /// Found by `replay` to be byte for byte the memo's line at its place, value kept.
+    known: bool,
+}
+
+impl<'b> HeadLine<'b> {
+    /// A line `httparse` read.
+    pub fn parsed(name: &'b [u8], value: &'b [u8]) -> Self {
+        Self { name, value, known: false }
+    }
+}
+
+/// The header lines [`HeaderMemo::replay`] read, in order, on the stack (none made
+/// before it is written: a head has one or two dozen, and this is every request's path).
+pub type Replayed<'b> = smallvec::SmallVec<[HeadLine<'b>; LINES]>;
+
 /// One connection's memo (see the module's words).
 #[derive(Default)]
 pub struct HeaderMemo {
@@ -41,13 +71,15 @@ pub struct HeaderMemo {
 }
 
 struct Line {
-    /// The line as it came on the wire — name, colon, spaces, value — when its value is
-    /// kept, else the name alone; compared byte for byte (one comparison a line).
+    /// The line as it came on the wire — name, colon, spaces, value, spaces, its end
+    /// (`\r\n` or `\n`) — when its value is kept, else the name alone; compared byte for
+    /// byte (one comparison a line).
     raw: Bytes,
     name_len: usize,
     name: HeaderName,
-    /// The value last seen here, a slice of `raw` (never of a read buffer).
+    /// The value last seen here, a slice of `raw` (never of a read buffer), at `value_at`.
     value: Option<HeaderValue>,
+    value_at: usize,
     value_changes: u8,
     /// The reader's verdict on this name, when it said it goes by the name alone
     /// ([`HeaderMemo::line_if`]'s `by_name`).
@@ -67,13 +99,44 @@ impl HeaderMemo {
     pub fn line(
         &mut self,
         place: usize,
-        raw_name: &[u8],
-        raw_value: &[u8],
+        line: HeadLine<'_>,
         buf: &Bytes,
     ) -> Result<(HeaderName, HeaderValue), BadLine> {
-        let line = self.line_if(place, raw_name, raw_value, buf, |_| true, true)?;
+        let line = self.line_if(place, line, buf, |_| true, true)?;
         // ok: every line is wanted here, so `line_if` never answers `None`.
         line.ok_or(BadLine::Name)
+    }
+
+    /// The header lines of `head` from `at` (where its first header line starts) to the
+    /// empty line that ends it, when every line names, at its place, the header the memo
+    /// has there (same bytes, then a colon): a line that is byte for byte the memo's is
+    /// taken as it is, another has its value read (`head_scan::header_value`). `None`
+    /// for any other head — a line at a place the memo does not know or with another
+    /// name, a value `head_scan` does not read, a head not whole — which `httparse` then
+    /// reads as before. Nothing here changes the memo: the caller hands each line to
+    /// [`HeaderMemo::line_if`], which does. Returns the head's length (its empty last
+    /// line included), the lines in `lines`.
+    pub fn replay<'b>(&self, head: &'b [u8], mut at: usize, lines: &mut Replayed<'b>) -> Option<usize> {
+        for line in &self.lines {
+            let rest = head.get(at..)?;
+            if let Some(length) = empty_line(rest) {
+                return Some(at + length);
+            }
+            if let Some(value) = line.value.as_ref().filter(|_| rest.starts_with(&line.raw)) {
+                let value = rest.get(line.value_at..line.value_at + value.len())?;
+                lines.push(HeadLine { name: &rest[..line.name_len], value, known: true });
+                at += line.raw.len();
+                continue;
+            }
+            let name = line.raw.get(..line.name_len)?;
+            if !rest.starts_with(name) || rest.get(name.len()) != Some(&b':') {
+                return None;
+            }
+            let (value, next) = head_scan::header_value(head, at + name.len() + 1)?;
+            lines.push(HeadLine { name: &rest[..name.len()], value: &head[value], known: false });
+            at = next;
+        }
+        Some(at + empty_line(head.get(at..)?)?)
     }
 
     /// [`HeaderMemo::line`] for a reader that drops some headers: `None` when `wanted`
@@ -84,17 +147,23 @@ impl HeaderMemo {
     pub fn line_if(
         &mut self,
         place: usize,
-        raw_name: &[u8],
-        raw_value: &[u8],
+        head_line: HeadLine<'_>,
         buf: &Bytes,
         wanted: impl FnOnce(&HeaderName) -> bool,
         by_name: bool,
     ) -> Result<Option<(HeaderName, HeaderValue)>, BadLine> {
+        let HeadLine { name: raw_name, value: raw_value, known } = head_line;
+        if let Some(line) = self.lines.get_mut(place).filter(|_| known) {
+            if let Some(value) = &line.value {
+                let keep = verdict(&mut line.wanted, &line.name, wanted, by_name);
+                return Ok(keep.then(|| (line.name.clone(), value.clone())));
+            }
+        }
         let whole = whole_line(buf, raw_name, raw_value);
         let can_update = self.updates < UPDATES;
         if let Some(line) = self.lines.get_mut(place) {
             if let Some(value) =
-                line.value.as_ref().filter(|_| whole.is_some_and(|whole| *line.raw == *whole))
+                line.value.as_ref().filter(|_| whole.as_ref().is_some_and(|(whole, _)| *line.raw == **whole))
             {
                 let keep = verdict(&mut line.wanted, &line.name, wanted, by_name);
                 return Ok(keep.then(|| (line.name.clone(), value.clone())));
@@ -105,8 +174,10 @@ impl HeaderMemo {
                 }
                 let value = fresh_value(buf, raw_value)?;
                 if can_update && line.value.is_some() && line.value_changes < VALUE_CHANGES {
-                    if let Some((raw, kept)) = whole.and_then(|whole| kept_line(whole, raw_name, raw_value)) {
-                        (line.raw, line.value) = (raw, Some(kept));
+                    if let Some((raw, kept, at)) =
+                        whole.and_then(|(whole, at)| kept_line(whole, raw_name, at))
+                    {
+                        (line.raw, line.value, line.value_at) = (raw, Some(kept), at.start);
                         line.value_changes += 1;
                         self.updates += 1;
                         return Ok(Some((line.name.clone(), value)));
@@ -122,10 +193,10 @@ impl HeaderMemo {
         let wanted = wanted(&name);
         let value = if wanted { Some(fresh_value(buf, raw_value)?) } else { None };
         if can_update && place <= self.lines.len() && place < LINES {
-            // A dropped line's name is learnt (the next one is told at one comparison),
-            // never its value.
-            let whole = whole.filter(|_| wanted && keeps_value(&name));
-            self.learn(place, &name, raw_name, whole, raw_value, by_name.then_some(wanted));
+            // A dropped line is learnt too (the next one is told at one comparison, and
+            // its head can be replayed), its value only if it is no credential.
+            let whole = whole.filter(|_| keeps_value(&name));
+            self.learn(place, &name, raw_name, whole, by_name.then_some(wanted));
         }
         Ok(value.map(|value| (name, value)))
     }
@@ -135,16 +206,22 @@ impl HeaderMemo {
         place: usize,
         name: &HeaderName,
         raw_name: &[u8],
-        whole: Option<&[u8]>,
-        raw_value: &[u8],
+        whole: Option<(&[u8], Range<usize>)>,
         wanted: Option<bool>,
     ) {
-        let (raw, value) = match whole.and_then(|whole| kept_line(whole, raw_name, raw_value)) {
-            Some((raw, value)) => (raw, Some(value)),
-            None => (Bytes::copy_from_slice(raw_name), None),
+        let (raw, value, value_at) = match whole.and_then(|(whole, at)| kept_line(whole, raw_name, at)) {
+            Some((raw, value, at)) => (raw, Some(value), at.start),
+            None => (Bytes::copy_from_slice(raw_name), None, 0),
         };
-        let line =
-            Line { raw, name_len: raw_name.len(), name: name.clone(), value, value_changes: 0, wanted };
+        let line = Line {
+            raw,
+            name_len: raw_name.len(),
+            name: name.clone(),
+            value,
+            value_at,
+            value_changes: 0,
+            wanted,
+        };
         match self.lines.get_mut(place) {
             Some(slot) => *slot = line,
             None => self.lines.push(line),
@@ -171,6 +248,15 @@ fn verdict(
     }
 }
 
+/// The length of the empty line that ends a head, when `rest` starts with one.
+fn empty_line(rest: &[u8]) -> Option<usize> {
+    match rest {
+        [b'\r', b'\n', ..] => Some(2),
+        [b'\n', ..] => Some(1),
+        _ => None,
+    }
+}
+
 /// Where `part` lies in `buf`, when it is a slice of it (as `httparse` hands lines over).
 fn span_in(buf: &Bytes, part: &[u8]) -> Option<std::ops::Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
@@ -178,19 +264,31 @@ fn span_in(buf: &Bytes, part: &[u8]) -> Option<std::ops::Range<usize>> {
     (span.end <= buf.len()).then_some(span)
 }
 
-/// The whole line from the name's first byte to the value's last, when both are slices
-/// of `buf` in that order.
-fn whole_line<'b>(buf: &'b Bytes, raw_name: &[u8], raw_value: &[u8]) -> Option<&'b [u8]> {
+/// The whole line from the name's first byte to its end (`\r\n` or `\n`, after the
+/// spaces that follow the value), when name and value are slices of `buf` in that order;
+/// and where the value lies in it.
+fn whole_line<'b>(buf: &'b Bytes, raw_name: &[u8], raw_value: &[u8]) -> Option<(&'b [u8], Range<usize>)> {
     let (name, value) = (span_in(buf, raw_name)?, span_in(buf, raw_value)?);
-    (name.end <= value.start).then(|| &buf[name.start..value.end])
+    if name.end > value.start {
+        return None;
+    }
+    let after = buf.get(value.end..)?;
+    let spaces = after.iter().position(|&b| b != b' ' && b != b'\t')?;
+    let end = value.end
+        + spaces
+        + match after.get(spaces..)? {
+            [b'\n', ..] => 1,
+            [b'\r', b'\n', ..] => 2,
+            _ => return None,
+        };
+    Some((&buf[name.start..end], value.start - name.start..value.end - name.start))
 }
 
-/// The line copied into its own buffer, and its value as a slice of that copy.
-fn kept_line(whole: &[u8], raw_name: &[u8], raw_value: &[u8]) -> Option<(Bytes, HeaderValue)> {
+/// The line copied into its own buffer, its value (at `at`) as a slice of that copy.
+fn kept_line(whole: &[u8], raw_name: &[u8], at: Range<usize>) -> Option<(Bytes, HeaderValue, Range<usize>)> {
     let raw = Bytes::copy_from_slice(whole);
-    let value = raw.slice(whole.len() - raw_value.len()..);
-    let value = HeaderValue::from_maybe_shared(value).ok()?;
-    (raw.get(..raw_name.len()) == Some(raw_name)).then_some((raw, value))
+    let value = HeaderValue::from_maybe_shared(raw.slice(at.clone())).ok()?;
+    (raw.get(..raw_name.len()) == Some(raw_name)).then_some((raw, value, at))
 }
 
 /// A value made from its bytes in the head: checked, and sharing the head's buffer
@@ -212,15 +310,60 @@ fn keeps_value(name: &HeaderName) -> bool {
         || name == header::SET_COOKIE)
 }
 
+/// Heads for tests that read the same bytes through one connection's memo and through a
+/// memo of their own: a start line and header lines drawn from the pools given, most
+/// heads in a run sharing one shape (so the memo replays them), with lines changed, cut
+/// short, ended by `\n` alone or broken between them.
+#[cfg(test)]
+pub(crate) fn alike_heads(
+    starts: &'static [&'static str],
+    pool: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = Vec<Vec<u8>>> {
+    use proptest::prelude::*;
+    let base = prop::collection::vec(0..pool.len(), 0..8);
+    let edit = (0..starts.len(), any::<prop::sample::Index>(), 0..pool.len(), 0u8..8, 0u8..6);
+    (base, prop::collection::vec(edit, 1..8)).prop_map(move |(base, edits)| {
+        edits
+            .into_iter()
+            .map(|(start, at, line, end, tail)| {
+                let mut lines: Vec<usize> = base.clone();
+                if !lines.is_empty() && end < 3 {
+                    let at = at.index(lines.len());
+                    lines[at] = line;
+                }
+                let newline: &[u8] = if end == 7 { b"\n" } else { b"\r\n" };
+                let mut head = starts[start].as_bytes().to_vec();
+                for line in lines {
+                    head.extend_from_slice(pool[line].as_bytes());
+                    head.extend_from_slice(newline);
+                }
+                head.extend_from_slice(newline);
+                match tail {
+                    0 => {
+                        head.pop();
+                    }
+                    1 => head.extend_from_slice(b"body"),
+                    _ => {}
+                }
+                head
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The line `name: value` read from a head of its own, as `httparse` hands it over.
     fn line(memo: &mut HeaderMemo, place: usize, name: &str, value: &str) -> (HeaderName, HeaderValue) {
-        let buf = Bytes::from(format!("{name}: {value}"));
-        let (raw_name, raw_value) = (&buf[..name.len()], &buf[name.len() + 2..]);
-        memo.line(place, raw_name, raw_value, &buf).expect("a valid line")
+        let buf = Bytes::from(format!("{name}: {value}\r\n"));
+        memo.line(place, parsed(&buf, name.len(), value.len()), &buf).expect("a valid line")
+    }
+
+    /// The line of `buf` (`name: value\r\n`) whose name and value have these lengths.
+    fn parsed(buf: &[u8], name: usize, value: usize) -> HeadLine<'_> {
+        HeadLine::parsed(&buf[..name], &buf[name + 2..name + 2 + value])
     }
 
     fn kept(memo: &HeaderMemo, place: usize) -> Option<&[u8]> {
@@ -295,13 +438,16 @@ mod tests {
     fn bad_names_and_values_are_refused() {
         let mut memo = HeaderMemo::default();
         let buf = Bytes::from_static(b"bad name: okx-ok: ok\x7f");
-        assert_eq!(memo.line(0, &buf[..8], &buf[10..12], &buf).err(), Some(BadLine::Name));
-        assert_eq!(memo.line(0, &buf[12..16], &buf[18..], &buf).err(), Some(BadLine::Value));
+        let at = |name: std::ops::Range<usize>, value: std::ops::Range<usize>| {
+            HeadLine::parsed(&buf[name], &buf[value])
+        };
+        assert_eq!(memo.line(0, at(0..8, 10..12), &buf).err(), Some(BadLine::Name));
+        assert_eq!(memo.line(0, at(12..16, 18..21), &buf).err(), Some(BadLine::Value));
         // Remembered first, the same name with a bad value is still refused.
-        memo.line(1, &buf[12..16], &buf[18..20], &buf).expect("valid");
-        assert_eq!(memo.line(1, &buf[12..16], &buf[18..], &buf).err(), Some(BadLine::Value));
+        memo.line(1, at(12..16, 18..20), &buf).expect("valid");
+        assert_eq!(memo.line(1, at(12..16, 18..21), &buf).err(), Some(BadLine::Value));
         // A name and value that are not slices of the head are still made right.
-        let (name, value) = memo.line(2, b"x-apart", b"v", &buf).expect("valid");
+        let (name, value) = memo.line(2, HeadLine::parsed(b"x-apart", b"v"), &buf).expect("valid");
         assert_eq!((name.as_str(), value.as_bytes()), ("x-apart", &b"v"[..]));
     }
 
@@ -310,35 +456,99 @@ mod tests {
         let mut memo = HeaderMemo::default();
         let not_cookies = |name: &HeaderName| *name != header::SET_COOKIE;
         for round in 0..3 {
-            let buf = Bytes::from(format!("Set-Cookie: id={round}\x7f"));
+            let buf = Bytes::from(format!("Set-Cookie: id={round}\x7f\r\n"));
             // Its value (bad here) is never looked at: the line is dropped whole.
-            let line = memo.line_if(0, &buf[..10], &buf[12..], &buf, not_cookies, true);
+            let line = memo.line_if(0, parsed(&buf, 10, 6), &buf, not_cookies, true);
             assert_eq!(line, Ok(None), "round {round}");
         }
         assert_eq!(memo.lines[0].name, header::SET_COOKIE);
-        assert!(memo.lines[0].value.is_none(), "a dropped line's value is never kept");
-        let buf = Bytes::from_static(b"Server: nginx");
-        let line = memo.line_if(0, &buf[..6], &buf[8..], &buf, not_cookies, true);
+        assert!(memo.lines[0].value.is_none(), "a credential's value is never kept");
+        let buf = Bytes::from_static(b"Server: nginx\r\n");
+        let line = memo.line_if(0, parsed(&buf, 6, 5), &buf, not_cookies, true);
         assert_eq!(line, Ok(Some((header::SERVER, HeaderValue::from_static("nginx")))));
+        // A dropped line that carries no credential is kept whole, for the next head.
+        let buf = Bytes::from_static(b"Connection: keep-alive\r\n");
+        let hop = |name: &HeaderName| *name != header::CONNECTION;
+        assert_eq!(memo.line_if(1, parsed(&buf, 10, 10), &buf, hop, true), Ok(None));
+        assert_eq!(kept(&memo, 1), Some(&b"keep-alive"[..]));
     }
 
     #[test]
     fn a_verdict_by_name_is_asked_once_and_any_other_every_time() {
         let mut memo = HeaderMemo::default();
-        let buf = Bytes::from_static(b"X-Custom: 1");
-        let (name, value) = (&buf[..8], &buf[10..]);
+        let buf = Bytes::from_static(b"X-Custom: 1\r\n");
+        let head_line = parsed(&buf, 8, 1);
         let asked = std::cell::Cell::new(0);
         let counted = |_: &HeaderName| {
             asked.set(asked.get() + 1);
             true
         };
         for _ in 0..3 {
-            assert!(matches!(memo.line_if(0, name, value, &buf, counted, true), Ok(Some(_))));
+            assert!(matches!(memo.line_if(0, head_line, &buf, counted, true), Ok(Some(_))));
         }
         assert_eq!(asked.get(), 1, "asked when learnt, remembered after");
         // Not by name (a `Connection` named it): asked, obeyed, and nothing remembered.
-        assert_eq!(memo.line_if(0, name, value, &buf, |_| false, false), Ok(None));
-        assert!(matches!(memo.line_if(0, name, value, &buf, counted, true), Ok(Some(_))));
+        assert_eq!(memo.line_if(0, head_line, &buf, |_| false, false), Ok(None));
+        assert!(matches!(memo.line_if(0, head_line, &buf, counted, true), Ok(Some(_))));
         assert_eq!(asked.get(), 2, "asked again after a verdict that was not by name");
+    }
+
+    #[test]
+    fn a_head_alike_the_last_is_replayed_and_its_lines_are_the_same() {
+        let mut memo = HeaderMemo::default();
+        let first = Bytes::from_static(
+            b"Server: nginx\r\nDate: Fri, 04 Dec 2026 15:00:00 GMT\r\nSet-Cookie: a=1\r\n\r\n",
+        );
+        assert!(memo.replay(&first, 0, &mut Replayed::new()).is_none(), "nothing learnt yet");
+        for (place, (start, name, value)) in [(0, 6, 5), (15, 4, 29), (52, 10, 3)].into_iter().enumerate() {
+            memo.line(place, parsed(&first[start..], name, value), &first).expect("valid");
+        }
+        let next = Bytes::from_static(
+            b"Server: nginx\r\nDate: Fri, 04 Dec 2026 15:00:01 GMT\r\nSet-Cookie:  b=2 \r\n\r\nbody",
+        );
+        let mut replayed = Replayed::new();
+        assert_eq!(memo.replay(&next, 0, &mut replayed), Some(next.len() - 4), "alike");
+        let lines: Vec<_> = replayed.iter().map(|line| (line.name, line.value, line.known)).collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Server"[..], &b"nginx"[..], true),
+                (b"Date", b"Fri, 04 Dec 2026 15:00:01 GMT", false),
+                (b"Set-Cookie", b"b=2", false),
+            ]
+        );
+        for (place, line) in replayed.into_iter().enumerate() {
+            let (name, value) = memo.line(place, line, &next).expect("valid");
+            assert_eq!(name.as_str().as_bytes(), line.name.to_ascii_lowercase());
+            assert_eq!(value.as_bytes(), line.value);
+        }
+    }
+
+    #[test]
+    fn a_head_not_alike_is_left_to_httparse() {
+        let mut memo = HeaderMemo::default();
+        let learnt = Bytes::from_static(b"Server: nginx\r\nX-A: 1\r\n");
+        memo.line(0, parsed(&learnt, 6, 5), &learnt).expect("valid");
+        memo.line(1, parsed(&learnt[15..], 3, 1), &learnt).expect("valid");
+        for head in [
+            &b"server: nginx\r\nX-A: 1\r\n\r\n"[..],
+            b"Server: nginx\r\nX-B: 1\r\n\r\n",
+            b"Server: nginx\r\nX-A: 1\r\nX-C: 1\r\n\r\n",
+            b"Server: nginx\r\nX-A: 1\x7f\r\n\r\n",
+            b"Server: nginx\r\nX-A: 1\r\n  folded\r\n\r\n",
+            b"Server: nginx\r\nX-A : 1\r\n\r\n",
+            b"Server: nginx\r\nX-A: 1\r\n",
+            b"Server: nginx\r\nX-A: 1\r\n\r",
+            b"Server: nginx\r\nX-A: 1",
+        ] {
+            assert!(
+                memo.replay(head, 0, &mut Replayed::new()).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let replay = |head: &[u8]| memo.replay(head, 0, &mut Replayed::new());
+        assert_eq!(replay(b"Server: nginx\nX-A:2\n\n"), Some(21), "ends and values may differ");
+        assert_eq!(replay(b"Server: nginx\r\n\r\n"), Some(17), "fewer lines");
     }
 }

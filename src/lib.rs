@@ -28,6 +28,7 @@ pub mod unauthorized;
 pub mod protocol;
 mod header_memo;
 pub mod header_pool;
+mod head_scan;
 mod http1;
 pub mod deadline;
 pub mod leak_guard;

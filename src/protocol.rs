@@ -109,6 +109,20 @@ impl<'a> Filter<'a> {
     }
 }
 
+/// Whether a header line's name (as on the wire, any case) is `Connection`: two word
+/// comparisons, not ten byte ones (every line of every answer is asked, twice). Setting
+/// bit 5 lower-cases a letter and can make no other byte one of these letters.
+pub fn is_connection(name: &[u8]) -> bool {
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    match name {
+        [a, b, c, d, e, f, g, h, i, j] => {
+            u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]) | LOWER == u64::from_le_bytes(*b"connecti")
+                && (*i | 0x20, *j | 0x20) == (b'o', b'n')
+        }
+        _ => false,
+    }
+}
+
 /// The tokens of a comma-separated header value (`Connection`, `Transfer-Encoding`),
 /// trimmed, empty ones skipped.
 pub fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -202,6 +216,26 @@ pub fn declared_length(body: &impl http_body::Body) -> Option<u64> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn connection_is_told_in_any_case_and_nothing_else_is() {
+        for name in ["Connection", "connection", "CONNECTION", "cOnNeCtIoN"] {
+            assert!(is_connection(name.as_bytes()), "{name}");
+        }
+        for name in
+            ["Set-Cookie", "connectio", "connections", "Connectiom", "Connection\x00", "\x03onnection"]
+        {
+            assert!(!is_connection(name.as_bytes()), "{name}");
+        }
+        // Against the plain comparison, over every byte at every place.
+        for at in 0..10 {
+            for byte in 0..=255u8 {
+                let mut name = *b"connection";
+                name[at] = byte;
+                assert_eq!(is_connection(&name), name.eq_ignore_ascii_case(b"connection"), "{name:?}");
+            }
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -60,7 +60,8 @@ use crate::body::{Body, Inbound};
 use crate::context::ConnInfo;
 use crate::deadline::Deadline;
 use crate::error::Error;
-use crate::header_memo::{BadLine, HeaderMemo};
+use crate::head_scan;
+use crate::header_memo::{BadLine, HeadLine, HeaderMemo, Replayed};
 use crate::header_pool;
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
 use crate::protocol;
@@ -536,9 +537,23 @@ struct Head {
 
 /// Parses a request head from the front of `buf`, taking it off; `None` (and `buf` as it
 /// was) until it is whole. The buffer is frozen first, so header values are slices of it,
-/// not copies; what followed the head comes back as `Head::rest`.
+/// not copies; what followed the head comes back as `Head::rest`. A head shaped like the
+/// connection's last ones is read by the memo (`HeaderMemo::replay`), any other by
+/// `httparse`; both hand the same lines to [`head_of`].
 fn parse(buf: &mut BytesMut, max_head: usize, memo: &mut HeaderMemo) -> Result<Option<Head>, Stop> {
     let bytes = buf.split().freeze();
+    if let Some(line) = head_scan::request_line(&bytes) {
+        let mut lines = Replayed::new();
+        if let Some(length) = memo.replay(&bytes, line.end, &mut lines).filter(|&length| length <= max_head) {
+            let start = Start {
+                method: &bytes[line.method],
+                target: &bytes[line.target],
+                http10: line.http10,
+                length,
+            };
+            return head_of(&bytes, start, lines.iter().copied(), memo).map(Some);
+        }
+    }
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let length =
@@ -557,22 +572,46 @@ fn parse(buf: &mut BytesMut, max_head: usize, memo: &mut HeaderMemo) -> Result<O
             }
             Err(_) => return Err(bad("The request is not valid HTTP/1.1.")),
         };
-    let method = request.method.map(|m| Method::from_bytes(m.as_bytes())).and_then(Result::ok);
-    let method = method.ok_or_else(|| bad("The request method is not valid."))?;
-    let target = bytes.slice_ref(request.path.unwrap_or("/").as_bytes());
+    let start = Start {
+        method: request.method.unwrap_or_default().as_bytes(),
+        target: request.path.unwrap_or("/").as_bytes(),
+        http10: request.version == Some(0),
+        length,
+    };
+    let lines = request.headers.iter().map(|header| HeadLine::parsed(header.name.as_bytes(), header.value));
+    head_of(&bytes, start, lines, memo).map(Some)
+}
+
+/// A request line as read, and the length of its whole head.
+struct Start<'b> {
+    method: &'b [u8],
+    target: &'b [u8],
+    http10: bool,
+    length: usize,
+}
+
+/// The request of a head read whole from `bytes`: its start and its header lines, each
+/// typed through the connection's memo, and the framing they say.
+fn head_of<'b>(
+    bytes: &'b Bytes,
+    start: Start<'b>,
+    lines: impl Iterator<Item = HeadLine<'b>>,
+    memo: &mut HeaderMemo,
+) -> Result<Head, Stop> {
+    let method = Method::from_bytes(start.method).map_err(|_| bad("The request method is not valid."))?;
+    let target = bytes.slice_ref(start.target);
     let uri = Uri::from_maybe_shared(target).map_err(|_| bad("The request target is not valid."))?;
-    let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut headers = header_pool::take(request.headers.len());
+    let version = if start.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut headers = header_pool::take(lines.size_hint().0);
     let mut keep_alive = version == Version::HTTP_11;
     let (mut chunked, mut coded, mut length_seen) = (false, false, None);
-    for (place, header) in request.headers.iter().enumerate() {
-        let (name, value) =
-            memo.line(place, header.name.as_bytes(), header.value, &bytes).map_err(|bad_line| {
-                bad(match bad_line {
-                    BadLine::Name => "A header name is not valid.",
-                    BadLine::Value => "A header value is not valid.",
-                })
-            })?;
+    for (place, line) in lines.enumerate() {
+        let (name, value) = memo.line(place, line, bytes).map_err(|bad_line| {
+            bad(match bad_line {
+                BadLine::Name => "A header name is not valid.",
+                BadLine::Value => "A header value is not valid.",
+            })
+        })?;
         if name == header::CONNECTION {
             keep_alive = keeps_alive(version, &value, keep_alive);
         } else if name == header::TRANSFER_ENCODING {
@@ -595,7 +634,7 @@ fn parse(buf: &mut BytesMut, max_head: usize, memo: &mut HeaderMemo) -> Result<O
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Ok(Some(Head { request, framing, keep_alive, rest: bytes.slice(length..) }))
+    Ok(Head { request, framing, keep_alive, rest: bytes.slice(start.length..) })
 }
 
 /// Whether `buf` holds the end of a head (an empty line: `\n\n` or `\n\r\n`) that ends
@@ -786,6 +825,49 @@ mod tests {
                 .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")).to_lowercase())
                 .collect();
             assert_eq!(got, sent, "{text}");
+        }
+    }
+
+    /// What a parse came to, to compare two: the request as read, or why not.
+    fn outcome(result: Result<Option<Head>, Stop>) -> String {
+        match result {
+            Ok(Some(head)) => format!(
+                "{} {} {:?} {:?} {:?} {} {:?}",
+                head.request.method(),
+                head.request.uri(),
+                head.request.version(),
+                head.request.headers(),
+                head.framing,
+                head.keep_alive,
+                head.rest
+            ),
+            Ok(None) => "partial".to_owned(),
+            Err(Stop::Quiet) => "quiet".to_owned(),
+            Err(Stop::Refuse(error)) => format!("refused: {error}"),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Heads read on one connection (replayed by its memo when alike) come out as each
+        /// does on a connection of its own (read by httparse): the same request, or the
+        /// same refusal.
+        #[test]
+        fn a_replayed_head_is_read_as_httparse_reads_it(heads in crate::header_memo::alike_heads(
+            &["GET /v1/shoppers/me HTTP/1.1\r\n", "POST /v1/carts/me?x=1 HTTP/1.1\r\n", "GET / HTTP/1.0\n",
+              "GET /\x7f HTTP/1.1\r\n", "PATCH /v1/a%20b HTTP/1.1\r\n"],
+            &["Host: 127.0.0.1", "Accept: application/json", "Cookie: tg=abc", "Cookie: tg=xyz",
+              "Content-Length: 4", "Content-Length: 5", "Transfer-Encoding: chunked", "Connection: close",
+              "X-Custom:  v \t", "x-custom: w", "X-Empty:", "X-Obs: \u{e9}t\u{e9}", "X-Bad: a\x7fb",
+              "X-Fold: a\r\n b", "Bad Name: x", "X-Lone: a\rb", "Host :a", "X-Tab:\tv"],
+        )) {
+            let mut memo = HeaderMemo::default();
+            for head in heads {
+                let mine = outcome(parse(&mut BytesMut::from(&head[..]), 16 * 1024, &mut memo));
+                let own = outcome(parse(&mut BytesMut::from(&head[..]), 16 * 1024, &mut HeaderMemo::default()));
+                proptest::prop_assert_eq!(mine, own, "{:?}", String::from_utf8_lossy(&head));
+            }
         }
     }
 

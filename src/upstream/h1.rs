@@ -54,11 +54,12 @@ use tokio_rustls::TlsConnector;
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
-use crate::header_memo::{BadLine, HeaderMemo};
+use crate::head_scan;
+use crate::header_memo::{BadLine, HeadLine, HeaderMemo, Replayed};
 use crate::header_pool;
 pub use crate::http1::BodyFault;
 use crate::http1::{format_len, itoa_buffer, merge_length, push_header, Chunk, Framing, Step};
-use crate::protocol::{list_tokens, Direction, Filter};
+use crate::protocol::{self, list_tokens, Direction, Filter};
 
 /// Most headers an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -587,9 +588,17 @@ impl Conn {
 
 /// Parses an answer's head from the front of `read`, taking it off; `None` (and `read`
 /// as it was) until it is whole. The buffer is frozen first, so header values are
-/// slices of it, not copies; what follows the head comes back as `Head::rest`.
+/// slices of it, not copies; what follows the head comes back as `Head::rest`. A head
+/// shaped like the connection's last ones is read by the memo (`HeaderMemo::replay`), any
+/// other by `httparse`; both hand the same lines to [`head_of`].
 fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>, &'static str> {
     let buf = read.split().freeze();
+    if let Some(line) = head_scan::status_line(&buf) {
+        let mut lines = Replayed::new();
+        if let Some(length) = memo.replay(&buf, line.end, &mut lines) {
+            return head_of(&buf, (line.code, line.http10, length), lines.iter().copied(), memo).map(Some);
+        }
+    }
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let head_length =
@@ -602,27 +611,39 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
             Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
             Err(_) => return Err("malformed head"),
         };
-    let status = response.code.and_then(|code| StatusCode::from_u16(code).ok()).ok_or("bad status")?;
-    let http10 = response.version == Some(0);
-    let connection = response.headers.iter().filter(|header| header.name.eq_ignore_ascii_case("connection"));
-    // What never reaches the browser is dropped here, as the head is read (`protocol`).
-    let filter = Filter::new(Direction::Response, connection.map(|header| header.value));
-    let mut map = header_pool::take(response.headers.len());
+    let lines = response.headers.iter().map(|header| HeadLine::parsed(header.name.as_bytes(), header.value));
+    let start = (response.code.unwrap_or_default(), response.version == Some(0), head_length);
+    head_of(&buf, start, lines, memo).map(Some)
+}
+
+/// The head read whole from `buf`: its status, HTTP/1.0 or not and length (`start`), and
+/// its header lines, each typed through the connection's memo; what never reaches the
+/// browser is dropped here, as the head is read (`protocol`).
+fn head_of<'b>(
+    buf: &Bytes,
+    (code, http10, head_length): (u16, bool, usize),
+    lines: impl Iterator<Item = HeadLine<'b>> + Clone,
+    memo: &mut HeaderMemo,
+) -> Result<Head, &'static str> {
+    let status = StatusCode::from_u16(code).map_err(|_| "bad status")?;
+    let is_connection = |line: &HeadLine<'_>| protocol::is_connection(line.name);
+    let connection = lines.clone().filter(is_connection).map(|line| line.value);
+    let filter = Filter::new(Direction::Response, connection);
+    let mut map = header_pool::take(lines.size_hint().0);
     let (mut close, mut transfer_encoding, mut length) = (http10, None, Ok(None));
-    for (place, header) in response.headers.iter().enumerate() {
-        if header.name.eq_ignore_ascii_case("connection") {
-            let lists = |want: &[u8]| list_tokens(header.value).any(|token| token.eq_ignore_ascii_case(want));
+    for (place, line) in lines.enumerate() {
+        if is_connection(&line) {
+            let lists = |want: &[u8]| list_tokens(line.value).any(|token| token.eq_ignore_ascii_case(want));
             if lists(b"close") {
                 close = true;
             } else if http10 && lists(b"keep-alive") {
                 close = false;
             }
-            continue;
         }
         // What the browser never sees is not even made (`Transfer-Encoding` is, for the
-        // framing).
+        // framing). The memo still learns it, so that the next head can be replayed.
         let wanted = |name: &HeaderName| *name == header::TRANSFER_ENCODING || !filter.drops(name.as_str());
-        let line = memo.line_if(place, header.name.as_bytes(), header.value, &buf, wanted, filter.by_name());
+        let line = memo.line_if(place, line, buf, wanted, filter.by_name());
         let Some((name, value)) = line.map_err(|bad| match bad {
             BadLine::Name => "bad header name",
             BadLine::Value => "bad header value",
@@ -640,7 +661,7 @@ fn parse_head(read: &mut BytesMut, memo: &mut HeaderMemo) -> Result<Option<Head>
             map.append(name, value);
         }
     }
-    Ok(Some(Head { status, headers: map, close, transfer_encoding, length, rest: buf.slice(head_length..) }))
+    Ok(Head { status, headers: map, close, transfer_encoding, length, rest: buf.slice(head_length..) })
 }
 
 /// The rest of an answer's body, read from its connection as the browser's side asks
@@ -879,6 +900,42 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nETag: \"1\"\r\nContent-Length: 0\r\nConnection: x-hop\r\n\r\n";
         assert_eq!(kept(named), ["etag", "content-length"]);
         assert_eq!(kept(plain), ["x-hop", "etag", "content-length"]);
+    }
+
+    /// What a parse came to, to compare two: the head as read, or why not.
+    fn outcome(result: Result<Option<Head>, &'static str>) -> String {
+        match result {
+            Ok(Some(head)) => format!(
+                "{} {:?} {} {:?} {:?} {:?}",
+                head.status, head.headers, head.close, head.transfer_encoding, head.length, head.rest
+            ),
+            Ok(None) => "partial".to_owned(),
+            Err(why) => why.to_owned(),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Answers read on one connection (replayed by its memo when alike) come out as
+        /// each does on a connection of its own (read by httparse).
+        #[test]
+        fn a_replayed_head_is_read_as_httparse_reads_it(heads in crate::header_memo::alike_heads(
+            &["HTTP/1.1 200 OK\r\n", "HTTP/1.1 401 Unauthorized\r\n", "HTTP/1.0 200 OK\n", "HTTP/1.1 204\r\n",
+              "HTTP/1.1 200 \u{e9}\r\n", "HTTP/1.1 20 OK\r\n"],
+            &["Server: nginx", "Date: Fri, 04 Dec 2026 15:00:00 GMT", "Date: Fri, 04 Dec 2026 15:00:01 GMT",
+              "Content-Type: application/json", "Content-Length: 4", "Content-Length: 5", "Connection: keep-alive",
+              "Connection: close", "Connection: x-hop", "X-Hop: 1", "Set-Cookie: a=1", "Set-Cookie: b=2",
+              "Transfer-Encoding: chunked", "X-Custom:  v \t", "X-Empty:", "X-Bad: a\x7fb", "X-Fold: a\r\n b",
+              "Bad Name: x", "Access-Control-Allow-Origin: *"],
+        )) {
+            let mut memo = HeaderMemo::default();
+            for head in heads {
+                let mine = outcome(parse_head(&mut BytesMut::from(&head[..]), &mut memo));
+                let own = outcome(parse_head(&mut BytesMut::from(&head[..]), &mut HeaderMemo::default()));
+                proptest::prop_assert_eq!(mine, own, "{:?}", String::from_utf8_lossy(&head));
+            }
+        }
     }
 
     #[test]
