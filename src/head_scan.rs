@@ -146,10 +146,23 @@ fn first_below(bytes: &[u8], floor: u8) -> usize {
     at + tail.iter().position(|&b| b < floor || b == 0x7f).unwrap_or(tail.len())
 }
 
-/// RFC 9110 `tchar`, as `httparse` takes a method or a header name.
+/// RFC 9110 `tchar`, as `httparse` takes a method or a header name: one load (the
+/// method's end, a space, is always looked up).
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN[usize::from(b)]
 }
+
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -240,6 +253,14 @@ mod tests {
                 prop_assert_eq!(response.version, Some(u8::from(!line.http10)));
                 prop_assert_eq!(parsed, Ok(httparse::Status::Complete(line.end + 2)));
             }
+        }
+    }
+
+    #[test]
+    fn the_token_table_is_rfc_9110_tchar() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_token(b), tchar, "{b:#04x}");
         }
     }
 
