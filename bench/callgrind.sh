@@ -19,6 +19,10 @@
 # each measured request is the first of its session since the warm-up, so the leak guard's
 # needle cache holds nearly none of them (what 100,000 sessions look like to a 16,384-slot
 # cache). nginx has no sessions and is measured as usual.
+# CALLGRIND_HEADERS=browser sends, with every request of every leg, the eleven headers a
+# Chromium fetch() from the storefront adds (sec-ch-ua*, User-Agent, Accept, Sec-Fetch-*,
+# Referer, Accept-Language, Connection; Accept-Encoding stays identity, as without it), so
+# that the heads are a browser's size and not only the three python's http.client sends.
 # Environment: CALLGRIND_REQUESTS [2000], CALLGRIND_WARMUP [200], CALLGRIND_CACHE_SIM=yes also
 # simulates the caches (events D1mr, DLmr, ...: which code misses the last-level cache, as a
 # rotating-sessions run does), CALLGRIND_DUMP_INSTR=yes records costs per instruction (for `callgrind_annotate` or
@@ -101,50 +105,49 @@ render "$ROOT/bench/upstream.conf.template" "$WORK/upstream.conf" "WORKDIR=$WORK
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" "the static upstream"
 
+# The client: URL, HEADER ("Name: value", or "@FILE" of cookie values) and a count of
+# requests on one keep-alive connection.
+cat >"$WORK/client.py" <<'EOF'
+import http.client, os, sys, urllib.parse
+url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+# "@FILE": one cookie value a line, a different one each request, going on where the last
+# run stopped (the position is kept in FILE.at).
+cookies, at, headers = None, 0, {}
+# CALLGRIND_HEADERS=browser: the headers a browser's fetch() from the storefront sends too.
+base = {} if os.environ.get("CALLGRIND_HEADERS", "") != "browser" else {
+    "Connection": "keep-alive",
+    "sec-ch-ua": '"Chromium";v="131", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile": "?0",
+    "sec-ch-ua-platform": '"Linux"',
+    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Accept": "application/json",
+    "Sec-Fetch-Site": "same-origin",
+    "Sec-Fetch-Mode": "cors",
+    "Sec-Fetch-Dest": "empty",
+    "Referer": "https://shop.example/cart",
+    "Accept-Language": "en-US,en;q=0.9",
+}
+if header.startswith("@"):
+    cookies = open(header[1:]).read().split()
+    at = int(open(header[1:] + ".at").read()) if os.path.exists(header[1:] + ".at") else 0
+elif header:
+    headers = dict([header.split(": ", 1)])
+c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+for _ in range(n):
+    if cookies is not None:
+        headers = {"Cookie": "tg=" + cookies[at % len(cookies)]}; at += 1
+    c.request("GET", url.path, headers={**base, **headers}); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+if cookies is not None:
+    open(header[1:] + ".at", "w").write(str(at))
+EOF
+
 # measure NAME URL [HEADER]: prints instructions per request of the process in PIDS[-1].
 measure() {
   local name="$1" url="$2" header="${3:-}" pid="${PIDS[-1]}" out
-  python3 - "$url" "$header" "$WARMUP" <<'EOF'
-import http.client, os, sys, urllib.parse
-url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-# "@FILE": one cookie value a line, a different one each request, going on where the last
-# run stopped (the position is kept in FILE.at).
-cookies, at, headers = None, 0, {}
-if header.startswith("@"):
-    cookies = open(header[1:]).read().split()
-    at = int(open(header[1:] + ".at").read()) if os.path.exists(header[1:] + ".at") else 0
-elif header:
-    headers = dict([header.split(": ", 1)])
-c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
-for _ in range(n):
-    if cookies is not None:
-        headers = {"Cookie": "tg=" + cookies[at % len(cookies)]}; at += 1
-    c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-if cookies is not None:
-    open(header[1:] + ".at", "w").write(str(at))
-EOF
+  python3 "$WORK/client.py" "$url" "$header" "$WARMUP"
   callgrind_control -z "$pid" >/dev/null
-  python3 - "$url" "$header" "$REQUESTS" <<'EOF'
-import http.client, os, sys, urllib.parse
-url, header, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-# "@FILE": one cookie value a line, a different one each request, going on where the last
-# run stopped (the position is kept in FILE.at).
-cookies, at, headers = None, 0, {}
-if header.startswith("@"):
-    cookies = open(header[1:]).read().split()
-    at = int(open(header[1:] + ".at").read()) if os.path.exists(header[1:] + ".at") else 0
-elif header:
-    headers = dict([header.split(": ", 1)])
-c = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
-for _ in range(n):
-    if cookies is not None:
-        headers = {"Cookie": "tg=" + cookies[at % len(cookies)]}; at += 1
-    c.request("GET", url.path, headers=headers); r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-if cookies is not None:
-    open(header[1:] + ".at", "w").write(str(at))
-EOF
+  python3 "$WORK/client.py" "$url" "$header" "$REQUESTS"
   callgrind_control -d "$pid" >/dev/null
   # The dump is written by the process itself: wait for it, bounded.
   for _ in $(seq 100); do
@@ -226,7 +229,7 @@ TG_LINE="$(tokengate_leg tokengate)"
 TG_OFF_LINE="$(tokengate_leg tokengate-guard-off TOKENGATE_LEAK_GUARD_ENABLED=false)"
 
 echo
-echo "user-space instructions per request (callgrind; small JSON; $REQUESTS requests after $WARMUP; tokengate over $SESSIONS session(s))"
+echo "user-space instructions per request (callgrind; small JSON; $REQUESTS requests after $WARMUP; tokengate over $SESSIONS session(s); headers: ${CALLGRIND_HEADERS:-the three of python http.client})"
 printf '%s\n' "$NGINX_LINE" "$TG_LINE" "$TG_OFF_LINE"
 awk -v a="$(awk '{print $2}' <<<"$NGINX_LINE")" -v b="$(awk '{print $2}' <<<"$TG_LINE")" \
   'BEGIN { printf "tokengate / nginx: %.2fx\n", b / a }'
