@@ -61,7 +61,9 @@ use crate::context::ConnInfo;
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::head_scan;
-use crate::header_memo::{BadLine, HeadLine, HeaderMemo, Replayed};
+#[doc(hidden)]
+pub use crate::header_memo::HeaderMemo;
+use crate::header_memo::{BadLine, HeadLine, Replayed};
 use crate::header_pool;
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
 use crate::protocol;
@@ -637,6 +639,34 @@ fn head_of<'b>(
     Ok(Head { request, framing, keep_alive, rest: bytes.slice(start.length..) })
 }
 
+/// `head` read on a connection whose memo has read the heads before it (and may replay
+/// it) and on a connection of its own, each as what it came to (the request, or why
+/// not): the two must be the same (the proptest below, and the fuzz target `heads`).
+#[doc(hidden)]
+pub fn read_alike_and_alone(memo: &mut HeaderMemo, head: &[u8]) -> (String, String) {
+    let read = |memo: &mut HeaderMemo| outcome(parse(&mut BytesMut::from(head), 16 * 1024, memo));
+    (read(memo), read(&mut HeaderMemo::default()))
+}
+
+/// What a parse came to, to compare two: the request as read, or why not.
+fn outcome(result: Result<Option<Head>, Stop>) -> String {
+    match result {
+        Ok(Some(head)) => format!(
+            "{} {} {:?} {:?} {:?} {} {:?}",
+            head.request.method(),
+            head.request.uri(),
+            head.request.version(),
+            head.request.headers(),
+            head.framing,
+            head.keep_alive,
+            head.rest
+        ),
+        Ok(None) => "partial".to_owned(),
+        Err(Stop::Quiet) => "quiet".to_owned(),
+        Err(Stop::Refuse(error)) => format!("refused: {error}"),
+    }
+}
+
 /// Whether `buf` holds the end of a head (an empty line: `\n\n` or `\n\r\n`) that ends
 /// after `from`, the length already looked at.
 fn has_head_end(buf: &[u8], from: usize) -> bool {
@@ -828,25 +858,6 @@ mod tests {
         }
     }
 
-    /// What a parse came to, to compare two: the request as read, or why not.
-    fn outcome(result: Result<Option<Head>, Stop>) -> String {
-        match result {
-            Ok(Some(head)) => format!(
-                "{} {} {:?} {:?} {:?} {} {:?}",
-                head.request.method(),
-                head.request.uri(),
-                head.request.version(),
-                head.request.headers(),
-                head.framing,
-                head.keep_alive,
-                head.rest
-            ),
-            Ok(None) => "partial".to_owned(),
-            Err(Stop::Quiet) => "quiet".to_owned(),
-            Err(Stop::Refuse(error)) => format!("refused: {error}"),
-        }
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -864,8 +875,7 @@ mod tests {
         )) {
             let mut memo = HeaderMemo::default();
             for head in heads {
-                let mine = outcome(parse(&mut BytesMut::from(&head[..]), 16 * 1024, &mut memo));
-                let own = outcome(parse(&mut BytesMut::from(&head[..]), 16 * 1024, &mut HeaderMemo::default()));
+                let (mine, own) = read_alike_and_alone(&mut memo, &head);
                 proptest::prop_assert_eq!(mine, own, "{:?}", String::from_utf8_lossy(&head));
             }
         }

@@ -55,7 +55,9 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::deadline::Deadline;
 use crate::head_scan;
-use crate::header_memo::{BadLine, HeadLine, HeaderMemo, Replayed};
+#[doc(hidden)]
+pub use crate::header_memo::HeaderMemo;
+use crate::header_memo::{BadLine, HeadLine, Replayed};
 use crate::header_pool;
 pub use crate::http1::BodyFault;
 use crate::http1::{format_len, itoa_buffer, merge_length, push_header, Chunk, Framing, Step};
@@ -664,6 +666,27 @@ fn head_of<'b>(
     Ok(Head { status, headers: map, close, transfer_encoding, length, rest: buf.slice(head_length..) })
 }
 
+/// `head` (an answer's) read on a connection whose memo has read the heads before it (and
+/// may replay it) and on a connection of its own, each as what it came to: the two must
+/// be the same (the proptest below, and the fuzz target `heads`).
+#[doc(hidden)]
+pub fn read_alike_and_alone(memo: &mut HeaderMemo, head: &[u8]) -> (String, String) {
+    let read = |memo: &mut HeaderMemo| outcome(parse_head(&mut BytesMut::from(head), memo));
+    (read(memo), read(&mut HeaderMemo::default()))
+}
+
+/// What a parse came to, to compare two: the head as read, or why not.
+fn outcome(result: Result<Option<Head>, &'static str>) -> String {
+    match result {
+        Ok(Some(head)) => format!(
+            "{} {:?} {} {:?} {:?} {:?}",
+            head.status, head.headers, head.close, head.transfer_encoding, head.length, head.rest
+        ),
+        Ok(None) => "partial".to_owned(),
+        Err(why) => why.to_owned(),
+    }
+}
+
 /// The rest of an answer's body, read from its connection as the browser's side asks
 /// for it; the connection goes back to the pool at the body's clean end.
 #[derive(Debug)]
@@ -902,18 +925,6 @@ mod tests {
         assert_eq!(kept(plain), ["x-hop", "etag", "content-length"]);
     }
 
-    /// What a parse came to, to compare two: the head as read, or why not.
-    fn outcome(result: Result<Option<Head>, &'static str>) -> String {
-        match result {
-            Ok(Some(head)) => format!(
-                "{} {:?} {} {:?} {:?} {:?}",
-                head.status, head.headers, head.close, head.transfer_encoding, head.length, head.rest
-            ),
-            Ok(None) => "partial".to_owned(),
-            Err(why) => why.to_owned(),
-        }
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -931,8 +942,7 @@ mod tests {
         )) {
             let mut memo = HeaderMemo::default();
             for head in heads {
-                let mine = outcome(parse_head(&mut BytesMut::from(&head[..]), &mut memo));
-                let own = outcome(parse_head(&mut BytesMut::from(&head[..]), &mut HeaderMemo::default()));
+                let (mine, own) = read_alike_and_alone(&mut memo, &head);
                 proptest::prop_assert_eq!(mine, own, "{:?}", String::from_utf8_lossy(&head));
             }
         }
