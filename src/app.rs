@@ -36,7 +36,7 @@ use crate::endpoints;
 use crate::error::{Error, Source};
 use crate::forward::{self, Forwarder, Limits, Prepared};
 use crate::guard;
-use crate::leak_guard::{self, LeakGuard};
+use crate::leak_guard::{LeakGuard, SessionNeedles};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::router::{self, Endpoint, Target};
@@ -223,7 +223,7 @@ impl App {
         let guard = LeakGuard::new(live.leak_guard, ctx.fixed.upstream.request_timeout);
         let needles = match (&active, &record) {
             (Some(active), Some(record)) if guard.is_enabled() => {
-                leak_guard::needles_of(&self.needles, &active.key, record, ctx.now)
+                SessionNeedles::new(&self.needles, &active.key, record, ctx.now)
             }
             _ => None,
         };

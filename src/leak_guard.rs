@@ -5,9 +5,10 @@
 //!   tokens (a hit replaces the response with 502 `token_leak_blocked`); the reason phrase
 //!   and trailers never reach the browser at all (`upstream::h1`, `forward`, `body`);
 //! * its body, whatever its type or size, is searched as it streams, in every form a page
-//!   could decode (`scan`, with needles built once per session token generation and kept
-//!   in a bounded [`NeedleCache`], their SIMD searchers only once a long stretch needs
-//!   them): the first frame before the head goes out (a hit there is a
+//!   could decode (`scan`: a header value or a short answer by the tails and grams the
+//!   tokens were made with, anything else with needles built once per session token
+//!   generation and kept in a bounded [`NeedleCache`], their SIMD searchers only once a
+//!   long stretch needs them): the first frame before the head goes out (a hit there is a
 //!   clean 502), every later frame before it goes out (a hit there cuts the response off:
 //!   the connection or stream is reset, never completed);
 //! * a body is searched decoded (gzip, deflate, br, zstd: `codec`); one tokengate cannot
@@ -32,7 +33,8 @@ use crate::body::{Body, Cut, Reporter, Stage, Watched};
 use crate::codec::{self, Coding, Decoder, Encoded, Encoder};
 use crate::config::LeakGuardConfig;
 use crate::error::Error;
-use crate::scan::{NeedleCache, Needles, Scanner};
+use crate::scan::{NeedleCache, Needles, Scanner, TokenTails};
+use crate::secret::RefreshToken;
 use crate::session_id::SessionKey;
 use crate::store::SessionRecord;
 
@@ -57,7 +59,7 @@ impl LeakGuard {
 
     /// Passes `response` on, watched, decoded for the search and encoded as `browser`
     /// (the browser's preferred coding) asks; fails with `TokenLeakBlocked` if its head or
-    /// first frame carries one of the session's tokens (`needles`, from [`needles_of`]).
+    /// first frame carries one of the session's tokens (`needles`: [`SessionNeedles`]).
     /// Without a session there is nothing to search for; with the guard off the API's
     /// bytes pass as they are (the stall deadline applies either way). `reporter` is
     /// called only for a body still to be watched (a body already whole needs none: no
@@ -65,7 +67,7 @@ impl LeakGuard {
     pub async fn inspect(
         &self,
         response: Response<Body>,
-        needles: Option<Arc<Needles>>,
+        mut needles: Option<SessionNeedles<'_>>,
         browser: Option<Coding>,
         reporter: impl FnOnce() -> Reporter,
     ) -> Result<Response<Body>, Error> {
@@ -73,7 +75,7 @@ impl LeakGuard {
             return Ok(response.map(|body| self.watched(None, body, Stage::default(), reporter)));
         }
         // (A body already whole needs no stall timer: `watched` hands it on as it is.)
-        if needles.as_ref().is_some_and(|needles| headers_leak(response.headers(), needles)) {
+        if needles.as_mut().is_some_and(|needles| headers_leak(response.headers(), needles)) {
             return Err(blocked("header"));
         }
         let (mut parts, mut body) = response.into_parts();
@@ -81,16 +83,19 @@ impl LeakGuard {
             return Ok(Response::from_parts(parts, self.watched(None, body, Stage::default(), reporter)));
         }
         let plan = plan(&mut parts.headers, browser)?;
-        if let (Body::Full(Some(whole)), true) = (&body, plan.is_identity()) {
-            // Read whole with its head (most JSON answers) and sent as it came: one search
-            // of the bytes, and no stage, scanner or copy.
-            if needles.is_some_and(|needles| needles.found_in(whole)) {
+        if let (Body::Full(Some(whole)), None) = (&body, plan.from) {
+            // Read whole with its head (most JSON answers) and plain as the API sent it:
+            // one search of its bytes, with no scanner (nor, sent as it came, any stage or
+            // copy), whatever the browser's coding.
+            if needles.take().is_some_and(|mut needles| needles.found_in(whole)) {
                 return Err(blocked("body"));
             }
-            return Ok(Response::from_parts(parts, body));
+            if plan.is_identity() {
+                return Ok(Response::from_parts(parts, body));
+            }
         }
         let mut stage = plan.stage();
-        stage.scanner = needles.map(Scanner::new);
+        stage.scanner = needles.and_then(SessionNeedles::into_needles).map(Scanner::new);
         // A body read whole with its head (most JSON answers) cannot stall: no timer then.
         let (first, whole) = match &mut body {
             Body::Full(whole) => (whole.take(), true),
@@ -242,24 +247,74 @@ fn blocked(place: &'static str) -> Error {
     Error::TokenLeakBlocked { place }
 }
 
-/// The tokens of session `key` (as `record` holds them) as needles, built once per token
-/// generation and kept in `cache` (`now`: Unix seconds).
-pub fn needles_of(
-    cache: &NeedleCache,
-    key: &SessionKey,
-    record: &SessionRecord,
+/// A session's tokens for one response. A header, or an answer read whole with its head, is
+/// searched as the record keeps the tokens ([`TokenTails`]: their tails and the grams made
+/// with them, nothing built) wherever that search is the whole answer; otherwise (a long or
+/// streamed body, an escape, a long base64 run) with the tokens' [`Needles`], built once
+/// per token generation and kept in the [`NeedleCache`], fetched at the first stretch that
+/// needs them.
+pub struct SessionNeedles<'a> {
+    tails: TokenTails<'a>,
+    cache: &'a NeedleCache,
+    key: &'a SessionKey,
+    record: &'a SessionRecord,
+    /// Unix seconds (the cache's clock).
     now: u64,
-) -> Option<Arc<Needles>> {
-    let refresh = record.refresh_token.as_ref().map(|token| token.expose().as_bytes());
-    let secrets = std::iter::once(record.access_token.expose().as_bytes()).chain(refresh);
-    cache.get(key, record.generation, secrets, now)
+    /// The needles, once fetched.
+    needles: Option<Arc<Needles>>,
+}
+
+impl std::fmt::Debug for SessionNeedles<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionNeedles").field("fetched", &self.needles.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl<'a> SessionNeedles<'a> {
+    /// The tokens of session `key`, as `record` holds them (`now`: Unix seconds); `None`
+    /// when no token is long enough to search for.
+    pub fn new(
+        cache: &'a NeedleCache,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+        now: u64,
+    ) -> Option<Self> {
+        let refresh = record.refresh_token.as_ref().map(RefreshToken::for_search);
+        let tails = TokenTails::new(std::iter::once(record.access_token.for_search()).chain(refresh))?;
+        Some(Self { tails, cache, key, record, now, needles: None })
+    }
+
+    /// Whether `haystack` holds a token in any form.
+    fn found_in(&mut self, haystack: &[u8]) -> bool {
+        match self.tails.found_in(haystack) {
+            Some(found) => found,
+            None => self.fetch().is_some_and(|needles| needles.found_in(haystack)),
+        }
+    }
+
+    /// The needles, from the cache or built now.
+    fn fetch(&mut self) -> Option<&Arc<Needles>> {
+        if self.needles.is_none() {
+            let record = self.record;
+            let refresh = record.refresh_token.as_ref().map(|token| token.expose().as_bytes());
+            let secrets = std::iter::once(record.access_token.expose().as_bytes()).chain(refresh);
+            self.needles = self.cache.get(self.key, record.generation, secrets, self.now);
+        }
+        self.needles.as_ref()
+    }
+
+    /// The needles, for a body searched as it streams.
+    fn into_needles(mut self) -> Option<Arc<Needles>> {
+        self.fetch();
+        self.needles
+    }
 }
 
 /// Names too: a page reads them through `headers.keys()`. Names arrive lowercased and
 /// are searched without case.
-fn headers_leak(headers: &HeaderMap, needles: &Needles) -> bool {
+fn headers_leak(headers: &HeaderMap, needles: &mut SessionNeedles<'_>) -> bool {
     headers.iter().any(|(name, value)| {
-        needles.found_in_ignoring_case(name.as_str().as_bytes()) || needles.found_in(value.as_bytes())
+        needles.tails.found_in_ignoring_case(name.as_str().as_bytes()) || needles.found_in(value.as_bytes())
     })
 }
 
@@ -278,7 +333,7 @@ async fn first_data(body: &mut Body) -> Result<Option<Bytes>, Error> {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::secret::{AccessToken, RefreshToken};
+    use crate::secret::AccessToken;
     use crate::store::SessionKind;
 
     fn record() -> SessionRecord {
@@ -313,8 +368,15 @@ mod tests {
         response
     }
 
+    fn json(body: String) -> Response<Body> {
+        let mut response = Response::new(Body::full(body));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
     async fn inspect(guard: LeakGuard, response: Response<Body>) -> Result<Bytes, Error> {
-        let needles = needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record(), 0);
+        let (cache, key, record) = (NeedleCache::default(), SessionKey([7; 32]), record());
+        let needles = SessionNeedles::new(&cache, &key, &record, 0);
         let passed = guard.inspect(response, needles, None, reporter).await?;
         passed.into_body().collect().await.map(|c| c.to_bytes()).map_err(|_| Error::Internal("cut off"))
     }
@@ -389,7 +451,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_compressed_body_the_browser_takes_as_it_is_is_still_searched_decoded() {
-        let needles = || needles_of(&NeedleCache::default(), &SessionKey([7; 32]), &record(), 0);
+        let (cache, key, record) = (NeedleCache::default(), SessionKey([7; 32]), record());
+        let needles = || SessionNeedles::new(&cache, &key, &record, 0);
         // Long and repetitive, so that gzip codes it (a short text it may store as it is).
         let text = format!(r#"{{"pad":"{}","echo":"access-0123456789abcdef"}}"#, "ab".repeat(200));
         let leaked = gzipped("application/json", &text);
@@ -419,5 +482,39 @@ mod tests {
         assert_eq!(clean.ok().as_deref(), Some(br#"{"ok":true}"#.as_slice()));
         let off = inspect(guard(false), response("application/json", "access-0123456789abcdef")).await;
         assert!(off.is_ok(), "the guard is off");
+    }
+
+    #[tokio::test]
+    async fn a_plain_answer_encoded_for_the_browser_is_searched_before_it_is_encoded() {
+        use std::io::Read as _;
+        let (cache, key, record) = (NeedleCache::default(), SessionKey([7; 32]), record());
+        let needles = || SessionNeedles::new(&cache, &key, &record, 0);
+        // Long enough to be worth gzip; the token raw, JSON-escaped, and in a long answer
+        // (the last two searched by the cached needles, the first by the tails).
+        let padded = |echo: &str, pad: usize| format!(r#"{{"pad":"{}","echo":"{echo}"}}"#, "ab ".repeat(pad));
+        for (text, leaks) in [
+            (padded("access-0123456789abcdef", 100), true),
+            (padded(r"access-0123456789abcdef", 100), true),
+            (padded("refresh-0123456789abcdef", 1000), true),
+            (padded("nothing to see", 100), false),
+        ] {
+            let passed =
+                guard(true).inspect(json(text.clone()), needles(), Some(Coding::Gzip), reporter).await;
+            match passed {
+                Err(Error::TokenLeakBlocked { .. }) => assert!(leaks, "{text}"),
+                Ok(passed) => {
+                    assert!(!leaks, "{text}");
+                    assert_eq!(
+                        passed.headers().get(CONTENT_ENCODING).map(HeaderValue::as_bytes),
+                        Some(&b"gzip"[..])
+                    );
+                    let body = passed.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let mut plain = String::new();
+                    let _ = flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut plain);
+                    assert_eq!(plain, text, "encoded for the browser, intact");
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -33,6 +33,7 @@ mod http1;
 pub mod deadline;
 pub mod leak_guard;
 pub mod scan;
+pub mod tail_grams;
 pub mod codec;
 pub mod body;
 pub mod error;

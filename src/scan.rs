@@ -34,10 +34,12 @@
 //! starts that could cover it are compared in full. The base64 cores are encoded only at a
 //! session's first stretch holding a run of base64 characters long enough to be one (most
 //! JSON answers and header values hold none). The needles (and any searchers) are built once
-//! per session generation and shared by every response of that generation ([`NeedleCache`]),
-//! and a session the cache no longer holds costs only its raw tails' bytes and filters (well
-//! under a microsecond) on a short answer. Every needle is searched over the raw bytes, and over the
-//! decoded view only when the stretch holds a `%` or `\`.
+//! per session generation and shared by every response of that generation ([`NeedleCache`]).
+//! Most stretches need none of them: a header value or a short answer with no escape and no
+//! long base64 run is searched for the raw tails alone, with the gram filter each token was
+//! made with ([`TokenTails`], [`crate::tail_grams`]), so it costs nothing to build whether
+//! or not the cache holds the session. Every needle is searched over the raw bytes, and over
+//! the decoded view only when the stretch holds a `%` or `\`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -48,12 +50,8 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 
 use crate::session_id::SessionKey;
-
-/// Shorter secrets are not searched (they would match by chance).
-const MIN_SECRET_LEN: usize = 8;
-
-/// The bytes of each token searched for: its tail, at most this long.
-pub const MAX_NEEDLE_LEN: usize = 32;
+pub use crate::tail_grams::MAX_NEEDLE_LEN;
+use crate::tail_grams::{tail, GramFilter, TailGrams, MIN_SECRET_LEN};
 
 /// The longest encoding of one character in the forms searched (`\u00XX`).
 const MAX_ESCAPE_LEN: usize = 6;
@@ -227,10 +225,7 @@ impl Needles {
         if haystack.len() < self.shortest {
             return false;
         }
-        self.raw.needles().any(|secret| {
-            haystack.len() >= secret.len()
-                && haystack.windows(secret.len()).any(|window| window.eq_ignore_ascii_case(secret))
-        })
+        holds_ignoring_case(self.raw.needles(), haystack)
     }
 
     /// Whether `haystack` holds a needle, raw or once its escapes are undone.
@@ -275,6 +270,140 @@ impl Needles {
         self.raw.found_by_filter(haystack)
             || self.encoded_for(haystack).is_some_and(|encoded| encoded.found_by_filter(haystack))
     }
+}
+
+/// Whether `haystack` holds one of `needles` in any case.
+fn holds_ignoring_case<'a>(mut needles: impl Iterator<Item = &'a [u8]>, haystack: &[u8]) -> bool {
+    needles.any(|needle| {
+        haystack.len() >= needle.len()
+            && haystack.windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle))
+    })
+}
+
+/// A session's tokens as its record keeps them, each with the grams of its tail made with
+/// the token ([`TailGrams`]): a short stretch is searched for the raw tails with nothing
+/// built (the strided pass of [`NeedleSet::found_by_stride`], against each token's own
+/// filter). Where that search is not the whole answer — a stretch long enough for the
+/// `memmem` searchers, one holding `%` or `\` (the escapes' decoded view), or a run of
+/// base64 characters as long as a base64 core — [`TokenTails::found_in`] says so, and the
+/// caller searches with the [`Needles`] of the same tokens. Made per response (a few
+/// loads from the record), it answers exactly as those `Needles` do wherever it answers.
+#[derive(Clone)]
+pub struct TokenTails<'a> {
+    /// The tails searched (tokens of at least [`MIN_SECRET_LEN`] bytes), with their grams.
+    tails: [(&'a [u8], &'a GramFilter); 2],
+    count: usize,
+    /// Every tail's grams in one filter: a probed position is tested once, and against the
+    /// tails' own filters only where this passes.
+    either: GramFilter,
+    /// The shortest tail's length, less three: every occurrence of a tail holds four whole
+    /// bytes starting at a multiple of this.
+    stride: usize,
+    /// The fewest bytes any form takes (as [`Needles`]'s `shortest`).
+    shortest: usize,
+    /// The shortest base64 core (as [`Needles`]'s `shortest_core`, every form searched).
+    shortest_core: Option<usize>,
+}
+
+impl std::fmt::Debug for TokenTails<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenTails").field("count", &self.count).finish_non_exhaustive()
+    }
+}
+
+impl<'a> TokenTails<'a> {
+    /// The tails of `tokens` (each its bytes and its [`TailGrams`], at most two: a
+    /// session's access and refresh tokens), searched in every form ([`Forms::ALL`]);
+    /// `None` when none is long enough to search for (as [`Needles::new`]).
+    pub fn new(tokens: impl IntoIterator<Item = (&'a [u8], &'a TailGrams)>) -> Option<Self> {
+        let mut tails = [(&[][..], &GramFilter::EMPTY); 2];
+        let mut count = 0;
+        for (token, grams) in tokens.into_iter().filter(|(token, _)| token.len() >= MIN_SECRET_LEN) {
+            *tails.get_mut(count)? = (tail(token), grams.filter());
+            count += 1;
+        }
+        let tails_of = &tails[..count];
+        let either = tails_of.iter().fold(GramFilter::EMPTY, |either, (_, grams)| either.union(grams));
+        let shortest_raw = tails_of.iter().map(|(tail, _)| tail.len()).min()?;
+        let shortest_core = tails_of.iter().filter_map(|(tail, _)| tail_core(tail.len())).min();
+        Some(Self {
+            tails,
+            count,
+            either,
+            stride: shortest_raw - 3,
+            shortest: shortest_core.map_or(shortest_raw, |core| core.min(shortest_raw)),
+            shortest_core,
+        })
+    }
+
+    fn tails(&self) -> &[(&'a [u8], &'a GramFilter)] {
+        &self.tails[..self.count]
+    }
+
+    /// Whether `haystack` holds a tail as it is, in any case (for header names).
+    pub fn found_in_ignoring_case(&self, haystack: &[u8]) -> bool {
+        haystack.len() >= self.shortest
+            && holds_ignoring_case(self.tails().iter().map(|(tail, _)| *tail), haystack)
+    }
+
+    /// Whether `haystack` holds a token in any form, as [`Needles::found_in`] answers; `None`
+    /// when only those needles can tell (see [`TokenTails`]).
+    pub fn found_in(&self, haystack: &[u8]) -> Option<bool> {
+        if haystack.len() < self.shortest {
+            return Some(false);
+        }
+        if haystack.len() >= FINDER_MIN_HAYSTACK
+            || memchr::memchr2(b'%', b'\\', haystack).is_some()
+            || self.shortest_core.is_some_and(|run| has_base64_run(haystack, run))
+        {
+            return None;
+        }
+        Some(self.found_by_stride(haystack))
+    }
+
+    /// Only every `stride`-th position is tested, against all tails' grams; where that
+    /// passes, against each tail's, then its neighbours (`neighbour_held`), and only then
+    /// are the starts that would put that tail over the position compared.
+    fn found_by_stride(&self, haystack: &[u8]) -> bool {
+        let mut at = 0;
+        while let Some(gram) = haystack.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+            if !self.either.may_hold(*gram) {
+                at += self.stride;
+                continue;
+            }
+            for (tail, grams) in self.tails() {
+                if grams.may_hold(*gram) && neighbour_held(haystack, at, grams) && covers(haystack, tail, at)
+                {
+                    return true;
+                }
+            }
+            at += self.stride;
+        }
+        false
+    }
+}
+
+/// Whether the four bytes one after `at`, or one before it, may be grams of the tail whose
+/// grams are `grams`: an occurrence of a tail (at least eight bytes: five grams) that covers
+/// the four at `at` covers one of those too, so where neither passes there is none, and
+/// the full comparison is left out (a position passes one tail's filter by chance about
+/// once in 18 tries, and a neighbour too about once in 170).
+fn neighbour_held(haystack: &[u8], at: usize, grams: &GramFilter) -> bool {
+    let held = |from: usize| {
+        haystack.get(from..).and_then(<[u8]>::first_chunk::<4>).is_some_and(|gram| grams.may_hold(*gram))
+    };
+    held(at + 1) || at.checked_sub(1).is_some_and(held)
+}
+
+/// Whether an occurrence of `needle` (at least four bytes) in `haystack` covers the four
+/// bytes at `at`.
+fn covers(haystack: &[u8], needle: &[u8], at: usize) -> bool {
+    let Some(&first_byte) = needle.first() else { return false };
+    let first = at.saturating_sub(needle.len().saturating_sub(4));
+    let Some(starts) = haystack.get(first..=at) else { return false };
+    // Only the starts holding the needle's first byte (one pass over at most 29 bytes).
+    memchr::memchr_iter(first_byte, starts)
+        .any(|start| haystack.get(first + start..first + start + needle.len()) == Some(needle))
 }
 
 impl<const F: usize, const G: usize> NeedleSet<F, G> {
@@ -462,11 +591,6 @@ static BASE64_ALPHABETS: [bool; 256] = {
     }
     table
 };
-
-/// The last [`MAX_NEEDLE_LEN`] bytes of `secret`.
-fn tail(secret: &[u8]) -> &[u8] {
-    &secret[secret.len().saturating_sub(MAX_NEEDLE_LEN)..]
-}
 
 /// Slots in the [`NeedleCache`]. An entry is about 0.9 KiB (the raw tails and their two
 /// filters, in three allocations), about 1.4 KiB more once a stretch with a long base64 run
@@ -656,15 +780,44 @@ fn base64_cores(secret: &[u8], add: &mut dyn FnMut(&[u8])) {
 /// characters made of the secret's bits alone are: the first characters mix in the bytes
 /// before the secret, the last ones the bytes after it. `None` when too few are left to
 /// search for.
-fn base64_core_span(len: usize, offset: usize) -> Option<std::ops::Range<usize>> {
+const fn base64_core_span(len: usize, offset: usize) -> Option<std::ops::Range<usize>> {
     let skip_front = if offset == 0 { 0 } else { offset + 1 };
     let end = (len + offset) / 3 * 4;
-    (end > skip_front + MIN_SECRET_LEN).then_some(skip_front..end)
+    if end > skip_front + MIN_SECRET_LEN {
+        Some(skip_front..end)
+    } else {
+        None
+    }
 }
 
 /// The length of the shortest base64 core of a `len`-byte secret (`None`: it has none).
-fn shortest_base64_core(len: usize) -> Option<usize> {
-    (0..3).filter_map(|offset| base64_core_span(len, offset)).map(|span| span.len()).min()
+const fn shortest_base64_core(len: usize) -> Option<usize> {
+    let mut shortest: Option<usize> = None;
+    let mut offset = 0;
+    while offset < 3 {
+        if let Some(span) = base64_core_span(len, offset) {
+            let core = span.end - span.start;
+            shortest = match shortest {
+                Some(known) if known <= core => Some(known),
+                _ => Some(core),
+            };
+        }
+        offset += 1;
+    }
+    shortest
+}
+
+/// [`shortest_base64_core`] of a whole tail (any token of at least [`MAX_NEEDLE_LEN`]
+/// bytes), worked out once.
+const FULL_TAIL_CORE: Option<usize> = shortest_base64_core(MAX_NEEDLE_LEN);
+
+/// [`shortest_base64_core`], for a tail.
+fn tail_core(len: usize) -> Option<usize> {
+    if len == MAX_NEEDLE_LEN {
+        FULL_TAIL_CORE
+    } else {
+        shortest_base64_core(len)
+    }
 }
 
 /// The base64url character for a base64 character.
@@ -1027,6 +1180,94 @@ mod tests {
                 (0..rng.random_range(0..600)).map(|_| rng.random_range(b'0'..=b'z')).collect();
             assert_eq!(needles.found_by_stride(&noise), needles.found_by_filter(&noise), "round {round}");
         }
+    }
+
+    /// The tails of `secrets`, each with its grams as a token makes them.
+    fn tails_of(secrets: &[Vec<u8>]) -> (Vec<TailGrams>, Option<Needles>) {
+        let grams = secrets.iter().map(|secret| TailGrams::of(secret)).collect();
+        (grams, Needles::new(secrets.iter().map(Vec::as_slice)))
+    }
+
+    #[test]
+    fn the_tails_answer_as_the_needles_do_wherever_they_answer() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+        let (mut answered, mut asked, mut found_there) = (0, 0, 0);
+        for round in 0..400 {
+            // One or two secrets (a session's two tokens), some too short to search.
+            let secrets: Vec<Vec<u8>> = (0..rng.random_range(1..=2))
+                .map(|_| (0..rng.random_range(4..70)).map(|_| rng.random_range(b'0'..=b'z')).collect())
+                .collect();
+            let (grams, needles) = tails_of(&secrets);
+            let tails = TokenTails::new(secrets.iter().map(Vec::as_slice).zip(&grams));
+            let (Some(tails), Some(needles)) = (tails, needles) else {
+                assert!(secrets.iter().all(|secret| secret.len() < MIN_SECRET_LEN), "round {round}");
+                continue;
+            };
+            let every: Vec<Vec<u8>> = needles.needles().map(<[u8]>::to_vec).collect();
+            // Noise from alphabets with and without escapes and base64 runs, a needle
+            // (raw or a base64 core) planted in some, cut anywhere in others.
+            let alphabets: [&[u8]; 4] =
+                [b" ,:{}\"abcdefgh", b"0123456789abcdef-/", b" %\\abc\"{}", b"xyz _.,"];
+            for _ in 0..8 {
+                let alphabet = alphabets[rng.random_range(0..alphabets.len())];
+                let mut noise = || -> Vec<u8> {
+                    (0..rng.random_range(0..120))
+                        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                        .collect()
+                };
+                let (before, after) = (noise(), noise());
+                let needle = &every[rng.random_range(0..every.len())];
+                let cut = rng.random_range(0..=needle.len());
+                let planted = if rng.random_bool(0.5) { &needle[..] } else { &needle[..cut] };
+                let haystack = [before.as_slice(), planted, after.as_slice()].concat();
+                asked += 1;
+                if let Some(found) = tails.found_in(&haystack) {
+                    answered += 1;
+                    found_there += usize::from(found);
+                    assert_eq!(found, needles.found_in(&haystack), "round {round}");
+                }
+                let upper = haystack.to_ascii_uppercase();
+                assert_eq!(
+                    tails.found_in_ignoring_case(&upper),
+                    needles.found_in_ignoring_case(&upper),
+                    "round {round}"
+                );
+            }
+        }
+        // Many of these short stretches are answered from the tails, some with a hit (the
+        // rest, with an escape or a long base64 run, go to the needles).
+        assert!(
+            answered * 5 > asked && found_there * 10 > answered,
+            "{found_there} of {answered} of {asked}"
+        );
+    }
+
+    #[test]
+    fn the_tails_leave_to_the_needles_what_only_they_can_tell() {
+        let secrets = [TOKEN.to_vec(), b"refresh-0123456789abcdef".to_vec()];
+        let (grams, _) = tails_of(&secrets);
+        let tails =
+            TokenTails::new(secrets.iter().map(Vec::as_slice).zip(&grams)).unwrap_or_else(|| panic!("tails"));
+        let answer = |body: &[u8]| tails.found_in(body);
+        // A hex token is a base64 run itself: a whole one goes to the needles, its tail
+        // after a character outside base64 does not.
+        let mut json = br#"{"id":1,"echo":""#.to_vec();
+        json.extend_from_slice(TOKEN);
+        json.extend_from_slice(br#""}"#);
+        assert_eq!(answer(&json), None, "a whole hex token is a long base64 run");
+        let refresh = br#"{"id":1,"echo":"refresh-0123456789abcdef"}"#;
+        assert_eq!(answer(refresh), Some(true), "a raw token in a short answer");
+        assert_eq!(answer(br#"{"id":1,"name":"a shopper"}"#), Some(false));
+        assert_eq!(answer(b"short"), Some(false), "shorter than any form");
+        assert_eq!(answer(br#"{"url":"/a%20b?c=d&e=f g h i j"}"#), None, "an escape: the decoded view");
+        assert_eq!(answer(br#"{"s":"a\/b c d e f g h i j k l m n o p"}"#), None, "a JSON escape");
+        assert_eq!(answer(&[b'A'; 80]), None, "a base64 run as long as a core");
+        assert_eq!(answer(&vec![b' '; FINDER_MIN_HAYSTACK]), None, "long enough for the searchers");
+        assert!(tails.found_in_ignoring_case(&TOKEN.to_ascii_uppercase()));
+        assert_eq!(format!("{tails:?}"), "TokenTails { count: 2, .. }");
+        let too_short = TailGrams::of(b"short");
+        assert!(TokenTails::new([(b"short".as_slice(), &too_short)]).is_none(), "nothing to search");
     }
 
     #[test]

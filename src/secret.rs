@@ -9,11 +9,14 @@
 //! Equality (`==`, used to notice a changed secret at a config reload) compares in time
 //! that depends only on the lengths, never on where the values first differ.
 //!
-//! This module depends on nothing else in the crate.
+//! This module depends on nothing else in the crate but the leaf `tail_grams` (what the
+//! leak guard needs of a token, made with it).
 
 use std::fmt;
 
 use zeroize::Zeroize;
+
+use crate::tail_grams::TailGrams;
 
 /// Whether `a` and `b` are equal, in time that depends only on their lengths: every byte
 /// is compared, and the differences are folded together before the one branch.
@@ -107,11 +110,23 @@ macro_rules! secret_newtype {
 /// on every call it is sent with.
 ///
 /// `==` is constant-time (it compares the inner [`SecretString`]).
-#[derive(Clone, PartialEq, Eq)]
+/// The grams of its tail are worked out when it is made too ([`TailGrams`]): the leak guard
+/// searches for it without building anything per response.
+#[derive(Clone)]
 pub struct AccessToken {
     value: SecretString,
     header_safe: bool,
+    grams: TailGrams,
 }
+
+/// Constant-time (the values; the rest is derived from them).
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for AccessToken {}
 
 impl AccessToken {
     /// Wraps a value.
@@ -119,7 +134,8 @@ impl AccessToken {
         let value = SecretString::new(value.into());
         let bytes = value.expose().as_bytes();
         let header_safe = !bytes.is_empty() && bytes.iter().all(|byte| (0x21..=0x7e).contains(byte));
-        Self { value, header_safe }
+        let grams = TailGrams::of(bytes);
+        Self { value, header_safe, grams }
     }
 
     /// The secret itself. Every caller is a place where a secret leaves its box.
@@ -136,6 +152,11 @@ impl AccessToken {
     pub fn header_bytes(&self) -> Option<&[u8]> {
         self.header_safe.then(|| self.value.expose().as_bytes())
     }
+
+    /// The token's bytes with the grams of its tail, for the leak guard's search.
+    pub fn for_search(&self) -> (&[u8], &TailGrams) {
+        (self.value.expose().as_bytes(), &self.grams)
+    }
 }
 
 impl fmt::Debug for AccessToken {
@@ -144,10 +165,54 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-secret_newtype!(
-    /// A refresh token. Sent only to the token endpoint.
-    RefreshToken
-);
+/// A refresh token. Sent only to the token endpoint. Made with the grams of its tail, as an
+/// [`AccessToken`] is.
+///
+/// `==` is constant-time (it compares the inner [`SecretString`]).
+#[derive(Clone)]
+pub struct RefreshToken {
+    value: SecretString,
+    grams: TailGrams,
+}
+
+impl PartialEq for RefreshToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for RefreshToken {}
+
+impl RefreshToken {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = SecretString::new(value.into());
+        let grams = TailGrams::of(value.expose().as_bytes());
+        Self { value, grams }
+    }
+
+    /// The secret itself. Every caller is a place where a secret leaves its box.
+    pub fn expose(&self) -> &str {
+        self.value.expose()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    /// The token's bytes with the grams of its tail, for the leak guard's search.
+    pub fn for_search(&self) -> (&[u8], &TailGrams) {
+        (self.value.expose().as_bytes(), &self.grams)
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(<redacted>)")
+    }
+}
+
 secret_newtype!(
     /// The API client secret (the password half of HTTP Basic at the token endpoint).
     ClientSecret
