@@ -51,7 +51,7 @@ use memchr::memmem::Finder;
 
 use crate::session_id::SessionKey;
 pub use crate::tail_grams::MAX_NEEDLE_LEN;
-use crate::tail_grams::{tail, GramFilter, TailGrams, MIN_SECRET_LEN};
+use crate::tail_grams::{tail, GramFilter, Hashed, TailGrams, MIN_SECRET_LEN};
 
 /// The longest encoding of one character in the forms searched (`\u00XX`).
 const MAX_ESCAPE_LEN: usize = 6;
@@ -362,17 +362,22 @@ impl<'a> TokenTails<'a> {
     }
 
     /// Only every `stride`-th position is tested, against all tails' grams; where that
-    /// passes, against each tail's, then its neighbours (`neighbour_held`), and only then
-    /// are the starts that would put that tail over the position compared.
+    /// passes, its neighbours ([`neighbours`]) against them too, then both against each
+    /// tail's, and only then are the starts that would put that tail over the position
+    /// compared.
     fn found_by_stride(&self, haystack: &[u8]) -> bool {
         let mut at = 0;
         while let Some(gram) = haystack.get(at..).and_then(<[u8]>::first_chunk::<4>) {
-            if !self.either.may_hold(*gram) {
-                at += self.stride;
-                continue;
-            }
-            for (tail, grams) in self.tails() {
-                if grams.may_hold(*gram) && neighbour_held(haystack, at, grams) && covers(haystack, tail, at)
+            let here = Hashed::of(*gram);
+            if self.either.holds(here) {
+                let [after, before] = neighbours(haystack, at);
+                let held =
+                    |grams: &GramFilter, neighbour: Option<Hashed>| neighbour.is_some_and(|n| grams.holds(n));
+                let either_near = |grams: &GramFilter| held(grams, after) || held(grams, before);
+                if either_near(&self.either)
+                    && self.tails().iter().any(|(tail, grams)| {
+                        grams.holds(here) && either_near(grams) && covers(haystack, tail, at)
+                    })
                 {
                     return true;
                 }
@@ -383,16 +388,16 @@ impl<'a> TokenTails<'a> {
     }
 }
 
-/// Whether the four bytes one after `at`, or one before it, may be grams of the tail whose
-/// grams are `grams`: an occurrence of a tail (at least eight bytes: five grams) that covers
-/// the four at `at` covers one of those too, so where neither passes there is none, and
-/// the full comparison is left out (a position passes one tail's filter by chance about
-/// once in 18 tries, and a neighbour too about once in 170).
-fn neighbour_held(haystack: &[u8], at: usize, grams: &GramFilter) -> bool {
-    let held = |from: usize| {
-        haystack.get(from..).and_then(<[u8]>::first_chunk::<4>).is_some_and(|gram| grams.may_hold(*gram))
-    };
-    held(at + 1) || at.checked_sub(1).is_some_and(held)
+/// The four bytes one after `at` and one before it, hashed (`None` past either end). An
+/// occurrence of a tail (at least eight bytes: five grams) that covers the four at `at`
+/// covers one of these too, so a position neither of whose neighbours is in a tail's
+/// filter is inside no occurrence of it, and the full comparison is left out (a position
+/// passes one tail's filter by chance about once in 18 tries, and a neighbour too about
+/// once in 170).
+fn neighbours(haystack: &[u8], at: usize) -> [Option<Hashed>; 2] {
+    let gram =
+        |from: usize| haystack.get(from..).and_then(<[u8]>::first_chunk::<4>).map(|gram| Hashed::of(*gram));
+    [gram(at + 1), at.checked_sub(1).and_then(gram)]
 }
 
 /// Whether an occurrence of `needle` (at least four bytes) in `haystack` covers the four

@@ -35,8 +35,13 @@ impl GramFilter {
     /// Whether `gram` may be in the set (never `false` for one that is).
     #[inline]
     pub fn may_hold(&self, gram: [u8; 4]) -> bool {
-        let bit = bit(gram);
-        self.0[bit / 64] & (1 << (bit % 64)) != 0
+        self.holds(Hashed::of(gram))
+    }
+
+    /// [`GramFilter::may_hold`] for a gram hashed once and tested against several filters.
+    #[inline]
+    pub fn holds(&self, gram: Hashed) -> bool {
+        self.0[gram.0 / 64] & (1 << (gram.0 % 64)) != 0
     }
 
     /// The grams of both: a gram of either passes it.
@@ -50,6 +55,18 @@ impl GramFilter {
     fn add(&mut self, gram: [u8; 4]) {
         let bit = bit(gram);
         self.0[bit / 64] |= 1 << (bit % 64);
+    }
+}
+
+/// A gram's bit in any [`GramFilter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed(usize);
+
+impl Hashed {
+    /// The bit of `gram`.
+    #[inline]
+    pub fn of(gram: [u8; 4]) -> Self {
+        Hashed(bit(gram))
     }
 }
 
