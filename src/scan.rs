@@ -293,9 +293,6 @@ pub struct TokenTails<'a> {
     /// The tails searched (tokens of at least [`MIN_SECRET_LEN`] bytes), with their grams.
     tails: [(&'a [u8], &'a GramFilter); 2],
     count: usize,
-    /// Every tail's grams in one filter: a probed position is tested once, and against the
-    /// tails' own filters only where this passes.
-    either: GramFilter,
     /// The shortest tail's length, less three: every occurrence of a tail holds four whole
     /// bytes starting at a multiple of this.
     stride: usize,
@@ -323,13 +320,11 @@ impl<'a> TokenTails<'a> {
             count += 1;
         }
         let tails_of = &tails[..count];
-        let either = tails_of.iter().fold(GramFilter::EMPTY, |either, (_, grams)| either.union(grams));
         let shortest_raw = tails_of.iter().map(|(tail, _)| tail.len()).min()?;
         let shortest_core = tails_of.iter().filter_map(|(tail, _)| tail_core(tail.len())).min();
         Some(Self {
             tails,
             count,
-            either,
             stride: shortest_raw - 3,
             shortest: shortest_core.map_or(shortest_raw, |core| core.min(shortest_raw)),
             shortest_core,
@@ -366,15 +361,19 @@ impl<'a> TokenTails<'a> {
     /// tail's, and only then are the starts that would put that tail over the position
     /// compared.
     fn found_by_stride(&self, haystack: &[u8]) -> bool {
+        // Every tail's grams in one filter (made here, for the one stretch a response has
+        // that gets this far, and not carried with the rest): a probed position is tested
+        // once, and against the tails' own filters only where this passes.
+        let either = self.tails().iter().fold(GramFilter::EMPTY, |either, (_, grams)| either.union(grams));
         let mut at = 0;
         while let Some(gram) = haystack.get(at..).and_then(<[u8]>::first_chunk::<4>) {
             let here = Hashed::of(*gram);
-            if self.either.holds(here) {
+            if either.holds(here) {
                 let [after, before] = neighbours(haystack, at);
                 let held =
                     |grams: &GramFilter, neighbour: Option<Hashed>| neighbour.is_some_and(|n| grams.holds(n));
                 let either_near = |grams: &GramFilter| held(grams, after) || held(grams, before);
-                if either_near(&self.either)
+                if either_near(&either)
                     && self.tails().iter().any(|(tail, grams)| {
                         grams.holds(here) && either_near(grams) && covers(haystack, tail, at)
                     })
