@@ -280,7 +280,7 @@ impl<'a> SessionNeedles<'a> {
         now: u64,
     ) -> Option<Self> {
         let refresh = record.refresh_token.as_ref().map(RefreshToken::for_search);
-        let tails = TokenTails::new(std::iter::once(record.access_token.for_search()).chain(refresh))?;
+        let tails = TokenTails::new(record.access_token.for_search(), refresh)?;
         Some(Self { tails, cache, key, record, now, needles: None })
     }
 

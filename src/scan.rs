@@ -309,15 +309,20 @@ impl std::fmt::Debug for TokenTails<'_> {
 }
 
 impl<'a> TokenTails<'a> {
-    /// The tails of `tokens` (each its bytes and its [`TailGrams`], at most two: a
-    /// session's access and refresh tokens), searched in every form ([`Forms::ALL`]);
-    /// `None` when none is long enough to search for (as [`Needles::new`]).
-    pub fn new(tokens: impl IntoIterator<Item = (&'a [u8], &'a TailGrams)>) -> Option<Self> {
+    /// The tails of a session's access token and its refresh token if it has one (each
+    /// its bytes and its [`TailGrams`]), searched in every form ([`Forms::ALL`]); `None`
+    /// when neither is long enough to search for (as [`Needles::new`]).
+    pub fn new(
+        access: (&'a [u8], &'a TailGrams),
+        refresh: Option<(&'a [u8], &'a TailGrams)>,
+    ) -> Option<Self> {
         let mut tails = [(&[][..], &GramFilter::EMPTY); 2];
         let mut count = 0;
-        for (token, grams) in tokens.into_iter().filter(|(token, _)| token.len() >= MIN_SECRET_LEN) {
-            *tails.get_mut(count)? = (tail(token), grams.filter());
-            count += 1;
+        for (token, grams) in std::iter::once(access).chain(refresh) {
+            if token.len() >= MIN_SECRET_LEN {
+                tails[count] = (tail(token), grams.filter());
+                count += 1;
+            }
         }
         let tails_of = &tails[..count];
         let shortest_raw = tails_of.iter().map(|(tail, _)| tail.len()).min()?;
@@ -1203,7 +1208,8 @@ mod tests {
                 .map(|_| (0..rng.random_range(4..70)).map(|_| rng.random_range(b'0'..=b'z')).collect())
                 .collect();
             let (grams, needles) = tails_of(&secrets);
-            let tails = TokenTails::new(secrets.iter().map(Vec::as_slice).zip(&grams));
+            let mut tokens = secrets.iter().map(Vec::as_slice).zip(&grams);
+            let tails = tokens.next().and_then(|access| TokenTails::new(access, tokens.next()));
             let (Some(tails), Some(needles)) = (tails, needles) else {
                 assert!(secrets.iter().all(|secret| secret.len() < MIN_SECRET_LEN), "round {round}");
                 continue;
@@ -1251,8 +1257,8 @@ mod tests {
     fn the_tails_leave_to_the_needles_what_only_they_can_tell() {
         let secrets = [TOKEN.to_vec(), b"refresh-0123456789abcdef".to_vec()];
         let (grams, _) = tails_of(&secrets);
-        let tails =
-            TokenTails::new(secrets.iter().map(Vec::as_slice).zip(&grams)).unwrap_or_else(|| panic!("tails"));
+        let tails = TokenTails::new((&secrets[0], &grams[0]), Some((&secrets[1], &grams[1])))
+            .unwrap_or_else(|| panic!("tails"));
         let answer = |body: &[u8]| tails.found_in(body);
         // A hex token is a base64 run itself: a whole one goes to the needles, its tail
         // after a character outside base64 does not.
@@ -1271,7 +1277,14 @@ mod tests {
         assert!(tails.found_in_ignoring_case(&TOKEN.to_ascii_uppercase()));
         assert_eq!(format!("{tails:?}"), "TokenTails { count: 2, .. }");
         let too_short = TailGrams::of(b"short");
-        assert!(TokenTails::new([(b"short".as_slice(), &too_short)]).is_none(), "nothing to search");
+        assert!(TokenTails::new((b"short", &too_short), None).is_none(), "nothing to search");
+        let (grams, _) = tails_of(&[b"short".to_vec(), TOKEN.to_vec()]);
+        let refresh_only = TokenTails::new((b"short", &grams[0]), Some((TOKEN, &grams[1])))
+            .unwrap_or_else(|| panic!("the long one"));
+        // The tail alone is a run of 32 hex characters, shorter than a base64 core (40).
+        let tail_only = [b"{\"x\":\"", &TOKEN[TOKEN.len() - MAX_NEEDLE_LEN..], b"\"}"].concat();
+        assert_eq!(refresh_only.found_in(&tail_only), Some(true), "the second token, the first too short");
+        assert_eq!(refresh_only.count, 1);
     }
 
     #[test]
