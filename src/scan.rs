@@ -316,13 +316,16 @@ impl<'a> TokenTails<'a> {
         access: (&'a [u8], &'a TailGrams),
         refresh: Option<(&'a [u8], &'a TailGrams)>,
     ) -> Option<Self> {
+        Self::of(std::iter::once(access).chain(refresh))
+    }
+
+    /// [`TokenTails::new`] of at most two tokens (a third would make it `None`).
+    fn of(tokens: impl Iterator<Item = (&'a [u8], &'a TailGrams)>) -> Option<Self> {
         let mut tails = [(&[][..], &GramFilter::EMPTY); 2];
         let mut count = 0;
-        for (token, grams) in std::iter::once(access).chain(refresh) {
-            if token.len() >= MIN_SECRET_LEN {
-                tails[count] = (tail(token), grams.filter());
-                count += 1;
-            }
+        for (token, grams) in tokens.filter(|(token, _)| token.len() >= MIN_SECRET_LEN) {
+            *tails.get_mut(count)? = (tail(token), grams.filter());
+            count += 1;
         }
         let tails_of = &tails[..count];
         let shortest_raw = tails_of.iter().map(|(tail, _)| tail.len()).min()?;
