@@ -167,10 +167,8 @@ impl Needles {
             }
         })?;
         let longest = raw.longest_needle;
-        let shortest_core = forms
-            .base64
-            .then(|| raw.needles().filter_map(|tail| shortest_base64_core(tail.len())).min())
-            .flatten();
+        let shortest_core =
+            forms.base64.then(|| raw.needles().filter_map(|tail| tail_core(tail.len())).min()).flatten();
         let shortest_raw = raw.needles().map(<[u8]>::len).min().unwrap_or(MIN_SECRET_LEN);
         let shortest = shortest_core.map_or(shortest_raw, |core| core.min(shortest_raw));
         Some(Self {
@@ -365,9 +363,8 @@ impl<'a> TokenTails<'a> {
     }
 
     /// Only every `stride`-th position is tested, against all tails' grams; where that
-    /// passes, its neighbours ([`neighbours`]) against them too, then both against each
-    /// tail's, and only then are the starts that would put that tail over the position
-    /// compared.
+    /// passes, against each tail's, then its neighbours ([`neighbour_held`]), and only then
+    /// are the starts that would put that tail over the position compared.
     fn found_by_stride(&self, haystack: &[u8]) -> bool {
         // Every tail's grams in one filter (made here, for the one stretch a response has
         // that gets this far, and not carried with the rest): a probed position is tested
@@ -376,18 +373,12 @@ impl<'a> TokenTails<'a> {
         let mut at = 0;
         while let Some(gram) = haystack.get(at..).and_then(<[u8]>::first_chunk::<4>) {
             let here = Hashed::of(*gram);
-            if either.holds(here) {
-                let [after, before] = neighbours(haystack, at);
-                let held =
-                    |grams: &GramFilter, neighbour: Option<Hashed>| neighbour.is_some_and(|n| grams.holds(n));
-                let either_near = |grams: &GramFilter| held(grams, after) || held(grams, before);
-                if either_near(&either)
-                    && self.tails().iter().any(|(tail, grams)| {
-                        grams.holds(here) && either_near(grams) && covers(haystack, tail, at)
-                    })
-                {
-                    return true;
-                }
+            if either.holds(here)
+                && self.tails().iter().any(|(tail, grams)| {
+                    grams.holds(here) && neighbour_held(haystack, at, grams) && covers(haystack, tail, at)
+                })
+            {
+                return true;
             }
             at += self.stride;
         }
@@ -395,16 +386,16 @@ impl<'a> TokenTails<'a> {
     }
 }
 
-/// The four bytes one after `at` and one before it, hashed (`None` past either end). An
-/// occurrence of a tail (at least eight bytes: five grams) that covers the four at `at`
-/// covers one of these too, so a position neither of whose neighbours is in a tail's
-/// filter is inside no occurrence of it, and the full comparison is left out (a position
-/// passes one tail's filter by chance about once in 18 tries, and a neighbour too about
-/// once in 170).
-fn neighbours(haystack: &[u8], at: usize) -> [Option<Hashed>; 2] {
-    let gram =
-        |from: usize| haystack.get(from..).and_then(<[u8]>::first_chunk::<4>).map(|gram| Hashed::of(*gram));
-    [gram(at + 1), at.checked_sub(1).and_then(gram)]
+/// Whether the four bytes one after `at`, or one before it, may be grams of the tail whose
+/// filter is `grams`: an occurrence of a tail (at least eight bytes: five grams) that covers
+/// the four at `at` covers one of those too, so where neither passes there is none, and the
+/// full comparison is left out (a position passes one tail's filter by chance about once in
+/// 18 tries, and a neighbour too about once in 170).
+fn neighbour_held(haystack: &[u8], at: usize, grams: &GramFilter) -> bool {
+    let held = |from: usize| {
+        haystack.get(from..).and_then(<[u8]>::first_chunk::<4>).is_some_and(|gram| grams.may_hold(*gram))
+    };
+    held(at + 1) || at.checked_sub(1).is_some_and(held)
 }
 
 /// Whether an occurrence of `needle` (at least four bytes) in `haystack` covers the four

@@ -25,7 +25,7 @@ const BITS_LOG2: u32 = 9;
 
 /// A set of four-byte grams as 512 bits: a gram whose hash's bit is clear is not in it.
 /// Its `Debug` shows no bit (they are hashes of a token's bytes).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct GramFilter([u64; 1 << (BITS_LOG2 - 6)]);
 
 impl GramFilter {
@@ -38,7 +38,8 @@ impl GramFilter {
         self.holds(Hashed::of(gram))
     }
 
-    /// [`GramFilter::may_hold`] for a gram hashed once and tested against several filters.
+    /// [`GramFilter::may_hold`] for a gram hashed once and tested against several filters
+    /// (the union of a session's, then each token's).
     #[inline]
     pub fn holds(&self, gram: Hashed) -> bool {
         self.0[gram.0 / 64] & (1 << (gram.0 % 64)) != 0
@@ -73,7 +74,7 @@ impl Hashed {
 /// Which four-byte grams a token's tail holds (all of them, at every offset): a position
 /// whose four bytes are not in it is inside no occurrence of the tail. Empty for a secret
 /// shorter than [`MIN_SECRET_LEN`], which is not searched. Wiped on drop like the token.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TailGrams(GramFilter);
 
 impl TailGrams {
