@@ -17,7 +17,7 @@ use crate::app::ConnInfo;
 use crate::body::Body;
 use crate::metrics::Metrics;
 use crate::oidc::discovery::ProviderCache;
-use crate::server::Handler;
+use crate::server::{Answer, Handler};
 use crate::store::{SessionStore, Store};
 
 /// The admin service.
@@ -70,8 +70,9 @@ impl Handler for Admin {
         &'a self,
         request: Box<Request<Inbound>>,
         _conn: &'a ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send + 'a {
-        self.handle(*request)
+    ) -> impl Future<Output = Answer> + Send + 'a {
+        let response = self.handle(*request);
+        async move { Answer { response: response.await, request_id: None } }
     }
 }
 

@@ -41,13 +41,14 @@ use crate::metrics::Metrics;
 use crate::protocol;
 use crate::router::{self, Endpoint, Target};
 use crate::scan::NeedleCache;
+use crate::server::Answer;
 use crate::session::{Active, Resolution, Sessions};
 use crate::store::{SessionKind, SessionRecord};
 use crate::trace::RequestSpan;
 use crate::unauthorized;
 
 pub use crate::context::ConnInfo;
-use crate::context::{RequestContext, RequestIds, X_REQUEST_ID};
+use crate::context::{RequestContext, RequestIds};
 
 /// `live` with each route's metric handles attached (made once per configuration, so a
 /// request records without looking its label up).
@@ -111,8 +112,9 @@ impl App {
         &self.fixed
     }
 
-    /// Handles one request. Never fails: every error is a response.
-    pub async fn handle(&self, request: Box<Request<Inbound>>, conn: &ConnInfo) -> Response<Body> {
+    /// Handles one request. Never fails: every error is a response, and every response
+    /// goes with the request's id (the server sends it as `X-Request-Id`).
+    pub async fn handle(&self, request: Box<Request<Inbound>>, conn: &ConnInfo) -> Answer {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
         let now = self.sessions.clock().now();
@@ -120,13 +122,14 @@ impl App {
         // Tracing off (the default): no span, nothing else to do.
         let Some(span) = RequestSpan::start(&request, ctx.conn.tls) else {
             let result = self.walk(&mut ctx, request).await;
-            return self.respond(&mut ctx, result);
+            let response = self.respond(&mut ctx, result);
+            return Answer { response, request_id: Some(ctx.request_id) };
         };
         // Boxed: held inline, a second walk future would double every request's future.
         let result = Box::pin(span.scope(self.walk(&mut ctx, request))).await;
         let response = self.respond(&mut ctx, result);
         span.finish(&ctx, response.status());
-        response
+        Answer { response, request_id: Some(ctx.request_id) }
     }
 
     /// Steps 1 to 6: classify, guard, then the endpoint or the route's steps.
@@ -320,8 +323,8 @@ impl App {
         Ok((Response::from_parts(parts, read.into_body()), about_token))
     }
 
-    /// Step 7: the only place an error becomes a response; then the cookie, the request
-    /// id, the log line and the metrics.
+    /// Step 7: the only place an error becomes a response; then the cookie, the log line
+    /// and the metrics (the request id goes with the response: [`Answer`]).
     fn respond(&self, ctx: &mut RequestContext<'_>, result: Result<Response<Body>, Error>) -> Response<Body> {
         let mut response = match result {
             Ok(response) => response,
@@ -334,7 +337,6 @@ impl App {
         if let Some(set_cookie) = ctx.set_cookie.take() {
             headers.append(SET_COOKIE, set_cookie);
         }
-        headers.insert(X_REQUEST_ID, ctx.request_id.to_header_value());
         // Every answer leaves here, errors included, so the CORS grant is added here only.
         if ctx.live.cors.is_some() {
             cors::decorate(headers, ctx.cors_origin.take());

@@ -57,7 +57,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::date;
 use super::Handler;
 use crate::body::{Body, Inbound};
-use crate::context::ConnInfo;
+use crate::context::{ConnInfo, RequestId, X_REQUEST_ID};
 use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::head_scan;
@@ -172,7 +172,7 @@ impl Connection {
                 Err(Stop::Quiet) => return,
                 Err(Stop::Refuse(error)) => {
                     let meta = Meta { head: false, http10: false, keep_alive: false, lent: None };
-                    let _ = self.respond(error.to_response(), meta).await;
+                    let _ = self.respond(error.to_response(), meta, None).await;
                     self.linger().await;
                     return;
                 }
@@ -180,9 +180,9 @@ impl Connection {
             if self.expects_continue(&request) && self.write.write_all(CONTINUE).await.is_err() {
                 return;
             }
-            let response = handler.call(request, conn).await;
+            let answer = handler.call(request, conn).await;
             meta.keep_alive &= !self.shutdown.is_cancelled();
-            if !self.respond(response, meta).await {
+            if !self.respond(answer.response, meta, answer.request_id.as_ref()).await {
                 if self.unread_body {
                     self.linger().await;
                 }
@@ -314,7 +314,12 @@ impl Connection {
     }
 
     /// Writes the answer. Returns whether the connection can carry another request.
-    async fn respond(&mut self, response: Response<Body>, mut meta: Meta) -> bool {
+    async fn respond(
+        &mut self,
+        response: Response<Body>,
+        mut meta: Meta,
+        request_id: Option<&RequestId>,
+    ) -> bool {
         // The read side must be home before the head says whether the connection stays.
         if let Some(mut back) = meta.lent.take() {
             match back.try_recv() {
@@ -342,7 +347,7 @@ impl Connection {
             }
             None => Out::Chunked,
         };
-        encode_head(&mut self.out, &parts, framing, &meta);
+        encode_head(&mut self.out, &parts, framing, &meta, request_id);
         // Written: the map serves a later head on this thread.
         header_pool::give(parts.headers);
         if bodiless {
@@ -448,8 +453,15 @@ enum Out {
 }
 
 /// The answer's head: the status line with the standard reason phrase, the handler's
-/// headers but the framing and connection ones, ours, and `Date` unless it has one.
-fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Out, meta: &Meta) {
+/// headers but the framing and connection ones, ours, the request's id (in place of any
+/// the answer has) and `Date` unless it has one.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: Out,
+    meta: &Meta,
+    request_id: Option<&RequestId>,
+) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -464,11 +476,16 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Out, m
             // answer's is the body's own.
             || (*name == header::CONTENT_LENGTH && framing != Out::None)
             || (*name == header::CONTENT_LENGTH && parts.status == StatusCode::NO_CONTENT);
-        if framing_header || name.as_str() == "keep-alive" {
+        // The request's id replaces any the answer carries (the upstream's own).
+        let replaced = request_id.is_some() && *name == X_REQUEST_ID;
+        if framing_header || replaced || name.as_str() == "keep-alive" {
             continue;
         }
         dated |= *name == header::DATE;
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(id) = request_id {
+        push_header(out, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
     }
     match framing {
         Out::Length(length) => {
@@ -950,7 +967,7 @@ mod tests {
         let (mut parts, ()) = response.into_parts();
         let text = |out: &Vec<u8>| String::from_utf8_lossy(out).into_owned();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, Out::Length(5), &meta(false, false, true));
+        encode_head(&mut out, &parts, Out::Length(5), &meta(false, false, true), None);
         let written = text(&out);
         assert!(written.starts_with("HTTP/1.1 200 OK\r\n"), "{written}");
         assert!(
@@ -962,14 +979,14 @@ mod tests {
             "{written}"
         );
         assert!(written.contains("\r\ndate: ") && written.ends_with("\r\n\r\n"), "{written}");
-        encode_head(&mut out, &parts, Out::None, &meta(true, false, false));
+        encode_head(&mut out, &parts, Out::None, &meta(true, false, false), None);
         let written = text(&out);
         assert!(
             written.contains("content-length: 99\r\n") && written.contains("connection: close\r\n"),
             "{written}"
         );
         parts.status = StatusCode::NO_CONTENT;
-        encode_head(&mut out, &parts, Out::None, &meta(false, true, true));
+        encode_head(&mut out, &parts, Out::None, &meta(false, true, true), None);
         let written = text(&out);
         assert!(
             written.starts_with("HTTP/1.1 204 No Content\r\n") && !written.contains("content-length"),
@@ -977,8 +994,28 @@ mod tests {
         );
         assert!(written.contains("connection: keep-alive\r\n"), "{written}");
         parts.status = StatusCode::OK;
-        encode_head(&mut out, &parts, Out::Chunked, &meta(false, false, true));
+        encode_head(&mut out, &parts, Out::Chunked, &meta(false, false, true), None);
         assert!(text(&out).contains("transfer-encoding: chunked\r\n"));
+    }
+
+    #[test]
+    fn the_request_id_is_written_once_in_place_of_the_answers() {
+        let meta = Meta { head: false, http10: false, keep_alive: true, lent: None };
+        let mut response = Response::new(());
+        response.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_static("from-the-api"));
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let ours = RequestId::Given(HeaderValue::from_static("ours-1"));
+        encode_head(&mut out, &parts, Out::Length(0), &meta, Some(&ours));
+        let written = String::from_utf8_lossy(&out).into_owned();
+        assert!(written.contains("x-request-id: ours-1\r\n"), "{written}");
+        assert!(
+            !written.contains("from-the-api") && written.matches("x-request-id").count() == 1,
+            "{written}"
+        );
+        // Without an id (the admin listener, a refused head), the answer's own stays.
+        encode_head(&mut out, &parts, Out::Length(0), &meta, None);
+        assert!(String::from_utf8_lossy(&out).contains("x-request-id: from-the-api\r\n"));
     }
 
     #[test]
