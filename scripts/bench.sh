@@ -700,6 +700,23 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if
 column_of() { # upstream leg payload column → values, one per line
   awk -F'\t' -v u="$1" -v l="$2" -v p="$3" -v c="$4" '$1 == u && $2 == l && $3 == p { print $c }' "$RESULTS"
 }
+# Paired by round: leg A's req/s over leg B's in the same round (run), one a line. The
+# legs of a round run within a minute of each other, so a machine whose speed drifts
+# between rounds (a VM's neighbours, its clock) moves both alike; the median of these
+# is steadier than the ratio of the two medians, and both are printed.
+round_ratios() { # upstream payload legA legB [column: 5 req/s, 10 CPU per request]
+  awk -F'\t' -v u="$1" -v p="$2" -v a="$3" -v b="$4" -v c="${5:-5}" '
+    $1 == u && $3 == p && $2 == a { A[$4] = $c }
+    $1 == u && $3 == p && $2 == b { B[$4] = $c }
+    END { for (r = 1; r <= 1000; r++) if ((r in A) && (r in B) && B[r] > 0) printf "%.3f\n", A[r] / B[r] }' "$RESULTS"
+}
+paired() { # upstream payload legA legB [column] → "median (r1 r2 …)" of round_ratios
+  local ratios
+  ratios="$(round_ratios "$@")"
+  [[ -n "$ratios" ]] || { echo "-"; return; }
+  printf '%sx by round (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
+    "$(printf '%s\n' "$ratios" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
+}
 
 echo
 echo "tokengate forwarding benchmark — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, wrk -t$THREADS -c$CONNS -d$DURATION, median of $REPEATS runs"
@@ -753,9 +770,11 @@ for upstream in $UPSTREAMS; do
     tc="$(column_of "$upstream" tokengate "$payload" 10 | median)"
     nc="$(column_of "$upstream" "$ngx" "$payload" 10 | median)"
     [[ "$t" != nan && "$n" != nan ]] || continue
-    awk -v u="$upstream" -v p="$payload" -v g="$ngx" -v t="$t" -v n="$n" -v tc="$tc" -v nc="$nc" 'BEGIN {
-      printf "%s/%s: tokengate %.0f req/s vs %s %.0f req/s: tokengate %s (%.2fx); CPU per request %.1f µs vs %.1f µs (%.2fx)\n",
-        u, p, t, g, n, (t >= n ? "faster" : "slower"), t / n, tc, nc, (nc > 0 ? tc / nc : 0) }'
+    pr="$(paired "$upstream" "$payload" tokengate "$ngx")"
+    pc="$(paired "$upstream" "$payload" tokengate "$ngx" 10)"
+    awk -v u="$upstream" -v p="$payload" -v g="$ngx" -v t="$t" -v n="$n" -v tc="$tc" -v nc="$nc" -v pr="$pr" -v pc="$pc" 'BEGIN {
+      printf "%s/%s: tokengate %.0f req/s vs %s %.0f req/s: tokengate %s (%.2fx; %s); CPU per request %.1f µs vs %.1f µs (%.2fx; %s)\n",
+        u, p, t, g, n, (t >= n ? "faster" : "slower"), t / n, pr, tc, nc, (nc > 0 ? tc / nc : 0), pc }'
   done
 done
 for upstream in $UPSTREAMS; do
@@ -763,8 +782,9 @@ for upstream in $UPSTREAMS; do
     t="$(column_of "$upstream" tokengate "$payload" 5 | median)"
     r="$(column_of "$upstream" tokengate-rotating "$payload" 5 | median)"
     [[ "$t" != nan && "$r" != nan ]] || continue
-    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" -v n="${BENCH_SESSIONS:-100000}" 'BEGIN {
-      printf "%s/%s: tokengate over %d sessions %.0f req/s vs one session %.0f req/s (%.2fx)\n", u, p, n, r, t, r / t }'
+    pr="$(paired "$upstream" "$payload" tokengate-rotating tokengate)"
+    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" -v n="${BENCH_SESSIONS:-100000}" -v pr="$pr" 'BEGIN {
+      printf "%s/%s: tokengate over %d sessions %.0f req/s vs one session %.0f req/s (%.2fx; %s)\n", u, p, n, r, t, r / t, pr }'
   done
 done
 for upstream in $UPSTREAMS; do
@@ -772,8 +792,9 @@ for upstream in $UPSTREAMS; do
     t="$(column_of "$upstream" tokengate "$payload" 5 | median)"
     r="$(column_of "$upstream" tokengate-redis "$payload" 5 | median)"
     [[ "$t" != nan && "$r" != nan ]] || continue
-    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" 'BEGIN {
-      printf "%s/%s: tokengate on Redis (one of three replicas) %.0f req/s vs the memory store %.0f req/s (%.2fx; target 0.9x)\n", u, p, r, t, r / t }'
+    pr="$(paired "$upstream" "$payload" tokengate-redis tokengate)"
+    awk -v u="$upstream" -v p="$payload" -v t="$t" -v r="$r" -v pr="$pr" 'BEGIN {
+      printf "%s/%s: tokengate on Redis (one of three replicas) %.0f req/s vs the memory store %.0f req/s (%.2fx; %s; target 0.9x)\n", u, p, r, t, r / t, pr }'
   done
 done
 for line in "${PERF_LINES[@]}"; do echo "$line"; done
