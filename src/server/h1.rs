@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use httparse::ParserConfig;
 use tokio::io::AsyncWriteExt;
@@ -618,8 +618,7 @@ fn head_of<'b>(
     memo: &mut HeaderMemo,
 ) -> Result<Head, Stop> {
     let method = Method::from_bytes(start.method).map_err(|_| bad("The request method is not valid."))?;
-    let target = bytes.slice_ref(start.target);
-    let uri = Uri::from_maybe_shared(target).map_err(|_| bad("The request target is not valid."))?;
+    let uri = memo.target(start.target, bytes).map_err(|_| bad("The request target is not valid."))?;
     let version = if start.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     let mut headers = header_pool::take(lines.size_hint().0);
     let mut keep_alive = version == Version::HTTP_11;
@@ -884,7 +883,8 @@ mod tests {
         #[test]
         fn a_replayed_head_is_read_as_httparse_reads_it(heads in crate::header_memo::alike_heads(
             &["GET /v1/shoppers/me HTTP/1.1\r\n", "POST /v1/carts/me?x=1 HTTP/1.1\r\n", "GET / HTTP/1.0\n",
-              "GET /\x7f HTTP/1.1\r\n", "PATCH /v1/a%20b HTTP/1.1\r\n"],
+              "GET /\x7f HTTP/1.1\r\n", "PATCH /v1/a%20b HTTP/1.1\r\n", "GET /v1/a#f HTTP/1.1\r\n",
+              "OPTIONS * HTTP/1.1\r\n", "GET http://a/v1/shoppers/me HTTP/1.1\r\n"],
             &["Host: 127.0.0.1", "Accept: application/json", "Cookie: tg=abc", "Cookie: tg=xyz",
               "Content-Length: 4", "Content-Length: 5", "Transfer-Encoding: chunked", "Connection: close",
               "X-Custom:  v \t", "x-custom: w", "X-Empty:", "X-Obs: \u{e9}t\u{e9}", "X-Bad: a\x7fb",
