@@ -52,6 +52,20 @@
 #                        processes not started here used more than MAX_OTHER % of the machine,
 #                        or the hypervisor stole more than MAX_STEAL % of its time, is measured
 #                        again, at most RETRY_BUDGET extra runs in all (the table shows what remained)
+#   BENCH_TOGETHER=N     after the rounds, N runs of nginx and tokengate at once (static
+#                        upstream, JSON): two wrk, one a proxy, both proxies on the proxy
+#                        core at the same instants, so a machine whose speed drifts moves
+#                        both alike; each one's CPU per request is the figure (each gets
+#                        what the scheduler gives it of the core, so req/s follows the split);
+#                        BENCH_TOGETHER_DURATION [BENCH_DURATION] each
+#   BENCH_LEGS ["" = all]  only these legs (and the baseline), e.g. "nginx tokengate" for a
+#                        head-to-head of (b) and (c) with many rounds
+#
+# A round runs every leg once, in the order baseline, nginx-gzip, nginx, tokengate,
+# tokengate-rotating, tokengate-redis, tokengate-noguard, and the next round in the reverse
+# order: the legs compared (nginx and tokengate, tokengate and its rotating leg) run back to
+# back, and a machine whose speed drifts within a round favours neither of a pair over the
+# rounds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -284,6 +298,23 @@ add_baseline_leg() { # token
   LEG_BASE[baseline]="$UPSTREAM_URL/v1"
   LEG_HEADER[baseline]="Authorization: Bearer $1"
   LEG_PIDS[baseline]=""
+}
+
+# Whether leg $1 is one BENCH_LEGS asks for (all when it is empty).
+wanted_leg() { [[ -z "${BENCH_LEGS:-}" || " $BENCH_LEGS " == *" $1 "* ]]; }
+
+# The legs of round $1 in the order they run (see the header).
+round_order() {
+  local order=(baseline nginx-gzip nginx tokengate tokengate-rotating tokengate-redis tokengate-noguard)
+  local leg i present=()
+  for leg in "${order[@]}"; do
+    [[ " ${LEGS[*]} " == *" $leg "* ]] && present+=("$leg")
+  done
+  if (($1 % 2 == 0)); then
+    for ((i = ${#present[@]} - 1; i >= 0; i--)); do printf '%s\n' "${present[i]}"; done
+  else
+    printf '%s\n' "${present[@]}"
+  fi
 }
 
 start_tokengate() { # leg [env assignments...]
@@ -563,6 +594,47 @@ measure_run() { # upstream leg payload run
     "$upstream" "$leg" "$payload" "$run" "$rps" "$p50" "$p99" "$proxy_us" "$proxy_sys_us" "$proxy_util" "$up_util" "$other" "$steal" "$((bad + errors))")"
 }
 
+# nginx and tokengate loaded at once, each by its own wrk with the usual connections: one
+# row each (run $1) in $WORK/together.tsv: leg, req/s, p99, proxy µs per request (all, and
+# the kernel's part).
+measure_together() { # run
+  local run="$1" leg file secs sys pid requests rps p99
+  local -A before after sys_before sys_after files
+  local wrk_pids=()
+  for leg in nginx tokengate; do
+    file="$WORK/runs/together-$leg-$run.txt"
+    files[$leg]="$file"
+    # shellcheck disable=SC2086 # PID lists split on purpose
+    before[$leg]="$(cpu_ticks ${LEG_PIDS[$leg]})"
+    # shellcheck disable=SC2086 # PID lists split on purpose
+    sys_before[$leg]="$(cpu_sys_ticks ${LEG_PIDS[$leg]})"
+  done
+  for leg in nginx tokengate; do
+    leg_headers "$leg" json
+    timeout 120 taskset -c "$LOAD_CPUS" wrk "-t$THREADS" "-c$CONNS" "-d${BENCH_TOGETHER_DURATION:-$DURATION}" --latency "${HEADERS[@]}" \
+      "${LEG_BASE[$leg]}/$(path_of json)" >"${files[$leg]}" 2>&1 &
+    wrk_pids+=($!)
+  done
+  for pid in "${wrk_pids[@]}"; do wait "$pid" || die "wrk failed (together, run $run)"; done
+  for leg in nginx tokengate; do
+    # shellcheck disable=SC2086 # PID lists split on purpose
+    after[$leg]="$(cpu_ticks ${LEG_PIDS[$leg]})"
+    # shellcheck disable=SC2086 # PID lists split on purpose
+    sys_after[$leg]="$(cpu_sys_ticks ${LEG_PIDS[$leg]})"
+  done
+  for leg in nginx tokengate; do
+    file="${files[$leg]}"
+    rps="$(awk '/^Requests\/sec:/ { print $2 }' "$file")"
+    requests="$(awk '/requests in/ { print $1 }' "$file")"
+    p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$file")")"
+    [[ -n "$rps" && -n "$requests" ]] || die "cannot read wrk output: $(cat "$file")"
+    secs="$(awk -v t=$((after[$leg] - before[$leg])) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    sys="$(awk -v t=$((sys_after[$leg] - sys_before[$leg])) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$leg" "$rps" "$p99" "$secs" "$sys" >>"$WORK/together.tsv"
+    log "$(printf 'together run %s: %-9s %10s req/s  p99 %7s ms  proxy %5s µs/req (sys %5s)' "$run" "$leg" "$rps" "$p99" "$secs" "$sys")"
+  done
+}
+
 # Which legs run with which payload: nginx with gzip on only the "-gz" payloads, plain
 # nginx only the others; every tokengate leg runs every payload (the leak guard scans every
 # body, of any type, as it streams; with gzip asked for, tokengate compresses JSON).
@@ -644,14 +716,18 @@ for upstream in $UPSTREAMS; do
   log "upstream $upstream at $UPSTREAM_URL"
   LEGS=()
   add_baseline_leg "$token"
-  start_tokengate tokengate
-  if [[ "${BENCH_SESSIONS:-100000}" != 0 ]]; then start_tokengate_rotating tokengate-rotating "${BENCH_SESSIONS:-100000}"; fi
-  if [[ "${BENCH_REDIS:-1}" == 1 ]]; then start_tokengate_redis tokengate-redis "${BENCH_REDIS_SESSIONS:-30000}"; fi
-  if [[ "$upstream" == static ]]; then
+  if wanted_leg tokengate; then start_tokengate tokengate; fi
+  if [[ "${BENCH_SESSIONS:-100000}" != 0 ]] && wanted_leg tokengate-rotating; then
+    start_tokengate_rotating tokengate-rotating "${BENCH_SESSIONS:-100000}"
+  fi
+  if [[ "${BENCH_REDIS:-1}" == 1 ]] && wanted_leg tokengate-redis; then
+    start_tokengate_redis tokengate-redis "${BENCH_REDIS_SESSIONS:-30000}"
+  fi
+  if [[ "$upstream" == static ]] && wanted_leg tokengate-noguard; then
     start_tokengate tokengate-noguard TOKENGATE_LEAK_GUARD_ENABLED=false
   fi
-  start_nginx_proxy nginx "$token"
-  if [[ " $PAYLOADS " == *-gz* ]]; then start_nginx_proxy nginx-gzip "$token" gzip; fi
+  if wanted_leg nginx; then start_nginx_proxy nginx "$token"; fi
+  if [[ " $PAYLOADS " == *-gz* ]] && wanted_leg nginx-gzip; then start_nginx_proxy nginx-gzip "$token" gzip; fi
   log "legs: ${LEGS[*]} (all running; idle ones cost nothing)"
 
   for payload in $PAYLOADS; do
@@ -664,7 +740,7 @@ for upstream in $UPSTREAMS; do
   # else the machine is doing lands on every leg alike, not on the last one measured.
   for run in $(seq "$REPEATS"); do
     for payload in $PAYLOADS; do
-      for leg in "${LEGS[@]}"; do
+      for leg in $(round_order "$run"); do
         leg_runs_payload "$leg" "$payload" || continue
         measure_run "$upstream" "$leg" "$payload" "$run"
         # A run during which other processes took a noticeable share of the machine is
@@ -678,6 +754,9 @@ for upstream in $UPSTREAMS; do
       done
     done
   done
+  if [[ "${BENCH_TOGETHER:-0}" -gt 0 && "$upstream" == static && -n "${LEG_PIDS[nginx]:-}" && -n "${LEG_PIDS[tokengate]:-}" ]]; then
+    for run in $(seq "$BENCH_TOGETHER"); do measure_together "$run"; done
+  fi
   if [[ "${BENCH_PERF_RECORD:-0}" == 1 && "$upstream" == static ]]; then
     for leg in "${LEGS[@]}"; do
       [[ -n "${LEG_BASE[$leg]:-}" && -n "${LEG_PIDS[$leg]:-}" ]] && perf_record "$leg"
@@ -710,11 +789,20 @@ round_ratios() { # upstream payload legA legB [column: 5 req/s, 10 CPU per reque
     $1 == u && $3 == p && $2 == b { B[$4] = $c }
     END { for (r = 1; r <= 1000; r++) if ((r in A) && (r in B) && B[r] > 0) printf "%.3f\n", A[r] / B[r] }' "$RESULTS"
 }
+# The first and third quartiles of numbers one a line, as "q1–q3" (nearest rank): half
+# the rounds fall between them, a spread that one wild round does not widen.
+quartiles() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "-"; exit }
+    lo = int((NR + 3) / 4); hi = int((3 * NR + 3) / 4); if (hi < 1) hi = 1
+    printf "%.2f–%.2f", v[lo], v[hi] }'
+}
 paired() { # upstream payload legA legB [column] → "median (r1 r2 …)" of round_ratios
   local ratios
   ratios="$(round_ratios "$@")"
   [[ -n "$ratios" ]] || { echo "-"; return; }
-  printf '%sx by round (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
+  printf '%sx by round, middle half %s (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
+    "$(printf '%s\n' "$ratios" | quartiles)" \
     "$(printf '%s\n' "$ratios" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
 }
 
@@ -797,4 +885,21 @@ for upstream in $UPSTREAMS; do
       printf "%s/%s: tokengate on Redis (one of three replicas) %.0f req/s vs the memory store %.0f req/s (%.2fx; %s; target 0.9x)\n", u, p, r, t, r / t, pr }'
   done
 done
+if [[ -s "$WORK/together.tsv" ]]; then
+  # Per run: tokengate's figure over nginx's, measured over the same seconds.
+  together_ratios() { # column: 3 req/s, 5 CPU per request, 6 its kernel part, "user" the rest
+    awk -F'\t' -v c="$1" 'function v() { return c == "user" ? $5 - $6 : $c }
+      $2 == "tokengate" { T[$1] = v() } $2 == "nginx" { N[$1] = v() }
+      END { for (r = 1; r <= 1000; r++) if ((r in T) && (r in N) && N[r] > 0) printf "%.3f\n", T[r] / N[r] }' "$WORK/together.tsv"
+  }
+  summary_of() { # ratios one a line → "median, middle half q1–q3 (r1 r2 …)"
+    local ratios; ratios="$(cat)"
+    printf '%sx, middle half %s (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
+      "$(printf '%s\n' "$ratios" | quartiles)" "$(printf '%s\n' "$ratios" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
+  }
+  echo "static/json, nginx and tokengate at once ($BENCH_TOGETHER runs, both proxies on CPU $PROXY_CPUS over the same seconds):" \
+    "tokengate's CPU per request over nginx's $(together_ratios 5 | summary_of);" \
+    "user space $(together_ratios user | summary_of); kernel $(together_ratios 6 | summary_of);" \
+    "req/s $(together_ratios 3 | summary_of) (the scheduler's split of the core)"
+fi
 for line in "${PERF_LINES[@]}"; do echo "$line"; done
