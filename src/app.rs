@@ -21,6 +21,7 @@
 //!    and the request's one log line and metrics are written.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::body::Inbound;
 use arc_swap::ArcSwap;
@@ -117,8 +118,9 @@ impl App {
     pub async fn handle(&self, request: Box<Request<Inbound>>, conn: &ConnInfo) -> Answer {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
-        let now = self.sessions.clock().now();
-        let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, now);
+        let started = Instant::now();
+        let now = self.sessions.clock().now_at(started);
+        let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, (now, started));
         // Tracing off (the default): no span, nothing else to do.
         let Some(span) = RequestSpan::start(&request, ctx.conn.tls) else {
             let result = self.walk(&mut ctx, request).await;

@@ -85,13 +85,14 @@ pub struct RequestContext<'a> {
 }
 
 impl<'a> RequestContext<'a> {
-    /// The context of `request` (its head only), arriving on `conn` at `now`.
+    /// The context of `request` (its head only), arriving on `conn` at `started`, `now` in
+    /// Unix seconds.
     pub fn new<B>(
         (fixed, live): (&'a Fixed, &'a Live),
         request: &Request<B>,
         conn: &'a ConnInfo,
         request_id: RequestId,
-        now: u64,
+        (now, started): (u64, Instant),
     ) -> Self {
         let headers = request.headers();
         let client = ClientAddress::of(conn, headers, live.trusted_proxy_depth);
@@ -107,7 +108,7 @@ impl<'a> RequestContext<'a> {
             client,
             cookie,
             now,
-            started: Instant::now(),
+            started,
             session_kind: None,
             set_cookie: None,
             upstream: Duration::ZERO,
