@@ -21,7 +21,6 @@
 //!    and the request's one log line and metrics are written.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::body::Inbound;
 use arc_swap::ArcSwap;
@@ -39,6 +38,7 @@ use crate::forward::{self, Forwarder, Limits, Prepared};
 use crate::guard;
 use crate::leak_guard::{LeakGuard, SessionNeedles};
 use crate::metrics::Metrics;
+use crate::poll_time;
 use crate::protocol;
 use crate::router::{self, Endpoint, Target};
 use crate::scan::NeedleCache;
@@ -118,7 +118,7 @@ impl App {
     pub async fn handle(&self, request: Box<Request<Inbound>>, conn: &ConnInfo) -> Answer {
         let live = self.live.load_full();
         let request_id = self.request_ids.for_request(request.headers());
-        let started = Instant::now();
+        let started = poll_time::now().into_std();
         let now = self.sessions.clock().now_at(started);
         let mut ctx = RequestContext::new((&self.fixed, &live), &request, conn, request_id, (now, started));
         // Tracing off (the default): no span, nothing else to do.
@@ -343,7 +343,7 @@ impl App {
         if ctx.live.cors.is_some() {
             cors::decorate(headers, ctx.cors_origin.take());
         }
-        let latency = ctx.started.elapsed();
+        let latency = poll_time::now().into_std().saturating_duration_since(ctx.started);
         self.metrics.record_request(ctx.route, ctx.route_metrics, response.status(), latency);
         if ctx.live.log_access {
             log_access(ctx, response.status(), latency);

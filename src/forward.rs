@@ -41,6 +41,7 @@ use crate::context::{RequestContext, RequestId, X_REQUEST_ID};
 use crate::error::Error;
 use crate::header_pool;
 use crate::metrics::Metrics;
+use crate::poll_time;
 use crate::protocol::{self, Direction};
 use crate::secret::AccessToken;
 use crate::trace;
@@ -335,7 +336,7 @@ impl Forwarder {
             }
             None => None,
         };
-        let started = Instant::now();
+        let started = poll_time::now();
         let bounded = via_h1;
         let call =
             pin!(self.call(request, token, Window { started, deadline: started + self.request_timeout }));
@@ -376,7 +377,7 @@ impl Forwarder {
             keep: &keep,
             added: &added,
         };
-        let started = Instant::now();
+        let started = poll_time::now();
         let window = Window { started, deadline: started + self.request_timeout };
         // Pinned where it is made: `timed` holds a reference, so the call's future (~600
         // bytes with the h1 exchange inside) is not moved into it and again into its await.
@@ -401,7 +402,7 @@ impl Forwarder {
         } else {
             tokio::time::timeout(self.request_timeout, call).await.unwrap_or(Err(CallFailed::TimedOut))
         };
-        let waited = started.elapsed();
+        let waited = poll_time::now().saturating_duration_since(started);
         ctx.upstream += waited;
         self.metrics.record_upstream(ctx.route, ctx.route_metrics, waited);
         match outcome {

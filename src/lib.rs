@@ -31,6 +31,7 @@ pub mod header_pool;
 mod head_scan;
 mod http1;
 pub mod deadline;
+pub mod poll_time;
 pub mod leak_guard;
 pub mod scan;
 pub mod tail_grams;

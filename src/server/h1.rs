@@ -66,6 +66,7 @@ pub use crate::header_memo::HeaderMemo;
 use crate::header_memo::{BadLine, HeadLine, Replayed};
 use crate::header_pool;
 use crate::http1::{format_len, itoa_buffer, merge_length, BodyFault, Chunk, Framing, Step};
+use crate::poll_time;
 use crate::protocol;
 
 /// Most headers a request may have (hyper's default).
@@ -268,7 +269,7 @@ impl Connection {
             return Poll::Ready(Err(Stop::Quiet));
         }
         let limit = self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);
-        let ends = *wait_ends.get_or_insert_with(|| Instant::now() + limit);
+        let ends = *wait_ends.get_or_insert_with(|| poll_time::now() + limit);
         if self.deadline.poll_passed(cx, ends) {
             return Poll::Ready(Err(Stop::Quiet));
         }

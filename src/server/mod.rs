@@ -48,6 +48,7 @@ use crate::body::{Body, Inbound};
 use crate::config::ServerConfig;
 use crate::context::{RequestId, X_REQUEST_ID};
 use crate::metrics::Metrics;
+use crate::poll_time::PollTime;
 
 mod date;
 pub mod h1;
@@ -343,7 +344,8 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
         let builder = Arc::clone(&shared.builder);
         let shutdown = shared.shutdown.clone();
         let metrics = shared.metrics.clone();
-        shared.connections.spawn(async move {
+        // One clock reading per poll of the connection (`poll_time`).
+        shared.connections.spawn(PollTime::new(async move {
             if let Some(metrics) = &metrics {
                 metrics.connection_opened();
             }
@@ -373,7 +375,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
                 metrics.connection_closed();
             }
             drop(permit);
-        });
+        }));
     }
 }
 
