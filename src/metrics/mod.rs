@@ -48,6 +48,7 @@ use prometheus_client::registry::Registry;
 use crate::store::SessionCounts;
 
 mod histogram;
+pub use histogram::claim_shard;
 
 use histogram::Histogram;
 

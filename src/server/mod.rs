@@ -217,6 +217,8 @@ impl Workers {
             let thread =
                 std::thread::Builder::new().name(format!("tokengate-worker-{index}")).spawn(move || {
                     WORKER.with(|worker| worker.set(Some(index)));
+                    // Its requests' histogram observations go to a shard of its own.
+                    crate::metrics::claim_shard();
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(runtime) => {
                             let _ = ready.send(Ok(runtime.handle().clone()));
