@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// How long any one read may wait for the server.
@@ -936,4 +936,41 @@ async fn an_early_413_reaches_a_client_still_sending_its_body() {
     assert_eq!(answer.json()["error"]["code"], "payload_too_large", "{}", answer.describe());
     conn.closed().unwrap_or_else(|e| panic!("after an unread body: {e}"));
     assert_eq!(browser.get("/session").await.status, StatusCode::OK, "the session survives");
+}
+
+#[tokio::test]
+async fn at_sigterm_an_idle_connection_is_closed_and_the_answer_in_flight_says_close() {
+    let (mut env, _browser, cookie) = guest().await;
+    let addr = env.proxy.addr;
+    // One connection answered once and left idle.
+    let mut idle = Conn::open(addr);
+    idle.send(get("/session", &cookie));
+    assert_eq!(idle.answer().status, 200);
+    // Another with a slow call in flight when the signal comes.
+    env.set_faults(json!({"resource_latency_ms": 1500})).await;
+    let (resources_before, _) = api_calls(&env).await;
+    let in_flight = {
+        let cookie = cookie.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Conn::open(addr);
+            conn.send(get("/api/shoppers/me", &cookie));
+            let answer = conn.answer();
+            (answer, conn.closed())
+        })
+    };
+    let arrived =
+        eventually(WAIT, || async { (api_calls(&env).await.0 > resources_before).then_some(()) }).await;
+    assert!(arrived.is_some(), "the slow call never reached the API");
+    let status = env.proxy.signal_and_wait("TERM", Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    let (answer, closed) = in_flight.await.expect("the in-flight client finishes");
+    assert_eq!(answer.status, 200, "{}", answer.describe());
+    assert_eq!(answer.header("connection"), Some("close"), "{}", answer.describe());
+    closed.unwrap_or_else(|e| panic!("the connection of the answer in flight: {e}"));
+    idle.closed().unwrap_or_else(|e| panic!("the idle connection: {e}"));
+    let log = env.proxy_log();
+    assert!(
+        !log.contains("still open after the shutdown grace period"),
+        "the drain waited on a connection: {log}"
+    );
 }

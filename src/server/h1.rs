@@ -50,11 +50,12 @@ use httparse::ParserConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::date;
+use super::drain::Drain;
 use super::Handler;
 use crate::body::{Body, Inbound};
 use crate::context::{ConnInfo, RequestId, X_REQUEST_ID};
@@ -93,7 +94,7 @@ pub async fn serve<H: Handler>(
     conn: ConnInfo,
     handler: Arc<H>,
     limits: Limits,
-    shutdown: CancellationToken,
+    drain: Drain,
 ) {
     let (read, write) = stream.into_split();
     let mut connection = Connection {
@@ -101,9 +102,9 @@ pub async fn serve<H: Handler>(
         write,
         out: Vec::with_capacity(1024),
         deadline: Deadline::default(),
-        shutdown_wait: Box::pin(shutdown.clone().cancelled_owned()),
-        shutdown_registered: false,
-        shutdown,
+        drain_wait: Box::pin(drain.waiter()),
+        drain_registered: false,
+        drain,
         limits,
         memo: HeaderMemo::default(),
         unread_body: false,
@@ -137,10 +138,10 @@ struct Connection {
     /// The one sleep that watches the wait for the next head.
     deadline: Deadline,
     /// Registered once per connection with the task's waker; later waits only look at
-    /// the token (the task's waker does not change, so the registration stays good).
-    shutdown_wait: Pin<Box<WaitForCancellationFutureOwned>>,
-    shutdown_registered: bool,
-    shutdown: CancellationToken,
+    /// the drain's flag (the task's waker does not change, so the registration stays good).
+    drain_wait: Pin<Box<OwnedNotified>>,
+    drain_registered: bool,
+    drain: Drain,
     limits: Limits,
     /// The header lines of the last heads, so alike ones are not made again.
     memo: HeaderMemo,
@@ -182,7 +183,7 @@ impl Connection {
                 return;
             }
             let answer = handler.call(request, conn).await;
-            meta.keep_alive &= !self.shutdown.is_cancelled();
+            meta.keep_alive &= !self.drain.has_begun();
             if !self.respond(answer.response, meta, answer.request_id.as_ref()).await {
                 if self.unread_body {
                     self.linger().await;
@@ -261,11 +262,12 @@ impl Connection {
             Poll::Pending => {}
         }
         let idle = side.buf.is_empty();
-        if !self.shutdown_registered {
-            self.shutdown_registered = true;
-            let _ = self.shutdown_wait.as_mut().poll(cx);
+        // Registered before the flag is read (see `server::drain`).
+        if !self.drain_registered {
+            self.drain_registered = true;
+            let _ = self.drain_wait.as_mut().poll(cx);
         }
-        if idle && self.shutdown.is_cancelled() {
+        if idle && self.drain.has_begun() {
             return Poll::Ready(Err(Stop::Quiet));
         }
         let limit = self.limits.header_read_timeout.min(self.limits.keep_alive_timeout);

@@ -49,8 +49,10 @@ use crate::config::ServerConfig;
 use crate::context::{RequestId, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::poll_time::PollTime;
+use drain::Drain;
 
 mod date;
+mod drain;
 pub mod h1;
 
 /// Something that answers requests.
@@ -261,6 +263,8 @@ struct Shared<H> {
     handler: Arc<H>,
     options: ServeOptions,
     shutdown: CancellationToken,
+    /// The shutdown as the HTTP/1.1 connections read it.
+    drain: Drain,
     metrics: Option<Arc<Metrics>>,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -274,6 +278,7 @@ impl<H> Clone for Shared<H> {
             handler: Arc::clone(&self.handler),
             options: self.options,
             shutdown: self.shutdown.clone(),
+            drain: self.drain.clone(),
             metrics: self.metrics.clone(),
             tls: self.tls.clone(),
             builder: Arc::clone(&self.builder),
@@ -295,6 +300,7 @@ impl<H: Handler> Shared<H> {
             handler,
             builder: Arc::new(http_builder(&options)),
             options,
+            drain: Drain::following(&shutdown),
             shutdown,
             metrics,
             tls,
@@ -345,6 +351,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
         let handler = Arc::clone(&shared.handler);
         let builder = Arc::clone(&shared.builder);
         let shutdown = shared.shutdown.clone();
+        let drain = shared.drain.clone();
         let metrics = shared.metrics.clone();
         // One clock reading per poll of the connection (`poll_time`).
         shared.connections.spawn(PollTime::new(async move {
@@ -352,7 +359,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Shared<H>) {
                 metrics.connection_opened();
             }
             match tls {
-                None => serve_plain(&builder, stream, conn, handler, options, shutdown).await,
+                None => serve_plain(&builder, stream, conn, handler, options, (shutdown, drain)).await,
                 // The handshake is part of the request head's time budget (slowloris).
                 Some(tls) => {
                     match tokio::time::timeout(options.header_read_timeout, tls.accept(stream)).await {
@@ -408,7 +415,7 @@ async fn serve_plain<H: Handler>(
     conn: ConnInfo,
     handler: Arc<H>,
     options: ServeOptions,
-    shutdown: CancellationToken,
+    (shutdown, drain): (CancellationToken, Drain),
 ) {
     let mut first = BytesMut::with_capacity(8 * 1024);
     // Enough to tell the preface from a request line: a request never starts with it.
@@ -432,7 +439,7 @@ async fn serve_plain<H: Handler>(
         keep_alive_timeout: options.keep_alive_timeout,
         max_header_bytes: options.max_header_bytes,
     };
-    h1::serve(stream, first, conn, handler, limits, shutdown).await;
+    h1::serve(stream, first, conn, handler, limits, drain).await;
 }
 
 /// Serves one connection with hyper until it ends, closing it gracefully when it has been idle for
