@@ -30,7 +30,7 @@ obj = fn = callee = None
 in_call = False
 cost = collections.Counter()  # (address, function) -> instructions run, in BINARY
 clock_reads = 0
-addr = line = 0
+addr = 0
 
 
 def position(token, previous):
@@ -65,9 +65,7 @@ with open(profile) as lines:
         if not text or text[0] not in "0123456789+-*":
             continue
         parts = text.split()
-        addr = position(parts[0], addr)
-        if len(parts) > 1:
-            line = position(parts[1], line)
+        addr = position(parts[0], addr)  # then the line's position, then the costs
         if in_call:  # the inclusive cost of the call on this line, not the line's own
             in_call = False
             continue

@@ -797,13 +797,16 @@ quartiles() {
     lo = int((NR + 3) / 4); hi = int((3 * NR + 3) / 4); if (hi < 1) hi = 1
     printf "%.2f–%.2f", v[lo], v[hi] }'
 }
-paired() { # upstream payload legA legB [column] → "median (r1 r2 …)" of round_ratios
+spread() { # [label] < ratios one a line → "Mx[ label], middle half q1–q3 (r1 r2 …)", or "-"
   local ratios
-  ratios="$(round_ratios "$@")"
+  ratios="$(cat)"
   [[ -n "$ratios" ]] || { echo "-"; return; }
-  printf '%sx by round, middle half %s (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
+  printf '%sx%s, middle half %s (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" "${1:-}" \
     "$(printf '%s\n' "$ratios" | quartiles)" \
     "$(printf '%s\n' "$ratios" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
+}
+paired() { # upstream payload legA legB [column] → the spread of round_ratios
+  round_ratios "$@" | spread " by round"
 }
 
 echo
@@ -892,14 +895,9 @@ if [[ -s "$WORK/together.tsv" ]]; then
       $2 == "tokengate" { T[$1] = v() } $2 == "nginx" { N[$1] = v() }
       END { for (r = 1; r <= 1000; r++) if ((r in T) && (r in N) && N[r] > 0) printf "%.3f\n", T[r] / N[r] }' "$WORK/together.tsv"
   }
-  summary_of() { # ratios one a line → "median, middle half q1–q3 (r1 r2 …)"
-    local ratios; ratios="$(cat)"
-    printf '%sx, middle half %s (%s)' "$(printf '%s\n' "$ratios" | median | awk '{ printf "%.2f", $1 }')" \
-      "$(printf '%s\n' "$ratios" | quartiles)" "$(printf '%s\n' "$ratios" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
-  }
   echo "static/json, nginx and tokengate at once ($BENCH_TOGETHER runs, both proxies on CPU $PROXY_CPUS over the same seconds):" \
-    "tokengate's CPU per request over nginx's $(together_ratios 5 | summary_of);" \
-    "user space $(together_ratios user | summary_of); kernel $(together_ratios 6 | summary_of);" \
-    "req/s $(together_ratios 3 | summary_of) (the scheduler's split of the core)"
+    "tokengate's CPU per request over nginx's $(together_ratios 5 | spread);" \
+    "user space $(together_ratios user | spread); kernel $(together_ratios 6 | spread);" \
+    "req/s $(together_ratios 3 | spread) (the scheduler's split of the core)"
 fi
 for line in "${PERF_LINES[@]}"; do echo "$line"; done

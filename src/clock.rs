@@ -10,7 +10,7 @@
 //! The request path has read the monotonic clock already when it wants the wall time
 //! ([`Clock::now_at`]): each thread keeps one pair of readings of both clocks and works the
 //! wall time out from the monotonic instant, reading the wall clock again once a second.
-//! A clock read costs 25–30 ns on this project's VMs, and a request made fourteen of them
+//! A clock read costs ~37 ns on this project's VMs, and a request made fourteen of them
 //! (nginx makes two).
 
 use std::cell::Cell;

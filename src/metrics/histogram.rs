@@ -65,7 +65,8 @@ const OWN_SHARDS: usize = 16;
 const GAP: usize = 16;
 
 /// Shards claimed so far in this process: a shard is never claimed twice, so each has one
-/// writer at most, ever.
+/// writer at most, ever. (Not `server::worker_index`: each set of workers numbers its
+/// threads from 0, and a process may run more than one set.)
 static CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {

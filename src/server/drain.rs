@@ -37,7 +37,7 @@ impl Drain {
     }
 
     /// Sets the flag, then wakes every waiter.
-    pub fn begin(&self) {
+    fn begin(&self) {
         self.begun.store(true, Ordering::Release);
         self.begins.notify_waiters();
     }
